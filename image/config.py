@@ -1,0 +1,269 @@
+"""BuildConfig: one frozen configuration, built once.
+
+Precedence, resolved only in ``resolve()``:
+    CLI flag  >  environment (SANDBOX_IMAGE_*)  >  invoke.yaml (``sandbox_image:``)  >  defaults
+Each value remembers where it came from, so ``./inv config`` can say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from image.errors import ImageError
+
+ENV_PREFIX = "SANDBOX_IMAGE_"
+ARCHES = ("arm64", "amd64")
+ACCELS = ("auto", "kvm", "hvf", "tcg")
+PINNED_FINGERPRINTS = (
+    "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81",  # UEC Image Automatic Signing Key
+    "4A3CE3CD565D7EB5C810E2B97FF3F408476CF100",  # Ubuntu Cloud Image Builder
+)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_KEYRING = PROJECT_ROOT / "keys" / "ubuntu-cloud-images.asc"
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sandbox-image"
+
+
+# --- value parsers: text (env, CLI) or YAML value -> typed value, or ValueError ---
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: object) -> int:
+    """'4G', '4096M', '10GiB', 1073741824 -> bytes (binary units, as QEMU reads them)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"not a size: {value!r} (use e.g. 4G, 512M, 10GiB)")
+        size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size <= 0:
+        raise ValueError(f"size must be positive: {value!r}")
+    return size
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _positive_int(value: object) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"must be positive: {value!r}")
+    return number
+
+
+def _seconds(value: object) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"must be positive: {value!r}")
+    return number
+
+
+def _serial(value: object) -> str:
+    text = str(value).strip()
+    if text != "latest" and not re.fullmatch(r"\d{8}(\.\d+)?", text):
+        raise ValueError(f"{value!r} is neither 'latest' nor a serial like 20240912")
+    return text
+
+
+def _mirror(value: object) -> str:
+    text = str(value).strip().rstrip("/")
+    if not re.match(r"^(https?|file)://", text):
+        raise ValueError(f"{value!r} is not an http://, https:// or file:// URL")
+    return text
+
+
+def _release(value: object) -> str:
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"[a-z]+", text):
+        raise ValueError(f"{value!r} is not a release code name like jammy")
+    return text
+
+
+def _fingerprints(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    fprs = tuple(str(i).replace(" ", "").upper() for i in items if str(i).strip())
+    for fpr in fprs:
+        if not re.fullmatch(r"[0-9A-F]{40}", fpr):
+            raise ValueError(f"{fpr!r} is not a 40-hex-digit OpenPGP fingerprint")
+    if not fprs:
+        raise ValueError("at least one fingerprint is needed")
+    return fprs
+
+
+def _path(value: object) -> Path:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty path")
+    return Path(text).expanduser()
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value in (None, "") else _path(value)
+
+
+def _profile(value: object) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", text):
+        raise ValueError(f"{value!r} is not a profile name")
+    return text
+
+
+def _meta(parse: Callable[[object], Any], help: str) -> dict[str, Any]:
+    return {"parse": parse, "help": help}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    arch: str = field(default="arm64", metadata=_meta(_choice(ARCHES), "guest architecture"))
+    release: str = field(default="jammy", metadata=_meta(_release, "Ubuntu release code name"))
+    serial: str = field(default="latest", metadata=_meta(_serial, "cloud image serial or latest"))
+    mirror: str = field(
+        default="https://cloud-images.ubuntu.com/releases",
+        metadata=_meta(_mirror, "base URL laid out like cloud-images.ubuntu.com/releases"),
+    )
+    keyring: Path = field(
+        default=SHIPPED_KEYRING, metadata=_meta(_path, "keyring that signs SHA256SUMS")
+    )
+    fingerprints: tuple[str, ...] = field(
+        default=PINNED_FINGERPRINTS,
+        metadata=_meta(_fingerprints, "signer fingerprints accepted (comma-separated)"),
+    )
+    profile: str = field(default="full", metadata=_meta(_profile, "package profile"))
+    cpus: int = field(default=4, metadata=_meta(_positive_int, "vCPUs of the VM"))
+    memory: int = field(default=4 << 30, metadata=_meta(parse_size, "guest RAM (e.g. 4G)"))
+    disk_size: int = field(default=10 << 30, metadata=_meta(parse_size, "root disk size"))
+    cache_dir: Path = field(default_factory=_default_cache, metadata=_meta(_path, "cache"))
+    output_dir: Path = field(default=Path("out"), metadata=_meta(_path, "where outputs go"))
+    accel: str = field(default="auto", metadata=_meta(_choice(ACCELS), "auto|kvm|hvf|tcg"))
+    boot_timeout: float = field(
+        default=900.0, metadata=_meta(_seconds, "seconds until the guest must answer SSH")
+    )
+    provision_timeout: float = field(
+        default=5400.0, metadata=_meta(_seconds, "seconds for cloud-init to finish")
+    )
+    skills: Path | None = field(
+        default=None, metadata=_meta(_optional_path, "skills folder put at /opt/skills")
+    )
+
+    @property
+    def uses_shipped_keyring(self) -> bool:
+        return self.keyring == SHIPPED_KEYRING
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(BuildConfig)}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    config: BuildConfig
+    sources: Mapping[str, str]  # field -> "default" | "invoke.yaml" | "env:NAME" | "cli:--flag"
+
+
+def resolve(
+    cli: Mapping[str, object | None],
+    env: Mapping[str, str],
+    file_values: Mapping[str, object] | None,
+) -> Resolved:
+    """The only place where precedence is decided. Pure: the caller passes os.environ."""
+    file_values = file_values or {}
+    unknown_file = sorted(set(file_values) - set(FIELDS))
+    if unknown_file:
+        raise ImageError(
+            f"unknown key(s) in invoke.yaml sandbox_image: {', '.join(unknown_file)}",
+            hint=f"known keys: {', '.join(FIELDS)}",
+        )
+    unknown_env = sorted(
+        k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in FIELDS
+        and k != ENV_PREFIX + "DEBUG"
+    )
+    if unknown_env:
+        raise ImageError(
+            f"unknown environment variable(s): {', '.join(unknown_env)}",
+            hint=f"known: {', '.join(env_name(k) for k in FIELDS)}",
+        )
+    unknown_cli = sorted(set(cli) - set(FIELDS))
+    if unknown_cli:  # a programming error in tasks.py, but say it plainly
+        raise ImageError(f"unknown config flag(s): {', '.join(unknown_cli)}")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, f in FIELDS.items():
+        layers: list[tuple[str, object]] = []
+        if name in file_values:
+            layers.append(("invoke.yaml", file_values[name]))
+        if env_name(name) in env:
+            layers.append((f"env:{env_name(name)}", env[env_name(name)]))
+        if cli.get(name) is not None:
+            layers.append((f"cli:--{name.replace('_', '-')}", cli[name]))
+        if not layers:
+            sources[name] = "default"
+            continue
+        source, raw = layers[-1]
+        try:
+            values[name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ImageError(
+                f"bad value for {name} (from {source}): {exc}",
+                hint=f"{name} is the {f.metadata['help']}",
+            ) from None
+        sources[name] = source
+    # A private keyring without its own fingerprints would silently accept
+    # nothing (pinned Canonical keys are not in it): ask for them explicitly.
+    config = BuildConfig(**values)
+    if sources["keyring"] != "default" and sources["fingerprints"] == "default":
+        raise ImageError(
+            "a custom keyring needs the fingerprints it may sign with",
+            hint="pass --fingerprint FPR (or SANDBOX_IMAGE_FINGERPRINTS) with --keyring",
+        )
+    return Resolved(config, sources)
+
+
+def load(cli: Mapping[str, object | None], file_values: Mapping[str, object] | None) -> Resolved:
+    return resolve(cli, os.environ, file_values)
