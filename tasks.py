@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from invoke import Context, Exit, task
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from image import accel, config, console, hosttools, run
 from image.errors import ImageError, NotBuiltYet
@@ -61,7 +63,7 @@ CONFIG_HELP = {
     "arch": "guest architecture: arm64 (default) or amd64",
     "release": "Ubuntu release code name (jammy)",
     "serial": "cloud image serial YYYYMMDD or latest",
-    "mirror": "base URL (https://, http://, file://) laid out like cloud-images.ubuntu.com/releases",
+    "mirror": "base URL (https, http, file) laid out like cloud-images.ubuntu.com/releases",
     "keyring": "keyring (armored or binary) that signs SHA256SUMS; needs --fingerprint",
     "fingerprint": "accepted signer fingerprint(s), comma-separated",
     "profile": "package profile: full, minimal, smoke",
@@ -77,18 +79,39 @@ CONFIG_HELP = {
 
 @task(help={"json": CONFIG_HELP["json"], **{k: v for k, v in CONFIG_HELP.items() if k != "json"}})
 def config_(
-    c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
-    mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
-    profile: str | None = None, cpus: int | None = None, memory: str | None = None,
-    disk_size: str | None = None, cache_dir: str | None = None, output_dir: str | None = None,
-    accel: str | None = None, json: bool = False,
+    c: Context,
+    arch: str | None = None,
+    release: str | None = None,
+    serial: str | None = None,
+    mirror: str | None = None,
+    keyring: str | None = None,
+    fingerprint: str | None = None,
+    profile: str | None = None,
+    cpus: int | None = None,
+    memory: str | None = None,
+    disk_size: str | None = None,
+    cache_dir: str | None = None,
+    output_dir: str | None = None,
+    accel: str | None = None,
+    json: bool = False,
 ) -> None:
     """Print the effective configuration and where each value came from."""
     with _user_errors():
         resolved = _config(
-            c, arch=arch, release=release, serial=serial, mirror=mirror, keyring=keyring,
-            fingerprints=fingerprint, profile=profile, cpus=cpus, memory=memory,
-            disk_size=disk_size, cache_dir=cache_dir, output_dir=output_dir, accel=accel,
+            c,
+            arch=arch,
+            release=release,
+            serial=serial,
+            mirror=mirror,
+            keyring=keyring,
+            fingerprints=fingerprint,
+            profile=profile,
+            cpus=cpus,
+            memory=memory,
+            disk_size=disk_size,
+            cache_dir=cache_dir,
+            output_dir=output_dir,
+            accel=accel,
         )
         values = resolved.config.to_json()
         if json:
@@ -103,8 +126,9 @@ def config_(
 config_.__name__ = "config"
 
 
-@task(help={"install": "apt-get install the missing tools (needs root)",
-            "json": CONFIG_HELP["json"]})
+@task(
+    help={"install": "apt-get install the missing tools (needs root)", "json": CONFIG_HELP["json"]}
+)
 def doctor(c: Context, install: bool = False, json: bool = False) -> None:
     """Check every host tool the pipeline uses, and which accelerator really works."""
     from rich.table import Table
@@ -122,10 +146,22 @@ def doctor(c: Context, install: bool = False, json: bool = False) -> None:
             found = tool.found()
             version = tool.version() if found else ""
             fix = "" if found else hosttools.fix_for(tool)
-            rows.append({"tool": tool.name, "found": found, "version": version,
-                         "used_for": tool.used_for, "install": fix})
-            table.add_row(tool.name, "[green]found[/]" if found else "[red]missing[/]",
-                          version, tool.used_for, fix)
+            rows.append(
+                {
+                    "tool": tool.name,
+                    "found": found,
+                    "version": version,
+                    "used_for": tool.used_for,
+                    "install": fix,
+                }
+            )
+            table.add_row(
+                tool.name,
+                "[green]found[/]" if found else "[red]missing[/]",
+                version,
+                tool.used_for,
+                fix,
+            )
         arch = accel.host_arch()
         try:
             verdict = accel.probe(arch)
@@ -133,10 +169,15 @@ def doctor(c: Context, install: bool = False, json: bool = False) -> None:
         except ImageError as exc:  # no firmware: the probe cannot run
             verdict, summary = None, f"not probed: {exc.message}"
         if json:
-            console.print_json({"tools": rows, "accel": {
-                "summary": summary,
-                "verdict": verdict.verdict.value if verdict else None,
-            }})
+            console.print_json(
+                {
+                    "tools": rows,
+                    "accel": {
+                        "summary": summary,
+                        "verdict": verdict.verdict.value if verdict else None,
+                    },
+                }
+            )
         else:
             console.err.print(table)
             console.err.print(f"accelerator ({arch} guests): {summary}")
@@ -212,11 +253,13 @@ def demo(c: Context) -> None:
     _not_built("demo", 6)
 
 
-@task(help={
-    "fast": "unit tier only",
-    "arm64": "the arm64 end-to-end tier only (slow under TCG)",
-    "k": "only tests matching this pytest -k expression",
-})
+@task(
+    help={
+        "fast": "unit tier only",
+        "arm64": "the arm64 end-to-end tier only (slow under TCG)",
+        "k": "only tests matching this pytest -k expression",
+    }
+)
 def test(c: Context, fast: bool = False, arm64: bool = False, k: str | None = None) -> None:
     """Run the test tiers: unit, integration, vm (installs missing host tools as root)."""
     with _user_errors():

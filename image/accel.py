@@ -69,8 +69,9 @@ def probe_argv(arch: str, accel: str, firmware_code: Path, serial: Path, qmp: Pa
     ]  # fmt: skip
 
 
-def probe(arch: str, accel: str = "kvm", device: Path = Path("/dev/kvm"),
-          timeout: float = PROBE_TIMEOUT) -> ProbeResult:
+def probe(
+    arch: str, accel: str = "kvm", device: Path = Path("/dev/kvm"), timeout: float = PROBE_TIMEOUT
+) -> ProbeResult:
     """Start the probe guest under ``accel``; the process is gone when this returns."""
     start = time.monotonic()
     if accel == "kvm":
@@ -92,18 +93,25 @@ def probe(arch: str, accel: str = "kvm", device: Path = Path("/dev/kvm"),
                     status = qmp.cmd("query-status")
                     state = status["status"] if isinstance(status, dict) else "?"
                     if state == "internal-error":
-                        return ProbeResult(accel, Verdict.BROKEN,
-                                           "guest stopped with an internal error", elapsed)
+                        return ProbeResult(
+                            accel, Verdict.BROKEN, "guest stopped with an internal error", elapsed
+                        )
                     if serial.exists() and serial.stat().st_size > 0:
-                        return ProbeResult(accel, Verdict.USABLE,
-                                           f"firmware ran in {elapsed:.1f} s", elapsed)
+                        return ProbeResult(
+                            accel, Verdict.USABLE, f"firmware ran in {elapsed:.1f} s", elapsed
+                        )
                     if proc.poll() is not None:
                         reason = (Path(tmp) / "qemu.log").read_text(errors="replace").strip()
-                        return ProbeResult(accel, Verdict.BROKEN,
-                                           f"qemu exited: {reason[-200:]}", elapsed)
+                        return ProbeResult(
+                            accel, Verdict.BROKEN, f"qemu exited: {reason[-200:]}", elapsed
+                        )
                     time.sleep(0.1)
-                return ProbeResult(accel, Verdict.BROKEN,
-                                   f"no firmware output within {timeout:g} s (hangs)", timeout)
+                return ProbeResult(
+                    accel,
+                    Verdict.BROKEN,
+                    f"no firmware output within {timeout:g} s (hangs)",
+                    timeout,
+                )
         except (OSError, TimeoutError) as exc:
             elapsed = time.monotonic() - start
             return ProbeResult(accel, Verdict.BROKEN, f"probe failed: {exc}", elapsed)

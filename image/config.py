@@ -220,7 +220,10 @@ def resolve(
             hint=f"known keys: {', '.join(FIELDS)}",
         )
     unknown_env = sorted(
-        k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in FIELDS
+        k
+        for k in env
+        if k.startswith(ENV_PREFIX)
+        and k[len(ENV_PREFIX) :].lower() not in FIELDS
         and k != ENV_PREFIX + "DEBUG"
     )
     if unknown_env:

@@ -18,7 +18,10 @@ _CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "arm64": (
         ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
-        ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
+        (
+            "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
+            "/usr/share/edk2/aarch64/vars-template-pflash.raw",
+        ),
     ),
 }
 PACKAGE = {"amd64": "ovmf", "arm64": "qemu-efi-aarch64"}

@@ -48,8 +48,11 @@ class Tool:
             try:
                 # Not image.run.run: a version query is not a pipeline step worth logging.
                 proc = subprocess.run(
-                    [self.command, *self.version_argv], capture_output=True, timeout=10,
-                    stdin=subprocess.DEVNULL, check=False,
+                    [self.command, *self.version_argv],
+                    capture_output=True,
+                    timeout=10,
+                    stdin=subprocess.DEVNULL,
+                    check=False,
                 )
             except (OSError, subprocess.TimeoutExpired):
                 return "?"
@@ -64,8 +67,12 @@ _VERSION = re.compile(r"\d+\.\d+[\w.+~:-]*")
 
 def _dpkg_version(package: str) -> str:
     try:
-        proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                              capture_output=True, timeout=10, check=False)
+        proc = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return proc.stdout.decode().strip() or "?"
@@ -88,21 +95,41 @@ TOOLS: tuple[Tool, ...] = (
     Tool("libseccomp", "libseccomp2", "seccomp BPF", library="seccomp"),
     Tool("gcc", "gcc", "escape-suite probes", command="gcc"),
     Tool("cloud-init", "cloud-init", "schema validation", command="cloud-init"),
-    Tool("isoinfo", "genisoimage", "seed ISO read-back", command="isoinfo",
-         version_argv=("-version",)),
+    Tool(
+        "isoinfo",
+        "genisoimage",
+        "seed ISO read-back",
+        command="isoinfo",
+        version_argv=("-version",),
+    ),
     Tool("mmdebstrap", "mmdebstrap", "stand-in image", command="mmdebstrap"),
-    Tool("grub-mkstandalone", "grub-efi-amd64-bin", "stand-in EFI boot",
-         command="grub-mkstandalone"),
-    Tool("grub x86_64-efi", "grub-efi-amd64-bin", "stand-in EFI boot",
-         path="/usr/lib/grub/x86_64-efi/modinfo.sh"),
+    Tool(
+        "grub-mkstandalone", "grub-efi-amd64-bin", "stand-in EFI boot", command="grub-mkstandalone"
+    ),
+    Tool(
+        "grub x86_64-efi",
+        "grub-efi-amd64-bin",
+        "stand-in EFI boot",
+        path="/usr/lib/grub/x86_64-efi/modinfo.sh",
+    ),
     Tool("sfdisk", "fdisk", "stand-in GPT", command="sfdisk"),
     Tool("mkfs.ext4", "e2fsprogs", "stand-in root fs", command="mkfs.ext4", version_argv=("-V",)),
     Tool("mkfs.vfat", "dosfstools", "stand-in ESP", command="mkfs.vfat", version_argv=()),
     Tool("mcopy", "mtools", "stand-in ESP", command="mcopy"),
-    Tool("qemu-aarch64-static", "qemu-user-static", "arm64 stand-in",
-         command="qemu-aarch64-static", version_argv=("--version",)),
-    Tool("binfmt aarch64", "binfmt-support", "arm64 stand-in", check=_binfmt_aarch64,
-         fix="mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && update-binfmts --enable"),
+    Tool(
+        "qemu-aarch64-static",
+        "qemu-user-static",
+        "arm64 stand-in",
+        command="qemu-aarch64-static",
+        version_argv=("--version",),
+    ),
+    Tool(
+        "binfmt aarch64",
+        "binfmt-support",
+        "arm64 stand-in",
+        check=_binfmt_aarch64,
+        fix="./inv doctor --install (mounts binfmt_misc, update-binfmts --enable)",
+    ),
 )
 BY_NAME = {t.name: t for t in TOOLS}
 
@@ -151,7 +178,8 @@ def install_missing() -> list[Tool]:
         )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     run.run(["apt-get", "update"], env=env, timeout=900)
-    packages = [t for t in absent if t.package != "binfmt-support" or not shutil.which("update-binfmts")]
+    # binfmt "missing" often only means binfmt_misc is not mounted: no package needed.
+    packages = [t for t in absent if t.check is None or not shutil.which("update-binfmts")]
     if packages:
         run.run(install_command(packages), env=env, timeout=1800)
     if not _binfmt_aarch64():

@@ -92,8 +92,12 @@ def run(
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         out, err = proc.communicate()
-        raise CommandError(shown, None, redacted((err or b"").decode(errors="replace"), redact),
-                           hint or f"it ran longer than {timeout:g} s") from None
+        raise CommandError(
+            shown,
+            None,
+            redacted((err or b"").decode(errors="replace"), redact),
+            hint or f"it ran longer than {timeout:g} s",
+        ) from None
     except BaseException:  # Ctrl-C, SIGTERM as exception: leave nothing running
         _kill_group(proc)
         proc.wait()
@@ -127,11 +131,16 @@ def background(
     """
     args = [os.fspath(a) for a in argv]
     log.info("+ %s &", shlex.join(args))
-    sink = stdout.open("ab") if stdout else open(os.devnull, "wb")  # noqa: SIM115
+    sink = (stdout or Path(os.devnull)).open("ab")
     try:
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-            env=minimal_env(env), cwd=cwd, start_new_session=True,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=minimal_env(env),
+            cwd=cwd,
+            start_new_session=True,
         )
     finally:
         sink.close()
@@ -146,9 +155,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     _kill_group(proc)
     proc.wait()

@@ -20,15 +20,24 @@ class SigningKey:
 
 
 def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
-    return run.run(["gpg", "--homedir", str(home), "--batch", "--no-tty", *args],
-                   input=input).stdout
+    return run.run(
+        ["gpg", "--homedir", str(home), "--batch", "--no-tty", *args], input=input
+    ).stdout
 
 
 def create_key(home: Path, name: str = "sandbox-image throwaway mirror key") -> SigningKey:
     """A new ed25519 signing key in ``home`` (created), exported as a public keyring."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _gpg(home, "--passphrase", "", "--quick-generate-key", f"{name} <nobody@invalid>",
-         "ed25519", "sign", "never")
+    _gpg(
+        home,
+        "--passphrase",
+        "",
+        "--quick-generate-key",
+        f"{name} <nobody@invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    )
     listing = _gpg(home, "--with-colons", "--list-secret-keys").decode()
     fprs = re.findall(r"^fpr:(?:[^:]*:){8}([0-9A-F]{40}):", listing, re.MULTILINE)
     if not fprs:
@@ -52,6 +61,13 @@ def sign_detached(key: SigningKey, path: Path, signature: Path | None = None) ->
     """Binary detached signature, as cloud-images.ubuntu.com's SHA256SUMS.gpg."""
     signature = signature or path.with_name(path.name + ".gpg")
     signature.unlink(missing_ok=True)
-    _gpg(key.home, "--local-user", key.fingerprint, "--output", str(signature),
-         "--detach-sign", str(path))
+    _gpg(
+        key.home,
+        "--local-user",
+        key.fingerprint,
+        "--output",
+        str(signature),
+        "--detach-sign",
+        str(path),
+    )
     return signature

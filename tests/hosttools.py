@@ -11,5 +11,8 @@ def need(*names: str) -> None:
     absent = hosttools.missing(names)
     if absent:
         cmd = " ".join(hosttools.install_command(absent))
-        pytest.fail(f"missing host tools {[t.name for t in absent]}; install: {cmd} "
-                    "(or ./inv doctor --install)", pytrace=False)
+        pytest.fail(
+            f"missing host tools {[t.name for t in absent]}; install: {cmd} "
+            "(or ./inv doctor --install)",
+            pytrace=False,
+        )

@@ -19,11 +19,21 @@ def _no_subprocess(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(
-            f"unit test started a subprocess: {args[:2]!r}; "
+            f"unit test started a subprocess: {args[1:2]!r}; "
             "mark it @pytest.mark.allow_subprocess if it must"
         )
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", forbidden)
-    for name in ("system", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp",
-                 "fork"):
+    # The lowest level Popen uses: Popen cleans up after it raises, so the test
+    # sees one clear AssertionError and no half-made Popen object.
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", forbidden)
+    for name in (
+        "system",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "posix_spawn",
+        "posix_spawnp",
+        "fork",
+    ):
         monkeypatch.setattr(os, name, forbidden)

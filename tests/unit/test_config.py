@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image.config import (
+    PINNED_FINGERPRINTS,
+    SHIPPED_KEYRING,
+    BuildConfig,
+    format_size,
+    parse_size,
+    resolve,
+)
+from image.errors import ImageError
+
+
+def test_defaults() -> None:
+    r = resolve({}, {}, {})
+    assert r.config.arch == "arm64"
+    assert r.config.release == "jammy"
+    assert r.config.cpus == 4
+    assert r.config.memory == 4 << 30
+    assert r.config.keyring == SHIPPED_KEYRING
+    assert r.config.fingerprints == PINNED_FINGERPRINTS
+    assert set(r.sources.values()) == {"default"}
+
+
+def test_precedence_cli_over_env_over_file_over_default() -> None:
+    file_values = {"arch": "amd64", "cpus": 2, "memory": "1G", "profile": "smoke"}
+    env = {"SANDBOX_IMAGE_CPUS": "3", "SANDBOX_IMAGE_MEMORY": "2G"}
+    cli = {"memory": "3G", "arch": None}  # None means "flag not given"
+    r = resolve(cli, env, file_values)
+    assert (r.config.arch, r.sources["arch"]) == ("amd64", "invoke.yaml")
+    assert (r.config.cpus, r.sources["cpus"]) == (3, "env:SANDBOX_IMAGE_CPUS")
+    assert (r.config.memory, r.sources["memory"]) == (3 << 30, "cli:--memory")
+    assert (r.config.profile, r.sources["profile"]) == ("smoke", "invoke.yaml")
+    assert r.sources["release"] == "default"
+
+
+def test_env_beats_file() -> None:
+    r = resolve({}, {"SANDBOX_IMAGE_ARCH": "amd64"}, {"arch": "arm64"})
+    assert r.config.arch == "amd64"
+
+
+def test_config_is_frozen() -> None:
+    cfg = resolve({}, {}, {}).config
+    with pytest.raises(AttributeError):
+        cfg.arch = "amd64"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "file_values", "fragment"),
+    [
+        ({"arch": "x86"}, {}, {}, "bad value for arch (from cli:--arch)"),
+        ({}, {"SANDBOX_IMAGE_CPUS": "many"}, {}, "bad value for cpus (from env:"),
+        ({}, {}, {"memory": "lots"}, "bad value for memory (from invoke.yaml)"),
+        ({}, {}, {"colour": "blue"}, "unknown key(s) in invoke.yaml"),
+        ({}, {"SANDBOX_IMAGE_ARHC": "amd64"}, {}, "unknown environment variable(s)"),
+        ({"mirror": "ftp://x"}, {}, {}, "bad value for mirror"),
+        ({"serial": "2024-01-01"}, {}, {}, "bad value for serial"),
+        ({"fingerprints": "ABC"}, {}, {}, "bad value for fingerprints"),
+        ({"keyring": "/tmp/k.gpg"}, {}, {}, "custom keyring needs the fingerprints"),
+    ],
+)
+def test_bad_input_is_an_error_with_hint(
+    cli: dict[str, object], env: dict[str, str], file_values: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ImageError) as info:
+        resolve(cli, env, file_values)
+    assert fragment in info.value.message
+    assert info.value.hint
+
+
+def test_custom_keyring_with_fingerprint() -> None:
+    fpr = "AB" * 20
+    r = resolve({"keyring": "/tmp/k.gpg", "fingerprints": fpr.lower()}, {}, {})
+    assert r.config.keyring == Path("/tmp/k.gpg")
+    assert r.config.fingerprints == (fpr,)
+    assert not r.config.uses_shipped_keyring
+
+
+def test_debug_variable_is_not_an_unknown_key() -> None:
+    resolve({}, {"SANDBOX_IMAGE_DEBUG": "1", "UNRELATED": "x"}, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4G", 4 << 30),
+        ("4096M", 4 << 30),
+        ("10GiB", 10 << 30),
+        ("512k", 512 << 10),
+        (1024, 1024),
+        ("1.5G", 3 << 29),
+    ],
+)
+def test_parse_size(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "0", "4X", "four"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_format_size_round_trips() -> None:
+    for size in (4 << 30, 512 << 20, 10 << 30, 1000):
+        assert parse_size(format_size(size)) == size
+
+
+def test_to_json_is_plain() -> None:
+    data = BuildConfig().to_json()
+    assert data["arch"] == "arm64"
+    assert isinstance(data["keyring"], str)
+    assert isinstance(data["fingerprints"], list)
