@@ -1,0 +1,275 @@
+"""QEMU: pure argv builders, and a running VM driven through QMP (qemu.qmp).
+
+Argv is built only by ``qemu_argv(spec)`` from a frozen ``VMSpec``, so that each
+device decision is visible in one place and unit-tested as an exact list.
+``VM`` is the one side-effecting part: it starts QEMU, talks QMP, and makes sure
+QEMU is gone when the ``with`` block ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from image import run
+from image.errors import ImageError
+
+log = logging.getLogger("image.qemu")
+
+QEMU_BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
+QGA_PORT_NAME = "org.qemu.guest_agent.0"
+SERIAL_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory shared with the guest over 9p (virtiofs needs virtiofsd)."""
+
+    path: Path
+    tag: str = "share"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    arch: str
+    cpus: int
+    memory: int  # bytes
+    disk: Path  # qcow2 overlay the VM may write
+    firmware_code: Path
+    firmware_vars: Path  # a writable copy; snapshot-able pflash
+    accel: tuple[str, ...]  # e.g. ("-accel", "tcg,thread=multi")
+    serial_log: Path
+    qmp_socket: Path
+    qga_socket: Path | None = None
+    seed_iso: Path | None = None
+    ssh_port: int | None = None  # host 127.0.0.1 port forwarded to guest 22
+    net_restrict: bool = False  # user net with restrict=on: no route out but guestfwd
+    guestfwd: tuple[tuple[str, str], ...] = ()  # (guest "ip:port", host "cmd:..." or chardev)
+    share: Share | None = None
+    session_disk: Path | None = None
+    memory_file: Path | None = None  # RAM in a shared file (snapshot/launch)
+    incoming: str | None = None  # migration URI to resume from
+    disk_cache: str = "writeback"
+    extra: tuple[str, ...] = field(default=())
+
+
+def machine_args(arch: str, accel: Sequence[str]) -> list[str]:
+    kvm = any(a.startswith(("kvm", "hvf")) for a in accel[1::2])
+    if arch == "amd64":
+        # SMM off: OVMF_CODE_4M (non-secboot) does not need it, and without it
+        # the pflash VARS stay plain writable memory that migration can save.
+        return ["-machine", "q35,smm=off", "-cpu", "host" if kvm else "max"]
+    # pauth-impdef: QEMU's own pointer-auth algorithm; the architected QARMA is
+    # several times slower to emulate under TCG and no guest can tell.
+    return ["-machine", "virt", "-cpu", "host" if kvm else "max,pauth-impdef=on"]
+
+
+def netdev_arg(spec: VMSpec) -> str:
+    parts = ["user", "id=net0"]
+    if spec.net_restrict:
+        parts.append("restrict=on")
+    if spec.ssh_port is not None:
+        parts.append(f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22")
+    for guest, target in spec.guestfwd:
+        parts.append(f"guestfwd=tcp:{guest}-{target}")
+    return ",".join(parts)
+
+
+def qemu_argv(spec: VMSpec) -> list[str]:
+    argv = [QEMU_BINARY[spec.arch], *machine_args(spec.arch, spec.accel), *spec.accel]
+    argv += ["-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-no-user-config"]
+    if spec.memory_file is not None:
+        # share=on: RAM lives in the file, so a snapshot is the file itself and a
+        # launch maps it privately (copy-on-write) instead of reading it back.
+        argv += [
+            "-object",
+            f"memory-backend-file,id=ram0,size={spec.memory},mem-path={spec.memory_file},"
+            "share=on",
+            "-machine", "memory-backend=ram0", "-m", f"{spec.memory // (1 << 20)}M",
+        ]  # fmt: skip
+    else:
+        argv += ["-m", f"{spec.memory // (1 << 20)}M"]
+    argv += [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware_code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={spec.firmware_vars}",
+        "-drive", f"if=none,id=root,format=qcow2,discard=unmap,cache={spec.disk_cache},"
+                  f"file={spec.disk}",
+        "-device", "virtio-blk-pci,drive=root,bootindex=0",
+    ]  # fmt: skip
+    if spec.seed_iso is not None:
+        argv += [
+            "-drive", f"if=none,id=seed,format=raw,readonly=on,file={spec.seed_iso}",
+            "-device", "virtio-blk-pci,drive=seed",
+        ]  # fmt: skip
+    if spec.session_disk is not None:
+        argv += [
+            "-drive", f"if=none,id=session,format=qcow2,discard=unmap,file={spec.session_disk}",
+            "-device", "virtio-blk-pci,drive=session,serial=session",
+        ]  # fmt: skip
+    argv += ["-netdev", netdev_arg(spec), "-device", "virtio-net-pci,netdev=net0"]
+    # A virtio RNG: early boot (sshd, cloud-init) would otherwise wait for
+    # entropy under TCG, and launches need fresh randomness from the host.
+    argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+             "-device", "virtio-rng-pci,rng=rng0"]  # fmt: skip
+    argv += ["-chardev", f"file,id=serial0,path={spec.serial_log}", "-serial", "chardev:serial0"]
+    argv += [
+        "-chardev", f"socket,id=qmp,path={spec.qmp_socket},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+    ]  # fmt: skip
+    if spec.qga_socket is not None:
+        argv += [
+            "-chardev", f"socket,id=qga0,path={spec.qga_socket},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={QGA_PORT_NAME}",
+        ]  # fmt: skip
+    if spec.share is not None:
+        ro = ",readonly=on" if spec.share.readonly else ""
+        argv += [
+            "-fsdev", f"local,id=fs0,path={spec.share.path},security_model=none{ro}",
+            "-device", f"virtio-9p-pci,fsdev=fs0,mount_tag={spec.share.tag}",
+        ]  # fmt: skip
+    if spec.incoming is not None:
+        argv += ["-incoming", spec.incoming]
+    return argv + list(spec.extra)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (QEMU binds it right after; the race is harmless here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def serial_tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except OSError:
+        return "(no serial log)"
+    # Firmware and GRUB paint the screen with ANSI sequences: drop them.
+    text = re.sub(r"\x1b\[[0-9;?=]*[A-Za-z]", "", text).replace("\r", "")
+    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+
+
+def create_overlay(base: Path, overlay: Path, size: int | None = None) -> None:
+    """A qcow2 overlay on ``base`` (never written to), optionally grown to ``size``."""
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()),
+            str(overlay)]  # fmt: skip
+    if size is not None:
+        argv.append(str(size))
+    run.run(argv)
+
+
+def copy_vars(template: Path, dest: Path) -> Path:
+    shutil.copyfile(template, dest)
+    return dest
+
+
+class VM:
+    """A running QEMU. Use as a context manager; QEMU is gone after the block."""
+
+    def __init__(self, spec: VMSpec, log_path: Path) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self._stack = contextlib.ExitStack()
+        self._qmp: QEMUMonitorProtocol | None = None
+        self.proc: Any = None
+
+    def __enter__(self) -> VM:
+        try:
+            self.proc = self._stack.enter_context(
+                run.background(qemu_argv(self.spec), stdout=self.log_path, terminate_timeout=5)
+            )
+            self._qmp = self._connect_qmp()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                self._qmp.close()
+            self._qmp = None
+        self._stack.close()
+
+    def _connect_qmp(self, timeout: float = 30.0) -> QEMUMonitorProtocol:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ImageError(
+                    f"QEMU exited at start (code {self.proc.returncode}): {self.qemu_log_tail()}",
+                    hint=f"the full QEMU log is {self.log_path}",
+                )
+            if self.spec.qmp_socket.exists():
+                qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
+                try:
+                    qmp.connect()
+                    return qmp
+                except OSError:
+                    qmp.close()
+            time.sleep(0.05)
+        raise ImageError(f"QEMU's QMP socket did not appear within {timeout:g} s")
+
+    def qemu_log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace").strip()[-800:]
+        except OSError:
+            return ""
+
+    def qmp(self, command: str, **args: object) -> Any:
+        if self._qmp is None:
+            raise ImageError("QMP is not connected")
+        reply = self._qmp.cmd_raw(command, args or None)
+        if "error" in reply:
+            raise ImageError(f"QMP {command} failed: {reply['error'].get('desc', reply)}")
+        return reply.get("return")
+
+    def alive(self) -> bool:
+        return bool(self.proc is not None and self.proc.poll() is None)
+
+    def status(self) -> str:
+        return str(self.qmp("query-status")["status"])
+
+    def wait_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def shutdown(self, timeout: float = 120.0) -> None:
+        """ACPI power button, then wait; QEMU exits when the guest powers off."""
+        with contextlib.suppress(Exception):
+            self.qmp("system_powerdown")
+        if not self.wait_exit(timeout):
+            raise ImageError(
+                f"the guest did not power off within {timeout:g} s after the ACPI request",
+                hint=f"serial log tail:\n{serial_tail(self.spec.serial_log)}",
+            )
+
+    def events(self) -> list[dict[str, Any]]:
+        if self._qmp is None:
+            return []
+        return [json.loads(json.dumps(e)) for e in self._qmp.get_events(wait=False)]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.qmp("stop")
+        try:
+            yield
+        finally:
+            self.qmp("cont")
