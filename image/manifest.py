@@ -92,9 +92,11 @@ def parse_npm(text: str) -> tuple[Package, ...]:
 def sbom(manifest: Manifest, image_name: str, image_version: str) -> str:
     """A CycloneDX 1.6 JSON SBOM, validated against the schema before it is returned."""
     bom = Bom()
-    bom.metadata.component = Component(
-        name=image_name, version=image_version, type=ComponentType.OPERATING_SYSTEM
-    )
+    root = Component(
+        name=image_name, version=image_version, type=ComponentType.OPERATING_SYSTEM,
+        bom_ref=f"image:{image_name}",
+    )  # fmt: skip
+    bom.metadata.component = root
     distro = manifest.distro
     for p in manifest.dpkg:
         purl = PackageURL("deb", distro, p.name, p.version, {"arch": p.arch} if p.arch else None)
@@ -130,6 +132,8 @@ def sbom(manifest: Manifest, image_name: str, image_version: str) -> str:
                 bom_ref=f"npm:{p.name}",
             )
         )
+    # Everything is installed in the image: the image depends on each directly.
+    bom.register_dependency(root, list(bom.components))
     text: str = JsonV1Dot6(bom).output_as_string(indent=2)
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     if error is not None:
