@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from invoke.context import Context
@@ -31,9 +33,18 @@ def _debug() -> bool:
     )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM unwinds like Ctrl-C, so every `finally` and context manager runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     console.setup_logging(_debug())
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
     except NotBuiltYet as exc:
@@ -48,8 +59,11 @@ def _user_errors() -> Iterator[None]:
         if exc.hint:
             console.err.print(f"[bold]hint:[/] {exc.hint}")
         raise Exit(code=1) from None
+    except _Terminated:
+        console.err.print("terminated (SIGTERM); cleaned up")
+        raise Exit(code=143) from None
     except KeyboardInterrupt:
-        console.err.print("interrupted")
+        console.err.print("interrupted; cleaned up")
         raise Exit(code=130) from None
 
 

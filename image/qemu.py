@@ -59,7 +59,8 @@ class VMSpec:
     guestfwd: tuple[tuple[str, str], ...] = ()  # (guest "ip:port", host "cmd:..." or chardev)
     share: Share | None = None
     session_disk: Path | None = None
-    memory_file: Path | None = None  # RAM in a shared file (snapshot/launch)
+    memory_file: Path | None = None  # RAM in a file (snapshot/launch)
+    memory_private: bool = False  # map memory_file MAP_PRIVATE: copy-on-write, file untouched
     incoming: str | None = None  # migration URI to resume from
     disk_cache: str = "writeback"
     extra: tuple[str, ...] = field(default=())
@@ -93,10 +94,11 @@ def qemu_argv(spec: VMSpec) -> list[str]:
     if spec.memory_file is not None:
         # share=on: RAM lives in the file, so a snapshot is the file itself and a
         # launch maps it privately (copy-on-write) instead of reading it back.
+        share = "off" if spec.memory_private else "on"
         argv += [
             "-object",
             f"memory-backend-file,id=ram0,size={spec.memory},mem-path={spec.memory_file},"
-            "share=on",
+            f"share={share}",
             "-machine", "memory-backend=ram0", "-m", f"{spec.memory // (1 << 20)}M",
         ]  # fmt: skip
     else:

@@ -9,6 +9,7 @@ Strings passed in ``redact`` never reach the log or the error.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
@@ -111,6 +112,19 @@ def run(
     return result
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the parent dies, however it dies.
+
+    Even a SIGKILLed toolkit then leaves no QEMU behind. (The signal follows the
+    parent *thread*, so long-running children are started from the main thread.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -141,6 +155,7 @@ def background(
             env=minimal_env(env),
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     finally:
         sink.close()

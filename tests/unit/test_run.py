@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,33 @@ def test_background_leaves_no_process(tmp_path: object) -> None:
     assert proc.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.allow_subprocess
+def test_background_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """Even a SIGKILLed toolkit process leaves no child (QEMU) behind."""
+    pidfile = tmp_path / "child.pid"
+    parent = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from image import run\n"
+        "with run.background([sys.executable, '-c', 'import time; time.sleep(60)']) as p:\n"
+        f"    Path({str(pidfile)!r}).write_text(str(p.pid))\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    pytest.fail("the background child outlived its SIGKILLed parent")
