@@ -199,8 +199,9 @@ def compile_seccomp(c: Context, out: str | None = None, arch: str | None = None,
         if json:
             console.print_json({"out": str(out_dir), "filters": rows})
             return
-        for row in rows:
-            print(f"{row['bpf']}  {row['instructions']:>4} insns  sha256 {row['sha256'][:16]}")
+        for r in results:
+            print(f"{out_dir / r.arch / r.profile}.bpf  {len(r.bpf) // 8:>4} insns  "
+                  f"sha256 {r.sha256[:16]}")
 
 
 def _remainder(c: Context) -> list[str]:
@@ -239,7 +240,7 @@ def sandbox_run(c: Context, profile: str = "agent", workspace: str | None = None
         argv = [sys.executable, str(ROOT / "image" / "guest" / "sandbox_exec.py"),
                 "--profile", str(profile_json), "--seccomp-dir", str(base / "seccomp" / host_arch)]
         # ./inv changes into the checkout; the shell's PWD is where the user was.
-        where = Path(os.environ.get("PWD") or os.getcwd())
+        where = Path(os.environ.get("PWD") or Path.cwd())
         argv += ["--workspace", str((where / workspace).resolve() if workspace else where)]
         argv += ["--self-test"] if self_test else ["--", *cmd]
         console.log.info("+ %s", shlex.join(argv))

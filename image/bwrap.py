@@ -29,18 +29,23 @@ def load(path: Path) -> Profile:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ImageError(f"cannot read bwrap profile {path}: {exc.strerror}",
-                         hint="pass a path to an existing profile") from None
+        raise ImageError(
+            f"cannot read bwrap profile {path}: {exc.strerror}",
+            hint="pass a path to an existing profile",
+        ) from None
     except yaml.YAMLError as exc:
-        raise ImageError(f"bwrap profile {name!r} is not valid YAML: {exc}",
-                         hint=f"fix the syntax in {path}") from None
+        raise ImageError(
+            f"bwrap profile {name!r} is not valid YAML: {exc}", hint=f"fix the syntax in {path}"
+        ) from None
     try:
         profile = bwrap_profile.load_document(name, document)
     except bwrap_profile.ProfileError as exc:
         raise ImageError(str(exc), hint=f"fix {path}") from None
     if document.get("name", name) != name:
-        raise ImageError(f"bwrap profile {path} names itself {document.get('name')!r}",
-                         hint="the name must match the file name")
+        raise ImageError(
+            f"bwrap profile {path} names itself {document.get('name')!r}",
+            hint="the name must match the file name",
+        )
     return profile
 
 
@@ -52,6 +57,7 @@ def to_json(profile: Profile) -> bytes:
 def compile_named(name: str) -> bytes:
     profiles = shipped()
     if name not in profiles:
-        raise ImageError(f"no bwrap profile named {name!r}",
-                         hint=f"shipped profiles: {', '.join(profiles)}")
+        raise ImageError(
+            f"no bwrap profile named {name!r}", hint=f"shipped profiles: {', '.join(profiles)}"
+        )
     return to_json(load(profiles[name]))

@@ -47,12 +47,23 @@ _SCMP_ARCH = {
 _TARGET_SCMP = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 _SUB_ABIS = {"x86_64": ("SCMP_ARCH_X86", "SCMP_ARCH_X32"), "aarch64": ("SCMP_ARCH_ARM",)}
 # Docker's includes/excludes name architectures the Go way.
-_DOCKER_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64",
-                "x86": "x86", "x32": "x32", "arm": "arm"}
+_DOCKER_ARCH = {
+    "amd64": "x86_64",
+    "x86_64": "x86_64",
+    "arm64": "aarch64",
+    "aarch64": "aarch64",
+    "x86": "x86",
+    "x32": "x32",
+    "arm": "arm",
+}
 
 _OPS = {
-    "SCMP_CMP_NE": pyseccomp.NE, "SCMP_CMP_LT": pyseccomp.LT, "SCMP_CMP_LE": pyseccomp.LE,
-    "SCMP_CMP_EQ": pyseccomp.EQ, "SCMP_CMP_GE": pyseccomp.GE, "SCMP_CMP_GT": pyseccomp.GT,
+    "SCMP_CMP_NE": pyseccomp.NE,
+    "SCMP_CMP_LT": pyseccomp.LT,
+    "SCMP_CMP_LE": pyseccomp.LE,
+    "SCMP_CMP_EQ": pyseccomp.EQ,
+    "SCMP_CMP_GE": pyseccomp.GE,
+    "SCMP_CMP_GT": pyseccomp.GT,
     "SCMP_CMP_MASKED_EQ": pyseccomp.MASKED_EQ,
 }
 _U64 = (1 << 64) - 1
@@ -119,8 +130,9 @@ def target_arch(name: str) -> str:
     try:
         return ARCH_ALIASES[name]
     except KeyError:
-        raise ImageError(f"unknown architecture {name!r}",
-                         hint=f"use one of {', '.join(sorted(ARCH_ALIASES))}") from None
+        raise ImageError(
+            f"unknown architecture {name!r}", hint=f"use one of {', '.join(sorted(ARCH_ALIASES))}"
+        ) from None
 
 
 def _action(profile: str, where: str, name: Any, errno_ret: Any) -> int:
@@ -135,13 +147,17 @@ def _action(profile: str, where: str, name: Any, errno_ret: Any) -> int:
         "SCMP_ACT_LOG": pyseccomp.LOG,
     }
     if name in simple:
-        return simple[name]
+        return int(simple[name])
     if name == "SCMP_ACT_ERRNO":
-        return pyseccomp.ERRNO(errno.EPERM if errno_ret is None else errno_ret)
+        return int(pyseccomp.ERRNO(errno.EPERM if errno_ret is None else errno_ret))
     if name == "SCMP_ACT_TRACE":
-        return pyseccomp.TRACE(errno.EPERM if errno_ret is None else errno_ret)
-    raise ProfileError(profile, where, f"unsupported action {name!r}; use one of "
-                       f"{', '.join([*simple, 'SCMP_ACT_ERRNO', 'SCMP_ACT_TRACE'])}")
+        return int(pyseccomp.TRACE(errno.EPERM if errno_ret is None else errno_ret))
+    raise ProfileError(
+        profile,
+        where,
+        f"unsupported action {name!r}; use one of "
+        f"{', '.join([*simple, 'SCMP_ACT_ERRNO', 'SCMP_ACT_TRACE'])}",
+    )
 
 
 def _u64(profile: str, where: str, key: str, value: Any) -> int:
@@ -162,8 +178,12 @@ def _arg(profile: str, where: str, raw: Any) -> ArgCompare:
     op = raw.get("op")
     if op not in _OPS:
         raise ProfileError(profile, where, f"op {op!r} is not one of {', '.join(_OPS)}")
-    return ArgCompare(index, op, _u64(profile, where, "value", raw.get("value", 0)),
-                      _u64(profile, where, "valueTwo", raw.get("valueTwo", 0)))
+    return ArgCompare(
+        index,
+        op,
+        _u64(profile, where, "value", raw.get("value", 0)),
+        _u64(profile, where, "valueTwo", raw.get("valueTwo", 0)),
+    )
 
 
 def _arch_filter(profile: str, where: str, raw: Any, key: str) -> tuple[str, ...] | None:
@@ -187,13 +207,23 @@ def _arch_filter(profile: str, where: str, raw: Any, key: str) -> tuple[str, ...
 
 def parse(name: str, document: Mapping[str, Any]) -> Profile:
     """Validate a profile document (pure; names resolve at compile time)."""
-    known = {"comment", "defaultAction", "defaultErrnoRet", "architectures", "archMap",
-             "syscalls", "flags", "listenerPath", "listenerMetadata"}
+    known = {
+        "comment",
+        "defaultAction",
+        "defaultErrnoRet",
+        "architectures",
+        "archMap",
+        "syscalls",
+        "flags",
+        "listenerPath",
+        "listenerMetadata",
+    }
     unknown = set(document) - known
     if unknown:
         raise ProfileError(name, "top level", f"unknown keys {sorted(unknown)}")
-    default = _action(name, "defaultAction", document.get("defaultAction"),
-                      document.get("defaultErrnoRet"))
+    default = _action(
+        name, "defaultAction", document.get("defaultAction"), document.get("defaultErrnoRet")
+    )
     arches = list(document.get("architectures") or [])
     for entry in document.get("archMap") or []:  # Docker's form: arch + its sub-ABIs
         arches += [entry.get("architecture"), *entry.get("subArchitectures", [])]
@@ -205,8 +235,16 @@ def parse(name: str, document: Mapping[str, Any]) -> Profile:
         where = f"syscalls[{i}]"
         if not isinstance(entry, dict):
             raise ProfileError(name, where, "must be an object")
-        unknown = set(entry) - {"names", "name", "action", "errnoRet", "args", "comment",
-                                "includes", "excludes"}
+        unknown = set(entry) - {
+            "names",
+            "name",
+            "action",
+            "errnoRet",
+            "args",
+            "comment",
+            "includes",
+            "excludes",
+        }
         if unknown:
             raise ProfileError(name, where, f"unknown keys {sorted(unknown)}")
         names = entry.get("names") or ([entry["name"]] if "name" in entry else [])
@@ -215,8 +253,11 @@ def parse(name: str, document: Mapping[str, Any]) -> Profile:
         where = f"{where} ({names[0]}{', ...' if len(names) > 1 else ''})"
         action = _action(name, where, entry.get("action"), entry.get("errnoRet"))
         if action == default:
-            raise ProfileError(name, where, "action equals defaultAction; libseccomp rejects "
-                               "such rules (drop the entry)")
+            raise ProfileError(
+                name,
+                where,
+                "action equals defaultAction; libseccomp rejects such rules (drop the entry)",
+            )
         args = tuple(_arg(name, where, a) for a in entry.get("args") or [])
         include = _arch_filter(name, where, entry.get("includes"), "includes")
         if (entry.get("includes") or {}).get("caps"):
@@ -231,8 +272,10 @@ def load(path: Path) -> Profile:
     try:
         document = json.loads(path.read_text())
     except OSError as exc:
-        raise ImageError(f"cannot read seccomp profile {path}: {exc.strerror}",
-                         hint="pass a path to an existing profile") from None
+        raise ImageError(
+            f"cannot read seccomp profile {path}: {exc.strerror}",
+            hint="pass a path to an existing profile",
+        ) from None
     except json.JSONDecodeError as exc:
         raise ProfileError(name, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
     if not isinstance(document, dict):
@@ -263,8 +306,11 @@ def compile_profile(profile: Profile, arch: str) -> Compiled:
     arch = target_arch(arch)
     target = _TARGET_SCMP[arch]
     if target not in profile.architectures:
-        raise ProfileError(profile.name, "architectures", f"does not list {target}; "
-                           f"it cannot be compiled for {arch}")
+        raise ProfileError(
+            profile.name,
+            "architectures",
+            f"does not list {target}; it cannot be compiled for {arch}",
+        )
     token = _SCMP_ARCH[target]
     flt = pyseccomp.SyscallFilter(profile.default_action)
     # A new filter holds the host's own arch; swap it for the target when they differ.
@@ -285,22 +331,31 @@ def compile_profile(profile: Profile, arch: str) -> Compiled:
             continue
         for name in rule.names:
             if all(_resolve(t, name) == _UNKNOWN for t in every_abi):
-                raise ProfileError(profile.name, rule.where,
-                                   f"unknown syscall {name!r} (libseccomp does not know it)")
+                raise ProfileError(
+                    profile.name,
+                    rule.where,
+                    f"unknown syscall {name!r} (libseccomp does not know it)",
+                )
             if _resolve(token, name) < 0:
                 skipped.append(name)  # e.g. iopl on aarch64: nothing to filter
                 continue
             for group in _rule_groups(rule):
-                compares = [pyseccomp.Arg(a.index, _OPS[a.op], a.value, a.value_two)
-                            for a in group]
+                compares = [pyseccomp.Arg(a.index, _OPS[a.op], a.value, a.value_two) for a in group]
                 try:
-                    flt.add_rule_exactly(rule.action, name, *compares)
+                    flt.add_rule(rule.action, name, *compares)
                 except OSError as exc:
-                    raise ProfileError(profile.name, rule.where,
-                                       f"libseccomp rejected the rule for {name!r}: "
-                                       f"{exc.strerror}") from None
-    return Compiled(profile.name, arch, _export(flt, "bpf"), _export(flt, "pfc").decode(),
-                    tuple(dict.fromkeys(skipped)))
+                    raise ProfileError(
+                        profile.name,
+                        rule.where,
+                        f"libseccomp rejected the rule for {name!r}: {exc.strerror}",
+                    ) from None
+    return Compiled(
+        profile.name,
+        arch,
+        _export(flt, "bpf"),
+        _export(flt, "pfc").decode(),
+        tuple(dict.fromkeys(skipped)),
+    )
 
 
 def _export(flt: pyseccomp.SyscallFilter, kind: str) -> bytes:
@@ -319,8 +374,9 @@ def _export(flt: pyseccomp.SyscallFilter, kind: str) -> bytes:
 def compile_named(name: str, arch: str) -> Compiled:
     profiles = shipped()
     if name not in profiles:
-        raise ImageError(f"no seccomp profile named {name!r}",
-                         hint=f"shipped profiles: {', '.join(profiles)}")
+        raise ImageError(
+            f"no seccomp profile named {name!r}", hint=f"shipped profiles: {', '.join(profiles)}"
+        )
     return compile_profile(load(profiles[name]), arch)
 
 
@@ -349,8 +405,9 @@ def outputs(compiled: Compiled) -> dict[str, bytes]:
     }
 
 
-def write_all(out: Path, names: Sequence[str] | None = None,
-              arches: Sequence[str] = ARCHES) -> list[Compiled]:
+def write_all(
+    out: Path, names: Sequence[str] | None = None, arches: Sequence[str] = ARCHES
+) -> list[Compiled]:
     """Compile every shipped profile (or ``names``) for every arch into ``out/<arch>/``."""
     wanted = list(names) if names else list(shipped())
     results = [compile_named(n, a) for a in arches for n in wanted]  # all or nothing

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 FORMAT_VERSION = 1
 
@@ -36,8 +36,15 @@ class Flag:
 
     name: str
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "unshare-all", "unshare-user", "unshare-ipc", "unshare-pid", "unshare-net",
-        "unshare-uts", "unshare-cgroup", "die-with-parent", "new-session",
+        "unshare-all",
+        "unshare-user",
+        "unshare-ipc",
+        "unshare-pid",
+        "unshare-net",
+        "unshare-uts",
+        "unshare-cgroup",
+        "die-with-parent",
+        "new-session",
     )
 
     def to_args(self) -> list[str]:
@@ -60,7 +67,12 @@ class Bind:
     src: str
     dest: str
     KNOWN: ClassVar[tuple[str, ...]] = (
-        "bind", "ro-bind", "dev-bind", "bind-try", "ro-bind-try", "dev-bind-try",
+        "bind",
+        "ro-bind",
+        "dev-bind",
+        "bind-try",
+        "ro-bind-try",
+        "dev-bind-try",
     )
 
     def to_args(self) -> list[str]:
@@ -88,7 +100,7 @@ class Mount:
         return [f"--{self.kind}", self.dest]
 
 
-Option = Union[Flag, CapDrop, Bind, Symlink, Mount]
+Option = Flag | CapDrop | Bind | Symlink | Mount
 
 
 @dataclass(frozen=True)
@@ -162,13 +174,13 @@ class Profile:
             "home": self.home,
             "python": self.python,
             "bridge_dir": self.bridge_dir,
-            "seccomp": {"bwrap": list(self.seccomp_bwrap),
-                        "launcher": list(self.seccomp_launcher)},
+            "seccomp": {"bwrap": list(self.seccomp_bwrap), "launcher": list(self.seccomp_launcher)},
             "env": dict(self.env),
             "pass_env": list(self.pass_env),
             "options": options,
-            "bridges": [{"name": b.name, "port": b.port, "connect": b.connect}
-                        for b in self.bridges],
+            "bridges": [
+                {"name": b.name, "port": b.port, "connect": b.connect} for b in self.bridges
+            ],
         }
 
 
@@ -187,8 +199,10 @@ def _option(profile: str, where: str, raw: Any) -> Option:
 
     def expect(*names: str) -> None:
         if keys != set(names):
-            raise ProfileError(f"bwrap profile {profile!r}, {where} ({kind}): expects keys "
-                               f"{sorted(names)}, got {sorted(keys)}")
+            raise ProfileError(
+                f"bwrap profile {profile!r}, {where} ({kind}): expects keys "
+                f"{sorted(names)}, got {sorted(keys)}"
+            )
 
     if kind in Flag.KNOWN:
         expect()
@@ -212,22 +226,27 @@ def _option(profile: str, where: str, raw: Any) -> Option:
         expect("dest")
         return Mount(kind, _abs(profile, where, raw["dest"]))
     known = [*Flag.KNOWN, "cap-drop", *Bind.KNOWN, "symlink", *Mount.KNOWN]
-    raise ProfileError(f"bwrap profile {profile!r}, {where}: unknown option {kind!r} "
-                       f"(bubblewrap 0.6.1 options offered: {', '.join(known)})")
+    raise ProfileError(
+        f"bwrap profile {profile!r}, {where}: unknown option {kind!r} "
+        f"(bubblewrap 0.6.1 options offered: {', '.join(known)})"
+    )
 
 
 def _bridge(profile: str, where: str, raw: Any) -> Bridge:
     if not isinstance(raw, dict) or set(raw) != {"name", "port", "connect"}:
-        raise ProfileError(f"bwrap profile {profile!r}, {where}: a bridge has exactly "
-                           "name, port, connect")
+        raise ProfileError(
+            f"bwrap profile {profile!r}, {where}: a bridge has exactly name, port, connect"
+        )
     name, port, connect = raw["name"], raw["port"], raw["connect"]
     if not isinstance(name, str) or not _NAME.match(name):
         raise ProfileError(f"bwrap profile {profile!r}, {where}: bad bridge name {name!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ProfileError(f"bwrap profile {profile!r}, {where}: bad port {port!r}")
     if not isinstance(connect, str) or not _valid_connect(connect):
-        raise ProfileError(f"bwrap profile {profile!r}, {where}: connect {connect!r} is not "
-                           "tcp:HOST:PORT or unix:/path")
+        raise ProfileError(
+            f"bwrap profile {profile!r}, {where}: connect {connect!r} is not "
+            "tcp:HOST:PORT or unix:/path"
+        )
     return Bridge(name, port, connect)
 
 
@@ -252,14 +271,28 @@ def load_document(name: str, document: Any) -> Profile:
     """Validate a profile document (the JSON in the guest, or the parsed YAML source)."""
     if not isinstance(document, dict):
         raise ProfileError(f"bwrap profile {name!r}: must be a mapping")
-    known = {"format", "name", "hostname", "workspace", "home", "python", "bridge_dir",
-             "seccomp", "env", "pass_env", "options", "bridges"}
+    known = {
+        "format",
+        "name",
+        "hostname",
+        "workspace",
+        "home",
+        "python",
+        "bridge_dir",
+        "seccomp",
+        "env",
+        "pass_env",
+        "options",
+        "bridges",
+    }
     unknown = set(document) - known
     if unknown:
         raise ProfileError(f"bwrap profile {name!r}: unknown keys {sorted(unknown)}")
     if document.get("format", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ProfileError(f"bwrap profile {name!r}: format {document.get('format')!r} is not "
-                           f"{FORMAT_VERSION}; rebuild the image or update sandbox-exec")
+        raise ProfileError(
+            f"bwrap profile {name!r}: format {document.get('format')!r} is not "
+            f"{FORMAT_VERSION}; rebuild the image or update sandbox-exec"
+        )
     hostname = document.get("hostname", "sandbox")
     if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
         raise ProfileError(f"bwrap profile {name!r}: bad hostname {hostname!r}")
@@ -269,8 +302,9 @@ def load_document(name: str, document: Any) -> Profile:
     stages = {}
     for stage in ("bwrap", "launcher"):
         names = seccomp.get(stage) or []
-        if not isinstance(names, list) or not all(isinstance(n, str) and _NAME.match(n)
-                                                  for n in names):
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) and _NAME.match(n) for n in names
+        ):
             raise ProfileError(f"bwrap profile {name!r}: seccomp.{stage} must list filter names")
         stages[stage] = tuple(names)
     if len(stages["bwrap"]) > 1:
@@ -290,10 +324,12 @@ def load_document(name: str, document: Any) -> Profile:
     if not isinstance(raw_options, list) or not raw_options:
         raise ProfileError(f"bwrap profile {name!r}: options must be a non-empty list")
     options = tuple(_option(name, f"options[{i}]", o) for i, o in enumerate(raw_options))
-    bridges = tuple(_bridge(name, f"bridges[{i}]", b)
-                    for i, b in enumerate(document.get("bridges") or []))
-    if len({b.name for b in bridges}) != len(bridges) or \
-            len({b.port for b in bridges}) != len(bridges):
+    bridges = tuple(
+        _bridge(name, f"bridges[{i}]", b) for i, b in enumerate(document.get("bridges") or [])
+    )
+    if len({b.name for b in bridges}) != len(bridges) or len({b.port for b in bridges}) != len(
+        bridges
+    ):
         raise ProfileError(f"bwrap profile {name!r}: bridge names and ports must be unique")
     return Profile(
         name=name,
@@ -316,6 +352,7 @@ def load_json(path: Path) -> Profile:
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ProfileError(f"bwrap profile {name!r}: invalid JSON at line {exc.lineno}: "
-                           f"{exc.msg}") from None
+        raise ProfileError(
+            f"bwrap profile {name!r}: invalid JSON at line {exc.lineno}: {exc.msg}"
+        ) from None
     return load_document(name, document)

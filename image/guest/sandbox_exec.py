@@ -47,9 +47,9 @@ if __package__:
     from image.guest.bwrap_profile import Profile
 else:  # installed in the VM or run as a script: the module sits next to this file
     # (python -I leaves the script's directory off sys.path, so put it there).
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bwrap_profile  # type: ignore[import-not-found,no-redef]
-    from bwrap_profile import Profile  # type: ignore[import-not-found,no-redef,assignment]
+    from bwrap_profile import Profile  # type: ignore[no-redef]
 
 PROFILE_DIR = Path("/etc/sandbox-image/bwrap")
 SECCOMP_DIR = Path("/usr/local/lib/sandbox-image/seccomp")
@@ -80,15 +80,24 @@ class LauncherError(Exception):
 
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                           ctypes.c_ulong]
+    libc.prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
     libc.prctl.restype = ctypes.c_int
     return libc
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class _SockFprog(ctypes.Structure):
@@ -125,11 +134,17 @@ def sandbox_env(profile: Profile, environ: Mapping[str, str]) -> list[tuple[str,
 
 
 def inner_config(profile: Profile, launcher_filters: Sequence[bytes]) -> str:
-    return json.dumps({
-        "bridges": [{"port": b.port, "socket": f"{profile.bridge_dir}/{b.socket_name()}"}
-                    for b in profile.bridges],
-        "filters": [f.hex() for f in launcher_filters],
-    }, sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {
+            "bridges": [
+                {"port": b.port, "socket": f"{profile.bridge_dir}/{b.socket_name()}"}
+                for b in profile.bridges
+            ],
+            "filters": [f.hex() for f in launcher_filters],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def bwrap_argv(
@@ -153,20 +168,34 @@ def bwrap_argv(
         argv += ["--ro-bind", str(session_dir), profile.bridge_dir]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
-    argv += ["--", profile.python, "-I", f"{INNER_DIR}/sandbox_exec.py", "--inner", config,
-             "--", *cmd]
+    argv += [
+        "--",
+        profile.python,
+        "-I",
+        f"{INNER_DIR}/sandbox_exec.py",
+        "--inner",
+        config,
+        "--",
+        *cmd,
+    ]
     return argv
 
 
 def outer_bridge_argv(socat: str, bridge: bwrap_profile.Bridge, session_dir: Path) -> list[str]:
     # unlink-early: a stale socket from a killed run never blocks the listener.
-    return [socat, f"UNIX-LISTEN:{session_dir / bridge.socket_name()},fork,unlink-early",
-            bridge.outside_address()]
+    return [
+        socat,
+        f"UNIX-LISTEN:{session_dir / bridge.socket_name()},fork,unlink-early",
+        bridge.outside_address(),
+    ]
 
 
 def inner_bridge_argv(socat: str, port: int, socket_path: str) -> list[str]:
-    return [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-            f"UNIX-CONNECT:{socket_path}"]
+    return [
+        socat,
+        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+        f"UNIX-CONNECT:{socket_path}",
+    ]
 
 
 # --- the outer stage -----------------------------------------------------------------
@@ -185,14 +214,17 @@ def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[None]:
         if profile.bridges:
             socat = _which("socat", "install socat (apt-get install socat)")
             for bridge in profile.bridges:
-                procs.append(subprocess.Popen(
-                    outer_bridge_argv(socat, bridge, session_dir), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    preexec_fn=_die_with_us,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        outer_bridge_argv(socat, bridge, session_dir),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        preexec_fn=_die_with_us,
+                    )
+                )
             wanted = [session_dir / b.socket_name() for b in profile.bridges]
-            _wait_for(lambda: all(p.exists() for p in wanted), "the outer bridge sockets",
-                      procs)
+            _wait_for(lambda: all(p.exists() for p in wanted), "the outer bridge sockets", procs)
         yield
     finally:
         for proc in procs:
@@ -206,8 +238,9 @@ def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[None]:
                 proc.wait()
 
 
-def _wait_for(ready: Callable[[], bool], what: str,
-              procs: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+def _wait_for(
+    ready: Callable[[], bool], what: str, procs: Sequence[subprocess.Popen[bytes]] = ()
+) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while not ready():
         for proc in procs:
@@ -230,8 +263,10 @@ def _read_filter(seccomp_dir: Path, name: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise LauncherError(f"cannot read seccomp filter {path}: {exc.strerror}; "
-                            "compile it (./inv compile-seccomp) or pass --seccomp-dir") from None
+        raise LauncherError(
+            f"cannot read seccomp filter {path}: {exc.strerror}; "
+            "compile it (./inv compile-seccomp) or pass --seccomp-dir"
+        ) from None
 
 
 def run_sandbox(
@@ -262,10 +297,15 @@ def run_sandbox(
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds.append(fd)
             argv = bwrap_argv(
-                profile, bwrap=bwrap, workspace=workspace.resolve(),
-                launcher_dir=Path(__file__).resolve().parent, session_dir=session_dir,
+                profile,
+                bwrap=bwrap,
+                workspace=workspace.resolve(),
+                launcher_dir=Path(__file__).resolve().parent,
+                session_dir=session_dir,
                 seccomp_fd=fds[0] if fds else None,
-                config=inner_config(profile, second), cmd=cmd, environ=os.environ,
+                config=inner_config(profile, second),
+                cmd=cmd,
+                environ=os.environ,
             )
             try:
                 proc = subprocess.Popen(argv, pass_fds=fds, stdout=stdout)
@@ -280,8 +320,9 @@ def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward)
-                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         code = proc.wait()
     finally:
@@ -296,11 +337,10 @@ def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
 def _listening(port: int) -> bool:
     """Is something listening on 127.0.0.1:port in this network namespace?"""
     want = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == want and fields[3] == "0A":  # 0A = TCP_LISTEN
-                return True
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == want and fields[3] == "0A":  # 0A = TCP_LISTEN
+            return True
     return False
 
 
@@ -315,8 +355,12 @@ def _start_detached(argvs: Sequence[Sequence[str]]) -> None:
         try:
             os.setsid()
             for argv in argvs:
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
@@ -399,8 +443,12 @@ sys.exit(0 if ok else 1)
 
 def self_test(profile: Profile, seccomp_dir: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="sandbox-exec-selftest.") as workspace:
-        return run_sandbox(profile, [profile.python, "-I", "-c", SELF_TEST],
-                           workspace=Path(workspace), seccomp_dir=seccomp_dir)
+        return run_sandbox(
+            profile,
+            [profile.python, "-I", "-c", SELF_TEST],
+            workspace=Path(workspace),
+            seccomp_dir=seccomp_dir,
+        )
 
 
 # --- command line --------------------------------------------------------------------
@@ -411,8 +459,10 @@ def _load_profile(spec: str, profile_dir: Path) -> Profile:
     try:
         return bwrap_profile.load_json(path)
     except OSError as exc:
-        raise LauncherError(f"cannot read profile {path}: {exc.strerror}; "
-                            "pass --profile NAME (in --profile-dir) or a path") from None
+        raise LauncherError(
+            f"cannot read profile {path}: {exc.strerror}; "
+            "pass --profile NAME (in --profile-dir) or a path"
+        ) from None
     except bwrap_profile.ProfileError as exc:
         raise LauncherError(str(exc)) from None
 
@@ -422,17 +472,27 @@ def _parser() -> argparse.ArgumentParser:
         prog="sandbox-exec",
         description="Run a command under bubblewrap with the sandbox's seccomp filters.",
         epilog="exit status: the command's; 128+N if it died of signal N; "
-               "125 launcher failure; 126 not executable; 127 not found",
+        "125 launcher failure; 126 not executable; 127 not found",
     )
     parser.add_argument("--profile", default="agent", help="profile name or path (agent)")
-    parser.add_argument("--workspace", type=Path, default=None,
-                        help="directory bound read-write as the workspace (default: cwd)")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="directory bound read-write as the workspace (default: cwd)",
+    )
     parser.add_argument("--profile-dir", type=Path, default=PROFILE_DIR, help=str(PROFILE_DIR))
     parser.add_argument("--seccomp-dir", type=Path, default=SECCOMP_DIR, help=str(SECCOMP_DIR))
-    parser.add_argument("--self-test", action="store_true",
-                        help="prove the sandbox works here: print one JSON line, exit 0 if ok")
-    parser.add_argument("--print-argv", action="store_true",
-                        help="print the bwrap argv as JSON instead of running it")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="prove the sandbox works here: print one JSON line, exit 0 if ok",
+    )
+    parser.add_argument(
+        "--print-argv",
+        action="store_true",
+        help="print the bwrap argv as JSON instead of running it",
+    )
     parser.add_argument("--inner", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
     return parser
@@ -455,11 +515,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise LauncherError("no command given; usage: sandbox-exec [options] -- CMD [ARG...]")
         workspace = args.workspace or Path.cwd()
         if args.print_argv:
-            print(json.dumps(bwrap_argv(
-                profile, bwrap="bwrap", workspace=workspace.resolve(),
-                launcher_dir=Path(__file__).resolve().parent, session_dir=Path("/SESSION"),
-                seccomp_fd=SECCOMP_FD if profile.seccomp_bwrap else None,
-                config=inner_config(profile, []), cmd=cmd, environ=os.environ)))
+            print(
+                json.dumps(
+                    bwrap_argv(
+                        profile,
+                        bwrap="bwrap",
+                        workspace=workspace.resolve(),
+                        launcher_dir=Path(__file__).resolve().parent,
+                        session_dir=Path("/SESSION"),
+                        seccomp_fd=SECCOMP_FD if profile.seccomp_bwrap else None,
+                        config=inner_config(profile, []),
+                        cmd=cmd,
+                        environ=os.environ,
+                    )
+                )
+            )
             return 0
         return run_sandbox(profile, cmd, workspace=workspace, seccomp_dir=args.seccomp_dir)
     except LauncherError as exc:
