@@ -279,8 +279,12 @@ def run_sandbox(
 ) -> int:
     """Run cmd in the sandbox; returns its exit status (128+N for signal N)."""
     bwrap = _which("bwrap", "install bubblewrap (apt-get install bubblewrap)")
-    if not workspace.is_dir():
-        raise LauncherError(f"workspace {workspace} is not a directory")
+    try:
+        usable = workspace.is_dir() and os.access(workspace, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        raise LauncherError(f"workspace {workspace} is not a directory this user can write")
     first = [_read_filter(seccomp_dir, n) for n in profile.seccomp_bwrap]
     second = [_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher]
     with tempfile.TemporaryDirectory(prefix="sandbox-exec.") as tmp:
