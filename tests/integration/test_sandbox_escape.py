@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,12 +425,14 @@ def test_missing_command_is_127(sbx: Sandbox) -> None:
     assert b"no-such-command-here: command not found" in result.stderr
 
 
-def _processes_with(marker: bytes) -> list[int]:
+def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:
+    """Pids whose command line holds marker (or is exactly it, NUL-terminated)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if marker in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if (cmdline == marker + b"\x00") if whole else (marker in cmdline):
                     found.append(int(entry.name))
     return found
 
@@ -439,6 +442,32 @@ def test_the_commands_death_tears_everything_down(sbx: Sandbox) -> None:
     result = sbx.sh("sleep 9871 & echo started")
     assert result.stdout == b"started\n"
     assert _processes_with(b"sleep\x009871") == []
+    assert _processes_with(f"TCP:127.0.0.1:{sbx.proxy_port}".encode()) == []
+
+
+def test_sigterm_to_the_launcher_ends_the_sandbox(sbx: Sandbox) -> None:
+    argv = [
+        sys.executable,
+        str(LAUNCHER),
+        "--profile-dir",
+        str(sbx.profile_dir),
+        "--seccomp-dir",
+        str(sbx.seccomp_dir),
+        "--workspace",
+        str(sbx.workspace),
+        "--",
+        "sleep",
+        "9874",
+    ]
+    with run.background(argv) as proc:
+        deadline = time.monotonic() + 30
+        # The sandboxed sleep itself, not the launcher whose argv also names it.
+        while not _processes_with(b"sleep\x009874", whole=True):
+            assert time.monotonic() < deadline, "the sandboxed sleep never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    assert _processes_with(b"sleep\x009874", whole=True) == []
     assert _processes_with(f"TCP:127.0.0.1:{sbx.proxy_port}".encode()) == []
 
 
