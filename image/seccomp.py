@@ -226,6 +226,8 @@ def parse(name: str, document: Mapping[str, Any]) -> Profile:
     )
     arches = list(document.get("architectures") or [])
     for entry in document.get("archMap") or []:  # Docker's form: arch + its sub-ABIs
+        if not isinstance(entry, dict) or not isinstance(entry.get("subArchitectures", []), list):
+            raise ProfileError(name, "archMap", "entries are {architecture, subArchitectures}")
         arches += [entry.get("architecture"), *entry.get("subArchitectures", [])]
     for arch in arches:
         if arch not in _SCMP_ARCH:

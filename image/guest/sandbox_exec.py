@@ -63,8 +63,9 @@ EXIT_LAUNCHER = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
-# Bounded waits: a bridge that is not up in this time will not come up.
-READY_TIMEOUT = 5.0
+# Bounded waits: a bridge that is not up in this time will not come up. Generous,
+# because an arm64 guest under TCG starts socat tens of times slower than native.
+READY_TIMEOUT = 30.0
 READY_POLL = 0.005
 
 PR_SET_PDEATHSIG = 1
