@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -231,16 +232,74 @@ def seed(c: Context) -> None:
     _not_built("seed", 4)
 
 
-@task(name="compile-seccomp")
-def compile_seccomp(c: Context) -> None:
-    """Compile the seccomp profiles to BPF for x86_64 and aarch64."""
-    _not_built("compile-seccomp", 5)
+@task(name="compile-seccomp", help={
+    "out": "output directory (default: <output_dir>/seccomp); writes <out>/<arch>/<name>.bpf",
+    "arch": "x86_64, aarch64 (or amd64, arm64); comma-separated; default both",
+    "profile": "only these seccomp profiles, comma-separated (default: all shipped)",
+    "json": CONFIG_HELP["json"],
+})
+def compile_seccomp(c: Context, out: str | None = None, arch: str | None = None,
+                    profile: str | None = None, json: bool = False) -> None:
+    """Compile the seccomp profiles to BPF (+ PFC dump, sha256) for x86_64 and aarch64."""
+    from image import seccomp
+
+    with _user_errors():
+        out_dir = Path(out) if out else _config(c).config.output_dir / "seccomp"
+        arches = [seccomp.target_arch(a) for a in arch.split(",")] if arch else seccomp.ARCHES
+        names = profile.split(",") if profile else None
+        results = seccomp.write_all(out_dir, names, arches)
+        rows = [{"profile": r.profile, "arch": r.arch, "instructions": len(r.bpf) // 8,
+                 "sha256": r.sha256, "skipped": list(r.skipped),
+                 "bpf": str(out_dir / r.arch / f"{r.profile}.bpf")} for r in results]
+        if json:
+            console.print_json({"out": str(out_dir), "filters": rows})
+            return
+        for r in results:
+            print(f"{out_dir / r.arch / r.profile}.bpf  {len(r.bpf) // 8:>4} insns  "
+                  f"sha256 {r.sha256[:16]}")
 
 
-@task(name="sandbox-run")
-def sandbox_run(c: Context) -> None:
-    """Run a command under the in-guest sandbox launcher, on this host."""
-    _not_built("sandbox-run", 5)
+def _remainder(c: Context) -> list[str]:
+    # invoke joins the words after "--" with spaces, losing their quoting
+    # ("sh -c 'a b'"); the process's own argv still has them intact.
+    if "--" in sys.argv:
+        return sys.argv[sys.argv.index("--") + 1:]
+    return shlex.split(c.remainder)
+
+
+@task(name="sandbox-run", help={
+    "profile": "bwrap profile (default: agent)",
+    "workspace": "directory bound read-write at /workspace (default: current directory)",
+    "self_test": "run the launcher's self-test instead of a command (prints one JSON line)",
+})
+def sandbox_run(c: Context, profile: str = "agent", workspace: str | None = None,
+                self_test: bool = False) -> None:
+    """Run a command under the in-guest sandbox launcher on this host: -- CMD [ARG...]."""
+    from image import bwrap, seccomp
+
+    with _user_errors():
+        cmd = _remainder(c)
+        if not cmd and not self_test:
+            raise ImageError("no command given", hint="./inv sandbox-run -- CMD [ARG...]")
+        hosttools.require(["bwrap", "socat", "libseccomp"], "sandbox-run")
+        host_arch = seccomp.target_arch(os.uname().machine)
+        # Compiled into the output dir (atomic, deterministic bytes), so the launcher can
+        # replace this process: the command gets our stdio, signals and exit status.
+        base = _config(c).config.output_dir / "sandbox-run"
+        seccomp.write_all(base / "seccomp", arches=[host_arch])
+        profile_json = base / "bwrap" / f"{profile}.json"
+        profile_json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = profile_json.with_name(f".{profile_json.name}.{os.getpid()}")
+        tmp.write_bytes(bwrap.compile_named(profile))
+        tmp.replace(profile_json)
+        argv = [sys.executable, str(ROOT / "image" / "guest" / "sandbox_exec.py"),
+                "--profile", str(profile_json), "--seccomp-dir", str(base / "seccomp" / host_arch)]
+        # ./inv changes into the checkout; the shell's PWD is where the user was.
+        where = Path(os.environ.get("PWD") or Path.cwd())
+        argv += ["--workspace", str((where / workspace).resolve() if workspace else where)]
+        argv += ["--self-test"] if self_test else ["--", *cmd]
+        console.log.info("+ %s", shlex.join(argv))
+    os.execv(argv[0], argv)
 
 
 @task(name="build-image")

@@ -1,0 +1,1 @@
+"""Files installed into the VM image. Standard library only; they must run on Python 3.10."""

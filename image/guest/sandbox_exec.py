@@ -1,0 +1,546 @@
+"""sandbox-exec: run one command under bubblewrap with two stacked seccomp filters.
+
+Standard library only, Python 3.10 (it runs inside the VM, as the unprivileged user).
+
+    sandbox-exec [--profile agent] [--workspace DIR] -- CMD [ARG...]
+    sandbox-exec --self-test [--profile agent]
+
+Two stages, one file:
+
+outer (outside the sandbox)
+    reads the profile, starts one socat per proxy bridge that listens on a Unix
+    socket in a private session directory and forwards to the VM's proxy, and runs
+    bwrap with the profile's options, the first filter passed by file descriptor
+    (``--seccomp FD``), and this file's inner stage as the command.
+inner (pid 2 inside the namespaces, already under the first filter)
+    starts the in-sandbox half of each bridge (socat: TCP 127.0.0.1:PORT -> the
+    bound Unix socket), waits until it listens, loads the second filter itself
+    (no-new-privs + PR_SET_SECCOMP) and execs CMD. The bridge started before that
+    filter, so it keeps AF_UNIX; CMD and everything it starts cannot make one.
+
+Exit status: CMD's own; 128+N when CMD died of signal N (bwrap reports it so);
+125 when the launcher itself failed, 126/127 when CMD could not be executed.
+When CMD exits, bwrap's pid-namespace init exits and the kernel kills whatever
+is left in the sandbox (the bridge included); the outer socats are stopped too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, NoReturn
+
+if __package__:
+    from image.guest import bwrap_profile
+    from image.guest.bwrap_profile import Profile
+else:  # installed in the VM or run as a script: the module sits next to this file
+    # (python -I leaves the script's directory off sys.path, so put it there).
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bwrap_profile  # type: ignore[import-not-found,no-redef]
+    from bwrap_profile import Profile  # type: ignore[no-redef]
+
+PROFILE_DIR = Path("/etc/sandbox-image/bwrap")
+SECCOMP_DIR = Path("/usr/local/lib/sandbox-image/seccomp")
+# This file's directory is bound read-only here, so the inner stage runs the same code
+# whether the launcher is installed under /usr (VM) or lives in a checkout (host).
+INNER_DIR = "/run/sandbox-exec"
+# Only for --print-argv: the real run passes whatever number the memfd got.
+SECCOMP_FD = 3
+
+EXIT_LAUNCHER = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+# Bounded waits: a bridge that is not up in this time will not come up. Generous,
+# because an arm64 guest under TCG starts socat tens of times slower than native.
+READY_TIMEOUT = 30.0
+READY_POLL = 0.005
+
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+BPF_INSTRUCTION_SIZE = 8
+
+
+class LauncherError(Exception):
+    """The launcher cannot do its job; the message says what to do about it."""
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    libc.prctl.restype = ctypes.c_int
+    return libc
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a compiled filter on this thread (and whatever it execs), like bwrap does."""
+    if not program or len(program) % BPF_INSTRUCTION_SIZE:
+        raise LauncherError(f"a seccomp program of {len(program)} bytes is not BPF")
+    count = len(program) // BPF_INSTRUCTION_SIZE
+    instructions = (_SockFilter * count).from_buffer_copy(program)
+    fprog = _SockFprog(count, instructions)
+    libc = _libc()
+    # no-new-privs is already set by bwrap; setting it again is harmless and makes
+    # this function correct on its own (the kernel demands it for unprivileged filters).
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise LauncherError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+        raise LauncherError(f"prctl(PR_SET_SECCOMP) failed: {os.strerror(ctypes.get_errno())}")
+
+
+# --- pure builders -------------------------------------------------------------------
+
+
+def sandbox_env(profile: Profile, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The command's whole environment: the profile's, HOME, and the passed-through names."""
+    env = dict(profile.env)
+    env["HOME"] = profile.home
+    for name in profile.pass_env:
+        if name in environ:
+            env[name] = environ[name]
+    return sorted(env.items())
+
+
+def inner_config(profile: Profile, launcher_filters: Sequence[bytes]) -> str:
+    return json.dumps(
+        {
+            "bridges": [
+                {"port": b.port, "socket": f"{profile.bridge_dir}/{b.socket_name()}"}
+                for b in profile.bridges
+            ],
+            "filters": [f.hex() for f in launcher_filters],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def bwrap_argv(
+    profile: Profile,
+    *,
+    bwrap: str,
+    workspace: Path,
+    launcher_dir: Path,
+    session_dir: Path | None,
+    seccomp_fd: int | None,
+    config: str,
+    cmd: Sequence[str],
+    environ: Mapping[str, str],
+) -> list[str]:
+    argv = [bwrap, *profile.to_args(), "--hostname", profile.hostname, "--clearenv"]
+    for name, value in sandbox_env(profile, environ):
+        argv += ["--setenv", name, value]
+    argv += ["--bind", str(workspace), profile.workspace, "--chdir", profile.workspace]
+    argv += ["--ro-bind", str(launcher_dir), INNER_DIR]
+    if session_dir is not None and profile.bridges:
+        argv += ["--ro-bind", str(session_dir), profile.bridge_dir]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += [
+        "--",
+        profile.python,
+        "-I",
+        f"{INNER_DIR}/sandbox_exec.py",
+        "--inner",
+        config,
+        "--",
+        *cmd,
+    ]
+    return argv
+
+
+def outer_bridge_argv(socat: str, bridge: bwrap_profile.Bridge, session_dir: Path) -> list[str]:
+    # unlink-early: a stale socket from a killed run never blocks the listener.
+    return [
+        socat,
+        f"UNIX-LISTEN:{session_dir / bridge.socket_name()},fork,unlink-early",
+        bridge.outside_address(),
+    ]
+
+
+def inner_bridge_argv(socat: str, port: int, socket_path: str) -> list[str]:
+    return [
+        socat,
+        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+        f"UNIX-CONNECT:{socket_path}",
+    ]
+
+
+# --- the outer stage -----------------------------------------------------------------
+
+
+def _die_with_us() -> None:
+    # Runs in the child between fork and exec: if the launcher is killed outright, the
+    # kernel stops the bridge too, so nothing outlives a session.
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[None]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        if profile.bridges:
+            socat = _which("socat", "install socat (apt-get install socat)")
+            for bridge in profile.bridges:
+                procs.append(
+                    subprocess.Popen(
+                        outer_bridge_argv(socat, bridge, session_dir),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        preexec_fn=_die_with_us,
+                    )
+                )
+            wanted = [session_dir / b.socket_name() for b in profile.bridges]
+            _wait_for(lambda: all(p.exists() for p in wanted), "the outer bridge sockets", procs)
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for(
+    ready: Callable[[], bool], what: str, procs: Sequence[subprocess.Popen[bytes]] = ()
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready():
+        for proc in procs:
+            if proc.poll() is not None:
+                raise LauncherError(f"{what}: socat exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise LauncherError(f"{what} did not come up within {READY_TIMEOUT:g} s")
+        time.sleep(READY_POLL)
+
+
+def _which(name: str, hint: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise LauncherError(f"{name} not found on PATH; {hint}")
+    return found
+
+
+def _read_filter(seccomp_dir: Path, name: str) -> bytes:
+    path = seccomp_dir / f"{name}.bpf"
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LauncherError(
+            f"cannot read seccomp filter {path}: {exc.strerror}; "
+            "compile it (./inv compile-seccomp) or pass --seccomp-dir"
+        ) from None
+
+
+def run_sandbox(
+    profile: Profile,
+    cmd: Sequence[str],
+    *,
+    workspace: Path,
+    seccomp_dir: Path,
+    stdout: IO[bytes] | None = None,
+) -> int:
+    """Run cmd in the sandbox; returns its exit status (128+N for signal N)."""
+    bwrap = _which("bwrap", "install bubblewrap (apt-get install bubblewrap)")
+    try:
+        usable = workspace.is_dir() and os.access(workspace, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        raise LauncherError(f"workspace {workspace} is not a directory this user can write")
+    first = [_read_filter(seccomp_dir, n) for n in profile.seccomp_bwrap]
+    second = [_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher]
+    with tempfile.TemporaryDirectory(prefix="sandbox-exec.") as tmp:
+        session_dir = Path(tmp)
+        with _outer_bridges(profile, session_dir):
+            fds: list[int] = []
+            if first:
+                # bwrap reads the program from this fd; a memfd would do, a pipe could
+                # block on programs larger than its buffer.
+                # Passed under its own number (pass_fds keeps it): never dup2 onto a
+                # fixed one, which might be an fd the caller is using.
+                fd = os.memfd_create("seccomp-filter", 0)
+                os.write(fd, first[0])
+                os.lseek(fd, 0, os.SEEK_SET)
+                fds.append(fd)
+            argv = bwrap_argv(
+                profile,
+                bwrap=bwrap,
+                workspace=workspace.resolve(),
+                launcher_dir=Path(__file__).resolve().parent,
+                session_dir=session_dir,
+                seccomp_fd=fds[0] if fds else None,
+                config=inner_config(profile, second),
+                cmd=cmd,
+                environ=os.environ,
+            )
+            try:
+                proc = subprocess.Popen(argv, pass_fds=fds, stdout=stdout)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return _wait_forwarding_signals(proc)
+
+
+def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
+    def forward(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 - code if code < 0 else code
+
+
+# --- the inner stage -----------------------------------------------------------------
+
+
+def _listening(port: int) -> bool:
+    """Is something listening on 127.0.0.1:port in this network namespace?"""
+    want = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == want and fields[3] == "0A":  # 0A = TCP_LISTEN
+            return True
+    return False
+
+
+def _start_detached(argvs: Sequence[Sequence[str]]) -> None:
+    """Start the inner bridges as grandchildren, so pid 1 (bwrap's init) adopts them.
+
+    CMD replaces this process; were the bridges its children, a shell's bare `wait`
+    would wait for them forever.
+    """
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            for argv in argvs:
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def inner_main(config_text: str, cmd: Sequence[str]) -> NoReturn:
+    config = json.loads(config_text)
+    bridges = config["bridges"]
+    if bridges:
+        socat = _which("socat", "the image needs socat")
+        _start_detached([inner_bridge_argv(socat, b["port"], b["socket"]) for b in bridges])
+        _wait_for(lambda: all(_listening(b["port"]) for b in bridges), "the proxy bridge")
+    for program in config["filters"]:
+        load_seccomp(bytes.fromhex(program))
+    try:
+        os.execvp(cmd[0], list(cmd))
+    except FileNotFoundError:
+        print(f"sandbox-exec: {cmd[0]}: command not found", file=sys.stderr)
+        os._exit(EXIT_NOT_FOUND)
+    except OSError as exc:
+        print(f"sandbox-exec: {cmd[0]}: {exc.strerror}", file=sys.stderr)
+        os._exit(EXIT_NOT_EXECUTABLE)
+
+
+# --- the self-test -------------------------------------------------------------------
+
+# Runs inside the sandbox with the guest's own filters. Each blocked call uses
+# arguments the kernel would answer differently (success, EBADF, EINVAL), so the
+# expected errno can only come from the filter.
+SELF_TEST = r"""
+import ctypes, errno, json, platform, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+arch = platform.machine()
+NR = {"x86_64": {"unshare": 272, "ioctl": 16, "clone3": 435},
+      "aarch64": {"unshare": 97, "ioctl": 29, "clone3": 435}}[arch]
+def sc(name, *args):
+    ctypes.set_errno(0)
+    ret = libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) for a in args])
+    return ret, ctypes.get_errno()
+def sock_errno(family, kind, address=None):
+    try:
+        s = socket.socket(family, kind)
+    except OSError as exc:
+        return exc.errno
+    try:
+        s.settimeout(3)
+        if address:
+            s.connect(address)
+        return 0
+    except OSError as exc:
+        return exc.errno
+    finally:
+        s.close()
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+status = {k: v.strip() for k, v in status.items()}
+checks = {}
+def check(name, ok, got):
+    checks[name] = {"ok": bool(ok), "got": got}
+check("no_new_privs", status.get("NoNewPrivs") == "1", status.get("NoNewPrivs"))
+check("cap_eff_zero", int(status.get("CapEff", "1"), 16) == 0, status.get("CapEff"))
+check("seccomp_filters_2", status.get("Seccomp_filters") == "2", status.get("Seccomp_filters"))
+r, e = sc("unshare", 0x10000000 | 0x00020000)
+check("unshare_userns_eperm", r == -1 and e == errno.EPERM, errno.errorcode.get(e, e))
+r, e = sc("ioctl", -1, 0x5412 | (1 << 32), 0)
+check("tiocsti_high_bits_eperm", r == -1 and e == errno.EPERM, errno.errorcode.get(e, e))
+r, e = sc("clone3", 0, 0)
+check("clone3_enosys", r == -1 and e == errno.ENOSYS, errno.errorcode.get(e, e))
+e = sock_errno(socket.AF_UNIX, socket.SOCK_STREAM)
+check("af_unix_eperm", e == errno.EPERM, errno.errorcode.get(e, e))
+e = sock_errno(socket.AF_INET, socket.SOCK_STREAM, ("10.0.2.2", 3128))
+check("no_direct_network", e in (errno.ENETUNREACH, errno.EHOSTUNREACH), errno.errorcode.get(e, e))
+e = sock_errno(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 3128))
+check("bridge_listens", e == 0, errno.errorcode.get(e, e))
+ok = all(c["ok"] for c in checks.values())
+print(json.dumps({"ok": ok, "arch": arch, "checks": checks}, sort_keys=True))
+sys.exit(0 if ok else 1)
+"""
+
+
+def self_test(profile: Profile, seccomp_dir: Path) -> int:
+    with tempfile.TemporaryDirectory(prefix="sandbox-exec-selftest.") as workspace:
+        return run_sandbox(
+            profile,
+            [profile.python, "-I", "-c", SELF_TEST],
+            workspace=Path(workspace),
+            seccomp_dir=seccomp_dir,
+        )
+
+
+# --- command line --------------------------------------------------------------------
+
+
+def _load_profile(spec: str, profile_dir: Path) -> Profile:
+    path = Path(spec) if "/" in spec or spec.endswith(".json") else profile_dir / f"{spec}.json"
+    try:
+        return bwrap_profile.load_json(path)
+    except OSError as exc:
+        raise LauncherError(
+            f"cannot read profile {path}: {exc.strerror}; "
+            "pass --profile NAME (in --profile-dir) or a path"
+        ) from None
+    except bwrap_profile.ProfileError as exc:
+        raise LauncherError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandbox-exec",
+        description="Run a command under bubblewrap with the sandbox's seccomp filters.",
+        epilog="exit status: the command's; 128+N if it died of signal N; "
+        "125 launcher failure; 126 not executable; 127 not found",
+    )
+    parser.add_argument("--profile", default="agent", help="profile name or path (agent)")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="directory bound read-write as the workspace (default: cwd)",
+    )
+    parser.add_argument("--profile-dir", type=Path, default=PROFILE_DIR, help=str(PROFILE_DIR))
+    parser.add_argument("--seccomp-dir", type=Path, default=SECCOMP_DIR, help=str(SECCOMP_DIR))
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="prove the sandbox works here: print one JSON line, exit 0 if ok",
+    )
+    parser.add_argument(
+        "--print-argv",
+        action="store_true",
+        help="print the bwrap argv as JSON instead of running it",
+    )
+    parser.add_argument("--inner", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    try:
+        if args.inner is not None:
+            if not cmd:
+                raise LauncherError("no command given")
+            inner_main(args.inner, cmd)
+        profile = _load_profile(args.profile, args.profile_dir)
+        if args.self_test:
+            return self_test(profile, args.seccomp_dir)
+        if not cmd:
+            raise LauncherError("no command given; usage: sandbox-exec [options] -- CMD [ARG...]")
+        workspace = args.workspace or Path.cwd()
+        if args.print_argv:
+            print(
+                json.dumps(
+                    bwrap_argv(
+                        profile,
+                        bwrap="bwrap",
+                        workspace=workspace.resolve(),
+                        launcher_dir=Path(__file__).resolve().parent,
+                        session_dir=Path("/SESSION"),
+                        seccomp_fd=SECCOMP_FD if profile.seccomp_bwrap else None,
+                        config=inner_config(profile, []),
+                        cmd=cmd,
+                        environ=os.environ,
+                    )
+                )
+            )
+            return 0
+        return run_sandbox(profile, cmd, workspace=workspace, seccomp_dir=args.seccomp_dir)
+    except LauncherError as exc:
+        print(f"sandbox-exec: {exc}", file=sys.stderr)
+        return EXIT_LAUNCHER
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What the image needs for the in-guest sandbox: the launcher, its profiles, the filters.
+
+``guest_files(arch)`` is the one entry point for the build (cloud-init write_files,
+or a copy over SSH): absolute guest path -> bytes. Every file is 0644 except the
+paths in ``EXECUTABLES`` (0755). The build proves the result in the VM with
+``SELF_TEST_COMMAND`` run as the unprivileged user: it prints one JSON line
+(``{"ok": true, "arch": ..., "checks": {...}}``) and exits 0 only if every check held.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from image import bwrap, seccomp
+
+GUEST_DIR = Path(__file__).resolve().parent / "guest"
+
+LAUNCHER = "/usr/local/bin/sandbox-exec"
+LIB_DIR = "/usr/local/lib/sandbox-image"
+SECCOMP_DIR = f"{LIB_DIR}/seccomp"
+PROFILE_DIR = "/etc/sandbox-image/bwrap"
+EXECUTABLES = frozenset({LAUNCHER})
+SELF_TEST_COMMAND = ("sandbox-exec", "--self-test")
+
+# The launcher proper lives in LIB_DIR next to the module it imports; the command on
+# PATH only points there. -I: PYTHON* variables of the caller cannot change it.
+_SHIM = f'''#!/usr/bin/python3 -I
+"""sandbox-exec: run a command in the sandbox. The code is in {LIB_DIR}/sandbox_exec.py."""
+import sys
+
+sys.path.insert(0, "{LIB_DIR}")
+import sandbox_exec  # noqa: E402
+
+sys.exit(sandbox_exec.main())
+'''
+
+GUEST_MODULES = ("sandbox_exec.py", "bwrap_profile.py")
+
+
+def guest_files(arch: str) -> dict[str, bytes]:
+    """Absolute guest path -> content, for a guest of ``arch`` (arm64/amd64 or
+    aarch64/x86_64). The filters are compiled for that architecture only."""
+    target = seccomp.target_arch(arch)
+    files: dict[str, bytes] = {LAUNCHER: _SHIM.encode()}
+    for module in GUEST_MODULES:
+        files[f"{LIB_DIR}/{module}"] = (GUEST_DIR / module).read_bytes()
+    for name in seccomp.shipped():
+        compiled = seccomp.compile_named(name, target)
+        for file_name, data in seccomp.outputs(compiled).items():
+            files[f"{SECCOMP_DIR}/{file_name}"] = data
+    for name in bwrap.shipped():
+        files[f"{PROFILE_DIR}/{name}.json"] = bwrap.compile_named(name)
+    return files

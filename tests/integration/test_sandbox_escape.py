@@ -1,0 +1,559 @@
+"""The escape suite: real bwrap, real filters, a C probe making raw syscalls.
+
+Three runs of the same probe prove that the *filter* answers, not the kernel:
+  filtered  the shipped profiles: each blocked call gets the profile's errno or SIGSYS;
+  control   the same sandbox without seccomp: the kernel's own answer to those
+            arguments differs (success, EBADF, EFAULT, EINVAL, ...);
+  marker    the same profiles with every errno replaced by EBADSLT: each blocked call
+            returns EBADSLT, which no kernel path gives for these arguments. This
+            also covers the calls the kernel refuses with EPERM before looking at
+            anything else (an init-namespace capability check), which no argument
+            can tell apart from the filter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image import bwrap, run, sandbox, seccomp
+from tests.hosttools import need
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER = ROOT / "image" / "guest" / "sandbox_exec.py"
+PROBE_SOURCE = ROOT / "tests" / "fixtures" / "escape_probe.c"
+ARCH = seccomp.target_arch(os.uname().machine)
+MARKER = errno.EBADSLT
+SIGSYS = int(signal.SIGSYS)
+
+if ARCH != "x86_64":  # the probe's foreign-ABI cases are x86 assembly
+    pytest.skip(
+        "the escape suite's expectations are written for x86_64 hosts", allow_module_level=True
+    )
+
+EPERM, ENOSYS = "EPERM", "ENOSYS"
+# case -> what the filtered run must give
+BLOCKED: dict[str, str] = {
+    **{
+        c: EPERM
+        for c in (
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "fsopen",
+            "fsconfig",
+            "fsmount",
+            "fspick",
+            "move_mount",
+            "open_tree",
+            "mount_setattr",
+            "unshare",
+            "setns",
+            "clone_newns",
+            "clone_newcgroup",
+            "clone_newuts",
+            "clone_newipc",
+            "clone_newuser",
+            "clone_newpid",
+            "clone_newnet",
+            "clone_newuser_high_bits",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
+            "kexec_load",
+            "kexec_file_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "swapon",
+            "swapoff",
+            "reboot",
+            "acct",
+            "quotactl",
+            "quotactl_fd",
+            "syslog",
+            "settimeofday",
+            "clock_settime",
+            "clock_adjtime",
+            "adjtimex",
+            "personality_no_randomize",
+            "personality_no_randomize_high_bits",
+            "personality_bit31",
+            "personality_not_query",
+            "ioctl_tiocsti",
+            "ioctl_tiocsti_high_bits",
+            "ioctl_tioclinux_high_bits",
+            "socket_unix",
+            "socket_unix_high_bits",
+            "iopl",
+            "ioperm",
+            "create_module",
+            "query_module",
+            "get_kernel_syms",
+        )
+    },
+    "clone3": ENOSYS,
+    "x32_getpid": "SIGSYS",
+    "int80_getpid": "SIGSYS",
+}
+# The kernel checks an init-namespace capability first and says EPERM whatever the
+# arguments: only the marker run can show the filter decided these.
+KERNEL_SAYS_EPERM_FIRST = {
+    "pivot_root",
+    "fsopen",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "swapoff",
+    "reboot",
+    "acct",
+    "syslog",
+}
+# Calls the filters must let through untouched: the answer equals the kernel's.
+ALLOWED = {
+    "clone_no_namespace",
+    "personality_query",
+    "personality_linux",
+    "personality_linux32",
+    "personality_uname26",
+    "ioctl_tcgets",
+    "socket_inet",
+    "socketpair_unix",
+    "getpid",
+    "tcp_connect",
+}
+
+
+def outcome(result: dict[str, Any]) -> str:
+    if result["signal"]:
+        return "SIGSYS" if result["signal"] == SIGSYS else f"signal {result['signal']}"
+    if result["ret"] == -1:
+        return errno.errorcode.get(result["errno"], str(result["errno"]))
+    return "ok"
+
+
+@dataclass
+class Sandbox:
+    base: Path
+    workspace: Path
+    seccomp_dir: Path
+    marker_dir: Path
+    profile_dir: Path
+    proxy_port: int
+    closed_port: int
+
+    def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        profile: str = "agent",
+        marker: bool = False,
+        launcher: Sequence[str] = (),
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = [
+            sys.executable,
+            str(LAUNCHER),
+            "--profile",
+            profile,
+            "--profile-dir",
+            str(self.profile_dir),
+            "--seccomp-dir",
+            str(self.marker_dir if marker else self.seccomp_dir),
+            "--workspace",
+            str(self.workspace),
+            *launcher,
+            "--",
+            *cmd,
+        ]
+        return run.run(argv, check=False, timeout=timeout)
+
+    def sh(self, script: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return self.run(["sh", "-c", script], **kwargs)
+
+    def probe(self, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        result = self.run(["./escape_probe", "all"], **kwargs)
+        assert result.returncode == 0, result.stderr.decode()
+        lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+        return {line["case"]: line for line in lines}
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """Stands in for the VM's HTTP proxy: answers every request, names the URL asked for."""
+
+    def do_GET(self) -> None:
+        body = f"proxied {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _proxy() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _marked(name: str) -> bytes:
+    """The shipped profile with every errno replaced by MARKER, compiled the same way."""
+    document = json.loads(seccomp.shipped()[name].read_text())
+    for entry in document["syscalls"]:
+        if entry["action"] == "SCMP_ACT_ERRNO":
+            entry["errnoRet"] = MARKER
+    return seccomp.compile_profile(seccomp.parse(name, document), ARCH).bpf
+
+
+def _profile_variant(connect_port: int, **changes: Any) -> str:
+    document = bwrap.load(bwrap.shipped()["agent"]).to_document()
+    for bridge in document["bridges"]:  # both bridges go to the stand-in proxy
+        bridge["connect"] = f"tcp:127.0.0.1:{connect_port}"
+    document.update(changes)
+    return json.dumps(document)
+
+
+@pytest.fixture(scope="module")
+def sbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    need("bwrap", "socat", "libseccomp", "gcc")
+    base = tmp_path_factory.mktemp("sandbox")
+    workspace, seccomp_dir, marker_dir, profile_dir = (
+        base / "ws",
+        base / "seccomp",
+        base / "marker",
+        base / "profiles",
+    )
+    for d in (workspace, marker_dir, profile_dir):
+        d.mkdir()
+    seccomp.write_all(seccomp_dir, arches=[ARCH])
+    for name in seccomp.shipped():
+        (marker_dir / f"{name}.bpf").write_bytes(_marked(name))
+    run.run(["gcc", "-O1", "-Wall", "-Werror", "-o", workspace / "escape_probe", PROBE_SOURCE])
+    closed = _closed_port()
+    with _proxy() as port:
+        (profile_dir / "agent.json").write_text(_profile_variant(port))
+        (profile_dir / "noproxy.json").write_text(_profile_variant(closed))
+        (profile_dir / "nofilter.json").write_text(
+            _profile_variant(port, seccomp={"bwrap": [], "launcher": []})
+        )
+        yield Sandbox(base, workspace, seccomp_dir / ARCH, marker_dir, profile_dir, port, closed)
+
+
+@pytest.fixture(scope="module")
+def filtered(sbx: Sandbox) -> dict[str, dict[str, Any]]:
+    return sbx.probe()
+
+
+@pytest.fixture(scope="module")
+def control(sbx: Sandbox) -> dict[str, dict[str, Any]]:
+    return sbx.probe(profile="nofilter")
+
+
+@pytest.fixture(scope="module")
+def marked(sbx: Sandbox) -> dict[str, dict[str, Any]]:
+    return sbx.probe(marker=True)
+
+
+# --- blocked ------------------------------------------------------------------------
+
+
+def test_every_probe_case_is_classified(filtered: dict[str, dict[str, Any]]) -> None:
+    assert set(filtered) == set(BLOCKED) | ALLOWED
+
+
+@pytest.mark.parametrize("case", sorted(BLOCKED))
+def test_blocked_call_gets_the_profiles_answer(
+    case: str, filtered: dict[str, dict[str, Any]]
+) -> None:
+    assert outcome(filtered[case]) == BLOCKED[case]
+
+
+@pytest.mark.parametrize("case", sorted(set(BLOCKED) - KERNEL_SAYS_EPERM_FIRST))
+def test_without_the_filter_the_kernel_answers_differently(
+    case: str, control: dict[str, dict[str, Any]]
+) -> None:
+    assert outcome(control[case]) != BLOCKED[case]
+
+
+@pytest.mark.parametrize("case", sorted(c for c, want in BLOCKED.items() if want != "SIGSYS"))
+def test_the_filter_decides_every_errno(case: str, marked: dict[str, dict[str, Any]]) -> None:
+    assert outcome(marked[case]) == errno.errorcode[MARKER]
+
+
+@pytest.mark.parametrize("case", sorted(ALLOWED))
+def test_allowed_call_gets_the_kernels_own_answer(
+    case: str, filtered: dict[str, dict[str, Any]], control: dict[str, dict[str, Any]]
+) -> None:
+    assert outcome(filtered[case]) == outcome(control[case])
+
+
+def test_no_direct_network_only_loopback(filtered: dict[str, dict[str, Any]]) -> None:
+    assert outcome(filtered["tcp_connect"]) == "ENETUNREACH"
+
+
+def test_af_unix_is_blocked_even_towards_the_bound_bridge_socket(sbx: Sandbox) -> None:
+    script = (
+        "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+        "s.connect('/run/sandbox-bridge/http.sock')\n"
+    )
+    result = sbx.run(["python3", "-c", script])
+    assert result.returncode == 1
+    assert b"PermissionError: [Errno 1] Operation not permitted" in result.stderr
+
+
+# --- allowed ------------------------------------------------------------------------
+
+
+def test_python3_runs(sbx: Sandbox) -> None:
+    result = sbx.run(["python3", "-c", "import sys, ssl, sqlite3; print(sys.version_info[0])"])
+    assert (result.returncode, result.stdout) == (0, b"3\n")
+
+
+def test_a_c_program_compiles_with_gcc_and_runs_inside(sbx: Sandbox) -> None:
+    result = sbx.sh(
+        "printf '#include <stdio.h>\\nint main(void){puts(\"built here\");}\\n' "
+        "> hello.c && gcc -o hello hello.c && ./hello"
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"built here\n"
+    assert (sbx.workspace / "hello").exists()
+
+
+def test_sh_pipelines_work(sbx: Sandbox) -> None:
+    result = sbx.sh("seq 1 1000 | grep -c 7 | tr -d '\\n' | wc -c")
+    assert result.stdout.strip() == b"3"  # 271 lines contain a 7
+
+
+def test_workspace_is_writable_and_the_system_read_only(sbx: Sandbox) -> None:
+    result = sbx.sh(
+        "echo data > written.txt; touch /usr/x 2>&1; echo $?; touch /etc/x 2>&1; "
+        "echo > /tmp/scratch && echo tmp-ok; pwd"
+    )
+    assert (sbx.workspace / "written.txt").read_text() == "data\n"
+    out = result.stdout.decode()
+    assert "touch: cannot touch '/usr/x': Read-only file system\n1\n" in out
+    assert "touch: cannot touch '/etc/x': Read-only file system" in out
+    assert out.endswith("tmp-ok\n/workspace\n")
+
+
+def test_proc_status_shows_no_privileges_and_two_filters(sbx: Sandbox) -> None:
+    result = sbx.run(["cat", "/proc/self/status"])
+    status = dict(line.split(":\t", 1) for line in result.stdout.decode().splitlines())
+    assert status["NoNewPrivs"] == "1"
+    assert int(status["CapEff"], 16) == 0
+    assert int(status["CapPrm"], 16) == 0
+    assert status["Seccomp"].strip() == "2"  # SECCOMP_MODE_FILTER
+    assert status["Seccomp_filters"].strip() == "2"
+
+
+def test_environment_is_explicit_and_the_hostname_fixed(sbx: Sandbox) -> None:
+    assert sbx.run(["hostname"]).stdout == b"sandbox\n"
+    result = sbx.run(["env"])
+    names = {line.split("=", 1)[0] for line in result.stdout.decode().splitlines()}
+    # bwrap sets PWD for --chdir; run.run passes TERM when the test has one, and the
+    # profile passes it through. Nothing else of the caller's environment gets in.
+    assert names == {
+        "ALL_PROXY",
+        "HOME",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "LANG",
+        "NO_PROXY",
+        "PATH",
+        "PWD",
+        "all_proxy",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    } | ({"TERM"} if "TERM" in os.environ else set())
+
+
+# --- exit status, signals, teardown ---------------------------------------------------
+
+
+def test_exit_status_passes_through(sbx: Sandbox) -> None:
+    assert sbx.sh("exit 7").returncode == 7
+
+
+def test_death_by_signal_is_128_plus_the_signal(sbx: Sandbox) -> None:
+    assert sbx.sh("kill -TERM $$").returncode == 128 + signal.SIGTERM
+    assert sbx.sh("kill -KILL $$").returncode == 128 + signal.SIGKILL
+
+
+def test_missing_command_is_127(sbx: Sandbox) -> None:
+    result = sbx.run(["no-such-command-here"])
+    assert result.returncode == 127
+    assert b"no-such-command-here: command not found" in result.stderr
+
+
+def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:
+    """Pids whose command line holds marker (or is exactly it, NUL-terminated)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes()
+                if (cmdline == marker + b"\x00") if whole else (marker in cmdline):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_the_commands_death_tears_everything_down(sbx: Sandbox) -> None:
+    # A background child that would outlive a plain shell, and the bridges of this run.
+    result = sbx.sh("sleep 9871 & echo started")
+    assert result.stdout == b"started\n"
+    assert _processes_with(b"sleep\x009871") == []
+    assert _processes_with(f"TCP:127.0.0.1:{sbx.proxy_port}".encode()) == []
+
+
+def test_sigterm_to_the_launcher_ends_the_sandbox(sbx: Sandbox) -> None:
+    argv = [
+        sys.executable,
+        str(LAUNCHER),
+        "--profile-dir",
+        str(sbx.profile_dir),
+        "--seccomp-dir",
+        str(sbx.seccomp_dir),
+        "--workspace",
+        str(sbx.workspace),
+        "--",
+        "sleep",
+        "9874",
+    ]
+    with run.background(argv) as proc:
+        deadline = time.monotonic() + 30
+        # The sandboxed sleep itself, not the launcher whose argv also names it.
+        while not _processes_with(b"sleep\x009874", whole=True):
+            assert time.monotonic() < deadline, "the sandboxed sleep never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    assert _processes_with(b"sleep\x009874", whole=True) == []
+    assert _processes_with(f"TCP:127.0.0.1:{sbx.proxy_port}".encode()) == []
+
+
+def test_bare_wait_does_not_wait_for_the_bridge(sbx: Sandbox) -> None:
+    result = sbx.sh("true & wait; echo done", timeout=30)
+    assert result.stdout == b"done\n"
+
+
+# --- the proxy bridge -----------------------------------------------------------------
+
+
+def test_bridge_carries_http_to_the_outside_proxy(sbx: Sandbox) -> None:
+    script = (
+        "import urllib.request as u; print(u.urlopen('http://example.invalid/x').read().decode())"
+    )
+    result = sbx.run(["python3", "-c", script])
+    assert result.stdout == b"proxied http://example.invalid/x\n", result.stderr.decode()
+
+
+def test_bridge_listens_when_no_proxy_exists(sbx: Sandbox) -> None:
+    script = (
+        "import socket\ns = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n"
+        "s.sendall(b'GET http://x/ HTTP/1.0\\r\\n\\r\\n')\nprint(repr(s.recv(100)))\n"
+    )
+    result = sbx.run(["python3", "-c", script], profile="noproxy")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"b''\n"  # accepted inside, closed when forwarding failed
+
+
+# --- the self-test and the installed layout --------------------------------------------
+
+
+def test_self_test_passes_and_prints_one_json_line(sbx: Sandbox) -> None:
+    result = sbx.run([], launcher=["--self-test"])
+    report = json.loads(result.stdout.decode().splitlines()[-1])
+    assert report["ok"] is True, report
+    assert report["arch"] == ARCH
+    assert result.returncode == 0
+
+
+def test_installed_layout_works_for_an_unprivileged_user(tmp_path: Path) -> None:
+    """guest_files() laid over this host's / as the VM gets them; run as uid 65534."""
+    need("bwrap", "socat")
+    if os.geteuid() != 0:
+        pytest.fail(
+            "this test lays the files over / with bwrap and switches user: run as root",
+            pytrace=False,
+        )
+    root = tmp_path / "root"
+    for path, data in sandbox.guest_files(ARCH).items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(0o755 if path in sandbox.EXECUTABLES else 0o644)
+    for d in [root, *root.rglob("*")]:
+        if d.is_dir():
+            d.chmod(0o755)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    workspace.chmod(0o777)
+    # A private mount namespace (no user namespace: bwrap as root) in which /usr/local
+    # and /etc/sandbox-image are the image's; then drop to nobody like the agent user.
+    # New mount points go into tmpfs (/etc, /mnt) so nothing is created on the host.
+    overlay: list[str] = ["bwrap", "--dev-bind", "/", "/"]
+    overlay += ["--ro-bind", str(root / "usr/local"), "/usr/local"]
+    overlay += ["--tmpfs", "/mnt", "--bind", str(workspace), "/mnt/ws", "--tmpfs", "/etc"]
+    for entry in sorted(p.name for p in Path("/etc").iterdir()):
+        overlay += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
+    overlay += ["--ro-bind", str(root / "etc/sandbox-image"), "/etc/sandbox-image"]
+    overlay += ["--chdir", "/mnt/ws", "--"]
+    overlay += ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    true = run.run(
+        [
+            *overlay,
+            "sandbox-exec",
+            "--profile",
+            "agent",
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/status | grep Seccomp_filters",
+        ],
+        check=False,
+        timeout=120,
+    )
+    assert true.returncode == 0, true.stderr.decode()
+    assert true.stdout.decode().split() == ["65534", "Seccomp_filters:", "2"]
+    test = run.run([*overlay, "sandbox-exec", "--self-test"], check=False, timeout=120)
+    assert json.loads(test.stdout.decode().splitlines()[-1])["ok"] is True, test.stdout

@@ -1,0 +1,241 @@
+"""bwrap profiles: typed options render exact argv; the shipped profile is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image import bwrap
+from image.errors import ImageError
+from image.guest import bwrap_profile, sandbox_exec
+from image.guest.bwrap_profile import Bind, Bridge, CapDrop, Flag, Mount, ProfileError, Symlink
+
+# Every option bubblewrap 0.6.1 (Ubuntu 22.04) accepts that a profile or the launcher uses.
+BWRAP_061_OPTIONS = {
+    "--unshare-all",
+    "--unshare-user",
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "--bind",
+    "--ro-bind",
+    "--dev-bind",
+    "--bind-try",
+    "--ro-bind-try",
+    "--dev-bind-try",
+    "--symlink",
+    "--tmpfs",
+    "--proc",
+    "--dev",
+    "--dir",
+    "--remount-ro",
+    "--hostname",
+    "--clearenv",
+    "--setenv",
+    "--chdir",
+    "--seccomp",
+}
+
+
+def _minimal(**more: Any) -> dict[str, Any]:
+    return {"options": ["unshare-all", {"type": "tmpfs", "dest": "/tmp"}], **more}
+
+
+def test_each_option_renders_its_own_arguments() -> None:
+    assert Flag("unshare-all").to_args() == ["--unshare-all"]
+    assert CapDrop("ALL").to_args() == ["--cap-drop", "ALL"]
+    assert Bind("ro-bind-try", "/opt", "/opt").to_args() == ["--ro-bind-try", "/opt", "/opt"]
+    assert Symlink("usr/bin", "/bin").to_args() == ["--symlink", "usr/bin", "/bin"]
+    assert Mount("proc", "/proc").to_args() == ["--proc", "/proc"]
+
+
+def test_bridge_targets_map_to_socat_addresses() -> None:
+    assert Bridge("http", 3128, "tcp:10.0.2.2:3128").outside_address() == "TCP:10.0.2.2:3128"
+    assert Bridge("h", 1, "tcp:[fd00::2]:3128").outside_address() == "TCP6:[fd00::2]:3128"
+    assert (
+        Bridge("h", 1, "unix:/run/proxy.sock").outside_address() == "UNIX-CONNECT:/run/proxy.sock"
+    )
+
+
+def test_shipped_agent_profile_loads_and_round_trips_through_its_json_form() -> None:
+    profile = bwrap.load(bwrap.shipped()["agent"])
+    again = bwrap_profile.load_document("agent", profile.to_document())
+    assert again == profile
+    assert profile.seccomp_bwrap == ("agent",)
+    assert profile.seccomp_launcher == ("unix-block",)
+    assert [(b.name, b.port) for b in profile.bridges] == [("http", 3128), ("socks", 1080)]
+    assert profile.options[:4] == (
+        Flag("unshare-all"),
+        Flag("die-with-parent"),
+        Flag("new-session"),
+        CapDrop("ALL"),
+    )
+
+
+def test_shipped_profile_json_is_deterministic() -> None:
+    assert bwrap.compile_named("agent") == bwrap.compile_named("agent")
+
+
+def test_launcher_argv_for_the_agent_profile_uses_only_bwrap_061_options() -> None:
+    profile = bwrap.load(bwrap.shipped()["agent"])
+    argv = sandbox_exec.bwrap_argv(
+        profile,
+        bwrap="bwrap",
+        workspace=Path("/w"),
+        launcher_dir=Path("/l"),
+        session_dir=Path("/s"),
+        seccomp_fd=5,
+        config="{}",
+        cmd=["true"],
+        environ={},
+    )
+    options = {a for a in argv[: argv.index("--")] if a.startswith("--")}
+    assert options <= BWRAP_061_OPTIONS
+
+
+def test_bwrap_argv_is_exact() -> None:
+    profile = bwrap_profile.load_document(
+        "t",
+        _minimal(
+            env={"PATH": "/usr/bin"},
+            pass_env=["TERM", "ABSENT"],
+            hostname="box",
+            bridges=[{"name": "http", "port": 3128, "connect": "tcp:10.0.2.2:3128"}],
+            seccomp={"bwrap": ["agent"], "launcher": ["unix-block"]},
+        ),
+    )
+    argv = sandbox_exec.bwrap_argv(
+        profile,
+        bwrap="/usr/bin/bwrap",
+        workspace=Path("/home/me/ws"),
+        launcher_dir=Path("/opt/launcher"),
+        session_dir=Path("/tmp/sandbox-exec.x"),
+        seccomp_fd=7,
+        config='{"c":1}',
+        cmd=["sh", "-c", "echo hi"],
+        environ={"TERM": "xterm", "SECRET": "s3cr3t"},
+    )
+    assert argv == [
+        "/usr/bin/bwrap",
+        "--unshare-all",
+        "--tmpfs",
+        "/tmp",
+        "--hostname",
+        "box",
+        "--clearenv",
+        "--setenv",
+        "HOME",
+        "/home/sandbox",
+        "--setenv",
+        "PATH",
+        "/usr/bin",
+        "--setenv",
+        "TERM",
+        "xterm",
+        "--bind",
+        "/home/me/ws",
+        "/workspace",
+        "--chdir",
+        "/workspace",
+        "--ro-bind",
+        "/opt/launcher",
+        "/run/sandbox-exec",
+        "--ro-bind",
+        "/tmp/sandbox-exec.x",
+        "/run/sandbox-bridge",
+        "--seccomp",
+        "7",
+        "--",
+        "/usr/bin/python3",
+        "-I",
+        "/run/sandbox-exec/sandbox_exec.py",
+        "--inner",
+        '{"c":1}',
+        "--",
+        "sh",
+        "-c",
+        "echo hi",
+    ]
+    assert "s3cr3t" not in argv
+
+
+def test_inner_config_names_the_bound_sockets_and_carries_the_second_filter() -> None:
+    profile = bwrap_profile.load_document(
+        "t", _minimal(bridges=[{"name": "http", "port": 3128, "connect": "tcp:10.0.2.2:3128"}])
+    )
+    assert sandbox_exec.inner_config(profile, [b"\x06\x00\x00\x00\x00\x00\xff\x7f"]) == (
+        '{"bridges":[{"port":3128,"socket":"/run/sandbox-bridge/http.sock"}],'
+        '"filters":["060000000000ff7f"]}'
+    )
+
+
+def test_bridge_argv_on_both_sides() -> None:
+    bridge = Bridge("socks", 1080, "tcp:10.0.2.2:1080")
+    assert sandbox_exec.outer_bridge_argv("socat", bridge, Path("/tmp/s")) == [
+        "socat",
+        "UNIX-LISTEN:/tmp/s/socks.sock,fork,unlink-early",
+        "TCP:10.0.2.2:1080",
+    ]
+    assert sandbox_exec.inner_bridge_argv("socat", 1080, "/run/sandbox-bridge/socks.sock") == [
+        "socat",
+        "TCP-LISTEN:1080,bind=127.0.0.1,reuseaddr,fork",
+        "UNIX-CONNECT:/run/sandbox-bridge/socks.sock",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        (_minimal(options=["disable-userns"]), "unknown option 'disable-userns' (bubblewrap 0.6.1"),
+        (
+            _minimal(options=[{"type": "ro-bind", "src": "usr", "dest": "/usr"}]),
+            "options[0]: 'usr' is not an absolute path",
+        ),
+        (
+            _minimal(options=[{"type": "tmpfs", "dest": "/tmp", "size": 1}]),
+            "options[0] (tmpfs): expects keys ['dest']",
+        ),
+        (_minimal(options=[]), "options must be a non-empty list"),
+        (
+            _minimal(bridges=[{"name": "h", "port": 3128, "connect": "http://proxy"}]),
+            "bridges[0]: connect 'http://proxy' is not tcp:HOST:PORT",
+        ),
+        (
+            _minimal(
+                bridges=[
+                    {"name": "a", "port": 1, "connect": "tcp:h:1"},
+                    {"name": "b", "port": 1, "connect": "tcp:h:1"},
+                ]
+            ),
+            "bridge names and ports must be unique",
+        ),
+        (_minimal(seccomp={"bwrap": ["a", "b"]}), "seccomp.bwrap takes at most one filter"),
+        (_minimal(env={"BAD-NAME": "x"}), "env must map NAME to a string"),
+        (_minimal(hostname="Not_A_Host"), "bad hostname"),
+        (_minimal(format=2), "format 2 is not 1"),
+        (_minimal(extra=1), "unknown keys ['extra']"),
+    ],
+)
+def test_bad_profiles_name_the_profile_and_the_entry(
+    document: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ProfileError) as caught:
+        bwrap_profile.load_document("broken", document)
+    assert str(caught.value).startswith("bwrap profile 'broken'")
+    assert problem in str(caught.value)
+
+
+def test_yaml_source_errors_carry_a_hint(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.yaml"
+    bad.write_text("options: [unshare-everything]\n")
+    with pytest.raises(ImageError) as caught:
+        bwrap.load(bad)
+    assert "unknown option 'unshare-everything'" in caught.value.message
+    assert caught.value.hint == f"fix {bad}"

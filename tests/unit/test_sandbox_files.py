@@ -1,0 +1,74 @@
+"""What the image gets for the sandbox, and that the guest code stays Python 3.10 + stdlib."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from image import sandbox, seccomp
+from image.guest import bwrap_profile
+
+GUEST_FILES = [sandbox.GUEST_DIR / m for m in sandbox.GUEST_MODULES]
+
+
+@pytest.mark.parametrize(("arch", "seccomp_arch"), [("arm64", "aarch64"), ("amd64", "x86_64")])
+def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
+    arch: str, seccomp_arch: str
+) -> None:
+    files = sandbox.guest_files(arch)
+    assert sorted(files) == sorted(
+        [
+            "/usr/local/bin/sandbox-exec",
+            "/usr/local/lib/sandbox-image/sandbox_exec.py",
+            "/usr/local/lib/sandbox-image/bwrap_profile.py",
+            "/etc/sandbox-image/bwrap/agent.json",
+            *[
+                f"/usr/local/lib/sandbox-image/seccomp/{n}{ext}"
+                for n in ("agent", "unix-block")
+                for ext in (".bpf", ".pfc", ".bpf.sha256")
+            ],
+        ]
+    )
+    assert (
+        files["/usr/local/lib/sandbox-image/seccomp/agent.bpf"]
+        == seccomp.compile_named("agent", seccomp_arch).bpf
+    )
+    pfc = files["/usr/local/lib/sandbox-image/seccomp/agent.pfc"].decode()
+    assert f"# filter for arch {seccomp_arch} " in pfc
+    profile = json.loads(files["/etc/sandbox-image/bwrap/agent.json"])
+    assert bwrap_profile.load_document("agent", profile).name == "agent"
+    assert {"/usr/local/bin/sandbox-exec"} == sandbox.EXECUTABLES
+
+
+def test_the_command_on_path_runs_the_installed_launcher() -> None:
+    shim = sandbox.guest_files("arm64")["/usr/local/bin/sandbox-exec"].decode()
+    assert shim.startswith("#!/usr/bin/python3 -I\n")
+    assert 'sys.path.insert(0, "/usr/local/lib/sandbox-image")' in shim
+    ast.parse(shim, feature_version=(3, 10))
+
+
+def test_guest_paths_match_the_launcher_defaults() -> None:
+    from image.guest import sandbox_exec
+
+    assert str(sandbox_exec.PROFILE_DIR) == sandbox.PROFILE_DIR
+    assert str(sandbox_exec.SECCOMP_DIR) == sandbox.SECCOMP_DIR
+
+
+@pytest.mark.parametrize("path", GUEST_FILES, ids=lambda p: p.name)
+def test_guest_code_parses_as_python_3_10_and_imports_only_the_stdlib(path: Path) -> None:
+    source = path.read_text()
+    tree = ast.parse(source, feature_version=(3, 10))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    ours = {"image", "bwrap_profile"}  # the launcher's sibling module, host or guest layout
+    assert imported - ours <= set(sys.stdlib_module_names)
+    for name in ("tomllib", "typing_extensions"):  # 3.11+ or not stdlib
+        assert name not in imported
