@@ -232,14 +232,22 @@ def seed(c: Context) -> None:
     _not_built("seed", 4)
 
 
-@task(name="compile-seccomp", help={
-    "out": "output directory (default: <output_dir>/seccomp); writes <out>/<arch>/<name>.bpf",
-    "arch": "x86_64, aarch64 (or amd64, arm64); comma-separated; default both",
-    "profile": "only these seccomp profiles, comma-separated (default: all shipped)",
-    "json": CONFIG_HELP["json"],
-})
-def compile_seccomp(c: Context, out: str | None = None, arch: str | None = None,
-                    profile: str | None = None, json: bool = False) -> None:
+@task(
+    name="compile-seccomp",
+    help={
+        "out": "output directory (default: <output_dir>/seccomp); writes <out>/<arch>/<name>.bpf",
+        "arch": "x86_64, aarch64 (or amd64, arm64); comma-separated; default both",
+        "profile": "only these seccomp profiles, comma-separated (default: all shipped)",
+        "json": CONFIG_HELP["json"],
+    },
+)
+def compile_seccomp(
+    c: Context,
+    out: str | None = None,
+    arch: str | None = None,
+    profile: str | None = None,
+    json: bool = False,
+) -> None:
     """Compile the seccomp profiles to BPF (+ PFC dump, sha256) for x86_64 and aarch64."""
     from image import seccomp
 
@@ -248,32 +256,46 @@ def compile_seccomp(c: Context, out: str | None = None, arch: str | None = None,
         arches = [seccomp.target_arch(a) for a in arch.split(",")] if arch else seccomp.ARCHES
         names = profile.split(",") if profile else None
         results = seccomp.write_all(out_dir, names, arches)
-        rows = [{"profile": r.profile, "arch": r.arch, "instructions": len(r.bpf) // 8,
-                 "sha256": r.sha256, "skipped": list(r.skipped),
-                 "bpf": str(out_dir / r.arch / f"{r.profile}.bpf")} for r in results]
+        rows = [
+            {
+                "profile": r.profile,
+                "arch": r.arch,
+                "instructions": len(r.bpf) // 8,
+                "sha256": r.sha256,
+                "skipped": list(r.skipped),
+                "bpf": str(out_dir / r.arch / f"{r.profile}.bpf"),
+            }
+            for r in results
+        ]
         if json:
             console.print_json({"out": str(out_dir), "filters": rows})
             return
         for r in results:
-            print(f"{out_dir / r.arch / r.profile}.bpf  {len(r.bpf) // 8:>4} insns  "
-                  f"sha256 {r.sha256[:16]}")
+            print(
+                f"{out_dir / r.arch / r.profile}.bpf  {len(r.bpf) // 8:>4} insns  "
+                f"sha256 {r.sha256[:16]}"
+            )
 
 
 def _remainder(c: Context) -> list[str]:
     # invoke joins the words after "--" with spaces, losing their quoting
     # ("sh -c 'a b'"); the process's own argv still has them intact.
     if "--" in sys.argv:
-        return sys.argv[sys.argv.index("--") + 1:]
+        return sys.argv[sys.argv.index("--") + 1 :]
     return shlex.split(c.remainder)
 
 
-@task(name="sandbox-run", help={
-    "profile": "bwrap profile (default: agent)",
-    "workspace": "directory bound read-write at /workspace (default: current directory)",
-    "self_test": "run the launcher's self-test instead of a command (prints one JSON line)",
-})
-def sandbox_run(c: Context, profile: str = "agent", workspace: str | None = None,
-                self_test: bool = False) -> None:
+@task(
+    name="sandbox-run",
+    help={
+        "profile": "bwrap profile (default: agent)",
+        "workspace": "directory bound read-write at /workspace (default: current directory)",
+        "self_test": "run the launcher's self-test instead of a command (prints one JSON line)",
+    },
+)
+def sandbox_run(
+    c: Context, profile: str = "agent", workspace: str | None = None, self_test: bool = False
+) -> None:
     """Run a command under the in-guest sandbox launcher on this host: -- CMD [ARG...]."""
     from image import bwrap, seccomp
 
@@ -292,8 +314,14 @@ def sandbox_run(c: Context, profile: str = "agent", workspace: str | None = None
         tmp = profile_json.with_name(f".{profile_json.name}.{os.getpid()}")
         tmp.write_bytes(bwrap.compile_named(profile))
         tmp.replace(profile_json)
-        argv = [sys.executable, str(ROOT / "image" / "guest" / "sandbox_exec.py"),
-                "--profile", str(profile_json), "--seccomp-dir", str(base / "seccomp" / host_arch)]
+        argv = [
+            sys.executable,
+            str(ROOT / "image" / "guest" / "sandbox_exec.py"),
+            "--profile",
+            str(profile_json),
+            "--seccomp-dir",
+            str(base / "seccomp" / host_arch),
+        ]
         # ./inv changes into the checkout; the shell's PWD is where the user was.
         where = Path(os.environ.get("PWD") or Path.cwd())
         argv += ["--workspace", str((where / workspace).resolve() if workspace else where)]

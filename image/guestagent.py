@@ -71,7 +71,7 @@ class GuestAgent:
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         # The agent may prefix a resync with 0xFF; drop anything before the JSON.
-        line = line[line.find(b"{"):] if b"{" in line else b"{}"
+        line = line[line.find(b"{") :] if b"{" in line else b"{}"
         reply: dict[str, Any] = json.loads(line)
         return reply
 
