@@ -68,8 +68,9 @@ GUEST_NO_PROXY = "localhost,127.0.0.1,::1"
 MAX_SKILLS_ARCHIVE = 4 << 20
 MAX_GUEST_FILES = 8 << 20
 EXECUTABLE_DIRS = ("/usr/local/bin/", "/usr/local/sbin/")
-_OWN_PATHS = frozenset({MARKER_PATH, APT_LIST_PATH, SKILLS_ARCHIVE_PATH, UNSAFE_IO_PATH,
-                        "/etc/environment"})
+_OWN_PATHS = frozenset(
+    {MARKER_PATH, APT_LIST_PATH, SKILLS_ARCHIVE_PATH, UNSAFE_IO_PATH, "/etc/environment"}
+)
 _SNAPSHOT = re.compile(r"^\d{8}T\d{6}Z$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -107,26 +108,36 @@ def _apt_config(inputs: RenderInputs) -> dict[str, Any]:
     """Which archive the guest uses: its own, a mirror, or a snapshot.ubuntu.com pin."""
     if inputs.apt_snapshot is not None:
         if inputs.distro != "ubuntu":
-            raise ImageError("an apt snapshot pin needs the Ubuntu image",
-                             hint="snapshot.ubuntu.com serves Ubuntu only; drop the snapshot "
-                                  "for the Debian stand-in")
+            raise ImageError(
+                "an apt snapshot pin needs the Ubuntu image",
+                hint="snapshot.ubuntu.com serves Ubuntu only; drop the snapshot "
+                "for the Debian stand-in",
+            )
         if inputs.apt_mirror is not None:
-            raise ImageError("give an apt mirror or an apt snapshot, not both",
-                             hint="the snapshot replaces the archive mirror")
+            raise ImageError(
+                "give an apt mirror or an apt snapshot, not both",
+                hint="the snapshot replaces the archive mirror",
+            )
         if not _SNAPSHOT.fullmatch(inputs.apt_snapshot):
-            raise ImageError(f"not a snapshot timestamp: {inputs.apt_snapshot!r}",
-                             hint="use YYYYMMDDTHHMMSSZ, e.g. 20240301T000000Z")
+            raise ImageError(
+                f"not a snapshot timestamp: {inputs.apt_snapshot!r}",
+                hint="use YYYYMMDDTHHMMSSZ, e.g. 20240301T000000Z",
+            )
         archive = "ubuntu-ports" if inputs.arch == "arm64" else "ubuntu"
         uri = f"https://snapshot.ubuntu.com/{archive}/{inputs.apt_snapshot}"
         return {"apt_preserve_sources_list": False, "apt_primary": uri, "apt_security": uri}
     if inputs.apt_mirror is not None:
         if not re.fullmatch(r"(https?|file)://\S+", inputs.apt_mirror):
-            raise ImageError(f"not a mirror URL: {inputs.apt_mirror!r}",
-                             hint="use http://, https:// or file://")
+            raise ImageError(
+                f"not a mirror URL: {inputs.apt_mirror!r}", hint="use http://, https:// or file://"
+            )
         # Debian keeps security updates in a separate archive; Ubuntu mirrors carry them.
         security = inputs.apt_mirror if inputs.distro == "ubuntu" else None
-        return {"apt_preserve_sources_list": False, "apt_primary": inputs.apt_mirror,
-                "apt_security": security}
+        return {
+            "apt_preserve_sources_list": False,
+            "apt_primary": inputs.apt_mirror,
+            "apt_security": security,
+        }
     return {"apt_preserve_sources_list": True, "apt_primary": None, "apt_security": None}
 
 
@@ -146,12 +157,18 @@ def _guest_files(inputs: RenderInputs) -> list[dict[str, str]]:
             raise ImageError(f"guest file {path!r} collides with a file the build writes itself")
         total += len(content)
         mode = inputs.guest_file_modes.get(path, guest_file_mode(path))
-        out.append({"path": path, "permissions": f"{mode:04o}",
-                    "content_b64": base64.b64encode(content).decode("ascii")})
+        out.append(
+            {
+                "path": path,
+                "permissions": f"{mode:04o}",
+                "content_b64": base64.b64encode(content).decode("ascii"),
+            }
+        )
     if total > MAX_GUEST_FILES:
-        raise ImageError(f"guest files total {total} bytes, more than a seed carries "
-                         f"({MAX_GUEST_FILES} bytes)",
-                         hint="install large files from a package instead of the seed")
+        raise ImageError(
+            f"guest files total {total} bytes, more than a seed carries ({MAX_GUEST_FILES} bytes)",
+            hint="install large files from a package instead of the seed",
+        )
     unknown_modes = sorted(set(inputs.guest_file_modes) - set(inputs.guest_files))
     if unknown_modes:
         raise ImageError(f"modes given for files that are not guest files: {unknown_modes}")
@@ -165,12 +182,16 @@ def skills_archive(skills_dir: Path, limit: int = MAX_SKILLS_ARCHIVE) -> bytes:
     reads, and a link could point it anywhere in the guest.
     """
     if not skills_dir.is_dir():
-        raise ImageError(f"skills folder {skills_dir} is not a directory",
-                         hint="pass --skills DIR with an existing folder")
+        raise ImageError(
+            f"skills folder {skills_dir} is not a directory",
+            hint="pass --skills DIR with an existing folder",
+        )
     buffer = io.BytesIO()
     # mtime=0 and no file name in the gzip header: same input, same bytes.
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for path in _walk_sorted(skills_dir):
             rel = path.relative_to(skills_dir).as_posix()
             st = path.lstat()
@@ -188,20 +209,24 @@ def skills_archive(skills_dir: Path, limit: int = MAX_SKILLS_ARCHIVE) -> bytes:
                 with path.open("rb") as f:
                     tar.addfile(info, f)
             else:
-                raise ImageError(f"skills folder holds something that is not a file or "
-                                 f"directory: {path}",
-                                 hint="replace symlinks and special files by plain files")
+                raise ImageError(
+                    f"skills folder holds something that is not a file or directory: {path}",
+                    hint="replace symlinks and special files by plain files",
+                )
             if buffer.tell() > limit:
-                raise ImageError(f"skills folder {skills_dir} is too large for the seed "
-                                 f"(more than {limit} bytes compressed)",
-                                 hint="keep large assets out of the skills folder, or install "
-                                      "them from a package")
+                raise ImageError(
+                    f"skills folder {skills_dir} is too large for the seed "
+                    f"(more than {limit} bytes compressed)",
+                    hint="keep large assets out of the skills folder, or install "
+                    "them from a package",
+                )
     data = buffer.getvalue()
     if len(data) > limit:
-        raise ImageError(f"skills folder {skills_dir} is too large for the seed "
-                         f"({len(data)} bytes compressed, limit {limit})",
-                         hint="keep large assets out of the skills folder, or install them "
-                              "from a package")
+        raise ImageError(
+            f"skills folder {skills_dir} is too large for the seed "
+            f"({len(data)} bytes compressed, limit {limit})",
+            hint="keep large assets out of the skills folder, or install them from a package",
+        )
     return data
 
 
@@ -223,44 +248,56 @@ def _verify_packages_command() -> str:
 
 
 def marker_content(inputs: RenderInputs) -> str:
-    return (f"sandbox-image provisioned\nprofile={inputs.profile}\narch={inputs.arch}\n"
-            f"distro={inputs.distro}\n")
+    return (
+        f"sandbox-image provisioned\nprofile={inputs.profile}\narch={inputs.arch}\n"
+        f"distro={inputs.distro}\n"
+    )
 
 
 def _marker_command(inputs: RenderInputs) -> str:
     tmp = MARKER_PATH + ".tmp"
-    return (f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && "
-            f"mv {tmp} {MARKER_PATH}")
+    return f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && mv {tmp} {MARKER_PATH}"
 
 
-def template_context(inputs: RenderInputs, profile: packages.Profile,
-                     skills: bytes | None) -> dict[str, Any]:
+def template_context(
+    inputs: RenderInputs, profile: packages.Profile, skills: bytes | None
+) -> dict[str, Any]:
     """Everything the templates see. Pure; every value already validated."""
     if inputs.arch not in ("arm64", "amd64"):
         raise ImageError(f"unknown arch {inputs.arch!r}", hint="use arm64 or amd64")
     if inputs.distro not in packages.DISTROS:
-        raise ImageError(f"unknown distro {inputs.distro!r}",
-                         hint=f"use one of {', '.join(packages.DISTROS)}")
+        raise ImageError(
+            f"unknown distro {inputs.distro!r}", hint=f"use one of {', '.join(packages.DISTROS)}"
+        )
     if inputs.distro not in profile.distros:
         raise ImageError(
             f"profile {profile.name!r} is for {', '.join(profile.distros)}, not {inputs.distro}",
             hint="the Debian stand-in builds the smoke profile; the others need jammy "
-                 "(NodeSource, openjdk-11)")
+            "(NodeSource, openjdk-11)",
+        )
     if not _HOSTNAME.fullmatch(inputs.hostname):
-        raise ImageError(f"not a host name: {inputs.hostname!r}",
-                         hint="lower-case letters, digits and '-', at most 63 characters")
+        raise ImageError(
+            f"not a host name: {inputs.hostname!r}",
+            hint="lower-case letters, digits and '-', at most 63 characters",
+        )
     if not _MAC.fullmatch(inputs.mac_address):
-        raise ImageError(f"not a MAC address: {inputs.mac_address!r}",
-                         hint="write it like 52:54:00:12:34:56 (lower case)")
+        raise ImageError(
+            f"not a MAC address: {inputs.mac_address!r}",
+            hint="write it like 52:54:00:12:34:56 (lower case)",
+        )
     key = inputs.build_ssh_public_key.strip()
     if key and not _SSH_KEY.fullmatch(key):
-        raise ImageError("the build SSH public key is not an OpenSSH public key line",
-                         hint="pass the contents of the .pub file, e.g. 'ssh-ed25519 AAAA...'")
+        raise ImageError(
+            "the build SSH public key is not an OpenSSH public key line",
+            hint="pass the contents of the .pub file, e.g. 'ssh-ed25519 AAAA...'",
+        )
     if inputs.apt_proxy is not None and not re.fullmatch(r"https?://\S+", inputs.apt_proxy):
         raise ImageError(f"not a proxy URL: {inputs.apt_proxy!r}", hint="use http://host:port")
     if not 1000 <= inputs.agent_uid < 60000:
-        raise ImageError(f"agent uid {inputs.agent_uid} is outside the regular user range",
-                         hint="use a uid between 1000 and 59999")
+        raise ImageError(
+            f"agent uid {inputs.agent_uid} is outside the regular user range",
+            hint="use a uid between 1000 and 59999",
+        )
 
     apt_list = "".join(f"{name}\n" for name in profile.apt_packages)
     return {
@@ -273,8 +310,12 @@ def template_context(inputs: RenderInputs, profile: packages.Profile,
         **_apt_config(inputs),
         "apt_proxy": inputs.apt_proxy,
         "apt_sources": [
-            {"name": s.name, "fingerprint": s.fingerprint, "keyserver": s.keyserver,
-             "line": f"deb [signed-by=$KEY_FILE] {s.uri} {s.suite} {' '.join(s.components)}"}
+            {
+                "name": s.name,
+                "fingerprint": s.fingerprint,
+                "keyserver": s.keyserver,
+                "line": f"deb [signed-by=$KEY_FILE] {s.uri} {s.suite} {' '.join(s.components)}",
+            }
             for s in profile.sources
         ],
         "apt_packages": list(profile.apt_packages),
@@ -289,10 +330,14 @@ def template_context(inputs: RenderInputs, profile: packages.Profile,
         "skills_archive_path": SKILLS_ARCHIVE_PATH,
         "skills_dir": SKILLS_GUEST_DIR,
         "proxy_environment": [
-            f"HTTP_PROXY={GUEST_HTTP_PROXY}", f"HTTPS_PROXY={GUEST_HTTP_PROXY}",
-            f"http_proxy={GUEST_HTTP_PROXY}", f"https_proxy={GUEST_HTTP_PROXY}",
-            f"ALL_PROXY={GUEST_SOCKS_PROXY}", f"all_proxy={GUEST_SOCKS_PROXY}",
-            f"NO_PROXY={GUEST_NO_PROXY}", f"no_proxy={GUEST_NO_PROXY}",
+            f"HTTP_PROXY={GUEST_HTTP_PROXY}",
+            f"HTTPS_PROXY={GUEST_HTTP_PROXY}",
+            f"http_proxy={GUEST_HTTP_PROXY}",
+            f"https_proxy={GUEST_HTTP_PROXY}",
+            f"ALL_PROXY={GUEST_SOCKS_PROXY}",
+            f"all_proxy={GUEST_SOCKS_PROXY}",
+            f"NO_PROXY={GUEST_NO_PROXY}",
+            f"no_proxy={GUEST_NO_PROXY}",
         ],
         "state_dir": STATE_DIR,
         "marker_command": _marker_command(inputs),
@@ -328,9 +373,11 @@ def render_template(templates_dir: Path, template: str, context: Mapping[str, An
     except jinja2.UndefinedError as exc:
         line = _template_line(exc, templates_dir / template)
         where = f"{template}:{line}" if line else template
-        raise ImageError(f"template {where}: {exc.message}",
-                         hint="the template uses a variable that render() does not "
-                              "provide; fix the template or image/cloudinit.py") from None
+        raise ImageError(
+            f"template {where}: {exc.message}",
+            hint="the template uses a variable that render() does not "
+            "provide; fix the template or image/cloudinit.py",
+        ) from None
     except jinja2.TemplateNotFound as exc:
         raise ImageError(f"template {exc.name} not found in {templates_dir}") from None
     except jinja2.TemplateSyntaxError as exc:
@@ -364,8 +411,10 @@ def render(inputs: RenderInputs) -> dict[str, bytes]:
     for name, data in out.items():
         _check_yaml(name, data)
     if not out["user-data"].startswith(b"#cloud-config\n"):
-        raise ImageError("rendered user-data does not start with '#cloud-config'",
-                         hint="cloud-init ignores user-data without that first line")
+        raise ImageError(
+            "rendered user-data does not start with '#cloud-config'",
+            hint="cloud-init ignores user-data without that first line",
+        )
     return out
 
 
@@ -373,11 +422,13 @@ def _check_yaml(name: str, data: bytes) -> None:
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise ImageError(f"rendered {name} is not valid YAML: {exc}",
-                         hint=f"check cloud-init/{TEMPLATES[name]}") from None
+        raise ImageError(
+            f"rendered {name} is not valid YAML: {exc}", hint=f"check cloud-init/{TEMPLATES[name]}"
+        ) from None
     if not isinstance(doc, dict):
-        raise ImageError(f"rendered {name} is not a YAML mapping",
-                         hint=f"check cloud-init/{TEMPLATES[name]}")
+        raise ImageError(
+            f"rendered {name} is not a YAML mapping", hint=f"check cloud-init/{TEMPLATES[name]}"
+        )
 
 
 def write_rendered(files: Mapping[str, bytes], out_dir: Path) -> list[Path]:
@@ -403,13 +454,15 @@ def validate_schema(user_data: bytes, timeout: float = 120.0) -> None:
     with tempfile.TemporaryDirectory(prefix="sandbox-image-schema-") as tmp:
         path = Path(tmp) / "user-data"
         path.write_bytes(user_data)
-        result = run.run(["cloud-init", "schema", "--config-file", str(path)],
-                         check=False, timeout=timeout)
+        result = run.run(
+            ["cloud-init", "schema", "--config-file", str(path)], check=False, timeout=timeout
+        )
     if result.returncode != 0:
         output = (result.stdout + result.stderr).decode(errors="replace").strip()
-        raise ImageError(f"cloud-init schema rejects the user-data:\n{output}",
-                         hint="fix cloud-init/user-data.j2 (./inv render --out DIR shows "
-                              "the rendered file)")
+        raise ImageError(
+            f"cloud-init schema rejects the user-data:\n{output}",
+            hint="fix cloud-init/user-data.j2 (./inv render --out DIR shows the rendered file)",
+        )
 
 
 # --- the NoCloud seed ISO -----------------------------------------------------
@@ -417,12 +470,37 @@ def validate_schema(user_data: bytes, timeout: float = 120.0) -> None:
 SEED_VOLUME_ID = "CIDATA"
 # ISO 9660 level-1 names (8.3, upper case); Joliet and Rock Ridge carry the
 # real names, which are what cloud-init's NoCloud reader looks up.
-_ISO9660_NAMES = {"user-data": "USERDATA.;1", "meta-data": "METADATA.;1",
-                  "network-config": "NETWORKC.;1", "vendor-data": "VENDORDA.;1"}
+_ISO9660_NAMES = {
+    "user-data": "USERDATA.;1",
+    "meta-data": "METADATA.;1",
+    "network-config": "NETWORKC.;1",
+    "vendor-data": "VENDORDA.;1",
+}
 # Any fixed instant would do; 2000-01-01T00:00:00Z stays inside every
 # date field the ISO formats can hold.
 SEED_EPOCH = 946684800.0
 _PYCDLIB_CLOCK = threading.Lock()
+
+
+_StructTime = time.struct_time  # the class body below shadows the name 'time'
+
+
+class _FixedClock(types.ModuleType):
+    """The time module, except that now is SEED_EPOCH and local time is UTC."""
+
+    def __init__(self) -> None:
+        super().__init__("time")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return SEED_EPOCH
+
+    @staticmethod
+    def localtime(seconds: float | None = None) -> _StructTime:
+        return time.gmtime(SEED_EPOCH if seconds is None else seconds)
 
 
 @contextlib.contextmanager
@@ -439,10 +517,12 @@ def _fixed_pycdlib_clock() -> Iterator[None]:
     import pycdlib.pycdlib
     import pycdlib.utils
 
-    clock = types.SimpleNamespace(time=lambda: SEED_EPOCH, localtime=time.gmtime,
-                                  gmtime=time.gmtime)
-    modules = [m for m in (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
-               if getattr(m, "time", None) is time]
+    clock = _FixedClock()
+    modules = [
+        m
+        for m in (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
+        if getattr(m, "time", None) is time
+    ]
     with _PYCDLIB_CLOCK:
         for module in modules:
             module.time = clock  # type: ignore[attr-defined]
@@ -463,21 +543,32 @@ def write_seed_iso(files: Mapping[str, bytes], out: Path) -> None:
 
     unknown = sorted(set(files) - set(_ISO9660_NAMES))
     if unknown:
-        raise ImageError(f"not a NoCloud seed file: {', '.join(unknown)}",
-                         hint=f"a seed holds {', '.join(_ISO9660_NAMES)}")
+        raise ImageError(
+            f"not a NoCloud seed file: {', '.join(unknown)}",
+            hint=f"a seed holds {', '.join(_ISO9660_NAMES)}",
+        )
     for required in ("user-data", "meta-data"):
         if required not in files:
-            raise ImageError(f"a NoCloud seed needs {required}",
-                             hint="pass the output of render()")
+            raise ImageError(f"a NoCloud seed needs {required}", hint="pass the output of render()")
     with _fixed_pycdlib_clock():
         iso = pycdlib.PyCdlib()
-        iso.new(interchange_level=1, vol_ident=SEED_VOLUME_ID, sys_ident="LINUX",
-                joliet=3, rock_ridge="1.09")
+        iso.new(
+            interchange_level=1,
+            vol_ident=SEED_VOLUME_ID,
+            sys_ident="LINUX",
+            joliet=3,
+            rock_ridge="1.09",
+        )
         try:
             for name in sorted(files):
                 data = files[name]
-                iso.add_fp(io.BytesIO(data), len(data), f"/{_ISO9660_NAMES[name]}",
-                           rr_name=name, joliet_path=f"/{name}")
+                iso.add_fp(
+                    io.BytesIO(data),
+                    len(data),
+                    f"/{_ISO9660_NAMES[name]}",
+                    rr_name=name,
+                    joliet_path=f"/{name}",
+                )
             with _atomic_output(out) as f:
                 iso.write_fp(f)
         finally:
@@ -511,15 +602,15 @@ def read_seed_iso(path: Path) -> dict[str, bytes]:
 def _atomic_output(target: Path) -> Iterator[io.BufferedWriter]:
     """A file in target's directory that becomes target only when complete and synced."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        tmp.chmod(0o644)
+        tmp.replace(target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise

@@ -159,21 +159,33 @@ def _content_lines(text: str) -> Iterator[tuple[int, str]]:
 def _parse_entry(kind: str, content: str, path: Path, line: int) -> Entry:
     if kind == "apt":
         if not _APT_NAME.fullmatch(content):
-            raise ListError(path, line, f"not a Debian package name: {content!r}",
-                            "one package a line: lower case letters, digits, + - .")
+            raise ListError(
+                path,
+                line,
+                f"not a Debian package name: {content!r}",
+                "one package a line: lower case letters, digits, + - .",
+            )
         return Entry(content, None, content, content, path, line)
     if kind == "pip":
         m = _PIP_ENTRY.fullmatch(content)
         if not m:
-            raise ListError(path, line, f"not a pinned pip requirement: {content!r}",
-                            "write name==version (extras allowed: name[extra]==version)")
+            raise ListError(
+                path,
+                line,
+                f"not a pinned pip requirement: {content!r}",
+                "write name==version (extras allowed: name[extra]==version)",
+            )
         key = re.sub(r"[-_.]+", "-", m["name"]).lower()  # PEP 503 normalisation
         return Entry(m["name"], m["version"], content, key, path, line)
     if kind == "npm":
         m = _NPM_ENTRY.fullmatch(content)
         if not m:
-            raise ListError(path, line, f"not a pinned npm package: {content!r}",
-                            "write name@x.y.z (scoped: @scope/name@x.y.z)")
+            raise ListError(
+                path,
+                line,
+                f"not a pinned npm package: {content!r}",
+                "write name@x.y.z (scoped: @scope/name@x.y.z)",
+            )
         return Entry(m["name"], m["version"], content, m["name"], path, line)
     raise ValueError(f"unknown kind {kind!r}")
 
@@ -186,12 +198,19 @@ def parse_group(kind: str, name: str, path: Path, text: str) -> Group:
     seen: dict[str, Entry] = {}
     for line, content in _content_lines(text):
         if len(content.split()) != 1:
-            raise ListError(path, line, f"one package a line, got {content!r}",
-                            "put each package on its own line; comments start with #")
+            raise ListError(
+                path,
+                line,
+                f"one package a line, got {content!r}",
+                "put each package on its own line; comments start with #",
+            )
         entry = _parse_entry(kind, content, path, line)
         if entry.key in seen:
-            raise ListError(path, line, f"duplicate package {entry.name!r} "
-                            f"(already on line {seen[entry.key].line})")
+            raise ListError(
+                path,
+                line,
+                f"duplicate package {entry.name!r} (already on line {seen[entry.key].line})",
+            )
         seen[entry.key] = entry
         entries.append(entry)
     if not entries:
@@ -234,8 +253,12 @@ def parse_source(name: str, path: Path, text: str) -> AptSource:
     line, fpr = fields["fingerprint"]
     fpr = fpr.replace(" ", "").upper()
     if not _FINGERPRINT.fullmatch(fpr):
-        raise ListError(path, line, f"not a 40-hex-digit OpenPGP fingerprint: {fpr!r}",
-                        "pin the full fingerprint, never a short key id")
+        raise ListError(
+            path,
+            line,
+            f"not a 40-hex-digit OpenPGP fingerprint: {fpr!r}",
+            "pin the full fingerprint, never a short key id",
+        )
     return AptSource(
         name=name,
         path=path,
@@ -257,24 +280,39 @@ def _parse_tolerance(path: Path, line: int, value: str) -> float:
 def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
     """Read a profile and every list and source it names; all errors name file and line."""
     if not _GROUP_NAME.fullmatch(name):
-        raise ImageError(f"not a profile name: {name!r}",
-                         hint=f"known profiles: {', '.join(list_profiles(root))}")
+        raise ImageError(
+            f"not a profile name: {name!r}",
+            hint=f"known profiles: {', '.join(list_profiles(root))}",
+        )
     path = root / "profiles" / f"{name}.profile"
     if not path.is_file():
-        raise ImageError(f"no profile {name!r} ({_shown(path)} does not exist)",
-                         hint=f"known profiles: {', '.join(list_profiles(root)) or 'none'}")
-    fields = _parse_fields(path, path.read_text(encoding="utf-8"), (
-        "description", "distros", "apt", "pip", "npm", "sources",
-        "expected_installed", "tolerance",
-    ))
+        raise ImageError(
+            f"no profile {name!r} ({_shown(path)} does not exist)",
+            hint=f"known profiles: {', '.join(list_profiles(root)) or 'none'}",
+        )
+    fields = _parse_fields(
+        path,
+        path.read_text(encoding="utf-8"),
+        (
+            "description",
+            "distros",
+            "apt",
+            "pip",
+            "npm",
+            "sources",
+            "expected_installed",
+            "tolerance",
+        ),
+    )
     _require(path, fields, "description", "distros", "apt", "expected_installed", "tolerance")
 
     line, distro_text = fields["distros"]
     distros = tuple(distro_text.split())
     for distro in distros:
         if distro not in DISTROS:
-            raise ListError(path, line, f"unknown distro {distro!r}",
-                            f"known distros: {', '.join(DISTROS)}")
+            raise ListError(
+                path, line, f"unknown distro {distro!r}", f"known distros: {', '.join(DISTROS)}"
+            )
 
     groups: list[Group] = []
     owner: dict[tuple[str, str], Entry] = {}
@@ -286,17 +324,23 @@ def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
             group_path = root / kind / f"{group_name}.list"
             if not _GROUP_NAME.fullmatch(group_name) or not group_path.is_file():
                 known = sorted(p.stem for p in (root / kind).glob("*.list"))
-                raise ListError(path, line, f"unknown {kind} group {group_name!r}",
-                                f"known {kind} groups: {', '.join(known) or 'none'}")
+                raise ListError(
+                    path,
+                    line,
+                    f"unknown {kind} group {group_name!r}",
+                    f"known {kind} groups: {', '.join(known) or 'none'}",
+                )
             if any(g.kind == kind and g.name == group_name for g in groups):
                 raise ListError(path, line, f"{kind} group {group_name!r} named twice")
-            group = parse_group(kind, group_name, group_path,
-                                group_path.read_text(encoding="utf-8"))
+            group = parse_group(
+                kind, group_name, group_path, group_path.read_text(encoding="utf-8")
+            )
             for entry in group.entries:
                 first = owner.get((kind, entry.key))
                 if first is not None:
                     raise ListError(
-                        entry.path, entry.line,
+                        entry.path,
+                        entry.line,
                         f"{entry.name!r} is also in {_shown(first.path)}:{first.line}; "
                         f"profile {name!r} picks both groups",
                         "keep each package in one group only",
@@ -311,15 +355,21 @@ def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
             source_path = root / "sources" / f"{source_name}.source"
             if not _GROUP_NAME.fullmatch(source_name) or not source_path.is_file():
                 known = sorted(p.stem for p in (root / "sources").glob("*.source"))
-                raise ListError(path, line, f"unknown source {source_name!r}",
-                                f"known sources: {', '.join(known) or 'none'}")
-            sources.append(parse_source(source_name, source_path,
-                                        source_path.read_text(encoding="utf-8")))
+                raise ListError(
+                    path,
+                    line,
+                    f"unknown source {source_name!r}",
+                    f"known sources: {', '.join(known) or 'none'}",
+                )
+            sources.append(
+                parse_source(source_name, source_path, source_path.read_text(encoding="utf-8"))
+            )
 
     line, expected_text = fields["expected_installed"]
     if not expected_text.isdigit() or int(expected_text) <= 0:
-        raise ListError(path, line, f"expected_installed must be a positive whole number, "
-                        f"got {expected_text!r}")
+        raise ListError(
+            path, line, f"expected_installed must be a positive whole number, got {expected_text!r}"
+        )
     tolerance = _parse_tolerance(path, *fields["tolerance"])
     return Profile(
         name=name,
@@ -340,14 +390,18 @@ def list_profiles(root: Path = PACKAGE_LISTS) -> list[str]:
 def format_summary(profile: Profile) -> str:
     """The human view of ``./inv packages``."""
     low, high = profile.expected_range
-    lines = [f"profile {profile.name}: {profile.description}",
-             f"  distros: {', '.join(profile.distros)}"]
+    lines = [
+        f"profile {profile.name}: {profile.description}",
+        f"  distros: {', '.join(profile.distros)}",
+    ]
     for g in profile.groups:
         lines.append(f"  {g.kind:<3} {g.name:<14} {len(g.entries):>4}  ({_shown(g.path)})")
     for s in profile.sources:
         lines.append(f"  source {s.name}: {s.uri} {s.suite} (key {s.fingerprint})")
     counts = ", ".join(f"{kind} {len(profile._specs(kind))}" for kind in KINDS)
     lines.append(f"  explicit: {counts}")
-    lines.append(f"  expected installed (dpkg): {profile.expected_installed} "
-                 f"± {profile.tolerance:.0%} -> {low}..{high}")
+    lines.append(
+        f"  expected installed (dpkg): {profile.expected_installed} "
+        f"± {profile.tolerance:.0%} -> {low}..{high}"
+    )
     return "\n".join(lines)
