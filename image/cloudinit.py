@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -446,8 +447,43 @@ def write_rendered(files: Mapping[str, bytes], out_dir: Path) -> list[Path]:
 # --- cloud-init's own schema check --------------------------------------------
 
 
+# cloud-init's schema allows any top-level key, so a misspelt or misplaced
+# module option is silently ignored. This asks the host's cloud-init which
+# top-level keys its modules define.
+_KNOWN_KEYS_SCRIPT = """
+import json
+from cloudinit.config.schema import get_schema
+schema = get_schema()
+keys = set()
+for part in schema.get("allOf", []):
+    name = part.get("$ref", "").rsplit("/", 1)[-1]
+    keys.update(schema.get("$defs", {}).get(name, {}).get("properties", {}))
+print(json.dumps(sorted(keys)))
+"""
+
+
+def _cloud_init_python() -> str:
+    """The interpreter the host's cloud-init runs on (its script's #! line)."""
+    script = shutil.which("cloud-init")
+    if script is None:
+        raise ImageError("cloud-init is not installed", hint="apt-get install cloud-init")
+    with Path(script).open("rb") as f:
+        first = f.readline().decode(errors="replace").strip()
+    if not first.startswith("#!"):
+        raise ImageError(f"{script} is not a Python script; cannot ask it for its schema")
+    return first[2:].split()[0]
+
+
+def known_top_level_keys(timeout: float = 60.0) -> frozenset[str]:
+    result = run.run([_cloud_init_python(), "-c", _KNOWN_KEYS_SCRIPT], timeout=timeout)
+    return frozenset(json.loads(result.stdout))
+
+
 def validate_schema(user_data: bytes, timeout: float = 120.0) -> None:
-    """Run ``cloud-init schema --config-file`` on user-data (needs cloud-init on the host)."""
+    """Check user-data with ``cloud-init schema --config-file`` and for unknown top-level keys.
+
+    Needs cloud-init on the host (Debian's package is enough).
+    """
     from image import hosttools
 
     hosttools.require(["cloud-init"], "validating cloud-init user-data")
@@ -462,6 +498,14 @@ def validate_schema(user_data: bytes, timeout: float = 120.0) -> None:
         raise ImageError(
             f"cloud-init schema rejects the user-data:\n{output}",
             hint="fix cloud-init/user-data.j2 (./inv render --out DIR shows the rendered file)",
+        )
+    doc = yaml.safe_load(user_data)
+    unknown = sorted(set(doc) - known_top_level_keys(timeout))
+    if unknown:
+        raise ImageError(
+            f"user-data has top-level keys no cloud-init module reads: {', '.join(unknown)}",
+            hint="cloud-init would silently ignore them; check the key and where it belongs "
+            "in cloud-init's documentation",
         )
 
 

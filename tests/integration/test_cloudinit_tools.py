@@ -62,6 +62,16 @@ def test_cloud_init_schema_rejects_a_broken_config() -> None:
         cloudinit.validate_schema(user_data)
 
 
+def test_unknown_top_level_keys_are_refused() -> None:
+    """cloud-init's schema lets any top-level key through; ours does not."""
+    need("cloud-init")
+    user_data = render(CASES[1])["user-data"] + b"apt_get_wrapper:\n  enabled: auto\n"
+    with pytest.raises(
+        ImageError, match="top-level keys no cloud-init module reads: apt_get_wrapper"
+    ):
+        cloudinit.validate_schema(user_data)
+
+
 @pytest.mark.parametrize("renderer", ["netplan", "networkd", "eni"])
 def test_network_config_converts_for_every_renderer(renderer: str, tmp_path: Path) -> None:
     """The stand-in (Debian) and jammy use different renderers: DHCP must reach all of them."""

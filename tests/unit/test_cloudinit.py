@@ -116,7 +116,6 @@ def test_fast_apt_settings() -> None:
     doc = _doc(SMOKE)
     assert 'APT::Install-Recommends "false";' in doc["apt"]["conf"]
     assert doc["apt"]["debconf_selections"]["man-db"].endswith("auto-update boolean false")
-    assert doc["apt_get_wrapper"] == {"command": "eatmydata", "enabled": "auto"}
     unsafe = _write_files(doc)[cloudinit.UNSAFE_IO_PATH]
     assert unsafe["content"] == "force-unsafe-io\n"
 
@@ -373,3 +372,19 @@ def test_seed_roundtrip_in_process(tmp_path: Path) -> None:
     out = tmp_path / "seed.iso"
     cloudinit.write_seed_iso(files, out)
     assert cloudinit.read_seed_iso(out) == files
+
+
+def test_user_data_top_level_keys_are_exactly_these() -> None:
+    """A new key must be a decision (and known to cloud-init: see the integration tier)."""
+    assert set(_doc(FULL)) == {
+        "users",
+        "ssh_pwauth",
+        "disable_root",
+        "apt",
+        "package_update",
+        "package_upgrade",
+        "package_reboot_if_required",
+        "packages",
+        "write_files",
+        "runcmd",
+    }
