@@ -126,20 +126,40 @@ def _apt_config(inputs: RenderInputs) -> dict[str, Any]:
             )
         archive = "ubuntu-ports" if inputs.arch == "arm64" else "ubuntu"
         uri = f"https://snapshot.ubuntu.com/{archive}/{inputs.apt_snapshot}"
-        return {"apt_preserve_sources_list": False, "apt_primary": uri, "apt_security": uri}
+        return {
+            "apt_preserve_sources_list": False,
+            "apt_primary": uri,
+            "apt_security": uri,
+            "apt_sources_list": None,
+        }
     if inputs.apt_mirror is not None:
         if not re.fullmatch(r"(https?|file)://\S+", inputs.apt_mirror):
             raise ImageError(
                 f"not a mirror URL: {inputs.apt_mirror!r}", hint="use http://, https:// or file://"
             )
-        # Debian keeps security updates in a separate archive; Ubuntu mirrors carry them.
-        security = inputs.apt_mirror if inputs.distro == "ubuntu" else None
+        if inputs.distro == "debian":
+            # cloud-init's Debian template would point RELEASE-security at the
+            # mirror too (it has no such suite: apt-get update fails), and a
+            # local mirror may not carry -updates either: the release alone.
+            return {
+                "apt_preserve_sources_list": False,
+                "apt_primary": inputs.apt_mirror,
+                "apt_security": None,
+                "apt_sources_list": "deb $MIRROR $RELEASE main\n",
+            }
+        # Ubuntu mirrors carry the -security pocket alongside the others.
         return {
             "apt_preserve_sources_list": False,
             "apt_primary": inputs.apt_mirror,
-            "apt_security": security,
+            "apt_security": inputs.apt_mirror,
+            "apt_sources_list": None,
         }
-    return {"apt_preserve_sources_list": True, "apt_primary": None, "apt_security": None}
+    return {
+        "apt_preserve_sources_list": True,
+        "apt_primary": None,
+        "apt_security": None,
+        "apt_sources_list": None,
+    }
 
 
 def guest_file_mode(path: str) -> int:

@@ -135,6 +135,7 @@ def test_mirror_and_proxy_override() -> None:
     assert apt["preserve_sources_list"] is False
     assert apt["primary"] == [{"arches": ["default"], "uri": "http://mirror.example/ubuntu-ports"}]
     assert apt["security"] == apt["primary"]
+    assert "sources_list" not in apt  # cloud-init's Ubuntu template: all pockets
     assert apt["proxy"] == "http://10.0.2.2:3142"
 
 
@@ -142,6 +143,8 @@ def test_debian_mirror_leaves_security_alone() -> None:
     apt = _doc(dataclasses.replace(SMOKE, apt_mirror="http://deb.example/debian"))["apt"]
     assert apt["primary"][0]["uri"] == "http://deb.example/debian"
     assert "security" not in apt
+    # cloud-init's own Debian template would ask the mirror for bookworm-security
+    assert apt["sources_list"] == "deb $MIRROR $RELEASE main\n"
 
 
 @pytest.mark.parametrize(("arch", "archive"), [("amd64", "ubuntu"), ("arm64", "ubuntu-ports")])
