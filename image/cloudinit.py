@@ -470,16 +470,11 @@ def write_rendered(files: Mapping[str, bytes], out_dir: Path) -> list[Path]:
 # cloud-init's schema allows any top-level key, so a misspelt or misplaced
 # module option is silently ignored. This asks the host's cloud-init which
 # top-level keys its modules define.
-_KNOWN_KEYS_SCRIPT = """
-import json
-from cloudinit.config.schema import get_schema
-schema = get_schema()
-keys = set()
-for part in schema.get("allOf", []):
-    name = part.get("$ref", "").rsplit("/", 1)[-1]
-    keys.update(schema.get("$defs", {}).get(name, {}).get("properties", {}))
-print(json.dumps(sorted(keys)))
-"""
+_KNOWN_KEYS_SCRIPT = (
+    "import json; from cloudinit.config.schema import get_schema; s = get_schema(); "
+    "print(json.dumps(sorted({k for p in s['allOf'] for k in s['$defs']"
+    ".get(p.get('$ref', '').rsplit('/', 1)[-1], {}).get('properties', {})})))"
+)
 
 
 def _cloud_init_python() -> str:

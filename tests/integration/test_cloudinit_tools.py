@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -261,3 +262,54 @@ def test_tasks_render_and_seed_end_to_end(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "no profile 'nope'" in bad.stderr.decode()
+
+
+# --- the runcmd script, as cloud-init writes it ------------------------------------
+
+
+def _runcmd_script(inputs: RenderInputs) -> str:
+    """The script cloud-init's scripts_user runs, made by cloud-init's own shellify()."""
+    need("cloud-init")
+    runcmd = yaml.safe_load(render(inputs)["user-data"])["runcmd"]
+    python = cloudinit._cloud_init_python()
+    code = (
+        "import json, sys; from cloudinit import util; print(util.shellify(json.load(sys.stdin)))"
+    )
+    return run.run([python, "-c", code], input=json.dumps(runcmd).encode()).stdout.decode()
+
+
+@pytest.mark.parametrize("inputs", CASES, ids=lambda i: f"{i.profile}-{i.arch}-{i.distro}")
+def test_runcmd_script_is_valid_sh(inputs: RenderInputs, tmp_path: Path) -> None:
+    script = tmp_path / "runcmd"
+    script.write_text(_runcmd_script(inputs))
+    run.run(["sh", "-n", str(script)])  # dash, as /bin/sh on Debian and Ubuntu
+
+
+def _installed_here(*names: str) -> list[str]:
+    out = run.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}${Package}\n", *names])
+    return [line[3:] for line in out.stdout.decode().splitlines() if line.startswith("ii ")]
+
+
+def test_package_check_passes_when_all_are_installed_and_names_the_missing(
+    tmp_path: Path,
+) -> None:
+    listed = tmp_path / "apt-packages"
+    command = cloudinit._verify_packages_command().replace(cloudinit.APT_LIST_PATH, str(listed))
+    present = _installed_here("bash", "coreutils", "dpkg")
+    assert len(present) == 3
+    listed.write_text("\n".join(present) + "\n")
+    assert run.run(["sh", "-eu", "-c", command], check=False).returncode == 0
+    listed.write_text("\n".join([*present, "no-such-package-sandbox-image"]) + "\n")
+    failed = run.run(["sh", "-eu", "-c", command], check=False)
+    assert failed.returncode == 1
+    assert b"packages not installed" in failed.stderr
+    assert b"no-such-package-sandbox-image" in failed.stderr
+
+
+def test_marker_command_writes_exactly_the_marker(tmp_path: Path) -> None:
+    marker = tmp_path / "provisioned"
+    inputs = CASES[0]
+    command = cloudinit._marker_command(inputs).replace(cloudinit.MARKER_PATH, str(marker))
+    run.run(["sh", "-eu", "-c", command])
+    assert marker.read_text() == cloudinit.marker_content(inputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["provisioned"]
