@@ -258,7 +258,7 @@ def _walk_sorted(root: Path) -> Iterator[Path]:
             yield from _walk_sorted(child)
 
 
-def _verify_packages_command() -> str:
+def verify_packages_command() -> str:
     # dpkg-query prints 'ii |name' for installed packages and an error line for
     # names it never heard of; anything but 'ii ' means the install failed.
     return (
@@ -275,7 +275,7 @@ def marker_content(inputs: RenderInputs) -> str:
     )
 
 
-def _marker_command(inputs: RenderInputs) -> str:
+def marker_command(inputs: RenderInputs) -> str:
     tmp = MARKER_PATH + ".tmp"
     return f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && mv {tmp} {MARKER_PATH}"
 
@@ -344,7 +344,7 @@ def template_context(
         "npm_packages": list(profile.npm_packages),
         "apt_list_path": APT_LIST_PATH,
         "apt_list_b64": base64.b64encode(apt_list.encode()).decode("ascii"),
-        "verify_packages_command": _verify_packages_command(),
+        "verify_packages_command": verify_packages_command(),
         "unsafe_io_path": UNSAFE_IO_PATH,
         "guest_files": _guest_files(inputs),
         "skills_b64": base64.b64encode(skills).decode("ascii") if skills else "",
@@ -361,7 +361,7 @@ def template_context(
             f"no_proxy={GUEST_NO_PROXY}",
         ],
         "state_dir": STATE_DIR,
-        "marker_command": _marker_command(inputs),
+        "marker_command": marker_command(inputs),
         "mac_address": inputs.mac_address,
         "interface": inputs.interface,
     }
@@ -477,7 +477,7 @@ _KNOWN_KEYS_SCRIPT = (
 )
 
 
-def _cloud_init_python() -> str:
+def cloud_init_python() -> str:
     """The interpreter the host's cloud-init runs on (its script's #! line)."""
     script = shutil.which("cloud-init")
     if script is None:
@@ -490,7 +490,7 @@ def _cloud_init_python() -> str:
 
 
 def known_top_level_keys(timeout: float = 60.0) -> frozenset[str]:
-    result = run.run([_cloud_init_python(), "-c", _KNOWN_KEYS_SCRIPT], timeout=timeout)
+    result = run.run([cloud_init_python(), "-c", _KNOWN_KEYS_SCRIPT], timeout=timeout)
     return frozenset(json.loads(result.stdout))
 
 

@@ -271,7 +271,7 @@ def _runcmd_script(inputs: RenderInputs) -> str:
     """The script cloud-init's scripts_user runs, made by cloud-init's own shellify()."""
     need("cloud-init")
     runcmd = yaml.safe_load(render(inputs)["user-data"])["runcmd"]
-    python = cloudinit._cloud_init_python()
+    python = cloudinit.cloud_init_python()
     code = (
         "import json, sys; from cloudinit import util; print(util.shellify(json.load(sys.stdin)))"
     )
@@ -294,7 +294,7 @@ def test_package_check_passes_when_all_are_installed_and_names_the_missing(
     tmp_path: Path,
 ) -> None:
     listed = tmp_path / "apt-packages"
-    command = cloudinit._verify_packages_command().replace(cloudinit.APT_LIST_PATH, str(listed))
+    command = cloudinit.verify_packages_command().replace(cloudinit.APT_LIST_PATH, str(listed))
     present = _installed_here("bash", "coreutils", "dpkg")
     assert len(present) == 3
     listed.write_text("\n".join(present) + "\n")
@@ -309,7 +309,7 @@ def test_package_check_passes_when_all_are_installed_and_names_the_missing(
 def test_marker_command_writes_exactly_the_marker(tmp_path: Path) -> None:
     marker = tmp_path / "provisioned"
     inputs = CASES[0]
-    command = cloudinit._marker_command(inputs).replace(cloudinit.MARKER_PATH, str(marker))
+    command = cloudinit.marker_command(inputs).replace(cloudinit.MARKER_PATH, str(marker))
     run.run(["sh", "-eu", "-c", command])
     assert marker.read_text() == cloudinit.marker_content(inputs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["provisioned"]
