@@ -383,6 +383,8 @@ def test_user_data_top_level_keys_are_exactly_these() -> None:
         "users",
         "ssh_pwauth",
         "disable_root",
+        "locale",
+        "manage_etc_hosts",
         "apt",
         "package_update",
         "package_upgrade",
