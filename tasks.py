@@ -174,9 +174,17 @@ def packages(c: Context, profile: str | None = None, json: bool = False) -> None
 
 def _render_inputs(cfg: config.BuildConfig, distro: str, ssh_key: str | None,
                    hostname: str, apt_mirror: str | None, apt_proxy: str | None,
-                   apt_snapshot: str | None) -> Any:
-    from image import cloudinit
+                   apt_snapshot: str | None, skills_url: str | None,
+                   skills_sha256: str | None) -> Any:
+    from image import cloudinit, skills
 
+    skills_dir = cfg.skills
+    if skills_url or skills_sha256:
+        if not (skills_url and skills_sha256):
+            raise ImageError("--skills-url needs --skills-sha256 (and the other way round)")
+        if skills_dir is not None:
+            raise ImageError("give --skills DIR or --skills-url, not both")
+        skills_dir = skills.fetch(skills_url, skills_sha256, cfg.cache_dir)
     key = ""
     if ssh_key:
         try:
@@ -187,7 +195,7 @@ def _render_inputs(cfg: config.BuildConfig, distro: str, ssh_key: str | None,
     return cloudinit.RenderInputs(
         profile=cfg.profile, arch=cfg.arch, distro=distro, build_ssh_public_key=key,
         hostname=hostname, apt_mirror=apt_mirror, apt_proxy=apt_proxy,
-        apt_snapshot=apt_snapshot, skills_dir=cfg.skills,
+        apt_snapshot=apt_snapshot, skills_dir=skills_dir,
     )
 
 
@@ -201,19 +209,24 @@ RENDER_HELP = {
     "apt_proxy": "HTTP proxy URL apt uses in the guest during the build",
     "apt_snapshot": "pin the Ubuntu archive to a snapshot.ubuntu.com time, YYYYMMDDTHHMMSSZ",
     "skills": "skills folder put read-only at /opt/skills",
+    "skills_url": "download the skills folder as a .tar.gz from this URL instead",
+    "skills_sha256": "SHA-256 the --skills-url download must have",
     "no_validate": "skip 'cloud-init schema' (it needs cloud-init on this host)",
     "json": CONFIG_HELP["json"],
 }
 
 
-@task(help={**RENDER_HELP, "out": "directory for user-data, meta-data, network-config "
+# Long flags only: with this many options invoke's automatic short flags
+# collide (one would even shadow -h, --help).
+@task(auto_shortflags=False,
+      help={**RENDER_HELP, "out": "directory for user-data, meta-data, network-config "
                                   "(default OUTPUT_DIR/cloud-init)"})
 def render(
     c: Context, profile: str | None = None, arch: str | None = None, distro: str = "ubuntu",
     out: str | None = None, ssh_key: str | None = None, hostname: str = "sandbox",
     apt_mirror: str | None = None, apt_proxy: str | None = None,
-    apt_snapshot: str | None = None, skills: str | None = None, no_validate: bool = False,
-    json: bool = False,
+    apt_snapshot: str | None = None, skills: str | None = None, skills_url: str | None = None,
+    skills_sha256: str | None = None, no_validate: bool = False, json: bool = False,
 ) -> None:
     """Render cloud-init user-data, meta-data and network-config."""
     from image import cloudinit
@@ -221,7 +234,8 @@ def render(
     with _user_errors():
         cfg = _config(c, profile=profile, arch=arch, skills=skills).config
         files = cloudinit.render(_render_inputs(cfg, distro, ssh_key, hostname, apt_mirror,
-                                                apt_proxy, apt_snapshot))
+                                                apt_proxy, apt_snapshot, skills_url,
+                                                skills_sha256))
         if not no_validate:
             cloudinit.validate_schema(files["user-data"])
         out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
@@ -235,13 +249,14 @@ def render(
                 print(path)
 
 
-@task(help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"})
+@task(auto_shortflags=False,
+      help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"})
 def seed(
     c: Context, profile: str | None = None, arch: str | None = None, distro: str = "ubuntu",
     out: str | None = None, ssh_key: str | None = None, hostname: str = "sandbox",
     apt_mirror: str | None = None, apt_proxy: str | None = None,
-    apt_snapshot: str | None = None, skills: str | None = None, no_validate: bool = False,
-    json: bool = False,
+    apt_snapshot: str | None = None, skills: str | None = None, skills_url: str | None = None,
+    skills_sha256: str | None = None, no_validate: bool = False, json: bool = False,
 ) -> None:
     """Pack the NoCloud seed ISO (CIDATA)."""
     import hashlib
@@ -251,7 +266,8 @@ def seed(
     with _user_errors():
         cfg = _config(c, profile=profile, arch=arch, skills=skills).config
         files = cloudinit.render(_render_inputs(cfg, distro, ssh_key, hostname, apt_mirror,
-                                                apt_proxy, apt_snapshot))
+                                                apt_proxy, apt_snapshot, skills_url,
+                                                skills_sha256))
         if not no_validate:
             cloudinit.validate_schema(files["user-data"])
         target = Path(out) if out else cfg.output_dir / "seed.iso"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gzip
 import hashlib
 import io
 import json
@@ -26,8 +25,6 @@ import posixpath
 import re
 import shlex
 import shutil
-import stat
-import tarfile
 import tempfile
 import threading
 import time
@@ -42,6 +39,7 @@ import yaml
 
 from image import packages, run
 from image.errors import ImageError
+from image.skills import pack as skills_pack
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "cloud-init"
@@ -66,7 +64,6 @@ GUEST_NO_PROXY = "localhost,127.0.0.1,::1"
 
 # The seed travels inside user-data as base64 (4/3 of its size) and cloud-init
 # holds all of it in memory: keep it to something a seed can reasonably carry.
-MAX_SKILLS_ARCHIVE = 4 << 20
 MAX_GUEST_FILES = 8 << 20
 EXECUTABLE_DIRS = ("/usr/local/bin/", "/usr/local/sbin/")
 _OWN_PATHS = frozenset(
@@ -194,68 +191,6 @@ def _guest_files(inputs: RenderInputs) -> list[dict[str, str]]:
     if unknown_modes:
         raise ImageError(f"modes given for files that are not guest files: {unknown_modes}")
     return out
-
-
-def skills_archive(skills_dir: Path, limit: int = MAX_SKILLS_ARCHIVE) -> bytes:
-    """A deterministic tar.gz of the skills folder: sorted, mtime 0, root-owned, 0755/0644.
-
-    Symlinks and special files are refused: the folder is data the sandbox
-    reads, and a link could point it anywhere in the guest.
-    """
-    if not skills_dir.is_dir():
-        raise ImageError(
-            f"skills folder {skills_dir} is not a directory",
-            hint="pass --skills DIR with an existing folder",
-        )
-    buffer = io.BytesIO()
-    # mtime=0 and no file name in the gzip header: same input, same bytes.
-    with (
-        gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
-    ):
-        for path in _walk_sorted(skills_dir):
-            rel = path.relative_to(skills_dir).as_posix()
-            st = path.lstat()
-            info = tarfile.TarInfo(rel)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mtime = 0
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                info.mode = 0o755 if st.st_mode & 0o111 else 0o644
-                info.size = st.st_size
-                with path.open("rb") as f:
-                    tar.addfile(info, f)
-            else:
-                raise ImageError(
-                    f"skills folder holds something that is not a file or directory: {path}",
-                    hint="replace symlinks and special files by plain files",
-                )
-            if buffer.tell() > limit:
-                raise ImageError(
-                    f"skills folder {skills_dir} is too large for the seed "
-                    f"(more than {limit} bytes compressed)",
-                    hint="keep large assets out of the skills folder, or install "
-                    "them from a package",
-                )
-    data = buffer.getvalue()
-    if len(data) > limit:
-        raise ImageError(
-            f"skills folder {skills_dir} is too large for the seed "
-            f"({len(data)} bytes compressed, limit {limit})",
-            hint="keep large assets out of the skills folder, or install them from a package",
-        )
-    return data
-
-
-def _walk_sorted(root: Path) -> Iterator[Path]:
-    for child in sorted(root.iterdir(), key=lambda p: p.name):
-        yield child
-        if child.is_dir() and not child.is_symlink():
-            yield from _walk_sorted(child)
 
 
 def verify_packages_command() -> str:
@@ -419,7 +354,7 @@ def _template_line(exc: BaseException, path: Path) -> int | None:
 def render(inputs: RenderInputs) -> dict[str, bytes]:
     """RenderInputs -> {'user-data', 'meta-data', 'network-config'}: bytes, deterministic."""
     profile = packages.load_profile(inputs.profile, inputs.package_lists)
-    skills = skills_archive(inputs.skills_dir) if inputs.skills_dir is not None else None
+    skills = skills_pack(inputs.skills_dir) if inputs.skills_dir is not None else None
     context = template_context(inputs, profile, skills)
     user_data = render_template(inputs.templates_dir, TEMPLATES["user-data"], context)
     # The instance id follows the content: a changed seed is a new instance to

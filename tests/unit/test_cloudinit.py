@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from image import cloudinit, packages
+from image import cloudinit, packages, skills
 from image.cloudinit import RenderInputs, render
 from image.errors import ImageError
 
@@ -255,8 +255,8 @@ def test_skills_archive_is_deterministic_and_normalized(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE_SKILLS, src)
     (src / "example" / "SKILL.md").chmod(0o600)
     (src / "example" / "pdf_pages.py").chmod(0o700)
-    first = cloudinit.skills_archive(src)
-    assert cloudinit.skills_archive(src) == first
+    first = skills.pack(src)
+    assert skills.pack(src) == first
     members = _members(first)
     assert sorted(members) == ["example", "example/SKILL.md", "example/pdf_pages.py"]
     modes = {name: (m.mode, m.uid, m.gid, m.uname, m.mtime) for name, m in members.items()}
@@ -271,19 +271,19 @@ def test_skills_refuse_symlinks(tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "link").symlink_to("/etc/shadow")
     with pytest.raises(ImageError, match=r"not a file or directory: .*link"):
-        cloudinit.skills_archive(tmp_path / "s")
+        skills.pack(tmp_path / "s")
 
 
 def test_skills_too_large_for_a_seed(tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "blob").write_bytes(random.Random(1).randbytes(16384))  # incompressible
     with pytest.raises(ImageError, match="too large for the seed"):
-        cloudinit.skills_archive(tmp_path / "s", limit=1024)
+        skills.pack(tmp_path / "s", limit=1024)
 
 
 def test_skills_dir_missing(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="is not a directory"):
-        cloudinit.skills_archive(tmp_path / "absent")
+        skills.pack(tmp_path / "absent")
 
 
 def test_render_ships_skills_read_only_at_opt_skills() -> None:
