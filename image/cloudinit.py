@@ -52,6 +52,7 @@ TEMPLATES = {
 STATE_DIR = "/var/lib/sandbox-image"
 MARKER_PATH = f"{STATE_DIR}/provisioned"
 APT_LIST_PATH = f"{STATE_DIR}/apt-packages"
+PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
 SKILLS_ARCHIVE_PATH = f"{STATE_DIR}/skills.tar.gz"
 SKILLS_GUEST_DIR = "/opt/skills"
 UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/90-sandbox-image-unsafe-io"
@@ -67,7 +68,14 @@ GUEST_NO_PROXY = "localhost,127.0.0.1,::1"
 MAX_GUEST_FILES = 8 << 20
 EXECUTABLE_DIRS = ("/usr/local/bin/", "/usr/local/sbin/")
 _OWN_PATHS = frozenset(
-    {MARKER_PATH, APT_LIST_PATH, SKILLS_ARCHIVE_PATH, UNSAFE_IO_PATH, "/etc/environment"}
+    {
+        MARKER_PATH,
+        APT_LIST_PATH,
+        PIP_CONSTRAINTS_PATH,
+        SKILLS_ARCHIVE_PATH,
+        UNSAFE_IO_PATH,
+        "/etc/environment",
+    }
 )
 _SNAPSHOT = re.compile(r"^\d{8}T\d{6}Z$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -215,6 +223,12 @@ def marker_command(inputs: RenderInputs) -> str:
     return f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && mv {tmp} {MARKER_PATH}"
 
 
+def _b64_lines(lines: tuple[str, ...]) -> str:
+    """A one-item-a-line file as write_files' base64 content ('' for no lines)."""
+    text = "".join(f"{line}\n" for line in lines)
+    return base64.b64encode(text.encode()).decode("ascii") if lines else ""
+
+
 def template_context(
     inputs: RenderInputs, profile: packages.Profile, skills: bytes | None
 ) -> dict[str, Any]:
@@ -255,7 +269,6 @@ def template_context(
             hint="use a uid between 1000 and 59999",
         )
 
-    apt_list = "".join(f"{name}\n" for name in profile.apt_packages)
     return {
         "profile": profile.name,
         "arch": inputs.arch,
@@ -277,8 +290,10 @@ def template_context(
         "apt_packages": list(profile.apt_packages),
         "pip_packages": list(profile.pip_packages),
         "npm_packages": list(profile.npm_packages),
+        "pip_constraints_path": PIP_CONSTRAINTS_PATH,
+        "pip_constraints_b64": _b64_lines(profile.pip_constraints),
         "apt_list_path": APT_LIST_PATH,
-        "apt_list_b64": base64.b64encode(apt_list.encode()).decode("ascii"),
+        "apt_list_b64": _b64_lines(profile.apt_packages),
         "verify_packages_command": verify_packages_command(),
         "unsafe_io_path": UNSAFE_IO_PATH,
         "guest_files": _guest_files(inputs),

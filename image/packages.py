@@ -15,6 +15,7 @@ and the line, so a broken list is fixed where it is, not guessed at.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -79,6 +80,9 @@ class Group:
     name: str
     path: Path
     entries: tuple[Entry, ...]
+    # pip only: pins for the transitive dependencies (pip --constraint), from
+    # pip/<group>.constraints next to the list.
+    constraints: tuple[Entry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,10 @@ class Profile:
     def npm_packages(self) -> tuple[str, ...]:
         return self._specs("npm")
 
+    @property
+    def pip_constraints(self) -> tuple[str, ...]:
+        return tuple(e.spec for g in self.groups if g.kind == "pip" for e in g.constraints)
+
     def groups_of(self, kind: str) -> tuple[Group, ...]:
         return tuple(g for g in self.groups if g.kind == kind)
 
@@ -142,6 +150,7 @@ class Profile:
             ],
             "sources": [s.name for s in self.sources],
             "explicit": {kind: len(self._specs(kind)) for kind in KINDS},
+            "pip_constraints": len(self.pip_constraints),
             "expected_installed": self.expected_installed,
             "tolerance": self.tolerance,
             "expected_range": [low, high],
@@ -216,6 +225,24 @@ def parse_group(kind: str, name: str, path: Path, text: str) -> Group:
     if not entries:
         raise ListError(path, None, "the list names no package")
     return Group(kind, name, path, tuple(entries))
+
+
+def _with_constraints(group: Group, path: Path) -> Group:
+    """Attach pip/<group>.constraints; a package pinned in both files is an error."""
+    if not path.is_file():
+        return group
+    pins = parse_group("pip", group.name, path, path.read_text(encoding="utf-8"))
+    listed = {e.key: e for e in group.entries}
+    for entry in pins.entries:
+        if entry.key in listed:
+            first = listed[entry.key]
+            raise ListError(
+                path,
+                entry.line,
+                f"{entry.name!r} is already pinned in {_shown(first.path)}:{first.line}",
+                "pin a package in one place only",
+            )
+    return dataclasses.replace(group, constraints=pins.entries)
 
 
 def _parse_fields(path: Path, text: str, allowed: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -335,6 +362,8 @@ def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
             group = parse_group(
                 kind, group_name, group_path, group_path.read_text(encoding="utf-8")
             )
+            if kind == "pip":
+                group = _with_constraints(group, group_path.with_suffix(".constraints"))
             for entry in group.entries:
                 first = owner.get((kind, entry.key))
                 if first is not None:
@@ -400,6 +429,8 @@ def format_summary(profile: Profile) -> str:
         lines.append(f"  source {s.name}: {s.uri} {s.suite} (key {s.fingerprint})")
     counts = ", ".join(f"{kind} {len(profile._specs(kind))}" for kind in KINDS)
     lines.append(f"  explicit: {counts}")
+    if profile.pip_constraints:
+        lines.append(f"  pip dependencies pinned: {len(profile.pip_constraints)}")
     lines.append(
         f"  expected installed (dpkg): {profile.expected_installed} "
         f"± {profile.tolerance:.0%} -> {low}..{high}"

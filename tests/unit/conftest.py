@@ -24,6 +24,14 @@ def _no_subprocess(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", forbidden)
-    for name in ("system", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp",
-                 "fork"):
+    for name in (
+        "system",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "posix_spawn",
+        "posix_spawnp",
+        "fork",
+    ):
         monkeypatch.setattr(os, name, forbidden)

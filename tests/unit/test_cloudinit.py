@@ -86,6 +86,10 @@ def test_full_has_nodesource_pip_and_npm() -> None:
         c for c in doc["runcmd"] if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
     )
     assert pip[-len(profile.pip_packages) :] == list(profile.pip_packages)
+    constraint = pip.index("--constraint")
+    assert pip[constraint + 1] == cloudinit.PIP_CONSTRAINTS_PATH
+    pins = _write_files(doc)[cloudinit.PIP_CONSTRAINTS_PATH]
+    assert base64.b64decode(pins["content"]).decode().split() == list(profile.pip_constraints)
     npm = next(c for c in doc["runcmd"] if isinstance(c, list) and c[0] == "npm")
     assert npm[-len(profile.npm_packages) :] == list(profile.npm_packages)
 
@@ -93,6 +97,7 @@ def test_full_has_nodesource_pip_and_npm() -> None:
 def test_smoke_asks_for_nothing_the_profile_does_not() -> None:
     doc = _doc(SMOKE)
     assert "sources" not in doc["apt"]
+    assert cloudinit.PIP_CONSTRAINTS_PATH not in _write_files(doc)
     text = " ".join(_runcmd_text(doc))
     assert "pip" not in text and "npm" not in text and "/opt/skills" not in text
 

@@ -281,3 +281,32 @@ def test_unknown_profile_lists_the_known_ones() -> None:
         load_profile("huge")
     assert "no profile 'huge'" in err.value.message
     assert err.value.hint == "known profiles: full, minimal, smoke"
+
+
+def test_full_pins_pip_dependencies_too() -> None:
+    full = load_profile("full")
+    assert len(full.pip_constraints) >= 30
+    assert all("==" in spec for spec in full.pip_constraints)
+    listed = {spec.split("==")[0].split("[")[0].lower() for spec in full.pip_packages}
+    pinned = {spec.split("==")[0].lower() for spec in full.pip_constraints}
+    assert not listed & pinned
+    assert "onnxruntime" in pinned  # markitdown's heaviest dependency, pinned
+
+
+def test_constraint_that_repeats_a_listed_pin_names_both(tmp_path: Path) -> None:
+    profile = PROFILE.replace("apt: one two", "apt: one\npip: py")
+    root = _tree(tmp_path, profile, apt__one="jq\n", pip__py="pypdf==7.1.1\n")
+    (root / "pip" / "py.constraints").write_text("# deps\nsix==1.17.0\nPyPDF==7.0\n")
+    with pytest.raises(ListError) as err:
+        load_profile("p", root)
+    assert "pip/py.constraints:3: 'PyPDF' is already pinned in" in err.value.message
+    assert "pip/py.list:1" in err.value.message
+
+
+def test_constraints_load_with_their_group(tmp_path: Path) -> None:
+    profile = PROFILE.replace("apt: one two", "apt: one\npip: py")
+    root = _tree(tmp_path, profile, apt__one="jq\n", pip__py="pypdf==7.1.1\n")
+    (root / "pip" / "py.constraints").write_text("six==1.17.0\n")
+    loaded = load_profile("p", root)
+    assert loaded.pip_packages == ("pypdf==7.1.1",)
+    assert loaded.pip_constraints == ("six==1.17.0",)
