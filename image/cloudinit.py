@@ -255,6 +255,11 @@ def template_context(
             f"not a MAC address: {inputs.mac_address!r}",
             hint="write it like 52:54:00:12:34:56 (lower case)",
         )
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,14}", inputs.interface):
+        raise ImageError(
+            f"not a network interface name: {inputs.interface!r}",
+            hint="lower-case letters and digits, at most 15 characters, e.g. eth0",
+        )
     key = inputs.build_ssh_public_key.strip()
     if key and not _SSH_KEY.fullmatch(key):
         raise ImageError(

@@ -174,6 +174,7 @@ def test_snapshot_pin(arch: str, archive: str) -> None:
         ({"distro": "debian"}, "profile 'full' is for ubuntu, not debian"),
         ({"mac_address": "52-54-00-12-34-56"}, "not a MAC address"),
         ({"agent_uid": 0}, "outside the regular user range"),
+        ({"interface": "eth0: x"}, "not a network interface name"),
     ],
 )
 def test_bad_inputs_are_refused(change: dict[str, Any], message: str) -> None:
