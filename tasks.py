@@ -214,22 +214,201 @@ def fetch(c: Context) -> None:
     _not_built("fetch", 3)
 
 
-@task
-def packages(c: Context) -> None:
+@task(help={"profile": CONFIG_HELP["profile"], "json": CONFIG_HELP["json"]})
+def packages(c: Context, profile: str | None = None, json: bool = False) -> None:
     """Show a package profile: groups, explicit counts, expected installed count."""
-    _not_built("packages", 4)
+    from image import packages as package_lists
+
+    with _user_errors():
+        cfg = _config(c, profile=profile).config
+        loaded = package_lists.load_profile(cfg.profile)
+        if json:
+            console.print_json(loaded.summary())
+        else:
+            print(package_lists.format_summary(loaded))
 
 
-@task
-def render(c: Context) -> None:
+def _render_inputs(
+    cfg: config.BuildConfig,
+    distro: str,
+    ssh_key: str | None,
+    hostname: str,
+    apt_mirror: str | None,
+    apt_proxy: str | None,
+    apt_snapshot: str | None,
+    skills_url: str | None,
+    skills_sha256: str | None,
+) -> Any:
+    from image import cloudinit, skills
+
+    skills_dir = cfg.skills
+    if skills_url or skills_sha256:
+        if not (skills_url and skills_sha256):
+            raise ImageError("--skills-url needs --skills-sha256 (and the other way round)")
+        if skills_dir is not None:
+            raise ImageError("give --skills DIR or --skills-url, not both")
+        skills_dir = skills.fetch(skills_url, skills_sha256, cfg.cache_dir)
+    key = ""
+    if ssh_key:
+        try:
+            key = Path(ssh_key).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ImageError(
+                f"cannot read the SSH public key {ssh_key}: {exc.strerror}",
+                hint="pass the path of a .pub file",
+            ) from None
+    return cloudinit.RenderInputs(
+        profile=cfg.profile,
+        arch=cfg.arch,
+        distro=distro,
+        build_ssh_public_key=key,
+        hostname=hostname,
+        apt_mirror=apt_mirror,
+        apt_proxy=apt_proxy,
+        apt_snapshot=apt_snapshot,
+        skills_dir=skills_dir,
+    )
+
+
+RENDER_HELP = {
+    "profile": CONFIG_HELP["profile"],
+    "arch": CONFIG_HELP["arch"],
+    "distro": "ubuntu (jammy, default) or debian (the offline stand-in: smoke profile only)",
+    "ssh_key": "OpenSSH public key file authorized for the 'build' user (none: no build user)",
+    "hostname": "guest host name (default sandbox)",
+    "apt_mirror": "archive mirror URL for the guest (default: the image's own sources)",
+    "apt_proxy": "HTTP proxy URL apt uses in the guest during the build",
+    "apt_snapshot": "pin the Ubuntu archive to a snapshot.ubuntu.com time, YYYYMMDDTHHMMSSZ",
+    "skills": "skills folder put read-only at /opt/skills",
+    "skills_url": "download the skills folder as a .tar.gz from this URL instead",
+    "skills_sha256": "SHA-256 the --skills-url download must have",
+    "no_validate": "skip 'cloud-init schema' (it needs cloud-init on this host)",
+    "json": CONFIG_HELP["json"],
+}
+
+
+# Long flags only: with this many options invoke's automatic short flags
+# collide (one would even shadow -h, --help).
+@task(
+    auto_shortflags=False,
+    help={
+        **RENDER_HELP,
+        "out": "directory for user-data, meta-data, network-config (default OUTPUT_DIR/cloud-init)",
+    },
+)
+def render(
+    c: Context,
+    profile: str | None = None,
+    arch: str | None = None,
+    distro: str = "ubuntu",
+    out: str | None = None,
+    ssh_key: str | None = None,
+    hostname: str = "sandbox",
+    apt_mirror: str | None = None,
+    apt_proxy: str | None = None,
+    apt_snapshot: str | None = None,
+    skills: str | None = None,
+    skills_url: str | None = None,
+    skills_sha256: str | None = None,
+    no_validate: bool = False,
+    json: bool = False,
+) -> None:
     """Render cloud-init user-data, meta-data and network-config."""
-    _not_built("render", 4)
+    from image import cloudinit
+
+    with _user_errors():
+        cfg = _config(c, profile=profile, arch=arch, skills=skills).config
+        files = cloudinit.render(
+            _render_inputs(
+                cfg,
+                distro,
+                ssh_key,
+                hostname,
+                apt_mirror,
+                apt_proxy,
+                apt_snapshot,
+                skills_url,
+                skills_sha256,
+            )
+        )
+        if not no_validate:
+            cloudinit.validate_schema(files["user-data"])
+        out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
+        written = cloudinit.write_rendered(files, out_dir)
+        if json:
+            console.print_json(
+                {
+                    "profile": cfg.profile,
+                    "arch": cfg.arch,
+                    "distro": distro,
+                    "files": [str(p) for p in written],
+                    "schema_validated": not no_validate,
+                }
+            )
+        else:
+            for path in written:
+                print(path)
 
 
-@task
-def seed(c: Context) -> None:
+@task(
+    auto_shortflags=False,
+    help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"},
+)
+def seed(
+    c: Context,
+    profile: str | None = None,
+    arch: str | None = None,
+    distro: str = "ubuntu",
+    out: str | None = None,
+    ssh_key: str | None = None,
+    hostname: str = "sandbox",
+    apt_mirror: str | None = None,
+    apt_proxy: str | None = None,
+    apt_snapshot: str | None = None,
+    skills: str | None = None,
+    skills_url: str | None = None,
+    skills_sha256: str | None = None,
+    no_validate: bool = False,
+    json: bool = False,
+) -> None:
     """Pack the NoCloud seed ISO (CIDATA)."""
-    _not_built("seed", 4)
+    import hashlib
+
+    from image import cloudinit
+
+    with _user_errors():
+        cfg = _config(c, profile=profile, arch=arch, skills=skills).config
+        files = cloudinit.render(
+            _render_inputs(
+                cfg,
+                distro,
+                ssh_key,
+                hostname,
+                apt_mirror,
+                apt_proxy,
+                apt_snapshot,
+                skills_url,
+                skills_sha256,
+            )
+        )
+        if not no_validate:
+            cloudinit.validate_schema(files["user-data"])
+        target = Path(out) if out else cfg.output_dir / "seed.iso"
+        cloudinit.write_seed_iso(files, target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        if json:
+            console.print_json(
+                {
+                    "seed": str(target),
+                    "sha256": digest,
+                    "profile": cfg.profile,
+                    "arch": cfg.arch,
+                    "distro": distro,
+                    "schema_validated": not no_validate,
+                }
+            )
+        else:
+            print(f"{target}  sha256 {digest}")
 
 
 @task(

@@ -1,0 +1,630 @@
+"""cloud-init for the build: render user-data/meta-data/network-config, pack the seed ISO.
+
+``render()`` is pure: RenderInputs (plus the package lists and templates it
+reads) -> ``{name: bytes}``, byte-for-byte the same for the same inputs.
+``write_seed_iso()`` packs those files into a NoCloud ``CIDATA`` ISO with
+pycdlib, deterministically and atomically. ``validate_schema()`` runs
+cloud-init's own ``cloud-init schema`` on a rendered user-data.
+
+What the guest ends up with (paths other stages rely on):
+    MARKER_PATH      written as the very last runcmd step; exists only if every
+                     step before it succeeded (runcmd runs under ``set -eu``)
+    /opt/skills      the skills folder, root-owned, 0755/0644
+    agent (uid 1001) unprivileged, no sudo; build: SSH key, NOPASSWD sudo
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from image import packages, run
+from image.errors import ImageError
+from image.skills import pack as skills_pack
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "cloud-init"
+TEMPLATES = {
+    "user-data": "user-data.j2",
+    "meta-data": "meta-data.j2",
+    "network-config": "network-config.j2",
+}
+
+STATE_DIR = "/var/lib/sandbox-image"
+MARKER_PATH = f"{STATE_DIR}/provisioned"
+APT_LIST_PATH = f"{STATE_DIR}/apt-packages"
+PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
+SKILLS_ARCHIVE_PATH = f"{STATE_DIR}/skills.tar.gz"
+SKILLS_GUEST_DIR = "/opt/skills"
+UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/90-sandbox-image-unsafe-io"
+# QEMU gives the first NIC this address unless told otherwise; the network
+# config matches on it (see cloud-init/network-config.j2 for why a MAC).
+QEMU_DEFAULT_MAC = "52:54:00:12:34:56"
+GUEST_HTTP_PROXY = "http://localhost:3128"
+GUEST_SOCKS_PROXY = "socks5h://localhost:1080"
+GUEST_NO_PROXY = "localhost,127.0.0.1,::1"
+
+# The seed travels inside user-data as base64 (4/3 of its size) and cloud-init
+# holds all of it in memory: keep it to something a seed can reasonably carry.
+MAX_GUEST_FILES = 8 << 20
+EXECUTABLE_DIRS = ("/usr/local/bin/", "/usr/local/sbin/")
+_OWN_PATHS = frozenset(
+    {
+        MARKER_PATH,
+        APT_LIST_PATH,
+        PIP_CONSTRAINTS_PATH,
+        SKILLS_ARCHIVE_PATH,
+        UNSAFE_IO_PATH,
+        "/etc/environment",
+    }
+)
+_SNAPSHOT = re.compile(r"^\d{8}T\d{6}Z$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+=*( [^\n\r]*)?$"
+)
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    profile: str  # 'full' | 'minimal' | 'smoke'
+    arch: str  # 'arm64' | 'amd64'
+    distro: str = "ubuntu"  # 'ubuntu' (jammy) or 'debian' (the offline stand-in, Debian 12)
+    build_ssh_public_key: str = ""  # authorized for 'build' (sudo); no key: no build user
+    hostname: str = "sandbox"
+    apt_mirror: str | None = None  # None: keep the image's own sources
+    apt_proxy: str | None = None
+    apt_snapshot: str | None = None  # snapshot.ubuntu.com timestamp, e.g. 20240301T000000Z
+    guest_files: Mapping[str, bytes] = field(default_factory=dict)
+    skills_dir: Path | None = None  # put read-only at /opt/skills
+    # Extensions beyond the pipeline's interface; the defaults are what it expects.
+    guest_file_modes: Mapping[str, int] = field(default_factory=dict)  # path -> mode override
+    agent_uid: int = 1001
+    mac_address: str = QEMU_DEFAULT_MAC
+    interface: str = "eth0"
+    package_lists: Path = packages.PACKAGE_LISTS
+    templates_dir: Path = TEMPLATES_DIR
+
+
+# --- pure pieces -------------------------------------------------------------
+
+
+def _apt_config(inputs: RenderInputs) -> dict[str, Any]:
+    """Which archive the guest uses: its own, a mirror, or a snapshot.ubuntu.com pin."""
+    if inputs.apt_snapshot is not None:
+        if inputs.distro != "ubuntu":
+            raise ImageError(
+                "an apt snapshot pin needs the Ubuntu image",
+                hint="snapshot.ubuntu.com serves Ubuntu only; drop the snapshot "
+                "for the Debian stand-in",
+            )
+        if inputs.apt_mirror is not None:
+            raise ImageError(
+                "give an apt mirror or an apt snapshot, not both",
+                hint="the snapshot replaces the archive mirror",
+            )
+        if not _SNAPSHOT.fullmatch(inputs.apt_snapshot):
+            raise ImageError(
+                f"not a snapshot timestamp: {inputs.apt_snapshot!r}",
+                hint="use YYYYMMDDTHHMMSSZ, e.g. 20240301T000000Z",
+            )
+        archive = "ubuntu-ports" if inputs.arch == "arm64" else "ubuntu"
+        uri = f"https://snapshot.ubuntu.com/{archive}/{inputs.apt_snapshot}"
+        return {
+            "apt_preserve_sources_list": False,
+            "apt_primary": uri,
+            "apt_security": uri,
+            "apt_sources_list": None,
+        }
+    if inputs.apt_mirror is not None:
+        if not re.fullmatch(r"(https?|file)://\S+", inputs.apt_mirror):
+            raise ImageError(
+                f"not a mirror URL: {inputs.apt_mirror!r}", hint="use http://, https:// or file://"
+            )
+        if inputs.distro == "debian":
+            # cloud-init's Debian template would point RELEASE-security at the
+            # mirror too (it has no such suite: apt-get update fails), and a
+            # local mirror may not carry -updates either: the release alone.
+            return {
+                "apt_preserve_sources_list": False,
+                "apt_primary": inputs.apt_mirror,
+                "apt_security": None,
+                "apt_sources_list": "deb $MIRROR $RELEASE main\n",
+            }
+        # Ubuntu mirrors carry the -security pocket alongside the others.
+        return {
+            "apt_preserve_sources_list": False,
+            "apt_primary": inputs.apt_mirror,
+            "apt_security": inputs.apt_mirror,
+            "apt_sources_list": None,
+        }
+    return {
+        "apt_preserve_sources_list": True,
+        "apt_primary": None,
+        "apt_security": None,
+        "apt_sources_list": None,
+    }
+
+
+def guest_file_mode(path: str) -> int:
+    """Executables under /usr/local/{bin,sbin}, everything else read-only data."""
+    return 0o755 if path.startswith(EXECUTABLE_DIRS) else 0o644
+
+
+def _guest_files(inputs: RenderInputs) -> list[dict[str, str]]:
+    total = 0
+    out = []
+    for path in sorted(inputs.guest_files):
+        content = inputs.guest_files[path]
+        if not path.startswith("/") or posixpath.normpath(path) != path:
+            raise ImageError(f"guest file path must be absolute and normalized: {path!r}")
+        if path in _OWN_PATHS or path.startswith(SKILLS_GUEST_DIR + "/"):
+            raise ImageError(f"guest file {path!r} collides with a file the build writes itself")
+        total += len(content)
+        mode = inputs.guest_file_modes.get(path, guest_file_mode(path))
+        out.append(
+            {
+                "path": path,
+                "permissions": f"{mode:04o}",
+                "content_b64": base64.b64encode(content).decode("ascii"),
+            }
+        )
+    if total > MAX_GUEST_FILES:
+        raise ImageError(
+            f"guest files total {total} bytes, more than a seed carries ({MAX_GUEST_FILES} bytes)",
+            hint="install large files from a package instead of the seed",
+        )
+    unknown_modes = sorted(set(inputs.guest_file_modes) - set(inputs.guest_files))
+    if unknown_modes:
+        raise ImageError(f"modes given for files that are not guest files: {unknown_modes}")
+    return out
+
+
+def verify_packages_command() -> str:
+    # dpkg-query prints 'ii |name' for installed packages and an error line for
+    # names it never heard of; anything but 'ii ' means the install failed.
+    return (
+        "missing=$(dpkg-query -W -f='${db:Status-Abbrev}|${Package}\\n' "
+        f"$(cat {APT_LIST_PATH}) 2>&1 | grep -v '^ii |' || true); "
+        'if [ -n "$missing" ]; then echo "packages not installed: $missing" >&2; exit 1; fi'
+    )
+
+
+def marker_content(inputs: RenderInputs) -> str:
+    return (
+        f"sandbox-image provisioned\nprofile={inputs.profile}\narch={inputs.arch}\n"
+        f"distro={inputs.distro}\n"
+    )
+
+
+def marker_command(inputs: RenderInputs) -> str:
+    tmp = MARKER_PATH + ".tmp"
+    return f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && mv {tmp} {MARKER_PATH}"
+
+
+def _b64_lines(lines: tuple[str, ...]) -> str:
+    """A one-item-a-line file as write_files' base64 content ('' for no lines)."""
+    text = "".join(f"{line}\n" for line in lines)
+    return base64.b64encode(text.encode()).decode("ascii") if lines else ""
+
+
+def template_context(
+    inputs: RenderInputs, profile: packages.Profile, skills: bytes | None
+) -> dict[str, Any]:
+    """Everything the templates see. Pure; every value already validated."""
+    if inputs.arch not in ("arm64", "amd64"):
+        raise ImageError(f"unknown arch {inputs.arch!r}", hint="use arm64 or amd64")
+    if inputs.distro not in packages.DISTROS:
+        raise ImageError(
+            f"unknown distro {inputs.distro!r}", hint=f"use one of {', '.join(packages.DISTROS)}"
+        )
+    if inputs.distro not in profile.distros:
+        raise ImageError(
+            f"profile {profile.name!r} is for {', '.join(profile.distros)}, not {inputs.distro}",
+            hint="the Debian stand-in builds the smoke profile; the others need jammy "
+            "(NodeSource, openjdk-11)",
+        )
+    if not _HOSTNAME.fullmatch(inputs.hostname):
+        raise ImageError(
+            f"not a host name: {inputs.hostname!r}",
+            hint="lower-case letters, digits and '-', at most 63 characters",
+        )
+    if not _MAC.fullmatch(inputs.mac_address):
+        raise ImageError(
+            f"not a MAC address: {inputs.mac_address!r}",
+            hint="write it like 52:54:00:12:34:56 (lower case)",
+        )
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,14}", inputs.interface):
+        raise ImageError(
+            f"not a network interface name: {inputs.interface!r}",
+            hint="lower-case letters and digits, at most 15 characters, e.g. eth0",
+        )
+    key = inputs.build_ssh_public_key.strip()
+    if key and not _SSH_KEY.fullmatch(key):
+        raise ImageError(
+            "the build SSH public key is not an OpenSSH public key line",
+            hint="pass the contents of the .pub file, e.g. 'ssh-ed25519 AAAA...'",
+        )
+    if inputs.apt_proxy is not None and not re.fullmatch(r"https?://\S+", inputs.apt_proxy):
+        raise ImageError(f"not a proxy URL: {inputs.apt_proxy!r}", hint="use http://host:port")
+    if not 1000 <= inputs.agent_uid < 60000:
+        raise ImageError(
+            f"agent uid {inputs.agent_uid} is outside the regular user range",
+            hint="use a uid between 1000 and 59999",
+        )
+
+    return {
+        "profile": profile.name,
+        "arch": inputs.arch,
+        "distro": inputs.distro,
+        "hostname": inputs.hostname,
+        "agent_uid": inputs.agent_uid,
+        "build_ssh_public_key": key,
+        **_apt_config(inputs),
+        "apt_proxy": inputs.apt_proxy,
+        "apt_sources": [
+            {
+                "name": s.name,
+                "fingerprint": s.fingerprint,
+                "keyserver": s.keyserver,
+                "line": f"deb [signed-by=$KEY_FILE] {s.uri} {s.suite} {' '.join(s.components)}",
+            }
+            for s in profile.sources
+        ],
+        "apt_packages": list(profile.apt_packages),
+        "pip_packages": list(profile.pip_packages),
+        "npm_packages": list(profile.npm_packages),
+        "pip_constraints_path": PIP_CONSTRAINTS_PATH,
+        "pip_constraints_b64": _b64_lines(profile.pip_constraints),
+        "apt_list_path": APT_LIST_PATH,
+        "apt_list_b64": _b64_lines(profile.apt_packages),
+        "verify_packages_command": verify_packages_command(),
+        "unsafe_io_path": UNSAFE_IO_PATH,
+        "guest_files": _guest_files(inputs),
+        "skills_b64": base64.b64encode(skills).decode("ascii") if skills else "",
+        "skills_archive_path": SKILLS_ARCHIVE_PATH,
+        "skills_dir": SKILLS_GUEST_DIR,
+        "proxy_environment": [
+            f"HTTP_PROXY={GUEST_HTTP_PROXY}",
+            f"HTTPS_PROXY={GUEST_HTTP_PROXY}",
+            f"http_proxy={GUEST_HTTP_PROXY}",
+            f"https_proxy={GUEST_HTTP_PROXY}",
+            f"ALL_PROXY={GUEST_SOCKS_PROXY}",
+            f"all_proxy={GUEST_SOCKS_PROXY}",
+            f"NO_PROXY={GUEST_NO_PROXY}",
+            f"no_proxy={GUEST_NO_PROXY}",
+        ],
+        "state_dir": STATE_DIR,
+        "marker_command": marker_command(inputs),
+        "mac_address": inputs.mac_address,
+        "interface": inputs.interface,
+    }
+
+
+def _yaml_scalar(value: object) -> str:
+    # JSON is valid YAML: quoting every inserted value this way means no input
+    # can change the document's structure.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["yaml"] = _yaml_scalar
+    return env
+
+
+def render_template(templates_dir: Path, template: str, context: Mapping[str, Any]) -> str:
+    """One template -> text; a missing variable names the template, line and variable."""
+    env = _environment(templates_dir)
+    try:
+        return env.get_template(template).render(context)
+    except jinja2.UndefinedError as exc:
+        line = _template_line(exc, templates_dir / template)
+        where = f"{template}:{line}" if line else template
+        raise ImageError(
+            f"template {where}: {exc.message}",
+            hint="the template uses a variable that render() does not "
+            "provide; fix the template or image/cloudinit.py",
+        ) from None
+    except jinja2.TemplateNotFound as exc:
+        raise ImageError(f"template {exc.name} not found in {templates_dir}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ImageError(f"template {template}:{exc.lineno}: {exc.message}") from None
+
+
+def _template_line(exc: BaseException, path: Path) -> int | None:
+    """Jinja rewrites tracebacks so template frames carry the template's file and line."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(inputs: RenderInputs) -> dict[str, bytes]:
+    """RenderInputs -> {'user-data', 'meta-data', 'network-config'}: bytes, deterministic."""
+    profile = packages.load_profile(inputs.profile, inputs.package_lists)
+    skills = skills_pack(inputs.skills_dir) if inputs.skills_dir is not None else None
+    context = template_context(inputs, profile, skills)
+    user_data = render_template(inputs.templates_dir, TEMPLATES["user-data"], context)
+    # The instance id follows the content: a changed seed is a new instance to
+    # cloud-init, the same seed the same one.
+    digest = hashlib.sha256(user_data.encode()).hexdigest()[:16]
+    context = {**context, "instance_id": f"sandbox-{digest}"}
+    out = {"user-data": user_data.encode()}
+    for name in ("meta-data", "network-config"):
+        out[name] = render_template(inputs.templates_dir, TEMPLATES[name], context).encode()
+    for name, data in out.items():
+        _check_yaml(name, data)
+    if not out["user-data"].startswith(b"#cloud-config\n"):
+        raise ImageError(
+            "rendered user-data does not start with '#cloud-config'",
+            hint="cloud-init ignores user-data without that first line",
+        )
+    return out
+
+
+def _check_yaml(name: str, data: bytes) -> None:
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ImageError(
+            f"rendered {name} is not valid YAML: {exc}", hint=f"check cloud-init/{TEMPLATES[name]}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ImageError(
+            f"rendered {name} is not a YAML mapping", hint=f"check cloud-init/{TEMPLATES[name]}"
+        )
+
+
+def write_rendered(files: Mapping[str, bytes], out_dir: Path) -> list[Path]:
+    """Write each rendered file atomically into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in sorted(files):
+        target = out_dir / name
+        with _atomic_output(target) as f:
+            f.write(files[name])
+        written.append(target)
+    return written
+
+
+# --- cloud-init's own schema check --------------------------------------------
+
+
+# cloud-init's schema allows any top-level key, so a misspelt or misplaced
+# module option is silently ignored. This asks the host's cloud-init which
+# top-level keys its modules define.
+_KNOWN_KEYS_SCRIPT = (
+    "import json; from cloudinit.config.schema import get_schema; s = get_schema(); "
+    "print(json.dumps(sorted({k for p in s['allOf'] for k in s['$defs']"
+    ".get(p.get('$ref', '').rsplit('/', 1)[-1], {}).get('properties', {})})))"
+)
+
+
+def cloud_init_python() -> str:
+    """The interpreter the host's cloud-init runs on (its script's #! line)."""
+    script = shutil.which("cloud-init")
+    if script is None:
+        raise ImageError("cloud-init is not installed", hint="apt-get install cloud-init")
+    with Path(script).open("rb") as f:
+        first = f.readline().decode(errors="replace").strip()
+    if not first.startswith("#!"):
+        raise ImageError(f"{script} is not a Python script; cannot ask it for its schema")
+    return first[2:].split()[0]
+
+
+def known_top_level_keys(timeout: float = 60.0) -> frozenset[str]:
+    result = run.run([cloud_init_python(), "-c", _KNOWN_KEYS_SCRIPT], timeout=timeout)
+    return frozenset(json.loads(result.stdout))
+
+
+def validate_schema(user_data: bytes, timeout: float = 120.0) -> None:
+    """Check user-data with ``cloud-init schema --config-file`` and for unknown top-level keys.
+
+    Needs cloud-init on the host (Debian's package is enough).
+    """
+    from image import hosttools
+
+    hosttools.require(["cloud-init"], "validating cloud-init user-data")
+    with tempfile.TemporaryDirectory(prefix="sandbox-image-schema-") as tmp:
+        path = Path(tmp) / "user-data"
+        path.write_bytes(user_data)
+        result = run.run(
+            ["cloud-init", "schema", "--config-file", str(path)], check=False, timeout=timeout
+        )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace").strip()
+        raise ImageError(
+            f"cloud-init schema rejects the user-data:\n{output}",
+            hint="fix cloud-init/user-data.j2 (./inv render --out DIR shows the rendered file)",
+        )
+    doc = yaml.safe_load(user_data)
+    unknown = sorted(set(doc) - known_top_level_keys(timeout))
+    if unknown:
+        raise ImageError(
+            f"user-data has top-level keys no cloud-init module reads: {', '.join(unknown)}",
+            hint="cloud-init would silently ignore them; check the key and where it belongs "
+            "in cloud-init's documentation",
+        )
+
+
+# --- the NoCloud seed ISO -----------------------------------------------------
+
+SEED_VOLUME_ID = "CIDATA"
+# ISO 9660 level-1 names (8.3, upper case); Joliet and Rock Ridge carry the
+# real names, which are what cloud-init's NoCloud reader looks up.
+_ISO9660_NAMES = {
+    "user-data": "USERDATA.;1",
+    "meta-data": "METADATA.;1",
+    "network-config": "NETWORKC.;1",
+    "vendor-data": "VENDORDA.;1",
+}
+# Any fixed instant would do; 2000-01-01T00:00:00Z stays inside every
+# date field the ISO formats can hold.
+SEED_EPOCH = 946684800.0
+_PYCDLIB_CLOCK = threading.Lock()
+
+
+_StructTime = time.struct_time  # the class body below shadows the name 'time'
+
+
+class _FixedClock(types.ModuleType):
+    """The time module, except that now is SEED_EPOCH and local time is UTC."""
+
+    def __init__(self) -> None:
+        super().__init__("time")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return SEED_EPOCH
+
+    @staticmethod
+    def localtime(seconds: float | None = None) -> _StructTime:
+        return time.gmtime(SEED_EPOCH if seconds is None else seconds)
+
+
+@contextlib.contextmanager
+def _fixed_pycdlib_clock() -> Iterator[None]:
+    """Make pycdlib stamp SEED_EPOCH, in UTC, on everything it creates.
+
+    pycdlib 1.22 calls time.time() and time.localtime() for every date it
+    writes and takes no date argument, so two builds differ (and depend on the
+    host's time zone). It reaches the clock through its modules' ``time``
+    global; swap that for a fixed clock while a seed is built.
+    """
+    import pycdlib.dates
+    import pycdlib.headervd
+    import pycdlib.pycdlib
+    import pycdlib.utils
+
+    clock = _FixedClock()
+    modules = [
+        m
+        for m in (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
+        if getattr(m, "time", None) is time
+    ]
+    with _PYCDLIB_CLOCK:
+        for module in modules:
+            module.time = clock  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.time = time  # type: ignore[attr-defined]
+
+
+def write_seed_iso(files: Mapping[str, bytes], out: Path) -> None:
+    """Pack files into a NoCloud seed ISO (volume CIDATA, Joliet + Rock Ridge).
+
+    Deterministic: the same files give the same bytes. Atomic: ``out`` is
+    either the complete new ISO or untouched.
+    """
+    import pycdlib
+
+    unknown = sorted(set(files) - set(_ISO9660_NAMES))
+    if unknown:
+        raise ImageError(
+            f"not a NoCloud seed file: {', '.join(unknown)}",
+            hint=f"a seed holds {', '.join(_ISO9660_NAMES)}",
+        )
+    for required in ("user-data", "meta-data"):
+        if required not in files:
+            raise ImageError(f"a NoCloud seed needs {required}", hint="pass the output of render()")
+    with _fixed_pycdlib_clock():
+        iso = pycdlib.PyCdlib()
+        iso.new(
+            interchange_level=1,
+            vol_ident=SEED_VOLUME_ID,
+            sys_ident="LINUX",
+            joliet=3,
+            rock_ridge="1.09",
+        )
+        try:
+            for name in sorted(files):
+                data = files[name]
+                iso.add_fp(
+                    io.BytesIO(data),
+                    len(data),
+                    f"/{_ISO9660_NAMES[name]}",
+                    rr_name=name,
+                    joliet_path=f"/{name}",
+                )
+            with _atomic_output(out) as f:
+                iso.write_fp(f)
+        finally:
+            iso.close()
+
+
+def read_seed_iso(path: Path) -> dict[str, bytes]:
+    """The files of a seed ISO by their Joliet names (for checks and debugging)."""
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    try:
+        iso.open(str(path))
+    except (OSError, pycdlib.pycdlibexception.PyCdlibException) as exc:
+        raise ImageError(f"cannot read seed ISO {path}: {exc}") from None
+    try:
+        out = {}
+        for child in iso.list_children(joliet_path="/"):
+            if child.is_dot() or child.is_dotdot():
+                continue
+            name = iso.full_path_from_dirrecord(child, rockridge=False).lstrip("/")
+            buffer = io.BytesIO()
+            iso.get_file_from_iso_fp(buffer, joliet_path=f"/{name}")
+            out[name] = buffer.getvalue()
+        return out
+    finally:
+        iso.close()
+
+
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[io.BufferedWriter]:
+    """A file in target's directory that becomes target only when complete and synced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

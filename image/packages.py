@@ -1,0 +1,438 @@
+"""Package lists and profiles: what goes into the image.
+
+Layout of ``package-lists/`` (data only; code never edits it):
+
+    apt/<group>.list        one Debian package name a line
+    pip/<group>.list        one ``name==version`` a line (extras allowed)
+    npm/<group>.list        one ``name@version`` a line (scoped names allowed)
+    sources/<name>.source   an extra apt repository: ``key: value`` lines
+    profiles/<name>.profile which groups and sources a profile picks, and the
+                            dpkg count it is expected to end with
+
+``#`` starts a comment anywhere on a line. Every parse error names the file
+and the line, so a broken list is fixed where it is, not guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from image.errors import ImageError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_LISTS = PROJECT_ROOT / "package-lists"
+KINDS = ("apt", "pip", "npm")
+DISTROS = ("ubuntu", "debian")
+
+# Debian policy 5.6.1: lower case, digits, + - . ; at least two characters.
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+# PEP 508 name, optional extras, and an exact == pin (the image must be rebuildable).
+_PIP_ENTRY = re.compile(
+    r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+    r"(?:\[(?P<extras>[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*)\])?"
+    r"==(?P<version>[A-Za-z0-9.!+_-]+)$"
+)
+_NPM_ENTRY = re.compile(
+    r"^(?P<name>(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)"
+    r"@(?P<version>\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?)$"
+)
+_GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
+
+
+class ListError(ImageError):
+    """A malformed package list, source or profile, pointing at file and line."""
+
+    def __init__(self, path: Path, line: int | None, problem: str, hint: str | None = None):
+        self.path = path
+        self.line = line
+        where = _shown(path) if line is None else f"{_shown(path)}:{line}"
+        super().__init__(f"{where}: {problem}", hint)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One package line: ``spec`` is what the installer gets, ``key`` what duplicates compare."""
+
+    name: str
+    version: str | None
+    spec: str
+    key: str
+    path: Path
+    line: int
+
+
+@dataclass(frozen=True)
+class Group:
+    kind: str  # apt | pip | npm
+    name: str
+    path: Path
+    entries: tuple[Entry, ...]
+    # pip only: pins for the transitive dependencies (pip --constraint), from
+    # pip/<group>.constraints next to the list.
+    constraints: tuple[Entry, ...] = ()
+
+
+@dataclass(frozen=True)
+class AptSource:
+    """An extra apt repository, its signing key pinned by full fingerprint."""
+
+    name: str
+    path: Path
+    uri: str
+    suite: str
+    components: tuple[str, ...]
+    fingerprint: str
+    keyserver: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    description: str
+    distros: tuple[str, ...]
+    groups: tuple[Group, ...]
+    sources: tuple[AptSource, ...]
+    expected_installed: int
+    tolerance: float  # a fraction: 0.05 for 5 %
+
+    def _specs(self, kind: str) -> tuple[str, ...]:
+        return tuple(e.spec for g in self.groups if g.kind == kind for e in g.entries)
+
+    @property
+    def apt_packages(self) -> tuple[str, ...]:
+        return self._specs("apt")
+
+    @property
+    def pip_packages(self) -> tuple[str, ...]:
+        return self._specs("pip")
+
+    @property
+    def npm_packages(self) -> tuple[str, ...]:
+        return self._specs("npm")
+
+    @property
+    def pip_constraints(self) -> tuple[str, ...]:
+        return tuple(e.spec for g in self.groups if g.kind == "pip" for e in g.constraints)
+
+    def groups_of(self, kind: str) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.kind == kind)
+
+    @property
+    def expected_range(self) -> tuple[int, int]:
+        """The dpkg count the builder accepts: expected ± tolerance, rounded outwards."""
+        slack = self.expected_installed * self.tolerance
+        return max(math.floor(self.expected_installed - slack), 0), math.ceil(
+            self.expected_installed + slack
+        )
+
+    def summary(self) -> dict[str, object]:
+        low, high = self.expected_range
+        return {
+            "profile": self.name,
+            "description": self.description,
+            "distros": list(self.distros),
+            "groups": [
+                {"kind": g.kind, "name": g.name, "count": len(g.entries)} for g in self.groups
+            ],
+            "sources": [s.name for s in self.sources],
+            "explicit": {kind: len(self._specs(kind)) for kind in KINDS},
+            "pip_constraints": len(self.pip_constraints),
+            "expected_installed": self.expected_installed,
+            "tolerance": self.tolerance,
+            "expected_range": [low, high],
+        }
+
+
+def _content_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, content) for every line that is not blank once comments go."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        content = raw.split("#", 1)[0].strip()
+        if content:
+            yield number, content
+
+
+def _parse_entry(kind: str, content: str, path: Path, line: int) -> Entry:
+    if kind == "apt":
+        if not _APT_NAME.fullmatch(content):
+            raise ListError(
+                path,
+                line,
+                f"not a Debian package name: {content!r}",
+                "one package a line: lower case letters, digits, + - .",
+            )
+        return Entry(content, None, content, content, path, line)
+    if kind == "pip":
+        m = _PIP_ENTRY.fullmatch(content)
+        if not m:
+            raise ListError(
+                path,
+                line,
+                f"not a pinned pip requirement: {content!r}",
+                "write name==version (extras allowed: name[extra]==version)",
+            )
+        key = re.sub(r"[-_.]+", "-", m["name"]).lower()  # PEP 503 normalisation
+        return Entry(m["name"], m["version"], content, key, path, line)
+    if kind == "npm":
+        m = _NPM_ENTRY.fullmatch(content)
+        if not m:
+            raise ListError(
+                path,
+                line,
+                f"not a pinned npm package: {content!r}",
+                "write name@x.y.z (scoped: @scope/name@x.y.z)",
+            )
+        return Entry(m["name"], m["version"], content, m["name"], path, line)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def parse_group(kind: str, name: str, path: Path, text: str) -> Group:
+    """Parse one list file's text. Pure: the caller reads the file."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    entries: list[Entry] = []
+    seen: dict[str, Entry] = {}
+    for line, content in _content_lines(text):
+        if len(content.split()) != 1:
+            raise ListError(
+                path,
+                line,
+                f"one package a line, got {content!r}",
+                "put each package on its own line; comments start with #",
+            )
+        entry = _parse_entry(kind, content, path, line)
+        if entry.key in seen:
+            raise ListError(
+                path,
+                line,
+                f"duplicate package {entry.name!r} (already on line {seen[entry.key].line})",
+            )
+        seen[entry.key] = entry
+        entries.append(entry)
+    if not entries:
+        raise ListError(path, None, "the list names no package")
+    return Group(kind, name, path, tuple(entries))
+
+
+def _with_constraints(group: Group, path: Path) -> Group:
+    """Attach pip/<group>.constraints; a package pinned in both files is an error."""
+    if not path.is_file():
+        return group
+    pins = parse_group("pip", group.name, path, path.read_text(encoding="utf-8"))
+    listed = {e.key: e for e in group.entries}
+    for entry in pins.entries:
+        if entry.key in listed:
+            first = listed[entry.key]
+            raise ListError(
+                path,
+                entry.line,
+                f"{entry.name!r} is already pinned in {_shown(first.path)}:{first.line}",
+                "pin a package in one place only",
+            )
+    return dataclasses.replace(group, constraints=pins.entries)
+
+
+def _parse_fields(path: Path, text: str, allowed: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """``key: value`` lines -> {key: (line, value)}; unknown and repeated keys are errors."""
+    known = tuple(allowed)
+    fields: dict[str, tuple[int, str]] = {}
+    for line, content in _content_lines(text):
+        key, sep, value = content.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ListError(path, line, f"expected 'key: value', got {content!r}")
+        if key not in known:
+            raise ListError(path, line, f"unknown key {key!r}", f"known keys: {', '.join(known)}")
+        if key in fields:
+            raise ListError(path, line, f"{key!r} given twice (first on line {fields[key][0]})")
+        if not value:
+            raise ListError(path, line, f"{key!r} has no value")
+        fields[key] = (line, value)
+    return fields
+
+
+def _require(path: Path, fields: dict[str, tuple[int, str]], *keys: str) -> None:
+    absent = [k for k in keys if k not in fields]
+    if absent:
+        raise ListError(path, None, f"missing key(s): {', '.join(absent)}")
+
+
+def parse_source(name: str, path: Path, text: str) -> AptSource:
+    keys = ("uri", "suite", "components", "fingerprint", "keyserver")
+    fields = _parse_fields(path, text, keys)
+    _require(path, fields, *keys)
+    line, uri = fields["uri"]
+    if not re.fullmatch(r"https?://\S+", uri):
+        raise ListError(path, line, f"uri must be http(s)://..., got {uri!r}")
+    line, fpr = fields["fingerprint"]
+    fpr = fpr.replace(" ", "").upper()
+    if not _FINGERPRINT.fullmatch(fpr):
+        raise ListError(
+            path,
+            line,
+            f"not a 40-hex-digit OpenPGP fingerprint: {fpr!r}",
+            "pin the full fingerprint, never a short key id",
+        )
+    return AptSource(
+        name=name,
+        path=path,
+        uri=uri,
+        suite=fields["suite"][1],
+        components=tuple(fields["components"][1].split()),
+        fingerprint=fpr,
+        keyserver=fields["keyserver"][1],
+    )
+
+
+def _parse_tolerance(path: Path, line: int, value: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", value)
+    if not m or not 0 <= float(m[1]) < 100:
+        raise ListError(path, line, f"tolerance must be a percentage like 5%, got {value!r}")
+    return float(m[1]) / 100
+
+
+def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
+    """Read a profile and every list and source it names; all errors name file and line."""
+    if not _GROUP_NAME.fullmatch(name):
+        raise ImageError(
+            f"not a profile name: {name!r}",
+            hint=f"known profiles: {', '.join(list_profiles(root))}",
+        )
+    path = root / "profiles" / f"{name}.profile"
+    if not path.is_file():
+        raise ImageError(
+            f"no profile {name!r} ({_shown(path)} does not exist)",
+            hint=f"known profiles: {', '.join(list_profiles(root)) or 'none'}",
+        )
+    fields = _parse_fields(
+        path,
+        path.read_text(encoding="utf-8"),
+        (
+            "description",
+            "distros",
+            "apt",
+            "pip",
+            "npm",
+            "sources",
+            "expected_installed",
+            "tolerance",
+        ),
+    )
+    _require(path, fields, "description", "distros", "apt", "expected_installed", "tolerance")
+
+    line, distro_text = fields["distros"]
+    distros = tuple(distro_text.split())
+    for distro in distros:
+        if distro not in DISTROS:
+            raise ListError(
+                path, line, f"unknown distro {distro!r}", f"known distros: {', '.join(DISTROS)}"
+            )
+
+    groups: list[Group] = []
+    owner: dict[tuple[str, str], Entry] = {}
+    for kind in KINDS:
+        if kind not in fields:
+            continue
+        line, names = fields[kind]
+        for group_name in names.split():
+            group_path = root / kind / f"{group_name}.list"
+            if not _GROUP_NAME.fullmatch(group_name) or not group_path.is_file():
+                known = sorted(p.stem for p in (root / kind).glob("*.list"))
+                raise ListError(
+                    path,
+                    line,
+                    f"unknown {kind} group {group_name!r}",
+                    f"known {kind} groups: {', '.join(known) or 'none'}",
+                )
+            if any(g.kind == kind and g.name == group_name for g in groups):
+                raise ListError(path, line, f"{kind} group {group_name!r} named twice")
+            group = parse_group(
+                kind, group_name, group_path, group_path.read_text(encoding="utf-8")
+            )
+            if kind == "pip":
+                group = _with_constraints(group, group_path.with_suffix(".constraints"))
+            for entry in group.entries:
+                first = owner.get((kind, entry.key))
+                if first is not None:
+                    raise ListError(
+                        entry.path,
+                        entry.line,
+                        f"{entry.name!r} is also in {_shown(first.path)}:{first.line}; "
+                        f"profile {name!r} picks both groups",
+                        "keep each package in one group only",
+                    )
+                owner[(kind, entry.key)] = entry
+            groups.append(group)
+
+    sources: list[AptSource] = []
+    if "sources" in fields:
+        line, names = fields["sources"]
+        for source_name in names.split():
+            source_path = root / "sources" / f"{source_name}.source"
+            if not _GROUP_NAME.fullmatch(source_name) or not source_path.is_file():
+                known = sorted(p.stem for p in (root / "sources").glob("*.source"))
+                raise ListError(
+                    path,
+                    line,
+                    f"unknown source {source_name!r}",
+                    f"known sources: {', '.join(known) or 'none'}",
+                )
+            sources.append(
+                parse_source(source_name, source_path, source_path.read_text(encoding="utf-8"))
+            )
+
+    line, expected_text = fields["expected_installed"]
+    if not expected_text.isdigit() or int(expected_text) <= 0:
+        raise ListError(
+            path, line, f"expected_installed must be a positive whole number, got {expected_text!r}"
+        )
+    tolerance = _parse_tolerance(path, *fields["tolerance"])
+    return Profile(
+        name=name,
+        path=path,
+        description=fields["description"][1],
+        distros=distros,
+        groups=tuple(groups),
+        sources=tuple(sources),
+        expected_installed=int(expected_text),
+        tolerance=tolerance,
+    )
+
+
+def list_profiles(root: Path = PACKAGE_LISTS) -> list[str]:
+    return sorted(p.stem for p in (root / "profiles").glob("*.profile"))
+
+
+def format_summary(profile: Profile) -> str:
+    """The human view of ``./inv packages``."""
+    low, high = profile.expected_range
+    lines = [
+        f"profile {profile.name}: {profile.description}",
+        f"  distros: {', '.join(profile.distros)}",
+    ]
+    for g in profile.groups:
+        lines.append(f"  {g.kind:<3} {g.name:<14} {len(g.entries):>4}  ({_shown(g.path)})")
+    for s in profile.sources:
+        lines.append(f"  source {s.name}: {s.uri} {s.suite} (key {s.fingerprint})")
+    counts = ", ".join(f"{kind} {len(profile._specs(kind))}" for kind in KINDS)
+    lines.append(f"  explicit: {counts}")
+    if profile.pip_constraints:
+        lines.append(f"  pip dependencies pinned: {len(profile.pip_constraints)}")
+    lines.append(
+        f"  expected installed (dpkg): {profile.expected_installed} "
+        f"± {profile.tolerance:.0%} -> {low}..{high}"
+    )
+    return "\n".join(lines)

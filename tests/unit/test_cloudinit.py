@@ -1,0 +1,401 @@
+"""Rendering is pure: RenderInputs -> exact documents. The seed ISO's pure checks."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import random
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from image import cloudinit, packages, skills
+from image.cloudinit import RenderInputs, render
+from image.errors import ImageError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
+EXAMPLE_SKILLS = cloudinit.PROJECT_ROOT / "skills"
+
+
+def _doc(inputs: RenderInputs, name: str = "user-data") -> Any:
+    return yaml.safe_load(render(inputs)[name])
+
+
+def _write_files(doc: Any) -> dict[str, dict[str, Any]]:
+    return {entry["path"]: entry for entry in doc["write_files"]}
+
+
+def _runcmd_text(doc: Any) -> list[str]:
+    return [item if isinstance(item, str) else " ".join(item) for item in doc["runcmd"]]
+
+
+SMOKE = RenderInputs(profile="smoke", arch="amd64", distro="debian", build_ssh_public_key=KEY)
+FULL = RenderInputs(profile="full", arch="arm64", build_ssh_public_key=KEY)
+
+
+def test_render_returns_the_three_files_and_is_deterministic() -> None:
+    first = render(FULL)
+    assert sorted(first) == ["meta-data", "network-config", "user-data"]
+    assert all(isinstance(v, bytes) for v in first.values())
+    assert render(FULL) == first
+    assert first["user-data"].startswith(b"#cloud-config\n")
+
+
+def test_users_agent_without_sudo_and_build_with_key() -> None:
+    users = {u["name"]: u for u in _doc(SMOKE)["users"]}
+    assert set(users) == {"agent", "build"}  # no 'default': no ubuntu/debian user
+    agent = users["agent"]
+    assert agent["uid"] == 1001
+    assert "sudo" not in agent and "groups" not in agent
+    assert agent["lock_passwd"] is True
+    build = users["build"]
+    assert build["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert build["ssh_authorized_keys"] == [KEY]
+    assert build["lock_passwd"] is True
+
+
+def test_no_key_means_no_build_user() -> None:
+    doc = _doc(dataclasses.replace(SMOKE, build_ssh_public_key=""))
+    assert [u["name"] for u in doc["users"]] == ["agent"]
+    assert doc["ssh_pwauth"] is False
+
+
+def test_packages_are_exactly_the_profile() -> None:
+    for inputs in (SMOKE, FULL):
+        profile = packages.load_profile(inputs.profile)
+        doc = _doc(inputs)
+        assert doc["packages"] == list(profile.apt_packages)
+        listed = _write_files(doc)[cloudinit.APT_LIST_PATH]
+        assert base64.b64decode(listed["content"]).decode().split() == list(profile.apt_packages)
+
+
+def test_full_has_nodesource_pip_and_npm() -> None:
+    doc = _doc(FULL)
+    source = doc["apt"]["sources"]["nodesource"]
+    assert source["keyid"] == "6F71F525282841EEDAF851B42F59B5F99B1BE0B4"
+    assert source["source"] == (
+        "deb [signed-by=$KEY_FILE] https://deb.nodesource.com/node_22.x nodistro main"
+    )
+    profile = packages.load_profile("full")
+    pip = next(
+        c for c in doc["runcmd"] if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
+    )
+    assert pip[-len(profile.pip_packages) :] == list(profile.pip_packages)
+    constraint = pip.index("--constraint")
+    assert pip[constraint + 1] == cloudinit.PIP_CONSTRAINTS_PATH
+    pins = _write_files(doc)[cloudinit.PIP_CONSTRAINTS_PATH]
+    assert base64.b64decode(pins["content"]).decode().split() == list(profile.pip_constraints)
+    npm = next(c for c in doc["runcmd"] if isinstance(c, list) and c[0] == "npm")
+    assert npm[-len(profile.npm_packages) :] == list(profile.npm_packages)
+
+
+def test_smoke_asks_for_nothing_the_profile_does_not() -> None:
+    doc = _doc(SMOKE)
+    assert "sources" not in doc["apt"]
+    assert cloudinit.PIP_CONSTRAINTS_PATH not in _write_files(doc)
+    text = " ".join(_runcmd_text(doc))
+    assert "pip" not in text and "npm" not in text and "/opt/skills" not in text
+
+
+def test_runcmd_stops_on_error_and_ends_with_the_marker() -> None:
+    runcmd = _doc(SMOKE)["runcmd"]
+    assert runcmd[0] == "set -eu"
+    last = runcmd[-1]
+    assert isinstance(last, str)
+    assert last.endswith(f"mv {cloudinit.MARKER_PATH}.tmp {cloudinit.MARKER_PATH}")
+    assert "profile=smoke" in last and "arch=amd64" in last and "distro=debian" in last
+    texts = _runcmd_text({"runcmd": runcmd})
+    # the build-time dpkg shortcut is gone before the marker is written
+    unsafe = texts.index(f"rm -f {cloudinit.UNSAFE_IO_PATH}")
+    assert unsafe < len(texts) - 1
+    assert any("systemctl start qemu-guest-agent" in t for t in texts)
+    assert "systemctl enable qemu-guest-agent" in texts
+
+
+def test_fast_apt_settings() -> None:
+    doc = _doc(SMOKE)
+    assert 'APT::Install-Recommends "false";' in doc["apt"]["conf"]
+    assert doc["apt"]["debconf_selections"]["man-db"].endswith("auto-update boolean false")
+    unsafe = _write_files(doc)[cloudinit.UNSAFE_IO_PATH]
+    assert unsafe["content"] == "force-unsafe-io\n"
+
+
+def test_keeps_the_image_sources_by_default() -> None:
+    apt = _doc(SMOKE)["apt"]
+    assert apt["preserve_sources_list"] is True
+    assert "primary" not in apt and "security" not in apt and "proxy" not in apt
+
+
+def test_mirror_and_proxy_override() -> None:
+    apt = _doc(
+        dataclasses.replace(
+            FULL, apt_mirror="http://mirror.example/ubuntu-ports", apt_proxy="http://10.0.2.2:3142"
+        )
+    )["apt"]
+    assert apt["preserve_sources_list"] is False
+    assert apt["primary"] == [{"arches": ["default"], "uri": "http://mirror.example/ubuntu-ports"}]
+    assert apt["security"] == apt["primary"]
+    assert "sources_list" not in apt  # cloud-init's Ubuntu template: all pockets
+    assert apt["proxy"] == "http://10.0.2.2:3142"
+
+
+def test_debian_mirror_leaves_security_alone() -> None:
+    apt = _doc(dataclasses.replace(SMOKE, apt_mirror="http://deb.example/debian"))["apt"]
+    assert apt["primary"][0]["uri"] == "http://deb.example/debian"
+    assert "security" not in apt
+    # cloud-init's own Debian template would ask the mirror for bookworm-security
+    assert apt["sources_list"] == "deb $MIRROR $RELEASE main\n"
+
+
+@pytest.mark.parametrize(("arch", "archive"), [("amd64", "ubuntu"), ("arm64", "ubuntu-ports")])
+def test_snapshot_pin(arch: str, archive: str) -> None:
+    inputs = dataclasses.replace(FULL, arch=arch, apt_snapshot="20240301T000000Z")
+    apt = _doc(inputs)["apt"]
+    uri = f"https://snapshot.ubuntu.com/{archive}/20240301T000000Z"
+    assert apt["primary"][0]["uri"] == uri
+    assert apt["security"][0]["uri"] == uri
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"apt_snapshot": "2024-03-01"}, "not a snapshot timestamp"),
+        ({"apt_snapshot": "20240301T000000Z", "apt_mirror": "http://m/ubuntu"}, "not both"),
+        ({"apt_mirror": "ftp://m/ubuntu"}, "not a mirror URL"),
+        ({"apt_proxy": "squid:3128"}, "not a proxy URL"),
+        ({"hostname": "Sand_box"}, "not a host name"),
+        ({"build_ssh_public_key": "not a key"}, "not an OpenSSH public key"),
+        ({"arch": "riscv64"}, "unknown arch"),
+        ({"distro": "debian"}, "profile 'full' is for ubuntu, not debian"),
+        ({"mac_address": "52-54-00-12-34-56"}, "not a MAC address"),
+        ({"agent_uid": 0}, "outside the regular user range"),
+        ({"interface": "eth0: x"}, "not a network interface name"),
+    ],
+)
+def test_bad_inputs_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        render(dataclasses.replace(FULL, **change))
+
+
+def test_snapshot_on_debian_is_refused() -> None:
+    with pytest.raises(ImageError, match="needs the Ubuntu image"):
+        render(dataclasses.replace(SMOKE, apt_snapshot="20240301T000000Z"))
+
+
+def test_proxy_environment_is_appended_after_the_build_installs() -> None:
+    env = _write_files(_doc(SMOKE))["/etc/environment"]
+    assert env["append"] is True and env["defer"] is True
+    lines = env["content"].splitlines()
+    for line in (
+        "HTTP_PROXY=http://localhost:3128",
+        "HTTPS_PROXY=http://localhost:3128",
+        "ALL_PROXY=socks5h://localhost:1080",
+        "http_proxy=http://localhost:3128",
+        "NO_PROXY=localhost,127.0.0.1,::1",
+    ):
+        assert line in lines
+
+
+def test_guest_files_modes_and_exact_bytes() -> None:
+    files = {
+        "/usr/local/bin/sandbox-run": b"#!/usr/bin/python3\nprint('x')\n",
+        "/etc/sandbox/seccomp-x86_64.bpf": bytes(range(256)),
+        "/etc/sandbox/profile.json": b"{}\n",
+    }
+    doc = _doc(
+        dataclasses.replace(
+            SMOKE, guest_files=files, guest_file_modes={"/etc/sandbox/profile.json": 0o600}
+        )
+    )
+    written = _write_files(doc)
+    for path, content in files.items():
+        assert base64.b64decode(written[path]["content"]) == content
+        assert written[path]["owner"] == "root:root"
+        assert written[path]["encoding"] == "b64"
+    assert written["/usr/local/bin/sandbox-run"]["permissions"] == "0755"
+    assert written["/etc/sandbox/seccomp-x86_64.bpf"]["permissions"] == "0644"
+    assert written["/etc/sandbox/profile.json"]["permissions"] == "0600"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"etc/x": b""}, "absolute and normalized"),
+        ({"/etc/../x": b""}, "absolute and normalized"),
+        ({"/etc/environment": b""}, "collides"),
+        ({"/opt/skills/x": b""}, "collides"),
+        ({"/a": b"x" * (cloudinit.MAX_GUEST_FILES + 1)}, "more than a seed carries"),
+    ],
+)
+def test_bad_guest_files(files: dict[str, bytes], message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        render(dataclasses.replace(SMOKE, guest_files=files))
+
+
+def test_mode_for_a_file_that_is_not_there() -> None:
+    with pytest.raises(ImageError, match="not guest files"):
+        render(dataclasses.replace(SMOKE, guest_file_modes={"/x": 0o600}))
+
+
+def test_yaml_special_characters_cannot_break_the_document() -> None:
+    key = KEY.replace("build@host", "a: b # {c} [d] 'e\" \\f")
+    doc = _doc(dataclasses.replace(SMOKE, build_ssh_public_key=key))
+    assert doc["users"][1]["ssh_authorized_keys"] == [key]
+
+
+# --- skills -------------------------------------------------------------------
+
+
+def _members(archive: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_skills_archive_is_deterministic_and_normalized(tmp_path: Path) -> None:
+    src = tmp_path / "skills"
+    shutil.copytree(EXAMPLE_SKILLS, src)
+    (src / "example" / "SKILL.md").chmod(0o600)
+    (src / "example" / "pdf_pages.py").chmod(0o700)
+    first = skills.pack(src)
+    assert skills.pack(src) == first
+    members = _members(first)
+    assert sorted(members) == ["example", "example/SKILL.md", "example/pdf_pages.py"]
+    modes = {name: (m.mode, m.uid, m.gid, m.uname, m.mtime) for name, m in members.items()}
+    assert modes == {
+        "example": (0o755, 0, 0, "root", 0),
+        "example/SKILL.md": (0o644, 0, 0, "root", 0),
+        "example/pdf_pages.py": (0o755, 0, 0, "root", 0),
+    }
+
+
+def test_skills_refuse_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "link").symlink_to("/etc/shadow")
+    with pytest.raises(ImageError, match=r"not a file or directory: .*link"):
+        skills.pack(tmp_path / "s")
+
+
+def test_skills_too_large_for_a_seed(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "blob").write_bytes(random.Random(1).randbytes(16384))  # incompressible
+    with pytest.raises(ImageError, match="too large for the seed"):
+        skills.pack(tmp_path / "s", limit=1024)
+
+
+def test_skills_dir_missing(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="is not a directory"):
+        skills.pack(tmp_path / "absent")
+
+
+def test_render_ships_skills_read_only_at_opt_skills() -> None:
+    doc = _doc(dataclasses.replace(SMOKE, skills_dir=EXAMPLE_SKILLS))
+    archive = _write_files(doc)[cloudinit.SKILLS_ARCHIVE_PATH]
+    assert archive["permissions"] == "0600"
+    assert "example/SKILL.md" in _members(base64.b64decode(archive["content"]))
+    texts = _runcmd_text(doc)
+    extract = next(t for t in texts if t.startswith("tar --extract"))
+    assert "--directory /opt/skills" in extract and "--same-owner" in extract
+    assert texts.index(extract) < len(texts) - 1  # before the marker
+    assert f"rm -f {cloudinit.SKILLS_ARCHIVE_PATH}" in texts
+
+
+# --- meta-data and network-config -------------------------------------------------
+
+
+def test_meta_data_instance_id_follows_user_data() -> None:
+    meta = _doc(SMOKE, "meta-data")
+    assert meta["local-hostname"] == "sandbox"
+    assert meta["instance-id"].startswith("sandbox-")
+    other = _doc(dataclasses.replace(SMOKE, hostname="box2"), "meta-data")
+    assert other["local-hostname"] == "box2"
+    changed = _doc(dataclasses.replace(SMOKE, apt_proxy="http://p:1"), "meta-data")
+    assert changed["instance-id"] != meta["instance-id"]
+
+
+def test_network_config_matches_the_nic_by_mac() -> None:
+    net = _doc(SMOKE, "network-config")
+    assert net == {
+        "version": 2,
+        "ethernets": {
+            "eth0": {
+                "match": {"macaddress": "52:54:00:12:34:56"},
+                "set-name": "eth0",
+                "dhcp4": True,
+                "dhcp6": False,
+            }
+        },
+    }
+
+
+# --- templates --------------------------------------------------------------------
+
+
+def test_missing_template_variable_names_template_line_and_variable(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(cloudinit.TEMPLATES_DIR, templates)
+    meta = templates / "meta-data.j2"
+    meta.write_text(meta.read_text() + "region: {{ region }}\n")
+    with pytest.raises(ImageError) as err:
+        render(dataclasses.replace(SMOKE, templates_dir=templates))
+    assert err.value.message == "template meta-data.j2:3: 'region' is undefined"
+
+
+def test_template_that_renders_bad_yaml(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(cloudinit.TEMPLATES_DIR, templates)
+    (templates / "network-config.j2").write_text("version: [2\n")
+    with pytest.raises(ImageError, match="rendered network-config is not valid YAML"):
+        render(dataclasses.replace(SMOKE, templates_dir=templates))
+
+
+# --- seed ISO (pure checks; read-back is in the integration tier) ---------------------
+
+
+def test_seed_refuses_unknown_or_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="not a NoCloud seed file: notes"):
+        cloudinit.write_seed_iso(
+            {"user-data": b"", "meta-data": b"", "notes": b""}, tmp_path / "s.iso"
+        )
+    with pytest.raises(ImageError, match="needs meta-data"):
+        cloudinit.write_seed_iso({"user-data": b""}, tmp_path / "s.iso")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_failure_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    out = tmp_path / "seed.iso"
+    out.write_bytes(b"old")
+    bad: Any = {"user-data": "text, not bytes", "meta-data": b"x"}
+    with pytest.raises(TypeError):
+        cloudinit.write_seed_iso(bad, out)
+    assert out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["seed.iso"]
+
+
+def test_seed_roundtrip_in_process(tmp_path: Path) -> None:
+    files = render(SMOKE)
+    out = tmp_path / "seed.iso"
+    cloudinit.write_seed_iso(files, out)
+    assert cloudinit.read_seed_iso(out) == files
+
+
+def test_user_data_top_level_keys_are_exactly_these() -> None:
+    """A new key must be a decision (and known to cloud-init: see the integration tier)."""
+    assert set(_doc(FULL)) == {
+        "users",
+        "ssh_pwauth",
+        "disable_root",
+        "locale",
+        "manage_etc_hosts",
+        "apt",
+        "package_update",
+        "package_upgrade",
+        "package_reboot_if_required",
+        "packages",
+        "write_files",
+        "runcmd",
+    }
