@@ -91,6 +91,9 @@ class RenderInputs:
     profile: str  # 'full' | 'minimal' | 'smoke'
     arch: str  # 'arm64' | 'amd64'
     distro: str = "ubuntu"  # 'ubuntu' (jammy) or 'debian' (the offline stand-in, Debian 12)
+    # The guest's ed25519 SSH host key (private OpenSSH PEM, public line), made by
+    # the build so its very first SSH connection is verified, not trusted on first use.
+    ssh_host_ed25519: tuple[str, str] | None = None
     build_ssh_public_key: str = ""  # authorized for 'build' (sudo); no key: no build user
     hostname: str = "sandbox"
     apt_mirror: str | None = None  # None: keep the image's own sources
@@ -260,6 +263,13 @@ def template_context(
             f"not a network interface name: {inputs.interface!r}",
             hint="lower-case letters and digits, at most 15 characters, e.g. eth0",
         )
+    if inputs.ssh_host_ed25519 is not None:
+        private, public = inputs.ssh_host_ed25519
+        if "OPENSSH PRIVATE KEY" not in private or not public.startswith("ssh-ed25519 "):
+            raise ImageError(
+                "the SSH host key must be an ed25519 key in OpenSSH format",
+                hint="image.ssh.KeyPair.generate() makes one",
+            )
     key = inputs.build_ssh_public_key.strip()
     if key and not _SSH_KEY.fullmatch(key):
         raise ImageError(
@@ -281,6 +291,8 @@ def template_context(
         "hostname": inputs.hostname,
         "agent_uid": inputs.agent_uid,
         "build_ssh_public_key": key,
+        "ssh_host_ed25519_private": inputs.ssh_host_ed25519[0] if inputs.ssh_host_ed25519 else "",
+        "ssh_host_ed25519_public": inputs.ssh_host_ed25519[1] if inputs.ssh_host_ed25519 else "",
         **_apt_config(inputs),
         "apt_proxy": inputs.apt_proxy,
         "apt_sources": [

@@ -99,6 +99,17 @@ class AptSource:
 
 
 @dataclass(frozen=True)
+class Check:
+    """What the builder runs in the finished guest, and what its output must match."""
+
+    name: str
+    expect: str  # a regular expression searched in the command's output
+    command: str
+    path: Path
+    line: int
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     path: Path
@@ -108,6 +119,7 @@ class Profile:
     sources: tuple[AptSource, ...]
     expected_installed: int
     tolerance: float  # a fraction: 0.05 for 5 %
+    checks: tuple[Check, ...] = ()  # from profiles/<name>.checks, if present
 
     def _specs(self, kind: str) -> tuple[str, ...]:
         return tuple(e.spec for g in self.groups if g.kind == kind for e in g.entries)
@@ -409,7 +421,30 @@ def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
         sources=tuple(sources),
         expected_installed=int(expected_text),
         tolerance=tolerance,
+        checks=_load_checks(path.with_suffix(".checks")),
     )
+
+
+def _load_checks(path: Path) -> tuple[Check, ...]:
+    return parse_checks(path, path.read_text(encoding="utf-8")) if path.is_file() else ()
+
+
+def parse_checks(path: Path, text: str) -> tuple[Check, ...]:
+    """``name | regex | command`` lines; a bad regex or a repeated name names file and line."""
+    checks: list[Check] = []
+    for line, content in _content_lines(text):
+        parts = [p.strip() for p in content.split("|", 2)]
+        if len(parts) != 3 or not all(parts):
+            raise ListError(path, line, f"expected 'name | regex | command', got {content!r}")
+        name, expect, command = parts
+        try:
+            re.compile(expect)
+        except re.error as exc:
+            raise ListError(path, line, f"bad regular expression {expect!r}: {exc}") from None
+        if any(c.name == name for c in checks):
+            raise ListError(path, line, f"check {name!r} given twice")
+        checks.append(Check(name, expect, command, path, line))
+    return tuple(checks)
 
 
 def list_profiles(root: Path = PACKAGE_LISTS) -> list[str]:

@@ -399,3 +399,19 @@ def test_user_data_top_level_keys_are_exactly_these() -> None:
         "write_files",
         "runcmd",
     }
+
+
+def test_seeded_ssh_host_key_is_rendered_verbatim() -> None:
+    from image.ssh import KeyPair
+
+    host = KeyPair.generate("host@test")
+    doc = _doc(dataclasses.replace(SMOKE, ssh_host_ed25519=(host.private_openssh,
+                                                            host.public_openssh)))  # fmt: skip
+    assert doc["ssh_keys"]["ed25519_private"] == host.private_openssh
+    assert doc["ssh_keys"]["ed25519_public"] == host.public_openssh
+    assert "ssh_keys" not in _doc(SMOKE)
+
+
+def test_a_host_key_that_is_not_ed25519_openssh_is_refused() -> None:
+    with pytest.raises(ImageError, match="ed25519"):
+        render(dataclasses.replace(SMOKE, ssh_host_ed25519=("not a key", "ssh-rsa AAAA")))
