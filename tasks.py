@@ -206,6 +206,23 @@ def launch(c: Context) -> None:
     _not_built("launch", 7)
 
 
+@task(help={"arch": "amd64 or arm64 (default: the configured arch)",
+            "cache_dir": CONFIG_HELP["cache_dir"], "json": CONFIG_HELP["json"]})
+def standin(c: Context, arch: str | None = None, cache_dir: str | None = None,
+            json: bool = False) -> None:
+    """Build (or reuse) the Debian stand-in base image for offline runs (needs root)."""
+    from image import standin as standin_image
+
+    with _user_errors():
+        cfg = _config(c, arch=arch, cache_dir=cache_dir).config
+        image = standin_image.ensure(cfg.cache_dir, cfg.arch)
+        if json:
+            console.print_json({"arch": image.arch, "path": str(image.path),
+                                "recipe_hash": image.recipe_hash, "info": image.info})
+        else:
+            print(image.path)
+
+
 @task
 def demo(c: Context) -> None:
     """Run the whole pipeline offline against a local stand-in mirror."""
