@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,12 +83,14 @@ class ArchSpec:
 
 
 ARCHES: dict[str, ArchSpec] = {
-    "amd64": ArchSpec("linux-image-cloud-amd64", "grub-efi-amd64-bin", "x86_64-efi",
-                      "BOOTX64.EFI", "ttyS0"),
+    "amd64": ArchSpec(
+        "linux-image-cloud-amd64", "grub-efi-amd64-bin", "x86_64-efi", "BOOTX64.EFI", "ttyS0"
+    ),
     # Debian's cloud-arm64 flavour targets ACPI clouds and leaves out the PL011 UART
     # that -machine virt's serial console is; the generic flavour has it and virtio.
-    "arm64": ArchSpec("linux-image-arm64", "grub-efi-arm64-bin", "arm64-efi",
-                      "BOOTAA64.EFI", "ttyAMA0"),
+    "arm64": ArchSpec(
+        "linux-image-arm64", "grub-efi-arm64-bin", "arm64-efi", "BOOTAA64.EFI", "ttyAMA0"
+    ),
 }
 
 GRUB_CFG = """\
@@ -206,8 +208,9 @@ def arch_spec(arch: str) -> ArchSpec:
     try:
         return ARCHES[arch]
     except KeyError:
-        raise ImageError(f"no stand-in for architecture {arch!r}",
-                         hint=f"use one of: {', '.join(ARCHES)}") from None
+        raise ImageError(
+            f"no stand-in for architecture {arch!r}", hint=f"use one of: {', '.join(ARCHES)}"
+        ) from None
 
 
 def grub_cfg(arch: str) -> str:
@@ -217,10 +220,16 @@ def grub_cfg(arch: str) -> str:
 def recipe(arch: str) -> Recipe:
     spec = arch_spec(arch)
     return Recipe(
-        version=RECIPE_VERSION, arch=arch, suite=SUITE, sources=SOURCES,
+        version=RECIPE_VERSION,
+        arch=arch,
+        suite=SUITE,
+        sources=SOURCES,
         packages=(*COMMON_PACKAGES, spec.kernel, spec.grub_package),
-        customize_sh=CUSTOMIZE_SH, grub_cfg=grub_cfg(arch), mke2fs_conf=MKE2FS_CONF,
-        esp_size=ESP_SIZE, root_headroom=ROOT_HEADROOM,
+        customize_sh=CUSTOMIZE_SH,
+        grub_cfg=grub_cfg(arch),
+        mke2fs_conf=MKE2FS_CONF,
+        esp_size=ESP_SIZE,
+        root_headroom=ROOT_HEADROOM,
     )
 
 
@@ -229,20 +238,34 @@ def recipe(arch: str) -> Recipe:
 
 def mmdebstrap_argv(rec: Recipe, rootfs: Path, customize: Path) -> list[str]:
     return [
-        "mmdebstrap", "--mode=root", "--variant=apt", f"--arch={rec.arch}",
-        "--components=main", f"--include={','.join(rec.packages)}",
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        f"--arch={rec.arch}",
+        "--components=main",
+        f"--include={','.join(rec.packages)}",
         # No fsync per file: a half-written rootfs is thrown away anyway.
         "--dpkgopt=force-unsafe-io",
         f"--customize-hook={customize}",
-        rec.suite, str(rootfs), *rec.sources,
+        rec.suite,
+        str(rootfs),
+        *rec.sources,
     ]
 
 
 def grub_mkstandalone_argv(arch: str, rootfs: Path, cfg: Path, output: Path) -> list[str]:
     target = arch_spec(arch).grub_target
     return [
-        "grub-mkstandalone", "-O", target, "-d", str(rootfs / "usr/lib/grub" / target),
-        "--fonts=", "--locales=", "--themes=", "-o", str(output),
+        "grub-mkstandalone",
+        "-O",
+        target,
+        "-d",
+        str(rootfs / "usr/lib/grub" / target),
+        "--fonts=",
+        "--locales=",
+        "--themes=",
+        "-o",
+        str(output),
         f"boot/grub/grub.cfg={cfg}",
     ]
 
@@ -271,15 +294,17 @@ def disk_layout(root_size: int, esp_size: int = ESP_SIZE) -> Layout:
     if root_size % MIB or esp_size % MIB:
         raise ValueError("partition sizes must be whole MiB")
     root_start = ESP_START + esp_size
-    return Layout(ESP_START, esp_size, root_start, root_size,
-                  root_start + root_size + GPT_BACKUP)
+    return Layout(ESP_START, esp_size, root_start, root_size, root_start + root_size + GPT_BACKUP)
 
 
 def sfdisk_script(layout: Layout, device: str) -> str:
     """sfdisk input; ``device`` is the disk's file name, whose suffix numbers each line."""
+
     def line(partno: int, start: int, size: int, type_: str, name: str) -> str:
-        return (f"{device}{partno} : start={start // SECTOR}, size={size // SECTOR}, "
-                f'type={type_}, name="{name}"\n')
+        return (
+            f"{device}{partno} : start={start // SECTOR}, size={size // SECTOR}, "
+            f'type={type_}, name="{name}"\n'
+        )
 
     return (
         "label: gpt\nunit: sectors\nfirst-lba: 2048\n\n"
@@ -291,8 +316,15 @@ def sfdisk_script(layout: Layout, device: str) -> str:
 def dd_argv(source: Path, disk: Path, offset: int) -> list[str]:
     if offset % MIB:
         raise ValueError("partitions start on MiB boundaries")
-    return ["dd", f"if={source}", f"of={disk}", "bs=1M", f"seek={offset // MIB}",
-            "conv=notrunc,sparse", "status=none"]
+    return [
+        "dd",
+        f"if={source}",
+        f"of={disk}",
+        "bs=1M",
+        f"seek={offset // MIB}",
+        "conv=notrunc,sparse",
+        "status=none",
+    ]
 
 
 def mkfs_ext4_argv(rootfs: Path, image: Path) -> list[str]:
@@ -344,10 +376,23 @@ def ensure(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> Sta
     return build(cache_dir, arch, timeout=timeout)
 
 
+def images_for(cache_dir: Path, arches: Sequence[str] | None) -> dict[str, Path]:
+    """Stand-ins to serve: the named arches (built if missing), or every cached one."""
+    if arches:
+        return {a.strip(): ensure(cache_dir, a.strip()).path for a in arches if a.strip()}
+    found = {a: hit.path for a in ARCHES if (hit := cached(cache_dir, a)) is not None}
+    if not found:
+        raise ImageError(
+            f"no stand-in image is cached in {cache_dir / 'standin'}",
+            hint="build one: sudo ./inv standin --arch amd64 "
+            "(or name it: ./inv mirror --arch amd64)",
+        )
+    return found
+
+
 # --- the build ---------------------------------------------------------------------------
 
-TOOLS = ("mmdebstrap", "grub-mkstandalone", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy",
-         "qemu-img")
+TOOLS = ("mmdebstrap", "grub-mkstandalone", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "qemu-img")
 ARM64_TOOLS = ("qemu-aarch64-static", "binfmt aarch64")
 
 
@@ -355,9 +400,11 @@ def build(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> Stan
     rec = recipe(arch)
     spec = arch_spec(arch)
     if os.geteuid() != 0:
-        raise ImageError("building the stand-in image needs root (mmdebstrap --mode=root "
-                         "installs packages owned by many users)",
-                         hint=f"sudo ./inv standin --arch {arch}")
+        raise ImageError(
+            "building the stand-in image needs root (mmdebstrap --mode=root "
+            "installs packages owned by many users)",
+            hint=f"sudo ./inv standin --arch {arch}",
+        )
     hosttools.require(TOOLS, "the stand-in image")
     if arch != _host_dpkg_arch():
         if not hosttools.BY_NAME["binfmt aarch64"].found():
@@ -400,8 +447,10 @@ def build(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> Stan
             layout = disk_layout(root_img.stat().st_size, esp.stat().st_size)
             disk = work / "disk.img"
             _allocate(disk, layout.disk_size)
-            run.run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(disk)],
-                    input=sfdisk_script(layout, disk.name).encode())
+            run.run(
+                ["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(disk)],
+                input=sfdisk_script(layout, disk.name).encode(),
+            )
             run.run(dd_argv(esp, disk, layout.esp_start))
             run.run(dd_argv(root_img, disk, layout.root_start))
             staged = work / final.name
@@ -428,8 +477,13 @@ def build(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> Stan
         staged.replace(final)
         staged_info.replace(info_path)
         log_path.unlink(missing_ok=True)
-    log.info("stand-in %s built in %.0f s: %s (%d MiB)", arch, info["build_seconds"], final,
-             final.stat().st_size // MIB)
+    log.info(
+        "stand-in %s built in %.0f s: %s (%d MiB)",
+        arch,
+        info["build_seconds"],
+        final,
+        final.stat().st_size // MIB,
+    )
     return StandinImage(arch, final, digest, info)
 
 
