@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_recipe_hash_is_stable_and_covers_every_field() -> None:
     assert rec.digest() == standin.recipe("amd64").digest()
     assert len(rec.digest()) == 64
     assert rec.digest() != standin.recipe("arm64").digest()
-    changes = {
+    changes: dict[str, Any] = {
         "version": rec.version + 1,
         "suite": "trixie",
         "sources": rec.sources[:1],
