@@ -101,6 +101,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mcopy", "mtools", "stand-in ESP", command="mcopy"),
     Tool("qemu-aarch64-static", "qemu-user-static", "arm64 stand-in",
          command="qemu-aarch64-static", version_argv=("--version",)),
+    Tool("arch-test", "arch-test", "arm64 stand-in (mmdebstrap's foreign-arch check)",
+         command="arch-test", version_argv=()),
     Tool("binfmt aarch64", "binfmt-support", "arm64 stand-in", check=_binfmt_aarch64,
          fix="mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && update-binfmts --enable"),
 )

@@ -393,7 +393,7 @@ def images_for(cache_dir: Path, arches: Sequence[str] | None) -> dict[str, Path]
 # --- the build ---------------------------------------------------------------------------
 
 TOOLS = ("mmdebstrap", "grub-mkstandalone", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "qemu-img")
-ARM64_TOOLS = ("qemu-aarch64-static", "binfmt aarch64")
+FOREIGN_TOOLS = ("qemu-aarch64-static", "binfmt aarch64", "arch-test")
 
 
 def build(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> StandinImage:
@@ -409,7 +409,7 @@ def build(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> Stan
     if arch != _host_dpkg_arch():
         if not hosttools.BY_NAME["binfmt aarch64"].found():
             hosttools.enable_binfmt()
-        hosttools.require(ARM64_TOOLS, f"the {arch} stand-in on this host")
+        hosttools.require(FOREIGN_TOOLS, f"the {arch} stand-in on this host")
 
     digest = rec.digest()
     final, info_path = cache_paths(cache_dir, arch, digest)

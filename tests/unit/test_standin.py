@@ -207,3 +207,13 @@ def test_images_for_without_a_cached_image_says_how_to_build_one(tmp_path: Path)
     with pytest.raises(ImageError) as caught:
         standin.images_for(tmp_path, None)
     assert caught.value.hint is not None and "./inv standin --arch amd64" in caught.value.hint
+
+
+def test_building_without_root_says_to_use_sudo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(standin.os, "geteuid", lambda: 1000)
+    with pytest.raises(ImageError) as caught:
+        standin.ensure(tmp_path, "amd64")
+    assert caught.value.hint == "sudo ./inv standin --arch amd64"
+    assert not (tmp_path / "standin").exists()
