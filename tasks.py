@@ -527,6 +527,68 @@ def launch(c: Context) -> None:
     _not_built("launch", 7)
 
 
+@task(
+    help={
+        "arch": "amd64 or arm64 (default: the configured arch)",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "json": CONFIG_HELP["json"],
+    }
+)
+def standin(
+    c: Context, arch: str | None = None, cache_dir: str | None = None, json: bool = False
+) -> None:
+    """Build (or reuse) the Debian stand-in base image for offline runs (needs root)."""
+    from image import standin as standin_image
+
+    with _user_errors():
+        cfg = _config(c, arch=arch, cache_dir=cache_dir).config
+        image = standin_image.ensure(cfg.cache_dir, cfg.arch)
+        if json:
+            console.print_json(
+                {
+                    "arch": image.arch,
+                    "path": str(image.path),
+                    "recipe_hash": image.recipe_hash,
+                    "info": image.info,
+                }
+            )
+        else:
+            print(image.path)
+
+
+@task(
+    help={
+        "arch": "serve these stand-ins (comma-separated; built if missing). "
+        "Default: every cached one",
+        "port": "port on 127.0.0.1 (0: any free port)",
+        "release": CONFIG_HELP["release"],
+        "serial": "serial the mirror publishes (default 20990101)",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+    }
+)
+def mirror(
+    c: Context,
+    arch: str | None = None,
+    port: int = 0,
+    release: str | None = None,
+    serial: str | None = None,
+    cache_dir: str | None = None,
+) -> None:
+    """Serve the stand-in image(s) on 127.0.0.1 like cloud-images.ubuntu.com, until Ctrl-C."""
+    from image import mirror as local_mirror
+    from image import standin as standin_image
+
+    with _user_errors():
+        cfg = _config(c, release=release, serial=serial, cache_dir=cache_dir).config
+        images = standin_image.images_for(cfg.cache_dir, arch.split(",") if arch else None)
+        published = local_mirror.DEFAULT_SERIAL if cfg.serial == "latest" else cfg.serial
+        with local_mirror.serve_mirror(
+            images, cfg.cache_dir, cfg.release, published, port
+        ) as served:
+            print(served.cli_args(), flush=True)
+            local_mirror.wait_for_stop_signal()
+
+
 @task
 def demo(c: Context) -> None:
     """Run the whole pipeline offline against a local stand-in mirror."""

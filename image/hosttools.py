@@ -124,6 +124,13 @@ TOOLS: tuple[Tool, ...] = (
         version_argv=("--version",),
     ),
     Tool(
+        "arch-test",
+        "arch-test",
+        "arm64 stand-in (mmdebstrap's foreign-arch check)",
+        command="arch-test",
+        version_argv=(),
+    ),
+    Tool(
         "binfmt aarch64",
         "binfmt-support",
         "arm64 stand-in",
