@@ -509,22 +509,81 @@ def sandbox_run(
     os.execv(argv[0], argv)
 
 
-@task(name="build-image")
-def build_image(c: Context) -> None:
-    """Boot, provision, verify and publish the image."""
-    _not_built("build-image", 6)
+BUILD_HELP = {
+    **{k: v for k, v in CONFIG_HELP.items() if k not in ("output_dir",)},
+    "out": "output directory (default: out/)",
+    "boot_timeout": "seconds until the guest must answer SSH",
+    "provision_timeout": "seconds for cloud-init to finish",
+    "skills": "a skills folder to put read-only at /opt/skills",
+    "distro": "ubuntu (the real image) or debian (only for the offline stand-in)",
+    "offline": "use only cached SHA256SUMS and images",
+    "insecure_skip_signature": "do NOT check the SHA256SUMS signature (loud, recorded)",
+    "raw": "also write a raw image (Apple Virtualization.framework)",
+}
 
 
-@task
-def snapshot(c: Context) -> None:
-    """Boot the built image until ready and save the VM state."""
-    _not_built("snapshot", 7)
+@task(name="build-image", help=BUILD_HELP)
+def build_image(
+    c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
+    mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
+    profile: str | None = None, cpus: int | None = None, memory: str | None = None,
+    disk_size: str | None = None, cache_dir: str | None = None, out: str | None = None,
+    accel: str | None = None, boot_timeout: float | None = None,
+    provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
+    offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
+    json: bool = False,
+) -> None:  # fmt: skip
+    """Boot the cloud image with the seed, provision, verify, describe, compact and publish."""
+    from image import pipeline
+
+    with _user_errors():
+        cfg = _config(
+            c, arch=arch, release=release, serial=serial, mirror=mirror, keyring=keyring,
+            fingerprints=fingerprint, profile=profile, cpus=cpus, memory=memory,
+            disk_size=disk_size, cache_dir=cache_dir, output_dir=out, accel=accel,
+            boot_timeout=boot_timeout, provision_timeout=provision_timeout, skills=skills,
+        ).config  # fmt: skip
+        result = pipeline.build_image(
+            cfg, distro=distro, offline=offline,
+            insecure_skip_signature=insecure_skip_signature, raw=raw,
+        )  # fmt: skip
+        console.print_summary("build-image", result.timings)
+        if json:
+            console.print_json(result.to_json())
+        else:
+            print(result.image)
 
 
-@task
-def launch(c: Context) -> None:
-    """Resume a sandbox VM from a snapshot."""
-    _not_built("launch", 7)
+@task(
+    help={
+        "image": "the built image (qcow2) to snapshot",
+        "out": "the snapshot directory to create (must not exist)",
+        "cpus": CONFIG_HELP["cpus"],
+        "memory": CONFIG_HELP["memory"],
+        "arch": CONFIG_HELP["arch"],
+        "accel": CONFIG_HELP["accel"],
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "timeout": "seconds until the guest must be ready",
+        "json": CONFIG_HELP["json"],
+    }
+)
+def snapshot(
+    c: Context, image: str, out: str, cpus: int | None = None, memory: str | None = None,
+    arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
+    timeout: float | None = None, json: bool = False,
+) -> None:  # fmt: skip
+    """Boot a built image in the runtime shape until ready, and save the VM."""
+    from image import snapshot as snap
+
+    with _user_errors():
+        cfg = _config(c, cpus=cpus, memory=memory, arch=arch, accel=accel,
+                      cache_dir=cache_dir).config  # fmt: skip
+        path, meta = snap.snapshot(cfg, Path(image), Path(out), timeout=timeout)
+        console.log.info("snapshot: %s", snap.format_meta(meta))
+        if json:
+            console.print_json({"snapshot": str(path), **meta.__dict__})
+        else:
+            print(path)
 
 
 @task(
@@ -589,10 +648,49 @@ def mirror(
             local_mirror.wait_for_stop_signal()
 
 
-@task
-def demo(c: Context) -> None:
-    """Run the whole pipeline offline against a local stand-in mirror."""
-    _not_built("demo", 6)
+@task(
+    help={
+        "snapshot": "the snapshot directory (from ./inv snapshot)",
+        "share": "HOSTDIR[:ro] to mount at /mnt/share in the guest",
+        "session_disk": "size of this launch's session disk at /sessions (default 10G)",
+        "hostname": "the launch's host name (default: sandbox-<random>)",
+        "timeout": "seconds the command may run",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "json": "print timings and the exit status as JSON (last line)",
+    }
+)
+def launch(
+    c: Context, snapshot: str, share: str | None = None, session_disk: str = "10G",
+    hostname: str | None = None, timeout: float = 3600.0, cache_dir: str | None = None,
+    json: bool = False,
+) -> None:  # fmt: skip
+    """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user."""
+    from image import snapshot as snap
+
+    with _user_errors():
+        cfg = _config(c, cache_dir=cache_dir).config
+        options = snap.parse_launch_options(share, session_disk, hostname, _remainder(c), timeout)
+        code = snap.launch_and_run(Path(snapshot), cfg, options, json_result=json)
+    raise Exit(code=code)
+
+
+@task(
+    help={
+        "arch": "stand-in architecture (default amd64: fast under TCG)",
+        "out": "where the demo's outputs go (default: out/demo)",
+        "json": "print each step's seconds and the output paths as JSON (last line)",
+    }
+)
+def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = False) -> None:
+    """The whole pipeline, offline: stand-in -> mirror -> build-image -> snapshot -> launch."""
+    from image import demo as demo_module
+
+    with _user_errors():
+        cfg = _config(c, arch=arch, profile="smoke", output_dir=out or "out/demo").config
+        result = demo_module.run_demo(cfg)
+        console.print_summary("demo", result["timings"])
+        if json:
+            console.print_json(result)
 
 
 @task(

@@ -57,3 +57,16 @@ def print_json(result: dict[str, Any]) -> None:
 
 def progress_enabled() -> bool:
     return err.is_terminal and not os.environ.get("CI")
+
+
+def print_summary(title: str, timings: dict[str, float]) -> None:
+    """A table of steps and their seconds, on stderr (stdout stays for results)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for name, seconds in timings.items():
+        table.add_row(name, f"{seconds:.1f}")
+    table.add_row("total", f"{sum(timings.values()):.1f}", style="bold")
+    err.print(table)

@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
-from image import run, signing
+from image import signing
 from image.errors import ImageError
 
 log = logging.getLogger("image.mirror")
@@ -147,7 +147,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 def mirror_key(cache_dir: Path) -> signing.SigningKey:
     """The throwaway key in the cache, made on first use (atomically: no half key dir)."""
     home = cache_dir / KEY_DIR
-    key = _load_key(home)
+    key = signing.load_key(home)
     if key is not None:
         return key
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -156,13 +156,12 @@ def mirror_key(cache_dir: Path) -> signing.SigningKey:
     staging = Path(tempfile.mkdtemp(prefix=".mk-", dir=cache_dir))
     try:
         signing.create_key(staging, "sandbox-image offline mirror (throwaway)")
-        _stop_agent(staging)
         # If another process made one first, the rename fails and we use theirs.
         with contextlib.suppress(OSError):
             staging.rename(home)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    key = _load_key(home)
+    key = signing.load_key(home)
     if key is None:
         raise ImageError(
             f"no usable signing key in {home}",
@@ -171,27 +170,11 @@ def mirror_key(cache_dir: Path) -> signing.SigningKey:
     return key
 
 
-def _load_key(home: Path) -> signing.SigningKey | None:
-    try:
-        return signing.load_key(home)
-    finally:
-        if home.is_dir():  # listing secret keys starts an agent too
-            _stop_agent(home)
-
-
-def _stop_agent(home: Path) -> None:
-    # gpg starts an agent per home to use the secret key; it would outlive us.
-    run.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
-
-
 def sign(key: signing.SigningKey, document: bytes) -> bytes:
     with tempfile.TemporaryDirectory(prefix="mirror-sign-") as tmp:
         path = Path(tmp) / "SHA256SUMS"
         path.write_bytes(document)
-        try:
-            return signing.sign_detached(key, path).read_bytes()
-        finally:
-            _stop_agent(key.home)
+        return signing.sign_detached(key, path).read_bytes()
 
 
 def file_sha256(path: Path) -> str:

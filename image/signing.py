@@ -6,6 +6,7 @@ Never used for anything a user trusts: the real trust root is keys/ (Canonical's
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,33 @@ class SigningKey:
 
 
 def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
-    return run.run(
-        ["gpg", "--homedir", str(home), "--batch", "--no-tty", *args], input=input
-    ).stdout
+    """gpg in ``home``; any gpg-agent it started is stopped again before returning.
+
+    gpg starts one agent per home to use a secret key (even to list it), and
+    that agent would outlive the toolkit, the test, or the CI job.
+    """
+    try:
+        return run.run(
+            ["gpg", "--homedir", str(home), "--batch", "--no-tty", *args], input=input
+        ).stdout
+    finally:
+        stop_agent(home)
+
+
+def stop_agent(home: Path, timeout: float = 5.0) -> None:
+    """Stop the gpg-agent of ``home`` and wait until it is gone.
+
+    `gpgconf --kill` returns before the agent exits; until then its socket in
+    ``home`` still answers, and a gpg run in the meantime (or after ``home`` was
+    renamed) would talk to a dying agent. The agent removes its socket last.
+    """
+    socket = home / "S.gpg-agent"
+    if not socket.exists():
+        return
+    run.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+    deadline = time.monotonic() + timeout
+    while socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def create_key(home: Path, name: str = "sandbox-image throwaway mirror key") -> SigningKey:
