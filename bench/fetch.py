@@ -5,7 +5,8 @@ A file (1 GiB by default) is served from 127.0.0.1 by the test file server,
 in its own process (sendfile, so the server is not the bottleneck), in the
 mirror layout, with a SHA256SUMS signed by a throwaway key. In the same run,
 curl and fetch take turns (dirty pages flushed before each turn, so that one
-run's writeback does not slow the next), and it measures:
+run's writeback does not slow the next; the order of the download turns
+rotates from round to round), and it measures:
 
   curl              curl -o FILE of the image (no hashing)
   curl_then_sha256  curl -o, then SHA-256 of the file: fetch's work, in two passes
@@ -158,11 +159,16 @@ def main() -> None:
             }
             times: dict[str, list[float]] = {name: [] for name in turns}
             cpu: dict[str, list[float]] = {name: [] for name in turns}
-            for _ in range(args.repeat):
+            downloads = ["curl", "curl_then_sha256", "fetch"]
+            for round_ in range(args.repeat):
                 shutil.rmtree(cache, ignore_errors=True)
-                for name, turn in turns.items():
+                # The download turns rotate: on a shared host the turn right after
+                # another download was measurably slower, whoever took it.
+                shift = round_ % len(downloads)
+                order = [*downloads[shift:], *downloads[:shift], "cache_hit", "sha256"]
+                for name in order:
                     target.unlink(missing_ok=True)
-                    times[name].append(timed(turn, cpu[name]))
+                    times[name].append(timed(turns[name], cpu[name]))
             load = os.getloadavg()[0]
 
     best = {name: min(values) for name, values in times.items()}
