@@ -152,7 +152,8 @@ def _not_built(stage: str, issue: int) -> None:
         raise NotBuiltYet(stage, issue)
 
 
-@task(help={
+# No auto short flags: --insecure-skip-signature must never be one typo ("-i") away.
+@task(auto_shortflags=False, help={
     **{k: CONFIG_HELP[k] for k in ("arch", "release", "serial", "mirror", "keyring",
                                    "fingerprint", "cache_dir", "json")},
     "offline": "use only cached SHA256SUMS and images; no network",

@@ -139,7 +139,9 @@ def _check_signature(cfg: BuildConfig, sums: Path, signature: Path, insecure: bo
             "(--insecure-skip-signature); the image is only as good as the mirror"
         )
         return None
-    return checksums.verify_signature(sums, signature, cfg.keyring, cfg.fingerprints)
+    signer = checksums.verify_signature(sums, signature, cfg.keyring, cfg.fingerprints)
+    log.info("SHA256SUMS: good signature by pinned key %s", signer)
+    return signer
 
 
 def _parse_sums(data: bytes, where: str) -> dict[str, str]:
