@@ -364,13 +364,18 @@ class _BackgroundHash:
 
     def __init__(self, hasher: hashlib._Hash) -> None:
         self._hasher = hasher
+        self._error: BaseException | None = None
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # 8 MiB in flight
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (block := self._queue.get()) is not None:
-            self._hasher.update(block)
+            if self._error is None:
+                try:
+                    self._hasher.update(block)
+                except BaseException as exc:  # keep draining: update() must never block
+                    self._error = exc
 
     def update(self, block: bytes) -> None:
         self._queue.put(block)
@@ -379,6 +384,8 @@ class _BackgroundHash:
         """Return once every block given to update() is hashed."""
         self._queue.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class _HashedFile:

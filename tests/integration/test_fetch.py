@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -137,6 +138,15 @@ def test_latest_without_build_info_records_latest(
     result = fetch(cfg, progress=False)
     assert result.serial == "latest"
     assert result.url == server.url(image_url_path(mirror, latest=True))
+    assert result.path.read_bytes() == image
+
+
+def test_build_info_naming_a_missing_directory_falls_back_to_release(
+    cfg: BuildConfig, mirror: CloudMirror, server: FileServer, image: bytes
+) -> None:
+    shutil.rmtree(mirror.dir())
+    result = fetch(cfg, progress=False)
+    assert (result.serial, result.url) == ("latest", server.url(image_url_path(mirror, True)))
     assert result.path.read_bytes() == image
 
 
