@@ -208,10 +208,33 @@ def _not_built(stage: str, issue: int) -> None:
         raise NotBuiltYet(stage, issue)
 
 
-@task
-def fetch(c: Context) -> None:
-    """Download and verify the Ubuntu cloud image (cached, resumable)."""
-    _not_built("fetch", 3)
+# No auto short flags: --insecure-skip-signature must never be one typo ("-i") away.
+@task(auto_shortflags=False, help={
+    **{k: CONFIG_HELP[k] for k in ("arch", "release", "serial", "mirror", "keyring",
+                                   "fingerprint", "cache_dir", "json")},
+    "offline": "use only cached SHA256SUMS and images; no network",
+    "insecure_skip_signature": "do NOT check the signature of SHA256SUMS (loud; recorded)",
+})
+def fetch(
+    c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
+    mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
+    cache_dir: str | None = None, offline: bool = False, insecure_skip_signature: bool = False,
+    json: bool = False,
+) -> None:
+    """Download and verify the Ubuntu cloud image (cached, resumable); print its path."""
+    from image.fetch import fetch as fetch_image
+
+    with _user_errors():
+        resolved = _config(
+            c, arch=arch, release=release, serial=serial, mirror=mirror, keyring=keyring,
+            fingerprints=fingerprint, cache_dir=cache_dir,
+        )
+        result = fetch_image(resolved.config, offline=offline,
+                             insecure_skip_signature=insecure_skip_signature)
+        if json:
+            console.print_json(result.to_json())
+        else:
+            print(result.path)
 
 
 @task(help={"profile": CONFIG_HELP["profile"], "json": CONFIG_HELP["json"]})
