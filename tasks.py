@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +207,20 @@ def launch(c: Context) -> None:
     _not_built("launch", 7)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so cleanup (children, scratch dirs) runs on both."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @task(help={"arch": "amd64 or arm64 (default: the configured arch)",
             "cache_dir": CONFIG_HELP["cache_dir"], "json": CONFIG_HELP["json"]})
 def standin(c: Context, arch: str | None = None, cache_dir: str | None = None,
@@ -213,7 +228,7 @@ def standin(c: Context, arch: str | None = None, cache_dir: str | None = None,
     """Build (or reuse) the Debian stand-in base image for offline runs (needs root)."""
     from image import standin as standin_image
 
-    with _user_errors():
+    with _user_errors(), _sigterm_as_interrupt():
         cfg = _config(c, arch=arch, cache_dir=cache_dir).config
         image = standin_image.ensure(cfg.cache_dir, cfg.arch)
         if json:
