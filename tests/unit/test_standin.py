@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,7 @@ def test_images_for_without_a_cached_image_says_how_to_build_one(tmp_path: Path)
 def test_building_without_root_says_to_use_sudo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(standin.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ImageError) as caught:
         standin.ensure(tmp_path, "amd64")
     assert caught.value.hint == "sudo ./inv standin --arch amd64"
