@@ -209,16 +209,37 @@ def _not_built(stage: str, issue: int) -> None:
 
 
 # No auto short flags: --insecure-skip-signature must never be one typo ("-i") away.
-@task(auto_shortflags=False, help={
-    **{k: CONFIG_HELP[k] for k in ("arch", "release", "serial", "mirror", "keyring",
-                                   "fingerprint", "cache_dir", "json")},
-    "offline": "use only cached SHA256SUMS and images; no network",
-    "insecure_skip_signature": "do NOT check the signature of SHA256SUMS (loud; recorded)",
-})
+@task(
+    auto_shortflags=False,
+    help={
+        **{
+            k: CONFIG_HELP[k]
+            for k in (
+                "arch",
+                "release",
+                "serial",
+                "mirror",
+                "keyring",
+                "fingerprint",
+                "cache_dir",
+                "json",
+            )
+        },
+        "offline": "use only cached SHA256SUMS and images; no network",
+        "insecure_skip_signature": "do NOT check the signature of SHA256SUMS (loud; recorded)",
+    },
+)
 def fetch(
-    c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
-    mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
-    cache_dir: str | None = None, offline: bool = False, insecure_skip_signature: bool = False,
+    c: Context,
+    arch: str | None = None,
+    release: str | None = None,
+    serial: str | None = None,
+    mirror: str | None = None,
+    keyring: str | None = None,
+    fingerprint: str | None = None,
+    cache_dir: str | None = None,
+    offline: bool = False,
+    insecure_skip_signature: bool = False,
     json: bool = False,
 ) -> None:
     """Download and verify the Ubuntu cloud image (cached, resumable); print its path."""
@@ -226,11 +247,18 @@ def fetch(
 
     with _user_errors():
         resolved = _config(
-            c, arch=arch, release=release, serial=serial, mirror=mirror, keyring=keyring,
-            fingerprints=fingerprint, cache_dir=cache_dir,
+            c,
+            arch=arch,
+            release=release,
+            serial=serial,
+            mirror=mirror,
+            keyring=keyring,
+            fingerprints=fingerprint,
+            cache_dir=cache_dir,
         )
-        result = fetch_image(resolved.config, offline=offline,
-                             insecure_skip_signature=insecure_skip_signature)
+        result = fetch_image(
+            resolved.config, offline=offline, insecure_skip_signature=insecure_skip_signature
+        )
         if json:
             console.print_json(result.to_json())
         else:
