@@ -570,6 +570,7 @@ BUILD_HELP = {
     "offline": "use only cached SHA256SUMS and images",
     "insecure_skip_signature": "do NOT check the SHA256SUMS signature (loud, recorded)",
     "raw": "also write a raw image (Apple Virtualization.framework)",
+    "package_lists": "a package-lists directory of your own (default: the project's)",
 }
 
 
@@ -582,10 +583,11 @@ def build_image(
     accel: str | None = None, boot_timeout: float | None = None,
     provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
     offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
-    json: bool = False,
+    package_lists: str | None = None, json: bool = False,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish."""
     from image import pipeline
+    from image.packages import PACKAGE_LISTS
 
     with _user_errors():
         cfg = _config(
@@ -597,6 +599,7 @@ def build_image(
         result = pipeline.build_image(
             cfg, distro=distro, offline=offline,
             insecure_skip_signature=insecure_skip_signature, raw=raw,
+            package_lists=Path(package_lists).resolve() if package_lists else PACKAGE_LISTS,
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:
@@ -742,6 +745,34 @@ def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = F
         console.print_summary("demo", result["timings"])
         if json:
             console.print_json(result)
+
+
+@task(
+    name="bench-resume",
+    help={
+        "image": "a built image (default: the demo's; built through ./inv demo if missing)",
+        "runs": "cold boots and resumes to measure (each at least 3)",
+    },
+)
+def bench_resume(c: Context, image: str | None = None, runs: int = 3) -> None:
+    """Measure cold boot vs resume, 1 vs 4 GiB RAM, and PSS of concurrent launches."""
+    from image import demo as demo_module
+
+    with _user_errors():
+        path = (
+            Path(image)
+            if image
+            else ROOT / "out" / "demo" / "image" / ("sandbox-image-jammy-amd64-smoke.qcow2")
+        )
+        if not path.is_file():
+            if image:
+                raise ImageError(f"no image at {path}", hint="build one with ./inv build-image")
+            cfg = _config(c, arch="amd64", profile="smoke", output_dir="out/demo").config
+            demo_module.run_demo(cfg)
+        argv = [sys.executable, str(ROOT / "bench" / "resume.py"), "--image", str(path),
+                "--runs", str(max(runs, 3))]  # fmt: skip
+        result = run.run(argv, check=False, capture=False, cwd=ROOT)
+    raise Exit(code=result.returncode)
 
 
 @task(

@@ -124,7 +124,7 @@ class GuestAgent:
             args["env"] = env
         pid = self.call("guest-exec", **args)["pid"]
         deadline = time.monotonic() + timeout
-        delay = 0.01
+        delay = 0.005
         while time.monotonic() < deadline:
             status = self.call("guest-exec-status", pid=pid)
             if status.get("exited"):
@@ -135,5 +135,6 @@ class GuestAgent:
                     signal=status.get("signal"),
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            # Short commands are the common case: poll often, but not busily.
+            delay = min(delay * 2, 0.05)
         raise ImageError(f"guest command timed out after {timeout:g} s: {' '.join(argv)}")

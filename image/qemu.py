@@ -58,7 +58,7 @@ class VMSpec:
     net_restrict: bool = False  # user net with restrict=on: no route out but guestfwd
     guestfwd: tuple[tuple[str, str], ...] = ()  # (guest "ip:port", host "cmd:..." or chardev)
     share: Share | None = None
-    session_disk: Path | None = None
+    session_disk: Path | None = None  # raw (a host-made ext4, see snapshot.make_session_disk)
     memory_file: Path | None = None  # RAM in a file (snapshot/launch)
     memory_private: bool = False  # map memory_file MAP_PRIVATE: copy-on-write, file untouched
     incoming: str | None = None  # migration URI to resume from
@@ -117,7 +117,7 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         ]  # fmt: skip
     if spec.session_disk is not None:
         argv += [
-            "-drive", f"if=none,id=session,format=qcow2,discard=unmap,file={spec.session_disk}",
+            "-drive", f"if=none,id=session,format=raw,discard=unmap,file={spec.session_disk}",
             "-device", "virtio-blk-pci,drive=session,serial=session",
         ]  # fmt: skip
     argv += ["-netdev", netdev_arg(spec), "-device", "virtio-net-pci,netdev=net0"]

@@ -132,6 +132,9 @@ def wait_for_ssh(
     """Retry until sshd accepts our key, the VM dies, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last = "no attempt yet"
+    # Until sshd listens, QEMU's user networking accepts and drops the connection;
+    # paramiko logs a traceback for each such try. We report the last one ourselves.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     while time.monotonic() < deadline:
         if not alive():
             raise ImageError(f"the VM stopped before SSH came up\n{describe_failure()}")

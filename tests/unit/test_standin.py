@@ -37,7 +37,7 @@ def test_unknown_arch_is_a_user_error() -> None:
 def test_recipe_packages_have_the_arch_kernel_and_grub_modules() -> None:
     amd64 = standin.recipe("amd64").packages
     arm64 = standin.recipe("arm64").packages
-    assert amd64[-2:] == ("linux-image-cloud-amd64", "grub-efi-amd64-bin")
+    assert amd64[-2:] == ("linux-image-amd64", "grub-efi-amd64-bin")
     assert arm64[-2:] == ("linux-image-arm64", "grub-efi-arm64-bin")
     for needed in ("cloud-init", "openssh-server", "qemu-guest-agent", "python3", "bubblewrap"):
         assert needed in amd64 and needed in arm64

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from image import qemu, snapshot
+from image.errors import ImageError
+
+
+def _spec(tmp: Path, **kw: object) -> qemu.VMSpec:
+    spec = snapshot.runtime_spec(
+        "amd64", 4, 4 << 30, ["-accel", "tcg,thread=multi"], tmp / "work", tmp / "snap",
+        share=qemu.Share(tmp / "share", "share"), session_disk=tmp / "session.raw",
+        disk=tmp / "disk.qcow2", vars_file=tmp / "vars.fd", firmware_code=Path("/fw/CODE.fd"),
+        memory_private=False,
+    )  # fmt: skip
+    return replace(spec, **kw)  # type: ignore[arg-type]
+
+
+def test_runtime_shape_is_restricted_with_agent_share_and_session_slot(tmp_path: Path) -> None:
+    argv = qemu.qemu_argv(_spec(tmp_path))
+    assert "user,id=net0,restrict=on" in argv
+    assert any("org.qemu.guest_agent.0" in a for a in argv)
+    assert any(a.startswith("virtio-9p-pci") for a in argv)
+    assert "virtio-blk-pci,drive=session,serial=session" in argv
+    assert any("memory-backend-file" in a and "share=on" in a for a in argv)
+    assert "vmgenid,guid=auto" in argv
+
+
+def test_device_hash_ignores_paths_and_launch_only_options(tmp_path: Path) -> None:
+    snap = _spec(tmp_path)
+    launch = _spec(tmp_path / "elsewhere", memory_private=True, incoming="defer",
+                   share=qemu.Share(tmp_path / "other", "share", readonly=True))  # fmt: skip
+    assert snapshot.device_hash(snap) == snapshot.device_hash(launch)
+
+
+def test_device_hash_sees_a_different_device_set(tmp_path: Path) -> None:
+    base = snapshot.device_hash(_spec(tmp_path))
+    assert snapshot.device_hash(_spec(tmp_path, cpus=2)) != base
+    assert snapshot.device_hash(_spec(tmp_path, memory=1 << 30)) != base
+    assert snapshot.device_hash(_spec(tmp_path, net_restrict=False)) != base
+
+
+def test_personalize_is_one_script_with_entropy_first() -> None:
+    script = snapshot.personalize_script("sandbox-1", True, 1_700_000_000_123_456_789)
+    steps = script.split(" && ")
+    assert steps[0] == "head -c 64 > /dev/urandom"
+    assert "date -u -s @1700000000.123456789 > /dev/null" in steps
+    assert "echo sandbox-1 > /proc/sys/kernel/hostname" in steps
+    assert "mount -t 9p -o trans=virtio,version=9p2000.L,ro share /mnt/share" in steps
+    assert "mount /dev/disk/by-id/virtio-session /sessions" in steps
+
+
+def test_parse_launch_options(tmp_path: Path) -> None:
+    opts = snapshot.parse_launch_options(f"{tmp_path}:ro", "2G", "box-1", ["echo", "hi"], 60)
+    assert opts.share == tmp_path.resolve()
+    assert opts.share_readonly is True
+    assert opts.session_size == 2 << 30
+    assert opts.command == ("echo", "hi")
+    rw = snapshot.parse_launch_options(str(tmp_path), "10G", None, [], 60)
+    assert rw.share_readonly is False and rw.hostname is None
+
+
+@pytest.mark.parametrize(
+    ("share", "size", "hostname", "fragment"),
+    [
+        ("/nonexistent/dir", "1G", None, "not a directory"),
+        (None, "lots", None, "--session-disk"),
+        (None, "1G", "Bad_Name", "not a host name"),
+    ],
+)
+def test_bad_launch_options_are_errors(
+    share: str | None, size: str, hostname: str | None, fragment: str
+) -> None:
+    with pytest.raises(ImageError, match=fragment):
+        snapshot.parse_launch_options(share, size, hostname, [], 60)
+
+
+def test_a_directory_without_snapshot_json_is_not_a_snapshot(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="is not a snapshot"):
+        snapshot.load_meta(tmp_path)
+    (tmp_path / "snapshot.json").write_text("{not json")
+    with pytest.raises(ImageError, match="damaged"):
+        snapshot.load_meta(tmp_path)

@@ -1,0 +1,85 @@
+"""VM tier: real QEMU boots (TCG here). One demo run per session is shared.
+
+The demo is the production path end to end (stand-in -> signed mirror ->
+build-image -> snapshot -> launch); the tests then inspect what it produced and
+launch more sandboxes from its snapshot. Stand-in images are cached by recipe
+hash in the user cache (outside the clone), so only the first run builds one.
+When a test fails, the tails of the guest logs it registered are attached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image import config, demo, hosttools, qemu
+from tests.hosttools import need
+
+LOG_TAIL = 60
+_logs: list[Path] = []
+
+
+def attach_logs(*paths: Path) -> None:
+    """Show these logs (their tails) if the current test fails."""
+    _logs.extend(paths)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for path in _logs:
+            if path.is_file():
+                report.sections.append((f"guest log {path}", qemu.serial_tail(path, LOG_TAIL)))
+    if report.when == "teardown":
+        _logs.clear()
+
+
+def qemu_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def vm_config(tmp_path_factory: pytest.TempPathFactory) -> config.BuildConfig:
+    need("qemu-system-x86_64", "qemu-img", "OVMF", "mmdebstrap", "grub-mkstandalone",
+         "mkfs.vfat", "mcopy", "sfdisk", "gpg", "gpgv", "cloud-init")  # fmt: skip
+    if os.geteuid() != 0:
+        pytest.fail("the vm tier builds the stand-in image and needs root", pytrace=False)
+    out = tmp_path_factory.mktemp("vm-out")
+    # cpus=2: on this 2-core machine, more vCPUs than cores only adds TCG contention.
+    resolved = config.resolve(
+        {"arch": "amd64", "profile": "smoke", "cpus": 2, "memory": "2G",
+         "output_dir": str(out), "boot_timeout": 600, "provision_timeout": 1800},
+        os.environ, {},
+    )  # fmt: skip
+    return resolved.config
+
+
+@pytest.fixture(scope="session")
+def demo_run(vm_config: config.BuildConfig) -> dict[str, Any]:
+    """The newcomer's `./inv demo`, once: a built smoke image, its snapshot, a launch."""
+    logs = vm_config.output_dir / "image" / "logs"
+    attach_logs(logs / "serial.log", logs / "cloud-init-output.log")
+    return demo.run_demo(vm_config)
+
+
+@pytest.fixture(scope="session")
+def built(demo_run: dict[str, Any]) -> dict[str, Path]:
+    return {k: Path(v) for k, v in demo_run["outputs"].items()}
+
+
+@pytest.fixture
+def fresh_config(vm_config: config.BuildConfig, tmp_path: Path) -> config.BuildConfig:
+    return dataclasses.replace(vm_config, output_dir=tmp_path / "out")
+
+
+__all__ = ["attach_logs", "hosttools", "qemu_processes"]

@@ -1,0 +1,190 @@
+"""build-image on the amd64 stand-in: outputs, verification, and failures that leave nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image import config, mirror, pipeline, standin
+from image.errors import ImageError
+from image.packages import PACKAGE_LISTS
+from tests.vm.conftest import attach_logs, qemu_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+# cloud-init 22.4 on Debian warns about these on every boot; they say nothing about us.
+BENIGN_WARNINGS = ("Used fallback datasource",)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_outputs_are_complete_and_checksummed(built: dict[str, Path]) -> None:
+    out = built["image"].parent
+    names = {p.name for p in out.iterdir()}
+    assert {"sandbox-image-jammy-amd64-smoke.qcow2", "manifest.json", "sbom.json",
+            "SHA256SUMS", "build-info.json", "logs"} <= names  # fmt: skip
+    assert not [n for n in names if n.startswith(".staging")]
+    for line in (out / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(" *")
+        assert _sha256(out / name) == digest, name
+
+
+def test_image_is_a_standalone_compressed_qcow2(built: dict[str, Path]) -> None:
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", str(built["image"])],
+        capture_output=True, check=True, text=True).stdout)  # fmt: skip
+    assert info["format"] == "qcow2"
+    assert "backing-filename" not in info  # flattened: no dependency on the cache
+    assert info["virtual-size"] == 2 << 30 or info["virtual-size"] >= 1 << 30
+
+
+def test_build_info_records_inputs_verification_and_timings(built: dict[str, Path]) -> None:
+    info = json.loads(built["build_info"].read_text())
+    assert info["base"]["serial"] == mirror.DEFAULT_SERIAL  # 'latest' resolved and recorded
+    assert info["base"]["signer"]  # the signature was checked
+    assert len(info["base"]["sha256"]) == 64
+    assert set(info["timings"]) >= {"fetch", "render", "boot", "provision", "verify",
+                                    "manifest", "generalize", "shutdown", "compact"}  # fmt: skip
+    verify = info["verify"]
+    assert all(v["ok"] for k, v in verify.items() if isinstance(v, dict) and "ok" in v)
+    assert verify["python3"]["output"].startswith("Python 3.")
+    self_test = verify["sandbox_self_test"]
+    assert self_test["ok"] is True
+    assert self_test["arch"] in ("x86_64", "amd64")
+    low, high = verify["installed_count"]["expected"]
+    assert low <= verify["installed_count"]["count"] <= high
+
+
+def test_manifest_and_sbom_describe_the_guest(built: dict[str, Path]) -> None:
+    out = built["image"].parent
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = {p["name"] for p in manifest["dpkg"]}
+    assert {"jq", "curl", "bubblewrap", "socat", "qemu-guest-agent", "python3"} <= names
+    assert manifest["distro"] == "debian"
+    sbom = json.loads((out / "sbom.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    assert len(sbom["components"]) == manifest["counts"]["dpkg"] + manifest["counts"]["pip"]
+
+
+def test_cloud_init_log_has_no_unexpected_warnings(built: dict[str, Path]) -> None:
+    log = (built["image"].parent / "logs" / "cloud-init.log").read_text(errors="replace")
+    assert "Cloud-init v." in log  # the log really is there
+    bad = [line for line in log.splitlines()
+           if ("WARNING" in line or "Traceback" in line)
+           and not any(b in line for b in BENIGN_WARNINGS)]  # fmt: skip
+    assert bad == [], "\n".join(bad[:20])
+
+
+def test_demo_resumed_far_faster_than_a_cold_boot(demo_run: dict[str, Any]) -> None:
+    assert demo_run["sandbox_output"] == "hello from sandbox"  # the bwrap profile's hostname
+    assert demo_run["resume_ready_seconds"] < demo_run["cold_ready_seconds"]
+
+
+# --- failures: clear error, no artifact, no QEMU, cache untouched --------------------
+
+
+def _cache_state(cache: Path) -> dict[str, int]:
+    return {str(p.relative_to(cache)): p.stat().st_size
+            for p in (cache / "images").rglob("*") if p.is_file()}  # fmt: skip
+
+
+def _work_dirs(cache: Path) -> set[str]:
+    work = cache / "work"
+    return {p.name for p in work.iterdir()} if work.exists() else set()
+
+
+def _artifacts(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir()) if out.exists() else []
+
+
+def _mirror_config(cfg: config.BuildConfig, served: mirror.Mirror) -> config.BuildConfig:
+    return dataclasses.replace(cfg, mirror=served.url, keyring=served.keyring,
+                               fingerprints=(served.fingerprint,))  # fmt: skip
+
+
+def test_a_package_that_does_not_exist_fails_quoting_apt(
+    fresh_config: config.BuildConfig, tmp_path: Path, built: dict[str, Path]
+) -> None:
+    lists = tmp_path / "package-lists"
+    shutil.copytree(PACKAGE_LISTS, lists)
+    with (lists / "apt" / "smoke.list").open("a") as f:
+        f.write("no-such-package-sandbox-image\n")
+    base = standin.ensure(fresh_config.cache_dir, "amd64")
+    before = _cache_state(fresh_config.cache_dir)
+    with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
+        cfg = _mirror_config(fresh_config, served)
+        with pytest.raises(ImageError) as info:
+            pipeline.build_image(cfg, distro="debian", package_lists=lists)
+    message = info.value.message
+    assert "no-such-package-sandbox-image" in message
+    assert re.search(r"Unable to locate package|packages not installed", message)
+    assert "build logs:" in message
+    assert _artifacts(cfg.output_dir) == []
+    assert qemu_processes() == []
+    assert _cache_state(fresh_config.cache_dir) == before
+
+
+def test_an_image_that_never_boots_times_out_with_the_serial_tail(
+    fresh_config: config.BuildConfig, tmp_path: Path, built: dict[str, Path]
+) -> None:
+    # A valid qcow2 with nothing on it: the firmware finds nothing to boot.
+    blank = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "1G"], check=True)
+    with mirror.serve_mirror({"amd64": blank}, fresh_config.cache_dir) as served:
+        cfg = dataclasses.replace(_mirror_config(fresh_config, served), boot_timeout=45)
+        start = time.monotonic()
+        with pytest.raises(ImageError) as info:
+            pipeline.build_image(cfg, distro="debian")
+    assert time.monotonic() - start < 300
+    message = info.value.message
+    assert "SSH did not come up within 45 s" in message
+    assert "--- serial console (tail) ---" in message
+    assert _artifacts(cfg.output_dir) == []
+    assert qemu_processes() == []
+
+
+def test_sigterm_mid_build_leaves_nothing(
+    fresh_config: config.BuildConfig, tmp_path: Path, built: dict[str, Path]
+) -> None:
+    base = standin.ensure(fresh_config.cache_dir, "amd64")
+    before = _cache_state(fresh_config.cache_dir)
+    work_before = _work_dirs(fresh_config.cache_dir)
+    with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
+        out = tmp_path / "out"
+        log = tmp_path / "build.log"
+        argv = [str(ROOT / "inv"), "build-image", "--arch", "amd64", "--profile", "smoke",
+                "--distro", "debian", "--cpus", "2", "--memory", "2G", "--out", str(out),
+                "--cache-dir", str(fresh_config.cache_dir), *served.cli_args().split()]  # fmt: skip
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "==> boot" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.5)
+            time.sleep(5)  # QEMU is up and booting
+            assert qemu_processes(), "QEMU should be running mid-build"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 143, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    attach_logs(log)
+    assert "terminated (SIGTERM); cleaned up" in log.read_text()
+    assert qemu_processes() == []
+    assert [n for n in _artifacts(out) if n != "logs"] == []
+    assert _cache_state(fresh_config.cache_dir) == before
+    assert _work_dirs(fresh_config.cache_dir) == work_before

@@ -1,0 +1,174 @@
+"""snapshot and launch from the demo's snapshot: isolation, folders, disks, integrity."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from image import config, snapshot
+from image.errors import ImageError
+from tests.vm.conftest import qemu_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _digests(snapdir: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(snapdir.iterdir()):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        out[path.name] = digest.hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def snapdir(built: dict[str, Path]) -> Path:
+    return built["snapshot"]
+
+
+@pytest.fixture(scope="module")
+def snapshot_digests(snapdir: Path) -> dict[str, str]:
+    return _digests(snapdir)
+
+
+def sh(sandbox: snapshot.Launch, script: str, timeout: float = 120) -> str:
+    result = sandbox.exec(["/bin/sh", "-c", script], timeout=timeout)
+    assert result.exit_code == 0, result.stderr.decode(errors="replace")
+    return str(result.stdout.decode(errors="replace"))
+
+
+@pytest.fixture
+def launch_two(
+    snapdir: Path, vm_config: config.BuildConfig
+) -> Iterator[tuple[snapshot.Launch, snapshot.Launch]]:
+    with ExitStack() as stack:
+        a = stack.enter_context(snapshot.launch(snapdir, vm_config, snapshot.LaunchOptions()))
+        b = stack.enter_context(snapshot.launch(snapdir, vm_config, snapshot.LaunchOptions()))
+        yield a, b
+    assert qemu_processes() == []
+
+
+def test_snapshot_metadata(snapdir: Path) -> None:
+    meta = snapshot.load_meta(snapdir)
+    assert meta.arch == "amd64"
+    assert meta.qemu_version == snapshot.qemu_version("amd64")
+    assert meta.sizes["state"] < 64 << 20  # device state only: RAM is the memory file
+    assert {p.name for p in snapdir.iterdir()} == {
+        "memory", "state", "disk.qcow2", "base.qcow2", "vars.fd", "snapshot.json"}  # fmt: skip
+    assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in snapdir.iterdir())
+    assert all(p.stat().st_mode & 0o222 == 0 for p in snapdir.iterdir())
+
+
+def test_launch_cli_streams_output_and_passes_the_exit_status(snapdir: Path) -> None:
+    proc = subprocess.run(
+        [str(ROOT / "inv"), "launch", "--snapshot", str(snapdir), "--", "sh", "-c",
+         "echo out-line; echo err-line >&2; id -un; exit 7"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert "out-line\nagent\n" in proc.stdout
+    assert "err-line" in proc.stderr
+    assert qemu_processes() == []
+
+
+def test_command_runs_in_the_sandbox_as_agent(snapdir: Path, vm_config: config.BuildConfig
+                                              ) -> None:  # fmt: skip
+    with snapshot.launch(snapdir, vm_config, snapshot.LaunchOptions()) as sandbox:
+        result = sandbox.sandboxed(["cat", "/proc/self/status"])
+        status = result.stdout.decode()
+        assert result.exit_code == 0
+        assert "NoNewPrivs:\t1" in status
+        assert "CapEff:\t0000000000000000" in status
+        assert "Seccomp_filters:\t2" in status
+        # The build user is gone from the published image.
+        assert sandbox.exec(["/usr/bin/id", "build"]).exit_code != 0
+        assert sh(sandbox, "findmnt -n -o FSTYPE /sessions").strip() == "ext4"
+
+
+def test_shared_folder_both_ways_and_read_only(snapdir: Path, vm_config: config.BuildConfig,
+                                               tmp_path: Path) -> None:  # fmt: skip
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "from-host.txt").write_text("hello guest\n")
+    rw = snapshot.LaunchOptions(share=share)
+    with snapshot.launch(snapdir, vm_config, rw) as sandbox:
+        assert sh(sandbox, "cat /mnt/share/from-host.txt") == "hello guest\n"
+        sh(sandbox, "echo hello host > /mnt/share/from-guest.txt")
+    assert (share / "from-guest.txt").read_text() == "hello host\n"
+    ro = dataclasses.replace(rw, share_readonly=True)
+    with snapshot.launch(snapdir, vm_config, ro) as sandbox:
+        assert sh(sandbox, "cat /mnt/share/from-host.txt") == "hello guest\n"
+        denied = sandbox.exec(["/bin/sh", "-c", "echo x > /mnt/share/nope.txt"])
+        assert denied.exit_code != 0
+        assert b"Read-only file system" in denied.stderr
+    assert not (share / "nope.txt").exists()
+
+
+def test_concurrent_launches_are_isolated_and_have_their_own_randomness(
+    launch_two: tuple[snapshot.Launch, snapshot.Launch],
+) -> None:
+    a, b = launch_two
+    assert a.hostname != b.hostname
+    assert sh(a, "hostname").strip() == a.hostname
+    # Right after resume, before anything else draws from it: the kernel RNG.
+    rand_a = sh(a, "head -c 32 /dev/urandom | od -An -tx1")
+    rand_b = sh(b, "head -c 32 /dev/urandom | od -An -tx1")
+    assert rand_a != rand_b
+    sh(a, "echo only-in-a > /sessions/a.txt; echo only-in-a > /var/tmp/a.txt")
+    assert sh(b, "ls /sessions /var/tmp").count("a.txt") == 0
+    assert sh(a, "cat /sessions/a.txt") == "only-in-a\n"
+    boot_a = sh(a, "cat /proc/sys/kernel/random/boot_id")
+    assert boot_a == sh(b, "cat /proc/sys/kernel/random/boot_id")  # same boot, resumed twice
+
+
+def test_the_snapshot_is_never_modified(
+    snapdir: Path, snapshot_digests: dict[str, str], vm_config: config.BuildConfig
+) -> None:
+    with snapshot.launch(snapdir, vm_config, snapshot.LaunchOptions()) as sandbox:
+        sh(sandbox, "dd if=/dev/urandom of=/var/tmp/junk bs=1M count=64 status=none; sync")
+    assert _digests(snapdir) == snapshot_digests
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("qemu_version", "6.2.0", "made by QEMU 6.2.0"),
+    ("device_hash", "0" * 64, "machine or device set differs"),
+    ("format", 99, "snapshot format 99"),
+])  # fmt: skip
+def test_a_tampered_or_foreign_snapshot_is_refused(
+    snapdir: Path,
+    vm_config: config.BuildConfig,
+    tmp_path: Path,
+    field: str,
+    value: object,
+    fragment: str,
+) -> None:
+    copy = tmp_path / "snap"
+    copy.mkdir()
+    for path in snapdir.iterdir():
+        if path.name != "snapshot.json":
+            os.link(path, copy / path.name)  # no copy of the RAM file
+    meta = json.loads((snapdir / "snapshot.json").read_text())
+    meta[field] = value
+    (copy / "snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(ImageError) as info, \
+            snapshot.launch(copy, vm_config, snapshot.LaunchOptions()):  # fmt: skip
+        pass
+    assert fragment in str(info.value)
+    assert qemu_processes() == []
+
+
+def test_a_missing_snapshot_is_a_clear_error(tmp_path: Path, vm_config: config.BuildConfig
+                                             ) -> None:  # fmt: skip
+    with pytest.raises(ImageError, match="is not a snapshot"), \
+            snapshot.launch(tmp_path, vm_config, snapshot.LaunchOptions()):  # fmt: skip
+        pass
