@@ -703,6 +703,41 @@ def mirror(
 
 
 @task(
+    iterable=["allow", "deny", "allow_address", "allow_port"],
+    help={
+        "policy": "policy file (see proxy-policies/build.policy); flags add to it",
+        "allow": "allow this name or *.suffix (repeatable)",
+        "deny": "deny this name or *.suffix, checked before allow (repeatable)",
+        "allow_address": "allow this address or CIDR, literal or resolved (repeatable)",
+        "allow_port": "allow this port besides 80 and 443 (repeatable)",
+        "http_port": "HTTP proxy port on 127.0.0.1 (0: any free port)",
+        "socks_port": "SOCKS5 proxy port on 127.0.0.1 (0: any free port)",
+        "audit_log": "append the JSON-lines audit log here (default: stderr)",
+    },
+)
+def proxy(
+    c: Context, policy: str | None = None, allow: list[str] | None = None,
+    deny: list[str] | None = None, allow_address: list[str] | None = None,
+    allow_port: list[str] | None = None, http_port: int = 3128, socks_port: int = 1080,
+    audit_log: str | None = None,
+) -> None:  # fmt: skip
+    """Run the egress proxy (HTTP + SOCKS5) with a domain allowlist until SIGTERM/Ctrl-C."""
+    from image import mirror as local_mirror
+    from image import proxy as egress
+
+    with _user_errors():
+        rules = egress.load_policy(Path(policy)) if policy else egress.Policy()
+        rules = rules.extended(allow or (), deny or (), allow_address or (), allow_port or ())
+        with egress.serve_proxy(
+            rules, http_port, socks_port, Path(audit_log) if audit_log else None,
+            audit_stream=None if audit_log else sys.stderr,
+        ) as served:  # fmt: skip
+            print(f"http {served.http_address[0]}:{served.http_address[1]}", flush=True)
+            print(f"socks5 {served.socks_address[0]}:{served.socks_address[1]}", flush=True)
+            local_mirror.wait_for_stop_signal()
+
+
+@task(
     help={
         "snapshot": "the snapshot directory (from ./inv snapshot)",
         "share": "HOSTDIR[:ro] to mount at /mnt/share in the guest",
