@@ -1,0 +1,393 @@
+"""The egress proxy on loopback, with real upstream servers and a resolver the test controls.
+
+Allowed traffic goes to an upstream on 127.0.0.2 (listed with allow-address).
+"Trap" listeners on 127.0.0.1 and on a disallowed port count every connection
+they accept: each bypass attempt must be refused AND leave the traps untouched,
+and the proxy must still serve an allowed request afterwards.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from image import proxy
+
+ROOT = Path(__file__).resolve().parents[2]
+UPSTREAM_HOST = "127.0.0.2"
+IO_TIMEOUT = 10.0
+
+
+class _Upstream(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    seen: list[tuple[str, str | None]]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Upstream
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Host")))
+        body = f"ok {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Trap:
+    """A TCP listener that only counts the connections it accepts."""
+
+    host: str
+    sock: socket.socket = field(init=False)
+    accepted: int = 0
+
+    def __post_init__(self) -> None:
+        self.sock = socket.create_server((self.host, 0))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@dataclass
+class Setup:
+    proxy: proxy.Proxy
+    upstream: _Upstream
+    trap_loopback: Trap  # 127.0.0.1: where rebinding names point
+    trap_port: Trap  # 127.0.0.2 on a port the policy does not allow
+    audit: Path
+
+    @property
+    def up_port(self) -> int:
+        return int(self.upstream.server_address[1])
+
+    def audit_records(self, at_least: int = 1) -> list[dict[str, object]]:
+        """The audit log, once it holds `at_least` records (a record is written when
+        the proxy has closed both sides, a moment after the client saw EOF)."""
+        deadline = time.monotonic() + IO_TIMEOUT
+        while True:
+            lines = self.audit.read_text().splitlines() if self.audit.exists() else []
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.02)
+
+    def nothing_leaked(self) -> None:
+        assert (self.trap_loopback.accepted, self.trap_port.accepted) == (0, 0)
+        # and the proxy still serves:
+        status, body = http_get(self, f"http://allowed.test:{self.up_port}/still-serving")
+        assert (status, body) == (200, b"ok /still-serving")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    upstream = _Upstream((UPSTREAM_HOST, 0), _Handler)
+    upstream.seen = []
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    trap_loopback, trap_port = Trap("127.0.0.1"), Trap(UPSTREAM_HOST)
+    up_port = upstream.server_address[1]
+    policy = proxy.parse_policy(
+        f"""
+        allow allowed.test
+        allow *.wild.test
+        deny deny.wild.test
+        allow-address {UPSTREAM_HOST}
+        allow-port {up_port}
+        allow-port {trap_loopback.port}
+        """
+    )
+    resolver = proxy.mapping_resolver(
+        {
+            "allowed.test": [UPSTREAM_HOST],
+            "sub.wild.test": [UPSTREAM_HOST],
+            "wild.test": [UPSTREAM_HOST],
+            "deny.wild.test": [UPSTREAM_HOST],
+            "other.test": [UPSTREAM_HOST],
+            "rebind.wild.test": ["127.0.0.1"],
+            "mixed.wild.test": [UPSTREAM_HOST, "127.0.0.1"],
+            "mapped.wild.test": ["::ffff:127.0.0.1"],
+            "metadata.wild.test": ["169.254.169.254"],
+        }
+    )
+    audit = tmp_path / "audit.jsonl"
+    try:
+        with proxy.serve_proxy(
+            policy, audit_log=audit, resolver=resolver, header_timeout=1.0, connect_timeout=3.0
+        ) as served:
+            yield Setup(served, upstream, trap_loopback, trap_port, audit)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+        trap_loopback.close()
+        trap_port.close()
+
+
+def _exchange(address: tuple[str, int], data: bytes) -> bytes:
+    with socket.create_connection(address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status(response: bytes) -> tuple[int, bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def http_get(setup: Setup, url: str, extra: str = "") -> tuple[int, bytes]:
+    request = f"GET {url} HTTP/1.1\r\nHost: {url.split('/')[2]}\r\n{extra}\r\n"
+    return _status(_exchange(setup.proxy.http_address, request.encode()))
+
+
+def connect(setup: Setup, authority: str) -> tuple[bytes, socket.socket]:
+    sock = socket.create_connection(setup.proxy.http_address, timeout=IO_TIMEOUT)
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return head, sock
+
+
+def socks(
+    setup: Setup, host: str | bytes, port: int, command: int = 1
+) -> tuple[int, socket.socket]:
+    sock = socket.create_connection(setup.proxy.socks_address, timeout=IO_TIMEOUT)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    if isinstance(host, bytes):
+        target = b"\x01" + host
+    else:
+        target = b"\x03" + bytes([len(host)]) + host.encode()
+    sock.sendall(b"\x05" + bytes([command]) + b"\x00" + target + struct.pack("!H", port))
+    reply = sock.recv(10)
+    return reply[1], sock
+
+
+# ---------------------------------------------------------------- allowed
+
+
+def test_plain_http_allowed_and_audited(setup: Setup) -> None:
+    status, body = http_get(setup, f"http://allowed.test:{setup.up_port}/a?b=1")
+    assert (status, body) == (200, b"ok /a?b=1")
+    assert setup.upstream.seen == [("/a?b=1", f"allowed.test:{setup.up_port}")]
+    (record,) = setup.audit_records()
+    assert record["protocol"] == "http" and record["decision"] == "allow"
+    assert (record["host"], record["port"], record["address"]) == (
+        "allowed.test",
+        setup.up_port,
+        UPSTREAM_HOST,
+    )
+    assert record["rule"] == "allow allowed.test"
+    assert isinstance(record["bytes_down"], int) and record["bytes_down"] > len(body)
+    assert isinstance(record["bytes_up"], int) and record["bytes_up"] > 0
+    assert set(record) == {
+        "time", "client", "protocol", "host", "port", "address", "decision", "rule",
+        "bytes_up", "bytes_down", "duration_s",
+    }  # fmt: skip
+
+
+def test_connect_allowed_tunnels_bytes(setup: Setup) -> None:
+    head, sock = connect(setup, f"sub.wild.test:{setup.up_port}")
+    with sock:
+        assert head.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /tunnel HTTP/1.0\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert _status(response) == (200, b"ok /tunnel")
+    assert setup.audit_records()[0]["protocol"] == "connect"
+
+
+def test_socks5_allowed_by_name(setup: Setup) -> None:
+    code, sock = socks(setup, "Allowed.Test.", setup.up_port)
+    with sock:
+        assert code == 0
+        sock.sendall(b"GET /socks HTTP/1.0\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert _status(response) == (200, b"ok /socks")
+    (record,) = setup.audit_records()
+    assert (record["protocol"], record["decision"]) == ("socks5", "allow")
+
+
+def test_uppercase_trailing_dot_is_the_same_name(setup: Setup) -> None:
+    status, _ = http_get(setup, f"http://ALLOWED.test.:{setup.up_port}/x")
+    assert status == 200
+
+
+# ----------------------------------------------------------------- denied
+
+
+def _assert_blocked(response: bytes) -> None:
+    head = response.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 403 ")
+    assert b"\r\nX-Proxy-Error: blocked-by-allowlist" in head
+
+
+@pytest.mark.parametrize(
+    ("host", "rule"),
+    [
+        ("other.test", "not-allowed"),
+        ("wild.test", "not-allowed"),  # *.wild.test does not cover wild.test
+        ("DENY.Wild.Test.", "deny deny.wild.test"),
+        ("rebind.wild.test", "internal-address 127.0.0.1"),
+        ("mixed.wild.test", "internal-address 127.0.0.1"),
+        ("mapped.wild.test", "internal-address ::ffff:7f00:1"),
+        ("127.0.0.1", "ip-literal"),
+        ("[::1]", "ip-literal"),
+        ("127.1", "ip-literal"),
+    ],
+)
+def test_denied_everywhere_and_nothing_leaks(setup: Setup, host: str, rule: str) -> None:
+    port = setup.trap_loopback.port
+    if host in {"other.test", "wild.test", "DENY.Wild.Test."}:
+        port = setup.up_port  # these would reach the real upstream if let through
+    _assert_blocked(
+        _exchange(setup.proxy.http_address, f"GET http://{host}:{port}/ HTTP/1.1\r\n\r\n".encode())
+    )
+    head, sock = connect(setup, f"{host}:{port}")
+    sock.close()
+    _assert_blocked(head)
+    if not host.startswith("["):
+        code, sock = socks(setup, host.strip("[]"), port)
+        sock.close()
+        assert code == 0x02  # connection not allowed by ruleset
+    assert setup.upstream.seen == []
+    records = setup.audit_records(2 if host.startswith("[") else 3)
+    assert {(r["decision"], r["rule"]) for r in records} == {("deny", rule)}
+    setup.nothing_leaked()
+
+
+def test_metadata_address_denied(setup: Setup) -> None:
+    status, body = http_get(setup, "http://metadata.wild.test/latest/meta-data/")
+    assert status == 403 and b"internal-address 169.254.169.254" in body
+    code, sock = socks(setup, bytes([169, 254, 169, 254]), 80)
+    sock.close()
+    assert code == 0x02
+    setup.nothing_leaked()
+
+
+def test_host_header_cannot_steer_the_request(setup: Setup) -> None:
+    status, body = http_get(
+        setup,
+        f"http://allowed.test:{setup.up_port}/h",
+        extra=f"Host: 127.0.0.1:{setup.trap_loopback.port}\r\n",
+    )
+    assert (status, body) == (200, b"ok /h")
+    assert setup.upstream.seen == [("/h", f"allowed.test:{setup.up_port}")]
+    setup.nothing_leaked()
+
+
+def test_allowed_name_on_disallowed_port(setup: Setup) -> None:
+    head, sock = connect(setup, f"allowed.test:{setup.trap_port.port}")
+    sock.close()
+    _assert_blocked(head)
+    code, sock = socks(setup, "allowed.test", setup.trap_port.port)
+    sock.close()
+    assert code == 0x02
+    status, _ = http_get(setup, f"http://allowed.test:{setup.trap_port.port}/")
+    assert status == 403
+    setup.nothing_leaked()
+
+
+@pytest.mark.parametrize("command", [2, 3])  # BIND, UDP ASSOCIATE
+def test_socks5_only_connect(setup: Setup, command: int) -> None:
+    code, sock = socks(setup, "allowed.test", setup.up_port, command=command)
+    sock.close()
+    assert code == 0x07
+    setup.nothing_leaked()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+        (b"GET /origin-form HTTP/1.1\r\nHost: allowed.test\r\n\r\n", 400),
+        (b"GET http://allowed.test/ HTTP/1.1\r\nX: " + b"a" * (64 << 10) + b"\r\n\r\n", 431),
+    ],
+)
+def test_malformed_and_oversized(setup: Setup, request_bytes: bytes, status: int) -> None:
+    assert _status(_exchange(setup.proxy.http_address, request_bytes))[0] == status
+    setup.nothing_leaked()
+
+
+def test_client_that_never_finishes_is_cut(setup: Setup) -> None:
+    started = time.monotonic()
+    with socket.create_connection(setup.proxy.http_address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(f"GET http://allowed.test:{setup.up_port}/ HTTP/1.1\r\nHost: a".encode())
+        response = sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 408 ")
+    with socket.create_connection(setup.proxy.socks_address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(b"\x05\x01")
+        assert sock.recv(16) == b"\x05\x01\x00\x01\x00\x00\x00\x00\x00\x00"
+    assert time.monotonic() - started < IO_TIMEOUT
+    assert setup.upstream.seen == []
+    setup.nothing_leaked()
+
+
+def test_inv_proxy_prints_addresses_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    policy = tmp_path / "p.policy"
+    policy.write_text("allow example.org\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "proxy", f"--policy={policy}", "--allow=a.org",
+         "--http-port=0", "--socks-port=0", f"--audit-log={tmp_path / 'a.jsonl'}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        http_line = proc.stdout.readline().decode().split()
+        socks_line = proc.stdout.readline().decode().split()
+        assert http_line[0] == "http" and socks_line[0] == "socks5"
+        host, port = http_line[1].rsplit(":", 1)
+        response = _exchange((host, int(port)), b"GET http://b.org/ HTTP/1.1\r\n\r\n")
+        _assert_blocked(response)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (record,) = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert (record["host"], record["decision"]) == ("b.org", "deny")
