@@ -391,3 +391,33 @@ def test_inv_proxy_prints_addresses_and_exits_0_on_sigterm(tmp_path: Path) -> No
             proc.wait()
     (record,) = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert (record["host"], record["decision"]) == ("b.org", "deny")
+
+
+@pytest.mark.parametrize("splice", [True, False])
+def test_bytes_sent_right_behind_connect_arrive(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, splice: bool
+) -> None:
+    """A client may send its first bytes (a TLS hello) without waiting for the 200;
+    both relays (splice and the portable one) must forward them first."""
+    monkeypatch.setattr(proxy, "SPLICE", splice and proxy.SPLICE)
+    authority = f"allowed.test:{setup.up_port}"
+    response = _exchange(
+        setup.proxy.http_address,
+        f"CONNECT {authority} HTTP/1.1\r\n\r\nGET /early HTTP/1.0\r\n\r\n".encode(),
+    )
+    established, _, tunneled = response.partition(b"\r\n\r\n")
+    assert established.startswith(b"HTTP/1.1 200")
+    assert _status(tunneled) == (200, b"ok /early")
+    status, body = http_get(setup, f"http://allowed.test:{setup.up_port}/plain")
+    assert (status, body) == (200, b"ok /plain")
+    code, sock = socks(setup, "allowed.test", setup.up_port)
+    with sock:
+        assert code == 0
+        sock.sendall(b"GET /socks HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert _status(reply) == (200, b"ok /socks")
+    records = setup.audit_records(3)
+    assert [r["decision"] for r in records] == ["allow"] * 3
+    assert all(isinstance(r["bytes_down"], int) and r["bytes_down"] > 0 for r in records)
