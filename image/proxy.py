@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import fcntl
 import ipaddress
 import json
-import os
 import re
 import socket
 import struct
@@ -39,9 +37,6 @@ MAX_HEADER_BYTES = 16 << 10
 HEADER_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 COPY_CHUNK = 256 << 10
-# splice(2) moves tunnel bytes socket -> pipe -> socket inside the kernel (Linux);
-# elsewhere tunnels fall back to transport callbacks (_Relay).
-SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -468,7 +463,9 @@ class _Relay(asyncio.Protocol):
             self.target.write(data)
 
     def eof_received(self) -> bool:
-        if self.closing_ends_both or not self.forward:
+        if not self.forward:
+            return True  # plain HTTP: the request is complete; wait for the answer
+        if self.closing_ends_both:
             self.target.close()  # flushes what is buffered, then closes
             return False
         if self.target.can_write_eof() and not self.target.is_closing():
@@ -528,132 +525,6 @@ async def _relay(
     return up.count, down.count
 
 
-def _pump(
-    source: socket.socket, target: socket.socket, first: bytes, forward: bool, at_eof: bool
-) -> int:
-    """Move bytes source -> target with splice(2) (no copy through user space) until EOF.
-
-    `first`: bytes already read from source; `at_eof`: source already ended.
-    """
-    moved = 0
-    if at_eof:
-        return _pump_bytes(target, first) if forward and first else 0
-    if not forward:
-        # Plain HTTP after the body: read and drop, so the client cannot stall us.
-        with contextlib.suppress(OSError):
-            while source.recv(COPY_CHUNK):
-                pass
-        return 0
-    pipe_out, pipe_in = os.pipe()
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, 1 << 20)  # fewer, larger moves
-        if first:
-            target.sendall(first)
-            moved += len(first)
-        while True:
-            n = os.splice(source.fileno(), pipe_in, 1 << 20, flags=os.SPLICE_F_MOVE)
-            if n == 0:
-                break
-            moved += n
-            while n:
-                n -= os.splice(pipe_out, target.fileno(), n, flags=os.SPLICE_F_MOVE)
-    except OSError:
-        pass
-    finally:
-        os.close(pipe_out)
-        os.close(pipe_in)
-    return moved
-
-
-def _take_buffer(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """What the stream reader already buffered (e.g. a TLS hello sent right behind
-    CONNECT), and whether it saw EOF; StreamReader has no public accessor for these."""
-    state = vars(reader)
-    buffer: bytearray = state["_buffer"]
-    data = bytes(buffer)
-    buffer.clear()
-    return data, bool(state["_eof"])
-
-
-async def _splice_relay(
-    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    forward_up: bool,
-) -> tuple[int, int]:
-    """Relay with two threads doing splice(2) on duplicates of the sockets.
-
-    The transports stop reading and are left idle; they close the originals later.
-    """
-    loop = asyncio.get_running_loop()
-    ends: list[socket.socket] = []
-    for _, writer in (client, upstream):
-        transport = writer.transport
-        transport.pause_reading()  # type: ignore[attr-defined]
-        raw = writer.get_extra_info("socket")
-        ends.append(socket.socket(fileno=os.dup(raw.fileno())))
-    client_sock, upstream_sock = ends
-    up_first, up_eof = _take_buffer(client[0])
-    down_first, down_eof = _take_buffer(upstream[0])
-    for sock in ends:
-        sock.setblocking(True)
-    up_done: asyncio.Future[int] = loop.create_future()
-    down_done: asyncio.Future[int] = loop.create_future()
-
-    def run(
-        done: asyncio.Future[int], source: socket.socket, target: socket.socket,
-        first: bytes, eof: bool, forward: bool, finish: Callable[[], None],
-    ) -> None:  # fmt: skip
-        moved = _pump(source, target, first, forward, eof)
-        finish()
-
-        def report() -> None:
-            if not done.done():
-                done.set_result(moved)
-
-        loop.call_soon_threadsafe(report)
-
-    def half_close_upstream() -> None:
-        if forward_up:
-            with contextlib.suppress(OSError):
-                upstream_sock.shutdown(socket.SHUT_WR)
-
-    def close_both() -> None:
-        for sock in ends:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    threads = [
-        threading.Thread(
-            target=run,
-            args=(up_done, client_sock, upstream_sock, up_first, up_eof, forward_up,
-                  half_close_upstream),
-            daemon=True,
-        ),
-        threading.Thread(
-            target=run,
-            args=(down_done, upstream_sock, client_sock, down_first, down_eof, True, close_both),
-            daemon=True,
-        ),
-    ]  # fmt: skip
-    for thread in threads:
-        thread.start()
-    try:
-        up, down = await asyncio.gather(up_done, down_done)
-    finally:
-        close_both()
-        for sock in ends:
-            sock.close()
-    return up, down
-
-
-def _pump_bytes(target: socket.socket, data: bytes) -> int:
-    with contextlib.suppress(OSError):
-        target.sendall(data)
-        return len(data)
-    return 0
-
-
 @dataclass
 class _Settings:
     policy: Policy
@@ -709,8 +580,7 @@ class _ProxyServer:
                 # sends after it is not forwarded (it could be a second request
                 # for another host on this connection).
                 conn.bytes_up += await _copy(client[0], upstream[1], up_limit)
-            relay = _splice_relay if SPLICE else _relay
-            up, down = await relay(client, upstream, forward_up=up_limit < 0)
+            up, down = await _relay(client, upstream, forward_up=up_limit < 0)
             conn.bytes_up += up
             conn.bytes_down += down
         finally:
