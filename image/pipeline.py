@@ -18,13 +18,11 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import image
@@ -190,20 +188,13 @@ def _new_context(cfg: BuildConfig) -> BuildContext:
     return ctx
 
 
-class Terminated(ImageError):
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"build stopped by signal {signal.Signals(signum).name}")
-        self.signum = signum
-
-
 @contextlib.contextmanager
 def _build_scope(ctx: BuildContext) -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C; on any failure: logs kept, staging and scratch removed."""
+    """On any failure or interruption: logs kept, staging and scratch removed.
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
+    Signals are the caller's business (tasks.py turns SIGTERM into an unwinding
+    exception); whatever unwinds through here gets the same cleanup.
+    """
     try:
         yield
     except BaseException as exc:
@@ -214,7 +205,6 @@ def _build_scope(ctx: BuildContext) -> Iterator[None]:
             exc.message += f"\nbuild logs: {logs}"
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(ctx.work, ignore_errors=True)
 
 

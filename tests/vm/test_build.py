@@ -94,9 +94,11 @@ def test_demo_resumed_far_faster_than_a_cold_boot(demo_run: dict[str, Any]) -> N
 # --- failures: clear error, no artifact, no QEMU, cache untouched --------------------
 
 
-def _cache_state(cache: Path) -> dict[str, int]:
-    return {str(p.relative_to(cache)): p.stat().st_size
-            for p in (cache / "images").rglob("*") if p.is_file()}  # fmt: skip
+def _cache_state(cache: Path) -> dict[str, tuple[int, int]]:
+    """The cached images themselves (their provenance notes may gain a source on a hit)."""
+    return {
+        p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (cache / "images").rglob("*.img")
+    }
 
 
 def _work_dirs(cache: Path) -> set[str]:
