@@ -338,6 +338,16 @@ RENDER_HELP = {
 }
 
 
+def _rendered(inputs: Any, validate: bool) -> dict[str, bytes]:
+    """The cloud-init documents, checked with cloud-init's own schema unless told not to."""
+    from image import cloudinit
+
+    files = cloudinit.render(inputs)
+    if validate:
+        cloudinit.validate_schema(files["user-data"])
+    return files
+
+
 # Long flags only: with this many options invoke's automatic short flags
 # collide (one would even shadow -h, --help).
 @task(
@@ -369,21 +379,11 @@ def render(
 
     with _user_errors():
         cfg = _config(c, profile=profile, arch=arch, skills=skills).config
-        files = cloudinit.render(
-            _render_inputs(
-                cfg,
-                distro,
-                ssh_key,
-                hostname,
-                apt_mirror,
-                apt_proxy,
-                apt_snapshot,
-                skills_url,
-                skills_sha256,
-            )
-        )
-        if not no_validate:
-            cloudinit.validate_schema(files["user-data"])
+        inputs = _render_inputs(
+            cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot,
+            skills_url, skills_sha256,
+        )  # fmt: skip
+        files = _rendered(inputs, validate=not no_validate)
         out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
         written = cloudinit.write_rendered(files, out_dir)
         if json:
@@ -429,21 +429,11 @@ def seed(
 
     with _user_errors():
         cfg = _config(c, profile=profile, arch=arch, skills=skills).config
-        files = cloudinit.render(
-            _render_inputs(
-                cfg,
-                distro,
-                ssh_key,
-                hostname,
-                apt_mirror,
-                apt_proxy,
-                apt_snapshot,
-                skills_url,
-                skills_sha256,
-            )
-        )
-        if not no_validate:
-            cloudinit.validate_schema(files["user-data"])
+        inputs = _render_inputs(
+            cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot,
+            skills_url, skills_sha256,
+        )  # fmt: skip
+        files = _rendered(inputs, validate=not no_validate)
         target = Path(out) if out else cfg.output_dir / "seed.iso"
         cloudinit.write_seed_iso(files, target)
         digest = hashlib.sha256(target.read_bytes()).hexdigest()

@@ -97,41 +97,20 @@ def sbom(manifest: Manifest, image_name: str, image_version: str) -> str:
         bom_ref=f"image:{image_name}",
     )  # fmt: skip
     bom.metadata.component = root
-    distro = manifest.distro
+
+    def add(purl: PackageURL, package: Package, ref: str) -> None:
+        bom.components.add(Component(name=package.name, version=package.version, purl=purl,
+                                     type=ComponentType.LIBRARY, bom_ref=ref))  # fmt: skip
+
     for p in manifest.dpkg:
-        purl = PackageURL("deb", distro, p.name, p.version, {"arch": p.arch} if p.arch else None)
-        bom.components.add(
-            Component(
-                name=p.name,
-                version=p.version,
-                purl=purl,
-                type=ComponentType.LIBRARY,
-                bom_ref=f"deb:{p.name}:{p.arch}",
-            )
-        )
+        qualifiers = {"arch": p.arch} if p.arch else None
+        add(PackageURL("deb", manifest.distro, p.name, p.version, qualifiers), p,
+            f"deb:{p.name}:{p.arch}")  # fmt: skip
     for p in manifest.pip:
-        purl = PackageURL("pypi", None, p.name.lower(), p.version)
-        bom.components.add(
-            Component(
-                name=p.name,
-                version=p.version,
-                purl=purl,
-                type=ComponentType.LIBRARY,
-                bom_ref=f"pypi:{p.name}",
-            )
-        )
+        add(PackageURL("pypi", None, p.name.lower(), p.version), p, f"pypi:{p.name}")
     for p in manifest.npm:
         namespace, _, name = p.name.rpartition("/")
-        purl = PackageURL("npm", namespace or None, name, p.version)
-        bom.components.add(
-            Component(
-                name=p.name,
-                version=p.version,
-                purl=purl,
-                type=ComponentType.LIBRARY,
-                bom_ref=f"npm:{p.name}",
-            )
-        )
+        add(PackageURL("npm", namespace or None, name, p.version), p, f"npm:{p.name}")
     # Everything is installed in the image: the image depends on each directly.
     bom.register_dependency(root, list(bom.components))
     text: str = JsonV1Dot6(bom).output_as_string(indent=2)
