@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import image
-from image import accel, cloudinit, fetch, manifest, packages, qemu, sandbox, ssh
+from image import accel, cloudinit, fetch, manifest, packages, qemu, run, sandbox, ssh
 from image.config import BuildConfig
 from image.console import step
 from image.errors import ImageError
@@ -137,7 +137,7 @@ def build_image(
                     profile = packages.load_profile(cfg.profile, package_lists)
                     ctx.info["verify"] = _verify(ctx, session, profile)
                 with step("manifest", ctx.timings):
-                    found = _collect_manifest(ctx, session, distro)
+                    found = _collect_manifest(ctx, session)
                     _write_json(ctx.staging / "manifest.json", found.to_json())
                     (ctx.staging / "sbom.json").write_text(
                         manifest.sbom(found, output_name(cfg), image.__version__)
@@ -312,14 +312,14 @@ def parse_self_test(stdout: str) -> dict[str, Any]:
     return report
 
 
-def session_distro(session: ssh.Session) -> str:
+def _guest_distro(session: ssh.Session) -> str:
     text = session.run(". /etc/os-release && echo $ID").stdout.strip()
     return text or "unknown"
 
 
-def _collect_manifest(ctx: BuildContext, session: ssh.Session, distro: str) -> manifest.Manifest:
+def _collect_manifest(ctx: BuildContext, session: ssh.Session) -> manifest.Manifest:
     return manifest.Manifest(
-        distro=session_distro(session),
+        distro=_guest_distro(session),
         arch=ctx.cfg.arch,
         dpkg=manifest.parse_dpkg(session.run(manifest.DPKG_QUERY).stdout),
         pip=manifest.parse_pip(session.run(manifest.PIP_QUERY).stdout),
@@ -365,8 +365,6 @@ def _generalize(session: ssh.Session) -> None:
 
 
 def _run_qemu_img(args: list[str]) -> None:
-    from image import run
-
     run.run(["qemu-img", *args], timeout=3600)
 
 

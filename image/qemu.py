@@ -9,13 +9,12 @@ QEMU is gone when the ``with`` block ends, however it ends.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,16 +261,3 @@ class VM:
                 f"the guest did not power off within {timeout:g} s after the ACPI request",
                 hint=f"serial log tail:\n{serial_tail(self.spec.serial_log)}",
             )
-
-    def events(self) -> list[dict[str, Any]]:
-        if self._qmp is None:
-            return []
-        return [json.loads(json.dumps(e)) for e in self._qmp.get_events(wait=False)]
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        self.qmp("stop")
-        try:
-            yield
-        finally:
-            self.qmp("cont")

@@ -27,6 +27,7 @@ import re
 import shlex
 import shutil
 import stat
+import sys
 import tempfile
 import time
 import uuid
@@ -37,7 +38,7 @@ from typing import Any
 
 from image import accel, cloudinit, qemu, run
 from image.config import BuildConfig, format_size
-from image.console import step
+from image.console import print_json, step
 from image.errors import ImageError
 from image.firmware import find_firmware
 from image.guestagent import GuestAgent
@@ -340,6 +341,7 @@ def check_compatible(meta: SnapshotMeta, snapdir: Path, spec: qemu.VMSpec) -> No
 
 @contextlib.contextmanager
 def launch(snapdir: Path, cfg: BuildConfig, options: LaunchOptions) -> Iterator[Launch]:
+    snapdir = snapdir.resolve()  # QEMU gets absolute paths: its cwd is not ours to rely on
     meta = load_meta(snapdir)
     work = cfg.cache_dir / "launches" / uuid.uuid4().hex[:12]
     work.mkdir(parents=True)
@@ -472,9 +474,6 @@ def parse_launch_options(
 def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
                    json_result: bool = False) -> int:  # fmt: skip
     """The `./inv launch` behaviour: run CMD and return its status, or stay up until stopped."""
-    import sys
-
-    from image.console import print_json
 
     with launch(snapdir, cfg, options) as sandbox:
         log.info("launched %s: resumed in %.2f s, ready in %.2f s", sandbox.hostname,
