@@ -92,6 +92,28 @@ CONFIG_HELP = {
 }
 
 
+EGRESS_HELP = {
+    "policy": "egress policy file (docs/proxy.md); flags below add to it",
+    "allow": "also allow this name or *.suffix (repeatable)",
+    "deny": "also deny this name or *.suffix (repeatable)",
+    "allow_address": "also allow connecting to this address/CIDR (repeatable)",
+    "allow_port": "also allow this port besides 80 and 443 (repeatable)",
+    "audit_log": "append the egress audit log (JSON lines) here",
+}
+
+
+def _policy_choice(
+    policy: str | None, default: Path, allow: list[str] | None, deny: list[str] | None,
+    allow_address: list[str] | None, allow_port: list[str] | None,
+) -> Any:  # fmt: skip
+    from image import egress
+
+    return egress.PolicyChoice(
+        Path(policy) if policy else default, tuple(allow or ()), tuple(deny or ()),
+        tuple(allow_address or ()), tuple(allow_port or ()),
+    )  # fmt: skip
+
+
 @task(help={"json": CONFIG_HELP["json"], **{k: v for k, v in CONFIG_HELP.items() if k != "json"}})
 def config_(
     c: Context,
@@ -561,10 +583,14 @@ BUILD_HELP = {
     "insecure_skip_signature": "do NOT check the SHA256SUMS signature (loud, recorded)",
     "raw": "also write a raw image (Apple Virtualization.framework)",
     "package_lists": "a package-lists directory of your own (default: the project's)",
+    **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
 
-@task(name="build-image", help=BUILD_HELP)
+@task(
+    name="build-image", help=BUILD_HELP,
+    iterable=["allow", "deny", "allow_address", "allow_port"],
+)  # fmt: skip
 def build_image(
     c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
     mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
@@ -573,10 +599,16 @@ def build_image(
     accel: str | None = None, boot_timeout: float | None = None,
     provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
     offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
-    package_lists: str | None = None, json: bool = False,
+    package_lists: str | None = None, json: bool = False, policy: str | None = None,
+    allow: list[str] | None = None, deny: list[str] | None = None,
+    allow_address: list[str] | None = None, allow_port: list[str] | None = None,
 ) -> None:  # fmt: skip
-    """Boot the cloud image with the seed, provision, verify, describe, compact and publish."""
-    from image import pipeline
+    """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
+
+    The build VM reaches the network only through an egress proxy with the build
+    policy (proxy-policies/build.policy); its log is published as egress.jsonl.
+    """
+    from image import egress, pipeline
     from image.packages import PACKAGE_LISTS
 
     with _user_errors():
@@ -590,6 +622,9 @@ def build_image(
             cfg, distro=distro, offline=offline,
             insecure_skip_signature=insecure_skip_signature, raw=raw,
             package_lists=Path(package_lists).resolve() if package_lists else PACKAGE_LISTS,
+            egress_policy=_policy_choice(
+                policy, egress.BUILD_POLICY, allow, deny, allow_address, allow_port
+            ),
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:
@@ -722,12 +757,13 @@ def proxy(
             rules, http_port, socks_port, Path(audit_log) if audit_log else None,
             audit_stream=None if audit_log else sys.stderr,
         ) as served:  # fmt: skip
-            print(f"http {served.http_address[0]}:{served.http_address[1]}", flush=True)
-            print(f"socks5 {served.socks_address[0]}:{served.socks_address[1]}", flush=True)
+            print(f"http {served.http_url.removeprefix('http://')}", flush=True)
+            print(f"socks5 {served.socks_url.removeprefix('socks5h://')}", flush=True)
             local_mirror.wait_for_stop_signal()
 
 
 @task(
+    iterable=["allow", "deny", "allow_address", "allow_port"],
     help={
         "snapshot": "the snapshot directory (from ./inv snapshot)",
         "share": "HOSTDIR[:ro] to mount at /mnt/share in the guest",
@@ -736,19 +772,32 @@ def proxy(
         "timeout": "seconds the command may run",
         "cache_dir": CONFIG_HELP["cache_dir"],
         "json": "print timings and the exit status as JSON (last line)",
-    }
+        **EGRESS_HELP,
+    },
 )
 def launch(
     c: Context, snapshot: str, share: str | None = None, session_disk: str = "10G",
     hostname: str | None = None, timeout: float = 3600.0, cache_dir: str | None = None,
-    json: bool = False,
+    json: bool = False, policy: str | None = None, allow: list[str] | None = None,
+    deny: list[str] | None = None, allow_address: list[str] | None = None,
+    allow_port: list[str] | None = None, audit_log: str | None = None,
 ) -> None:  # fmt: skip
-    """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user."""
+    """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user.
+
+    The VM's only network is the egress proxy this launch runs (default policy:
+    proxy-policies/launch.policy); every connection is logged to --audit-log.
+    """
+    from image import egress
     from image import snapshot as snap
 
     with _user_errors():
         cfg = _config(c, cache_dir=cache_dir).config
-        options = snap.parse_launch_options(share, session_disk, hostname, _remainder(c), timeout)
+        choice = _policy_choice(
+            policy, egress.LAUNCH_POLICY, allow, deny, allow_address, allow_port
+        )
+        options = snap.parse_launch_options(
+            share, session_disk, hostname, _remainder(c), timeout, choice, audit_log
+        )
         code = snap.launch_and_run(Path(snapshot), cfg, options, json_result=json)
     raise Exit(code=code)
 

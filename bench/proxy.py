@@ -24,10 +24,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from image import proxy
 
 CHUNK = 1 << 20
+
+
+def _tcp(address: tuple[str, int] | Path) -> tuple[str, int]:
+    assert isinstance(address, tuple), "the proxy listens on TCP here"
+    return address
 
 
 def _bulk_sender(total: int) -> tuple[socket.socket, threading.Event]:
@@ -71,7 +77,7 @@ def _direct_bulk(port: int, total: int) -> float:
 
 
 def _proxied_bulk(served: proxy.Proxy, port: int, total: int) -> float:
-    with socket.create_connection(served.http_address) as sock:
+    with socket.create_connection(_tcp(served.http_address)) as sock:
         started = time.perf_counter()
         sock.sendall(f"CONNECT bench.test:{port} HTTP/1.1\r\n\r\n".encode())
         head = b""
@@ -176,7 +182,7 @@ def main() -> None:
             for start in range(0, args.requests, block):
                 count = min(block, args.requests - start)
                 direct_small += _timed(count, lambda: _get(("127.0.0.1", small_port), direct_req))
-                proxied_small += _timed(count, lambda: _get(served.http_address, proxied_req))
+                proxied_small += _timed(count, lambda: _get(_tcp(served.http_address), proxied_req))
             per_direct = direct_small / args.requests * 1e3
             per_proxied = proxied_small / args.requests * 1e3
             print(f"{args.requests} small requests direct:  {per_direct:.3f} ms each")

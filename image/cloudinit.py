@@ -37,7 +37,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from image import packages, run
+from image import egress, packages, run
 from image.errors import ImageError
 from image.skills import pack as skills_pack
 
@@ -59,9 +59,6 @@ UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/90-sandbox-image-unsafe-io"
 # QEMU gives the first NIC this address unless told otherwise; the network
 # config matches on it (see cloud-init/network-config.j2 for why a MAC).
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"
-GUEST_HTTP_PROXY = "http://localhost:3128"
-GUEST_SOCKS_PROXY = "socks5h://localhost:1080"
-GUEST_NO_PROXY = "localhost,127.0.0.1,::1"
 
 # The seed travels inside user-data as base64 (4/3 of its size) and cloud-init
 # holds all of it in memory: keep it to something a seed can reasonably carry.
@@ -317,16 +314,7 @@ def template_context(
         "skills_b64": base64.b64encode(skills).decode("ascii") if skills else "",
         "skills_archive_path": SKILLS_ARCHIVE_PATH,
         "skills_dir": SKILLS_GUEST_DIR,
-        "proxy_environment": [
-            f"HTTP_PROXY={GUEST_HTTP_PROXY}",
-            f"HTTPS_PROXY={GUEST_HTTP_PROXY}",
-            f"http_proxy={GUEST_HTTP_PROXY}",
-            f"https_proxy={GUEST_HTTP_PROXY}",
-            f"ALL_PROXY={GUEST_SOCKS_PROXY}",
-            f"all_proxy={GUEST_SOCKS_PROXY}",
-            f"NO_PROXY={GUEST_NO_PROXY}",
-            f"no_proxy={GUEST_NO_PROXY}",
-        ],
+        "proxy_environment": egress.guest_environment(),
         "state_dir": STATE_DIR,
         "marker_command": marker_command(inputs),
         "mac_address": inputs.mac_address,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import image
-from image import accel, cloudinit, fetch, manifest, packages, qemu, run, sandbox, ssh
+from image import accel, cloudinit, egress, fetch, manifest, packages, qemu, run, sandbox, ssh
 from image.config import BuildConfig
 from image.console import step
 from image.errors import ImageError
@@ -40,6 +40,8 @@ GUEST_LOGS = ("/var/log/cloud-init.log", "/var/log/cloud-init-output.log")
 # What the next boot of the published image should do: no re-provisioning, and
 # no long wait for a cloud datasource that a sandbox VM will never have.
 RUNTIME_CLOUD_CFG = "datasource_list: [NoCloud, None]\n"
+# The build proxy's audit log: the record of everything the build downloaded.
+EGRESS_LOG = "egress.jsonl"
 
 
 @dataclass
@@ -56,6 +58,10 @@ class BuildContext:
     def serial_log(self) -> Path:
         return self.work / "serial.log"
 
+    @property
+    def egress_log(self) -> Path:
+        return self.work / EGRESS_LOG
+
 
 @dataclass(frozen=True)
 class BuildResult:
@@ -66,11 +72,13 @@ class BuildResult:
     build_info: Path
     sha256sums: Path
     timings: dict[str, float]
+    egress_log: Path
 
     def to_json(self) -> dict[str, Any]:
         return {
             "image": str(self.image), "raw": str(self.raw) if self.raw else None,
             "manifest": str(self.manifest), "sbom": str(self.sbom),
+            "egress_log": str(self.egress_log),
             "build_info": str(self.build_info), "sha256sums": str(self.sha256sums),
             "timings": self.timings,
         }  # fmt: skip
@@ -88,9 +96,21 @@ def build_image(
     insecure_skip_signature: bool = False,
     raw: bool = False,
     package_lists: Path = packages.PACKAGE_LISTS,
+    egress_policy: egress.PolicyChoice = egress.DEFAULT_BUILD,
 ) -> BuildResult:
-    """Fetch, render, boot, provision, verify, describe, generalize, compact, publish."""
+    """Fetch, render, boot, provision, verify, describe, generalize, compact, publish.
+
+    The build VM's only network is a proxy on the host with the build policy
+    (package archives, PyPI, npm); its audit log is published as egress.jsonl.
+    """
+    policy = egress_policy.load()  # a bad policy fails before anything is fetched
     ctx = _new_context(cfg)
+    ctx.info["egress_policy"] = {
+        "file": str(egress_policy.file), "sha256": _sha256(egress_policy.file),
+        "allow": list(egress_policy.allow), "deny": list(egress_policy.deny),
+        "allow_addresses": list(egress_policy.allow_addresses),
+        "allow_ports": list(egress_policy.allow_ports),
+    }  # fmt: skip
     with _build_scope(ctx):
         with step("fetch", ctx.timings):
             base = fetch.fetch(cfg, offline=offline,
@@ -119,11 +139,15 @@ def build_image(
             firmware_code=firmware.code, firmware_vars=vars_copy, accel=tuple(accel_args),
             serial_log=ctx.serial_log, qmp_socket=ctx.work / "qmp.sock",
             qga_socket=ctx.work / "qga.sock", seed_iso=seed_iso, ssh_port=ssh_port,
+            net_restrict=True, guestfwd=egress.guest_forwards(ctx.work),
             # The build VM is thrown away if anything fails: no need to make
             # every guest write durable, and TCG builds spend less time in I/O.
             disk_cache="unsafe",
         )  # fmt: skip
-        with qemu.VM(spec, ctx.work / "qemu.log") as vm:
+        with (
+            egress.serve_for_vm(policy, ctx.work, ctx.egress_log),
+            qemu.VM(spec, ctx.work / "qemu.log") as vm,
+        ):
             with step("boot", ctx.timings):
                 session = ssh.wait_for_ssh(
                     "127.0.0.1", ssh_port, BUILD_USER, client_key, host_key,
@@ -170,7 +194,7 @@ def _render_inputs(
         build_ssh_public_key=client_key.public_openssh,
         ssh_host_ed25519=(host_key.private_openssh, host_key.public_openssh),
         guest_files=sandbox.guest_files(cfg.arch), skills_dir=cfg.skills,
-        package_lists=package_lists,
+        package_lists=package_lists, apt_proxy=egress.GUEST_HTTP_PROXY,
     )  # fmt: skip
 
 
@@ -210,7 +234,7 @@ def _build_scope(ctx: BuildContext) -> Iterator[None]:
 
 def _keep_logs(ctx: BuildContext, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("serial.log", "qemu.log"):
+    for name in ("serial.log", "qemu.log", EGRESS_LOG):
         with contextlib.suppress(OSError):
             shutil.copyfile(ctx.work / name, dest / name)
     for path in (ctx.staging / "logs").glob("*"):
@@ -253,10 +277,16 @@ def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
     what = f"module(s) {', '.join(modules)} failed" if modules else "provisioning did not finish"
     if result.exit_status == 0 and not marker:
         what = f"cloud-init finished but {PROVISIONED_MARKER} was not written"
+    hint = "fix the package list or template named above; full guest logs are kept"
+    denied = egress.summarize(ctx.egress_log).denied
+    if denied:
+        hint = (f"the build proxy denied {'; '.join(denied)}: if the build needs it, add "
+                "it with --allow NAME, or --allow-address CIDR for an internal-address "
+                f"rule (or --policy FILE); {hint}")  # fmt: skip
     raise ImageError(
         f"cloud-init: {what}\n{result.stdout.strip()}\n"
         f"--- /var/log/cloud-init-output.log (tail) ---\n{output_tail.strip()}",
-        hint="fix the package list or template named above; full guest logs are kept",
+        hint=hint,
     )
 
 
@@ -383,8 +413,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _publish(ctx: BuildContext, image_path: Path, raw_path: Path | None) -> BuildResult:
     staging = ctx.staging
     shutil.move(str(ctx.serial_log), staging / "logs" / "serial.log")
+    shutil.copyfile(ctx.egress_log, staging / EGRESS_LOG)
+    ctx.info["egress"] = egress.summarize(staging / EGRESS_LOG).to_json()
     artifacts = [p for p in (image_path, raw_path) if p is not None]
-    artifacts += [staging / "manifest.json", staging / "sbom.json"]
+    artifacts += [staging / "manifest.json", staging / "sbom.json", staging / EGRESS_LOG]
     sums = {p.name: _sha256(p) for p in artifacts}
     ctx.info["outputs"] = sums
     ctx.info["timings"] = ctx.timings
@@ -405,7 +437,7 @@ def _publish(ctx: BuildContext, image_path: Path, raw_path: Path | None) -> Buil
     return BuildResult(
         image=out / image_path.name,
         raw=out / raw_path.name if raw_path else None,
-        manifest=out / "manifest.json", sbom=out / "sbom.json",
+        manifest=out / "manifest.json", sbom=out / "sbom.json", egress_log=out / EGRESS_LOG,
         build_info=out / "build-info.json", sha256sums=out / "SHA256SUMS",
         timings=ctx.timings,
     )  # fmt: skip

@@ -532,6 +532,7 @@ class _Settings:
     audit: AuditLog
     header_timeout: float
     connect_timeout: float
+    client_label: str = "?"  # for clients without an address (Unix sockets)
 
 
 class _ProxyServer:
@@ -588,7 +589,8 @@ class _ProxyServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        conn = Connection(f"{peer[0]}:{peer[1]}" if peer else "?", self.protocol)
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else self.s.client_label
+        conn = Connection(client, self.protocol)
         try:
             await self.serve(conn, reader, writer)
         except _Refused as refused:
@@ -706,16 +708,33 @@ class _SocksProxy(_ProxyServer):
 
 @dataclass(frozen=True)
 class Proxy:
-    http_address: tuple[str, int]
-    socks_address: tuple[str, int]
+    """Where the two proxies listen: (host, port) pairs, or Unix socket paths."""
+
+    http_address: tuple[str, int] | Path
+    socks_address: tuple[str, int] | Path
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.http_address[0]}:{self.http_address[1]}"
+        return _url("http", self.http_address)
 
     @property
     def socks_url(self) -> str:
-        return f"socks5h://{self.socks_address[0]}:{self.socks_address[1]}"
+        return _url("socks5h", self.socks_address)
+
+
+def _url(scheme: str, address: tuple[str, int] | Path) -> str:
+    if isinstance(address, Path):
+        return f"unix:{address}"
+    return f"{scheme}://{address[0]}:{address[1]}"
+
+
+async def _listen_unix(
+    handler: Callable[..., Awaitable[None]], path: Path, limit: int
+) -> asyncio.Server:
+    path.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(handler, str(path), limit=limit)
+    path.chmod(0o600)
+    return server
 
 
 @contextlib.contextmanager
@@ -727,11 +746,17 @@ def serve_proxy(
     *,
     audit_stream: IO[str] | None = None,
     host: str = "127.0.0.1",
+    unix_sockets: tuple[Path, Path] | None = None,
+    client_label: str = "?",
     resolver: Resolver = system_resolver,
     header_timeout: float = HEADER_TIMEOUT,
     connect_timeout: float = CONNECT_TIMEOUT,
 ) -> Iterator[Proxy]:
     """Run both proxies on `host` in a background thread until the block ends.
+
+    With `unix_sockets` (http, socks) they listen on those Unix sockets instead
+    (mode 0600): what a VM's guestfwd connects to, and no other local user can.
+    Clients there have no address; the audit log names them `client_label`.
 
     The audit log is appended to (one JSON line per connection) and flushed per
     line, so it is complete up to the last finished connection even after a kill.
@@ -746,7 +771,9 @@ def serve_proxy(
                     f"cannot open audit log {audit_log}: {exc.strerror}",
                     hint="pass a writable path to --audit-log",
                 ) from None
-        settings = _Settings(policy, resolver, AuditLog(stream), header_timeout, connect_timeout)
+        settings = _Settings(
+            policy, resolver, AuditLog(stream), header_timeout, connect_timeout, client_label
+        )
         loop = asyncio.new_event_loop()
         started = threading.Event()
         stop: asyncio.Future[None] = loop.create_future()
@@ -772,19 +799,29 @@ def serve_proxy(
                 return handler
 
             try:
-                http = await asyncio.start_server(
-                    tracked(_HttpProxy(settings)), host, http_port, limit=MAX_HEADER_BYTES
-                )
-                socks = await asyncio.start_server(
-                    tracked(_SocksProxy(settings)), host, socks_port, limit=COPY_CHUNK
-                )
+                if unix_sockets is not None:
+                    http_sock, socks_sock = unix_sockets
+                    http = await _listen_unix(
+                        tracked(_HttpProxy(settings)), http_sock, MAX_HEADER_BYTES
+                    )
+                    socks = await _listen_unix(
+                        tracked(_SocksProxy(settings)), socks_sock, COPY_CHUNK
+                    )
+                    result["proxy"] = Proxy(*unix_sockets)
+                else:
+                    http = await asyncio.start_server(
+                        tracked(_HttpProxy(settings)), host, http_port, limit=MAX_HEADER_BYTES
+                    )
+                    socks = await asyncio.start_server(
+                        tracked(_SocksProxy(settings)), host, socks_port, limit=COPY_CHUNK
+                    )
+                    result["proxy"] = Proxy(
+                        http.sockets[0].getsockname()[:2], socks.sockets[0].getsockname()[:2]
+                    )
             except OSError as exc:
                 result["error"] = exc
                 started.set()
                 return
-            result["proxy"] = Proxy(
-                http.sockets[0].getsockname()[:2], socks.sockets[0].getsockname()[:2]
-            )
             started.set()
             try:
                 await stop
@@ -802,10 +839,16 @@ def serve_proxy(
         started.wait()
         try:
             if "error" in result:
+                where = (
+                    f"{unix_sockets[0]} and {unix_sockets[1]}"
+                    if unix_sockets
+                    else f"{host} (http port {http_port}, socks port {socks_port})"
+                )
                 raise ImageError(
-                    f"cannot listen on {host} (http port {http_port}, socks port "
-                    f"{socks_port}): {result['error']}",
-                    hint="pick free ports with --http-port/--socks-port (0: any free port)",
+                    f"cannot listen on {where}: {result['error']}",
+                    hint="pick free ports with --http-port/--socks-port (0: any free port)"
+                    if not unix_sockets
+                    else "the directory must exist and be writable",
                 )
             proxy = result["proxy"]
             assert isinstance(proxy, Proxy)

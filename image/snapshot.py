@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from image import accel, cloudinit, qemu, run
+from image import accel, cloudinit, egress, proxy, qemu, run
 from image.config import BuildConfig, format_size
 from image.console import print_json, step
 from image.errors import ImageError
@@ -94,7 +94,9 @@ def runtime_spec(
         arch=arch, cpus=cpus, memory=memory, disk=disk, firmware_code=firmware_code,
         firmware_vars=vars_file, accel=tuple(accel_args), serial_log=work / "serial.log",
         qmp_socket=work / "qmp.sock", qga_socket=work / "qga.sock",
-        net_restrict=True, share=share, session_disk=session_disk,
+        # No network but the host proxy: restrict=on, plus guestfwd to its sockets.
+        net_restrict=True, guestfwd=egress.guest_forwards(work),
+        share=share, session_disk=session_disk,
         memory_file=snapdir / MEMORY, memory_private=memory_private,
         extra=("-device", "vmgenid,guid=auto") if arch == "amd64" else (),
     )  # fmt: skip
@@ -115,6 +117,7 @@ def device_hash(spec: qemu.VMSpec) -> str:
             spec.session_disk,
             spec.memory_file,
             spec.share.path if spec.share else None,
+            *egress.socket_paths(spec.qmp_socket.parent),
         )
         if p
     }
@@ -300,6 +303,8 @@ class LaunchOptions:
     hostname: str | None = None
     command: tuple[str, ...] = ()
     command_timeout: float = 3600.0
+    policy: egress.PolicyChoice = egress.DEFAULT_LAUNCH
+    audit_log: Path | None = None  # default: <cache>/audit/launch-<id>.jsonl
 
 
 @dataclass
@@ -311,6 +316,7 @@ class Launch:
     work: Path
     hostname: str
     timings: dict[str, float]
+    audit_log: Path  # the egress proxy's record of this launch's connections
 
     def exec(self, argv: list[str], timeout: float = 600.0) -> Any:
         return self.agent.exec(argv, timeout=timeout)
@@ -340,10 +346,18 @@ def check_compatible(meta: SnapshotMeta, snapdir: Path, spec: qemu.VMSpec) -> No
 
 
 @contextlib.contextmanager
-def launch(snapdir: Path, cfg: BuildConfig, options: LaunchOptions) -> Iterator[Launch]:
+def launch(
+    snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
+    resolver: proxy.Resolver = proxy.system_resolver,
+) -> Iterator[Launch]:  # fmt: skip
+    """Resume a sandbox; its only way out is the egress proxy this launch runs."""
     snapdir = snapdir.resolve()  # QEMU gets absolute paths: its cwd is not ours to rely on
     meta = load_meta(snapdir)
-    work = cfg.cache_dir / "launches" / uuid.uuid4().hex[:12]
+    policy = options.policy.load()
+    launch_id = uuid.uuid4().hex[:12]
+    audit_log = options.audit_log or cfg.cache_dir / "audit" / f"launch-{launch_id}.jsonl"
+    audit_log.parent.mkdir(parents=True, exist_ok=True)
+    work = cfg.cache_dir / "launches" / launch_id
     work.mkdir(parents=True)
     timings: dict[str, float] = {}
     try:
@@ -367,7 +381,11 @@ def launch(snapdir: Path, cfg: BuildConfig, options: LaunchOptions) -> Iterator[
         check_compatible(meta, snapdir, spec)
         spec = replace(spec, incoming="defer")
         timings["prepare"] = round(time.monotonic() - start, 3)
-        with qemu.VM(spec, work / "qemu.log") as vm, GuestAgent(work / "qga.sock") as agent:
+        with (
+            egress.serve_for_vm(policy, work, audit_log, resolver),
+            qemu.VM(spec, work / "qemu.log") as vm,
+            GuestAgent(work / "qga.sock") as agent,
+        ):
             vm.qmp("migrate-set-capabilities", capabilities=[
                 {"capability": "x-ignore-shared", "state": True}])  # fmt: skip
             vm.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snapdir / STATE))}")
@@ -378,7 +396,7 @@ def launch(snapdir: Path, cfg: BuildConfig, options: LaunchOptions) -> Iterator[
             hostname = options.hostname or f"sandbox-{uuid.uuid4().hex[:8]}"
             _personalize(agent, hostname, options)
             timings["ready"] = round(time.monotonic() - start, 3)
-            yield Launch(vm, agent, work, hostname, timings)
+            yield Launch(vm, agent, work, hostname, timings, audit_log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -451,7 +469,7 @@ def format_meta(meta: SnapshotMeta) -> str:
 
 def parse_launch_options(
     share: str | None, session_disk: str, hostname: str | None, command: Sequence[str],
-    timeout: float,
+    timeout: float, policy: egress.PolicyChoice | None = None, audit_log: str | None = None,
 ) -> LaunchOptions:  # fmt: skip
     """`--share HOSTDIR[:ro]`, `--session-disk SIZE`, `--hostname`, `-- CMD...` -> options."""
     from image.config import parse_size
@@ -468,7 +486,11 @@ def parse_launch_options(
         raise ImageError(f"--session-disk: {exc}") from None
     if hostname is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", hostname):
         raise ImageError(f"not a host name: {hostname!r}", hint="lower-case letters, digits, '-'")
-    return LaunchOptions(share_path, readonly, size, hostname, tuple(command), timeout)
+    return LaunchOptions(
+        share_path, readonly, size, hostname, tuple(command), timeout,
+        policy or egress.DEFAULT_LAUNCH,
+        Path(audit_log).expanduser().resolve() if audit_log else None,
+    )  # fmt: skip
 
 
 def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
@@ -478,6 +500,7 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
     with launch(snapdir, cfg, options) as sandbox:
         log.info("launched %s: resumed in %.2f s, ready in %.2f s", sandbox.hostname,
                  sandbox.timings["resume"], sandbox.timings["ready"])  # fmt: skip
+        log.info("egress audit log: %s", sandbox.audit_log)
         if not options.command:
             print(f"sandbox {sandbox.hostname} is running (Ctrl-C or SIGTERM stops it)")
             print(f"  guest agent: socat - UNIX-CONNECT:{sandbox.work / 'qga.sock'}")
@@ -494,5 +517,6 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
         code = result.exit_code if result.signal is None else 128 + int(result.signal)
         if json_result:
             print_json({"hostname": sandbox.hostname, "exit_code": code,
-                        "timings": sandbox.timings})  # fmt: skip
+                        "timings": sandbox.timings,
+                        "audit_log": str(sandbox.audit_log)})  # fmt: skip
         return code

@@ -36,6 +36,7 @@ log = logging.getLogger("image.standin")
 RECIPE_VERSION = 1
 
 SUITE = "bookworm"
+ARCHIVE_HOST = "deb.debian.org"  # what the stand-in's apt (and so the build VM) downloads from
 SOURCES = (
     "deb http://deb.debian.org/debian bookworm main",
     "deb http://deb.debian.org/debian bookworm-updates main",

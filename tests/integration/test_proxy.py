@@ -31,6 +31,11 @@ UPSTREAM_HOST = "127.0.0.2"
 IO_TIMEOUT = 10.0
 
 
+def _tcp(address: tuple[str, int] | Path) -> tuple[str, int]:
+    assert isinstance(address, tuple), "the proxy listens on TCP here"
+    return address
+
+
 class _Upstream(http.server.ThreadingHTTPServer):
     daemon_threads = True
     seen: list[tuple[str, str | None]]
@@ -173,11 +178,11 @@ def _status(response: bytes) -> tuple[int, bytes]:
 
 def http_get(setup: Setup, url: str, extra: str = "") -> tuple[int, bytes]:
     request = f"GET {url} HTTP/1.1\r\nHost: {url.split('/')[2]}\r\n{extra}\r\n"
-    return _status(_exchange(setup.proxy.http_address, request.encode()))
+    return _status(_exchange(_tcp(setup.proxy.http_address), request.encode()))
 
 
 def connect(setup: Setup, authority: str) -> tuple[bytes, socket.socket]:
-    sock = socket.create_connection(setup.proxy.http_address, timeout=IO_TIMEOUT)
+    sock = socket.create_connection(_tcp(setup.proxy.http_address), timeout=IO_TIMEOUT)
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -191,7 +196,7 @@ def connect(setup: Setup, authority: str) -> tuple[bytes, socket.socket]:
 def socks(
     setup: Setup, host: str | bytes, port: int, command: int = 1
 ) -> tuple[int, socket.socket]:
-    sock = socket.create_connection(setup.proxy.socks_address, timeout=IO_TIMEOUT)
+    sock = socket.create_connection(_tcp(setup.proxy.socks_address), timeout=IO_TIMEOUT)
     sock.sendall(b"\x05\x01\x00")
     assert sock.recv(2) == b"\x05\x00"
     if isinstance(host, bytes):
@@ -284,7 +289,9 @@ def test_denied_everywhere_and_nothing_leaks(setup: Setup, host: str, rule: str)
     if host in {"other.test", "wild.test", "DENY.Wild.Test."}:
         port = setup.up_port  # these would reach the real upstream if let through
     _assert_blocked(
-        _exchange(setup.proxy.http_address, f"GET http://{host}:{port}/ HTTP/1.1\r\n\r\n".encode())
+        _exchange(
+            _tcp(setup.proxy.http_address), f"GET http://{host}:{port}/ HTTP/1.1\r\n\r\n".encode()
+        )
     )
     head, sock = connect(setup, f"{host}:{port}")
     sock.close()
@@ -349,17 +356,17 @@ def test_socks5_only_connect(setup: Setup, command: int) -> None:
     ],
 )
 def test_malformed_and_oversized(setup: Setup, request_bytes: bytes, status: int) -> None:
-    assert _status(_exchange(setup.proxy.http_address, request_bytes))[0] == status
+    assert _status(_exchange(_tcp(setup.proxy.http_address), request_bytes))[0] == status
     setup.nothing_leaked()
 
 
 def test_client_that_never_finishes_is_cut(setup: Setup) -> None:
     started = time.monotonic()
-    with socket.create_connection(setup.proxy.http_address, timeout=IO_TIMEOUT) as sock:
+    with socket.create_connection(_tcp(setup.proxy.http_address), timeout=IO_TIMEOUT) as sock:
         sock.sendall(f"GET http://allowed.test:{setup.up_port}/ HTTP/1.1\r\nHost: a".encode())
         response = sock.recv(4096)
     assert response.startswith(b"HTTP/1.1 408 ")
-    with socket.create_connection(setup.proxy.socks_address, timeout=IO_TIMEOUT) as sock:
+    with socket.create_connection(_tcp(setup.proxy.socks_address), timeout=IO_TIMEOUT) as sock:
         sock.sendall(b"\x05\x01")
         assert sock.recv(16) == b"\x05\x01\x00\x01\x00\x00\x00\x00\x00\x00"
     assert time.monotonic() - started < IO_TIMEOUT
@@ -398,7 +405,7 @@ def test_bytes_sent_right_behind_connect_arrive(setup: Setup) -> None:
     the relay must forward what the header reader already buffered."""
     authority = f"allowed.test:{setup.up_port}"
     response = _exchange(
-        setup.proxy.http_address,
+        _tcp(setup.proxy.http_address),
         f"CONNECT {authority} HTTP/1.1\r\n\r\nGET /early HTTP/1.0\r\n\r\n".encode(),
     )
     established, _, tunneled = response.partition(b"\r\n\r\n")
@@ -424,10 +431,56 @@ def test_client_half_close_still_gets_the_answer(setup: Setup) -> None:
         f"GET http://allowed.test:{setup.up_port}/half HTTP/1.0\r\n\r\n",
         f"CONNECT allowed.test:{setup.up_port} HTTP/1.1\r\n\r\nGET /half HTTP/1.0\r\n\r\n",
     ):
-        with socket.create_connection(setup.proxy.http_address, timeout=IO_TIMEOUT) as sock:
+        with socket.create_connection(_tcp(setup.proxy.http_address), timeout=IO_TIMEOUT) as sock:
             sock.sendall(request.encode())
             sock.shutdown(socket.SHUT_WR)
             response = b""
             while chunk := sock.recv(65536):
                 response += chunk
         assert response.endswith(b"\r\n\r\nok /half")
+
+
+def test_vm_sockets_serve_what_guestfwd_runs(setup: Setup, tmp_path: Path) -> None:
+    """The launch/build wiring: QEMU runs `socat - UNIX-CONNECT:<sock>` per guest
+    connection (egress.guest_forwards); here the same command is the client."""
+    from image import egress
+
+    sockdir = tmp_path / "vm"
+    audit = tmp_path / "vm-audit.jsonl"
+    resolver = proxy.mapping_resolver({"allowed.test": [UPSTREAM_HOST]})
+    policy = proxy.parse_policy(
+        f"allow allowed.test\nallow-address {UPSTREAM_HOST}\nallow-port {setup.up_port}\n"
+    )
+    with egress.serve_for_vm(policy, sockdir, audit, resolver):
+        assert sockdir.stat().st_mode & 0o777 == 0o700
+        (http_fwd, http_cmd), (socks_fwd, socks_cmd) = egress.guest_forwards(sockdir)
+        assert (http_fwd, socks_fwd) == ("10.0.2.100:3128", "10.0.2.100:1080")
+        for path in egress.socket_paths(sockdir):
+            assert path.stat().st_mode & 0o777 == 0o600
+
+        def through(cmd: str, request: bytes) -> bytes:
+            argv = cmd.removeprefix("cmd:").split(" ")
+            done = subprocess.run(argv, input=request, capture_output=True, timeout=IO_TIMEOUT)
+            return done.stdout
+
+        allowed = through(
+            http_cmd,
+            f"GET http://allowed.test:{setup.up_port}/fwd HTTP/1.1\r\n"
+            f"Host: allowed.test\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert allowed.split(b" ", 2)[1] == b"200" and allowed.endswith(b"ok /fwd")
+        denied = through(http_cmd, b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        assert denied.startswith(b"HTTP/1.1 403") and proxy.BLOCKED_HEADER.encode() in denied
+        # SOCKS5: no auth, then CONNECT to a domain name the policy denies.
+        name = b"example.com"
+        socks = through(
+            socks_cmd,
+            b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x01\xbb",
+        )
+        assert socks[:2] == b"\x05\x00" and socks[2:4] == b"\x05\x02"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["client"], r["protocol"], r["host"], r["decision"]) for r in records] == [
+        ("guest", "http", "allowed.test", "allow"),
+        ("guest", "http", "example.com", "deny"),
+        ("guest", "socks5", "example.com", "deny"),
+    ]

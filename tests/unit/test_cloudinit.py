@@ -187,18 +187,37 @@ def test_snapshot_on_debian_is_refused() -> None:
         render(dataclasses.replace(SMOKE, apt_snapshot="20240301T000000Z"))
 
 
-def test_proxy_environment_is_appended_after_the_build_installs() -> None:
+def test_proxy_environment_points_at_the_forwarded_proxy() -> None:
     env = _write_files(_doc(SMOKE))["/etc/environment"]
-    assert env["append"] is True and env["defer"] is True
+    assert env["append"] is True and "defer" not in env
     lines = env["content"].splitlines()
     for line in (
-        "HTTP_PROXY=http://localhost:3128",
-        "HTTPS_PROXY=http://localhost:3128",
-        "ALL_PROXY=socks5h://localhost:1080",
-        "http_proxy=http://localhost:3128",
+        "HTTP_PROXY=http://10.0.2.100:3128",
+        "HTTPS_PROXY=http://10.0.2.100:3128",
+        "ALL_PROXY=socks5h://10.0.2.100:1080",
+        "http_proxy=http://10.0.2.100:3128",
         "NO_PROXY=localhost,127.0.0.1,::1",
     ):
         assert line in lines
+
+
+def test_runcmd_exports_the_proxy_before_pip_and_npm() -> None:
+    runcmd = _doc(FULL)["runcmd"]
+    export = next(i for i, c in enumerate(runcmd) if isinstance(c, str) and c.startswith("export "))
+    assert "https_proxy=http://10.0.2.100:3128" in runcmd[export].split()
+    pip = next(
+        i for i, c in enumerate(runcmd) if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
+    )
+    npm = next(i for i, c in enumerate(runcmd) if isinstance(c, list) and c[0] == "npm")
+    assert export < pip and export < npm
+
+
+def test_dirmngr_gets_the_proxy_only_for_extra_sources_and_is_removed() -> None:
+    proxied = dataclasses.replace(FULL, apt_proxy="http://10.0.2.100:3128")
+    files = _write_files(_doc(proxied))
+    assert files["/root/.gnupg/dirmngr.conf"]["content"] == "http-proxy http://10.0.2.100:3128\n"
+    assert ["rm", "-f", "/root/.gnupg/dirmngr.conf"] in _doc(proxied)["runcmd"]
+    assert "/root/.gnupg/dirmngr.conf" not in _write_files(_doc(SMOKE))
 
 
 def test_guest_files_modes_and_exact_bytes() -> None:

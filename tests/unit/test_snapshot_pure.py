@@ -21,7 +21,14 @@ def _spec(tmp: Path, **kw: object) -> qemu.VMSpec:
 
 def test_runtime_shape_is_restricted_with_agent_share_and_session_slot(tmp_path: Path) -> None:
     argv = qemu.qemu_argv(_spec(tmp_path))
-    assert "user,id=net0,restrict=on" in argv
+    work = tmp_path / "work"
+    # No network but the host proxy: restrict=on, and exactly two guestfwd rules.
+    assert (
+        "user,id=net0,restrict=on,"
+        f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{work}/egress-http.sock,"
+        f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{work}/egress-socks.sock"
+    ) in argv
+    assert not any("hostfwd" in a for a in argv)
     assert any("org.qemu.guest_agent.0" in a for a in argv)
     assert any(a.startswith("virtio-9p-pci") for a in argv)
     assert "virtio-blk-pci,drive=session,serial=session" in argv
@@ -41,6 +48,7 @@ def test_device_hash_sees_a_different_device_set(tmp_path: Path) -> None:
     assert snapshot.device_hash(_spec(tmp_path, cpus=2)) != base
     assert snapshot.device_hash(_spec(tmp_path, memory=1 << 30)) != base
     assert snapshot.device_hash(_spec(tmp_path, net_restrict=False)) != base
+    assert snapshot.device_hash(_spec(tmp_path, guestfwd=())) != base
 
 
 def test_personalize_is_one_script_with_entropy_first() -> None:
@@ -61,6 +69,9 @@ def test_parse_launch_options(tmp_path: Path) -> None:
     assert opts.command == ("echo", "hi")
     rw = snapshot.parse_launch_options(str(tmp_path), "10G", None, [], 60)
     assert rw.share_readonly is False and rw.hostname is None
+    assert rw.policy.file.name == "launch.policy" and rw.audit_log is None
+    audited = snapshot.parse_launch_options(None, "1G", None, [], 60, None, str(tmp_path / "a.log"))
+    assert audited.audit_log == tmp_path / "a.log"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from image import egress, proxy, qemu
+from image.errors import ImageError
+
+
+def test_guest_forwards_go_to_the_proxy_sockets_through_socat(tmp_path: Path) -> None:
+    assert egress.guest_forwards(tmp_path) == (
+        ("10.0.2.100:3128", f"cmd:socat - UNIX-CONNECT:{tmp_path}/egress-http.sock"),
+        ("10.0.2.100:1080", f"cmd:socat - UNIX-CONNECT:{tmp_path}/egress-socks.sock"),
+    )
+
+
+@pytest.mark.parametrize("name", ["a,b", "a b"])
+def test_a_work_dir_qemu_would_misparse_is_refused(tmp_path: Path, name: str) -> None:
+    # A comma would end the guestfwd option and start another one.
+    with pytest.raises(ImageError, match="comma or a space") as err:
+        egress.guest_forwards(tmp_path / name)
+    assert err.value.hint and "--cache-dir" in err.value.hint
+
+
+def test_the_guest_is_told_the_forwarded_addresses() -> None:
+    env = egress.guest_environment()
+    assert "http_proxy=http://10.0.2.100:3128" in env
+    assert "ALL_PROXY=socks5h://10.0.2.100:1080" in env
+    assert "no_proxy=localhost,127.0.0.1,::1" in env
+
+
+def test_shipped_policies_load_and_allow_the_package_registries() -> None:
+    for choice in (egress.DEFAULT_BUILD, egress.DEFAULT_LAUNCH):
+        policy = choice.load()
+        for name in ("deb.debian.org", "pypi.org", "files.pythonhosted.org", "registry.npmjs.org"):
+            assert proxy.check_name(policy, name, 443).allowed, (choice.file, name)
+        assert not proxy.check_name(policy, "example.com", 443).allowed
+    build = egress.DEFAULT_BUILD.load()
+    assert proxy.check_name(build, "keyserver.ubuntu.com", 443).allowed
+
+
+def test_command_line_additions_extend_the_file(tmp_path: Path) -> None:
+    policy_file = tmp_path / "p.policy"
+    policy_file.write_text("allow example.com\n")
+    choice = egress.PolicyChoice(
+        policy_file, allow=("*.corp.test",), deny=("bad.corp.test",),
+        allow_addresses=("192.0.2.0/24",), allow_ports=("8443",),
+    )  # fmt: skip
+    policy = choice.load()
+    assert proxy.check_name(policy, "x.corp.test", 8443).allowed
+    assert not proxy.check_name(policy, "bad.corp.test", 443).allowed
+    with pytest.raises(ImageError, match="--allow-port"):
+        egress.PolicyChoice(policy_file, allow_ports=("https",)).load()
+
+
+def test_summary_counts_decisions_and_lists_denials_once(tmp_path: Path) -> None:
+    log = tmp_path / "egress.jsonl"
+    records = [
+        {"decision": "allow", "host": "deb.debian.org", "port": 80},
+        {"decision": "deny", "host": "evil.test", "port": 443, "rule": "not-allowed"},
+        {"decision": "deny", "host": "evil.test", "port": 443, "rule": "not-allowed"},
+        {"decision": "allow", "host": "deb.debian.org", "port": 80},
+        {"decision": "error", "host": None, "port": None},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"decision": "al')
+    summary = egress.summarize(log)
+    assert summary.connections == {"allow": 2, "deny": 2, "error": 1}
+    assert summary.hosts == ["deb.debian.org:80"]
+    assert summary.denied == ["evil.test:443 (not-allowed)"]
+    assert egress.summarize(tmp_path / "missing").connections == {}
+
+
+def test_build_vm_network_is_restricted_to_the_proxy(tmp_path: Path) -> None:
+    spec = qemu.VMSpec(
+        arch="amd64", cpus=2, memory=1 << 30, disk=tmp_path / "d", firmware_code=tmp_path / "c",
+        firmware_vars=tmp_path / "v", accel=("-accel", "tcg"), serial_log=tmp_path / "s",
+        qmp_socket=tmp_path / "q", ssh_port=2222, net_restrict=True,
+        guestfwd=egress.guest_forwards(tmp_path),
+    )  # fmt: skip
+    assert qemu.netdev_arg(spec) == (
+        "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
+        f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{tmp_path}/egress-http.sock,"
+        f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{tmp_path}/egress-socks.sock"
+    )
