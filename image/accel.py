@@ -112,7 +112,13 @@ def probe(
                     f"no firmware output within {timeout:g} s (hangs)",
                     timeout,
                 )
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError:
+            # QEMU did not even connect its monitor in time: as hung as a silent guest.
+            elapsed = time.monotonic() - start
+            return ProbeResult(
+                accel, Verdict.BROKEN, f"no monitor answer within {timeout:g} s (hangs)", elapsed
+            )
+        except OSError as exc:
             elapsed = time.monotonic() - start
             return ProbeResult(accel, Verdict.BROKEN, f"probe failed: {exc}", elapsed)
         finally:

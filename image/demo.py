@@ -12,7 +12,7 @@ import logging
 import shutil
 from typing import Any
 
-from image import egress, mirror, pipeline, snapshot, standin
+from image import mirror, pipeline, snapshot, standin
 from image.config import BuildConfig
 from image.console import step
 from image.errors import ImageError
@@ -20,11 +20,6 @@ from image.errors import ImageError
 log = logging.getLogger("image.demo")
 
 DEMO_COMMAND = ("python3", "-c", "import platform; print('hello from', platform.node())")
-
-
-def build_policy() -> egress.PolicyChoice:
-    """The build policy, plus wherever this host's resolver sends the stand-in's archive."""
-    return egress.with_local_addresses(egress.DEFAULT_BUILD, [standin.ARCHIVE_HOST])
 
 
 def run_demo(cfg: BuildConfig) -> dict[str, Any]:
@@ -38,7 +33,7 @@ def run_demo(cfg: BuildConfig) -> dict[str, Any]:
             serial="latest", profile="smoke", output_dir=out / "image",
         )  # fmt: skip
         with step("build-image", timings):
-            built = pipeline.build_image(build_cfg, distro="debian", egress_policy=build_policy())
+            built = pipeline.build_image(build_cfg, distro="debian")
     timings.update({f"build: {k}": v for k, v in built.timings.items()})
     snapdir = out / "snapshot"
     # The demo owns out/demo: its previous snapshot goes (snapshots are never overwritten).

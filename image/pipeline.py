@@ -26,7 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import image
-from image import accel, cloudinit, egress, fetch, manifest, packages, qemu, run, sandbox, ssh
+from image import (
+    accel,
+    cloudinit,
+    egress,
+    fetch,
+    manifest,
+    packages,
+    qemu,
+    run,
+    sandbox,
+    ssh,
+    standin,
+)
 from image.config import BuildConfig
 from image.console import step
 from image.errors import ImageError
@@ -103,6 +115,10 @@ def build_image(
     The build VM's only network is a proxy on the host with the build policy
     (package archives, PyPI, npm); its audit log is published as egress.jsonl.
     """
+    if distro == "debian":
+        # The offline stand-in installs from Debian's archive, which this host's
+        # resolver may send to a local mirror (a non-public address).
+        egress_policy = egress.with_local_addresses(egress_policy, [standin.ARCHIVE_HOST])
     policy = egress_policy.load()  # a bad policy fails before anything is fetched
     ctx = _new_context(cfg)
     ctx.info["egress_policy"] = {

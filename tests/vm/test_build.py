@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from image import config, demo, mirror, pipeline, standin
+from image import config, mirror, pipeline, standin
 from image.errors import ImageError
 from image.packages import PACKAGE_LISTS
 from tests.vm.conftest import attach_logs, qemu_processes
@@ -127,8 +127,7 @@ def test_a_package_that_does_not_exist_fails_quoting_apt(
     with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
         cfg = _mirror_config(fresh_config, served)
         with pytest.raises(ImageError) as info:
-            pipeline.build_image(cfg, distro="debian", package_lists=lists,
-                                 egress_policy=demo.build_policy())  # fmt: skip
+            pipeline.build_image(cfg, distro="debian", package_lists=lists)
     message = info.value.message
     assert "no-such-package-sandbox-image" in message
     assert re.search(r"Unable to locate package|packages not installed", message)
@@ -148,7 +147,7 @@ def test_an_image_that_never_boots_times_out_with_the_serial_tail(
         cfg = dataclasses.replace(_mirror_config(fresh_config, served), boot_timeout=45)
         start = time.monotonic()
         with pytest.raises(ImageError) as info:
-            pipeline.build_image(cfg, distro="debian", egress_policy=demo.build_policy())
+            pipeline.build_image(cfg, distro="debian")
     assert time.monotonic() - start < 300
     message = info.value.message
     assert "SSH did not come up within 45 s" in message
