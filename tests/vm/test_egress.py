@@ -8,51 +8,29 @@ and the proxy decides by name (the test's resolver maps the names).
 
 from __future__ import annotations
 
-import http.server
 import json
 import shlex
-import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from image import config, egress, pipeline, proxy, snapshot
+from tests.fixtures.httpserver import FileServer
 
 ALLOWED = "upstream.sandbox-image.test"
 DENIED = "elsewhere.sandbox-image.test"
 
 
-class _Upstream(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    paths: list[str]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Upstream
-
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        body = f"upstream saw {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def upstream() -> Iterator[_Upstream]:
-    server = _Upstream(("127.0.0.1", 0), _Handler)
-    server.paths = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+def upstream(tmp_path: Path) -> Iterator[FileServer]:
+    root = tmp_path / "upstream"
+    root.mkdir()
+    for name in ("vm", "sandbox", "no"):
+        (root / name).write_text(f"upstream served /{name}")
+    with FileServer(root) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _fetch(url: str) -> str:
@@ -69,9 +47,9 @@ def _fetch(url: str) -> str:
 
 
 def test_launch_reaches_the_network_only_through_its_proxy(
-    built: dict[str, Path], vm_config: config.BuildConfig, upstream: _Upstream, tmp_path: Path
+    built: dict[str, Path], vm_config: config.BuildConfig, upstream: FileServer, tmp_path: Path
 ) -> None:
-    port = int(upstream.server_address[1])
+    port = int(urlsplit(upstream.base_url).port or 0)
     policy_file = tmp_path / "test.policy"
     policy_file.write_text(f"allow {ALLOWED}\nallow-address 127.0.0.1/32\nallow-port {port}\n")
     audit = tmp_path / "audit.jsonl"
@@ -91,13 +69,14 @@ def test_launch_reaches_the_network_only_through_its_proxy(
         # The VM's own processes: /etc/environment names the forwarded proxy.
         env_fetch = f"set -a; . /etc/environment; set +a; {_fetch(f'http://{ALLOWED}:{port}/vm')}"
         vm_level = sandbox.exec(["/bin/sh", "-c", env_fetch], timeout=120)
-        assert vm_level.stdout.decode().strip() == "200 upstream saw /vm", vm_level.stderr
+        assert vm_level.stdout.decode().strip() == "200 upstream served /vm", vm_level.stderr
         # The sandboxed agent: its bridge on 127.0.0.1:3128 -> 10.0.2.100:3128 -> host.
         inside = sandbox.sandboxed(["/bin/sh", "-c", _fetch(f"http://{ALLOWED}:{port}/sandbox")])
-        assert inside.stdout.decode().strip() == "200 upstream saw /sandbox", inside.stderr
+        assert inside.stdout.decode().strip() == "200 upstream served /sandbox", inside.stderr
         refused = sandbox.sandboxed(["/bin/sh", "-c", _fetch(f"http://{DENIED}:{port}/no")])
         assert refused.stdout.decode().strip() == "403 blocked-by-allowlist", refused.stderr
-    assert upstream.paths == ["/vm", "/sandbox"]  # nothing arrived any other way
+    # Nothing arrived any other way.
+    assert [r.path for r in upstream.state.requests] == ["/vm", "/sandbox"]
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(r["client"], r["host"], r["port"], r["decision"]) for r in records] == [
         ("guest", ALLOWED, port, "allow"),
