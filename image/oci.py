@@ -115,7 +115,7 @@ def created_from_build_id(build_id: str) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def annotations(
+def manifest_annotations(
     info: Mapping[str, Any], *, source: str | None = None, revision: str | None = None
 ) -> dict[str, str]:
     """Manifest annotations from build-info.json: the standard keys, then our own."""
@@ -240,11 +240,14 @@ def plain_http(registry: str, insecure: bool) -> bool:
 
 
 def parse_reference(ref: str) -> oras.container.Container:
+    # oras would read "repo:tag" as a Docker Hub name: a registry must be named.
+    registry = ref.split("/", 1)[0]
+    named = "/" in ref and (re.search(r"[.:]", registry) is not None or registry == "localhost")
     try:
-        container = oras.container.Container(ref)
+        container = oras.container.Container(ref) if named else None
     except ValueError:
         container = None
-    if container is None or "/" not in ref.split("@")[0] or not re.search(r"[.:]", ref.split("/")[0]):
+    if container is None:
         raise ImageError(
             f"{ref!r} is not REGISTRY/REPOSITORY[:TAG|@DIGEST]",
             hint="e.g. 127.0.0.1:5000/sandbox-image:jammy-amd64 or ghcr.io/ORG/sandbox-image:v1",
@@ -299,7 +302,7 @@ def output_files(out: Path, snapshot: Path | None = None) -> list[tuple[str, Pat
             for p in sorted(snapshot.iterdir())
             if p.is_file() and not p.name.startswith(".")
         ]
-    for title, path in files:
+    for _, path in files:
         if not path.is_file():
             raise ImageError(f"{path} is listed in SHA256SUMS but missing",
                              hint="rebuild the output; it is incomplete")  # fmt: skip
@@ -399,10 +402,12 @@ def publish(
     # Never publish a damaged output: the same check pull will make.
     check_output(hashes, (out / "SHA256SUMS").read_text(), meta)
     info = json.loads((out / "build-info.json").read_text())
-    manifest = artifact_manifest(layers, annotations(info, source=source, revision=revision))
+    manifest = artifact_manifest(
+        layers, manifest_annotations(info, source=source, revision=revision)
+    )
     registry = _client(container, insecure)
     with _registry_errors(f"pushing to {ref}"):
-        for layer, (_, path) in zip(layers, files):
+        for layer, (_, path) in zip(layers, files, strict=True):
             log.info("push %s (%d bytes)", layer.title, layer.size)
             descriptor = layer.descriptor()
             _fail_on(

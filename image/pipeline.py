@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import image
-from image import accel, cloudinit, fetch, manifest, packages, qemu, run, sandbox, ssh
+from image import accel, cloudinit, fetch, manifest, packages, qemu, report, run, sandbox, ssh
 from image.config import BuildConfig
 from image.console import step
 from image.errors import ImageError
@@ -388,6 +388,9 @@ def _publish(ctx: BuildContext, image_path: Path, raw_path: Path | None) -> Buil
     sums = {p.name: _sha256(p) for p in artifacts}
     ctx.info["outputs"] = sums
     ctx.info["timings"] = ctx.timings
+    # The report shows the hashes above, so it is made after them and listed last.
+    (staging / report.REPORT).write_text(report.render_output(staging, ctx.info), "utf-8")
+    sums[report.REPORT] = _sha256(staging / report.REPORT)
     (staging / "SHA256SUMS").write_text("".join(f"{h} *{n}\n" for n, h in sums.items()))
     _write_json(staging / "build-info.json", ctx.info)
     for path in staging.rglob("*"):
