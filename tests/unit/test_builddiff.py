@@ -78,5 +78,5 @@ def test_dpkg_names_compare_across_architectures() -> None:
 
 
 def test_not_a_build_output(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="build-info.json is missing"):
+    with pytest.raises(ImageError, match=r"build-info\.json is missing"):
         builddiff.load(tmp_path)

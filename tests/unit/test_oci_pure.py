@@ -198,7 +198,7 @@ def test_output_files_lists_only_the_build(tmp_path: Path) -> None:
 def test_output_files_refuses_incomplete_output(tmp_path: Path) -> None:
     out = make_output(tmp_path / "out")
     (out / "sbom.json").unlink()
-    with pytest.raises(ImageError, match="sbom.json is listed in SHA256SUMS but missing"):
+    with pytest.raises(ImageError, match=r"sbom\.json is listed in SHA256SUMS but missing"):
         oci.output_files(out)
     (out / "build-info.json").unlink()
     with pytest.raises(ImageError, match=r"not a complete build output \(no build-info.json\)"):

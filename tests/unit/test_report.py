@@ -89,7 +89,7 @@ def test_report_refuses_to_break_sha256sums(tmp_path: Path) -> None:
     listed = parse_sha256sums(sums)["report.html"]
     (out / "SHA256SUMS").write_text(sums.replace(listed, "0" * 64))
     before = (out / "report.html").read_bytes()
-    with pytest.raises(ImageError, match="lists a different report.html"):
+    with pytest.raises(ImageError, match=r"lists a different report\.html"):
         report.write_report(out)
     assert (out / "report.html").read_bytes() == before
     elsewhere = report.write_report(out, tmp_path / "new" / "r.html")
@@ -98,6 +98,6 @@ def test_report_refuses_to_break_sha256sums(tmp_path: Path) -> None:
 
 
 def test_report_of_a_non_output(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="build-info.json is missing"):
+    with pytest.raises(ImageError, match=r"build-info\.json is missing"):
         report.write_report(tmp_path)
     assert list(tmp_path.iterdir()) == []
