@@ -20,10 +20,10 @@ def _task_flags() -> dict[str, set[str]]:
     """{task name: its long flags}, from the same Collection ./inv runs."""
     flags: dict[str, set[str]] = {}
     for context in Collection.from_module(tasks).to_contexts():
-        names = {context.name, *context.aliases}
         long_flags = {f for f in context.flags if f.startswith("--")}
-        for name in names:
-            flags[name] = long_flags
+        for name in (context.name, *context.aliases):
+            if name:
+                flags[name] = long_flags
     return flags
 
 
