@@ -1,4 +1,4 @@
-"""Release engineering on the demo's real build: report, publish, pull, launch the pulled snapshot, diff.
+"""Release engineering on the demo's real build: report, publish, pull, launch, diff.
 
 No extra build: the second build for ``diff`` is a copy of the demo's output
 with an edited manifest (the unit tier covers the diff logic itself).
@@ -94,7 +94,8 @@ def test_diff_against_an_edited_copy(built: dict[str, Path], tmp_path: Path) -> 
             shutil.copy(path, b)
     manifest = json.loads((b / "manifest.json").read_text())
     first, second = manifest["dpkg"][0], manifest["dpkg"][1]
-    manifest["dpkg"] = manifest["dpkg"][2:] + [
+    manifest["dpkg"] = [
+        *manifest["dpkg"][2:],
         {"name": "zz-new-tool", "version": "1.0", "arch": "amd64"},
         {**second, "version": second["version"] + "+rebuilt"},
     ]
