@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -62,7 +63,12 @@ def test_round_trip_is_byte_identical(registry: LocalRegistry, tmp_path: Path) -
     out = make_output(tmp_path / "out", pip=[("pypdf", "4.0.1")])
     ref = f"{registry.host}/team/sandbox-image:jammy-amd64"
     published = oci.publish(out, ref, source="https://example.org/sandbox-image", revision="abc")
-    assert published.digest.startswith("sha256:")
+    stored = requests.get(
+        f"http://{registry.host}/v2/team/sandbox-image/manifests/{published.digest}",
+        headers={"Accept": oci.OCI_MANIFEST}, timeout=10,
+    ).content  # fmt: skip
+    assert published.digest == "sha256:" + hashlib.sha256(stored).hexdigest()
+    assert oci.manifest_digest(json.loads(stored)) == published.digest  # the fallback agrees
     pulled = oci.pull(ref, tmp_path / "back")
     assert _files(tmp_path / "back") == _files(out)
     assert {layer.title for layer in pulled.layers} == set(_files(out))
