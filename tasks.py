@@ -858,6 +858,28 @@ def report(c: Context, out: str, html: str | None = None, json: bool = False) ->
 
 
 @task(
+    help={
+        "port": "port on 127.0.0.1 (0: any free port)",
+        "storage": "directory for the registry's blobs, config and log (default: CACHE/registry)",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+    }
+)
+def registry(
+    c: Context, port: int = 5000, storage: str | None = None, cache_dir: str | None = None
+) -> None:
+    """Serve a local OCI registry on 127.0.0.1 (for publish/pull), until Ctrl-C."""
+    from image import localregistry
+    from image import mirror as local_mirror
+
+    with _user_errors():
+        cfg = _config(c, cache_dir=cache_dir).config
+        where = Path(storage) if storage else cfg.cache_dir / "registry"
+        with localregistry.serve_registry(where, port) as served:
+            print(served.host, flush=True)
+            local_mirror.wait_for_stop_signal()
+
+
+@task(
     name="bench-resume",
     help={
         "image": "a built image (default: the demo's; built through ./inv demo if missing)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,28 @@ def test_tasks_publish_and_pull(registry: LocalRegistry, tmp_path: Path) -> None
                       check=False)  # fmt: skip
     assert refused.returncode == 1
     assert b"not REGISTRY/REPOSITORY" in refused.stderr
+
+
+@pytest.mark.allow_subprocess
+def test_registry_task_serves_until_sigterm(tmp_path: Path) -> None:
+    from image import run
+
+    need("docker-registry")
+    inv = Path(__file__).resolve().parents[2] / "inv"
+    log = tmp_path / "registry.out"
+    argv = [str(inv), "registry", "--port", "0", "--storage", str(tmp_path / "storage")]
+    with run.background(argv, stdout=log, env={"HOME": os.environ.get("HOME", "/root")}) as proc:
+        host = ""
+        for _ in range(600):  # 60 s at most (./inv and the registry start)
+            host = next((line for line in log.read_text().splitlines()
+                         if line.startswith("127.0.0.1:")), "")  # fmt: skip
+            if host or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert host, log.read_text()
+        out = make_output(tmp_path / "out")
+        oci.publish(out, f"{host}/served:v1")
+        assert oci.pull(f"{host}/served:v1", tmp_path / "back").out == tmp_path / "back"
+        run.stop(proc, timeout=30)
+        assert proc.returncode == 0, log.read_text()
+    assert (tmp_path / "storage" / "storage" / "docker").is_dir()
