@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -432,8 +433,6 @@ def publish(
 
 @contextlib.contextmanager
 def _empty_config_file() -> Iterator[Path]:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="sandbox-image-oci-") as tmp:
         path = Path(tmp) / "config.json"
         path.write_bytes(b"{}")
