@@ -62,6 +62,8 @@ MEDIA_TYPES = {
     "manifest.json": "application/vnd.sandbox-image.manifest.v1+json",
     "sbom.json": "application/vnd.cyclonedx+json",
     "report.html": "text/html",
+    # The build proxy's audit log: one JSON object a line.
+    "egress.jsonl": "application/vnd.sandbox-image.egress-log.v1+jsonl",
     f"{SNAPSHOT_DIR}/snapshot.json": "application/vnd.sandbox-image.snapshot.v1+json",
     f"{SNAPSHOT_DIR}/memory": "application/vnd.sandbox-image.snapshot.memory",
     f"{SNAPSHOT_DIR}/state": "application/vnd.sandbox-image.snapshot.state",

@@ -31,6 +31,7 @@ def test_media_types_per_file() -> None:
     assert oci.media_type("manifest.json") == "application/vnd.sandbox-image.manifest.v1+json"
     assert oci.media_type("build-info.json") == ("application/vnd.sandbox-image.build-info.v1+json")
     assert oci.media_type("report.html") == "text/html"
+    assert oci.media_type("egress.jsonl") == "application/vnd.sandbox-image.egress-log.v1+jsonl"
     assert oci.media_type("logs/serial.log") == "text/plain"
     assert oci.media_type("snapshot/memory") == "application/vnd.sandbox-image.snapshot.memory"
     assert oci.media_type("snapshot/base.qcow2") == "application/vnd.sandbox-image.disk.qcow2"
