@@ -131,6 +131,13 @@ TOOLS: tuple[Tool, ...] = (
         version_argv=(),
     ),
     Tool(
+        "docker-registry",
+        "docker-registry",
+        "publish/pull tests (a local OCI registry)",
+        command="docker-registry",
+    ),
+    Tool("chromium", "chromium", "report rendering test (headless)", command="chromium"),
+    Tool(
         "binfmt aarch64",
         "binfmt-support",
         "arm64 stand-in",

@@ -34,6 +34,7 @@ from image import (
     manifest,
     packages,
     qemu,
+    report,
     run,
     sandbox,
     ssh,
@@ -332,9 +333,9 @@ def _verify(ctx: BuildContext, session: ssh.Session, profile: packages.Profile) 
     self_test = session.run(
         f"sudo -n -u agent {shlex.join(sandbox.SELF_TEST_COMMAND)}", check=False
     )
-    report = parse_self_test(self_test.stdout)
-    results["sandbox_self_test"] = report
-    if self_test.exit_status != 0 or not report.get("ok"):
+    outcome = parse_self_test(self_test.stdout)
+    results["sandbox_self_test"] = outcome
+    if self_test.exit_status != 0 or not outcome.get("ok"):
         raise ImageError(
             f"verify: the in-guest sandbox self-test failed (exit {self_test.exit_status}):\n"
             f"{self_test.stdout[-2000:]}{self_test.stderr[-2000:]}",
@@ -350,12 +351,12 @@ def parse_self_test(stdout: str) -> dict[str, Any]:
     """The launcher's self-test prints one JSON object as its last line."""
     lines = stdout.strip().splitlines()
     try:
-        report = json.loads(lines[-1]) if lines else None
+        outcome = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
-        report = None
-    if not isinstance(report, dict) or "ok" not in report:
+        outcome = None
+    if not isinstance(outcome, dict) or "ok" not in outcome:
         return {"ok": False, "output": stdout[-500:]}
-    return report
+    return outcome
 
 
 def _guest_distro(session: ssh.Session) -> str:
@@ -436,6 +437,9 @@ def _publish(ctx: BuildContext, image_path: Path, raw_path: Path | None) -> Buil
     sums = {p.name: _sha256(p) for p in artifacts}
     ctx.info["outputs"] = sums
     ctx.info["timings"] = ctx.timings
+    # The report shows the hashes above, so it is made after them and listed last.
+    (staging / report.REPORT).write_text(report.render_output(staging, ctx.info), "utf-8")
+    sums[report.REPORT] = _sha256(staging / report.REPORT)
     (staging / "SHA256SUMS").write_text("".join(f"{h} *{n}\n" for n, h in sums.items()))
     _write_json(staging / "build-info.json", ctx.info)
     for path in staging.rglob("*"):
