@@ -195,7 +195,7 @@ def build_image(
         with step("compact", ctx.timings):
             name = output_name(cfg)
             image_path = ctx.staging / f"{name}.qcow2"
-            _run_qemu_img(["convert", "-c", "-O", "qcow2", str(disk), str(image_path)])
+            _run_qemu_img(compact_argv(disk, image_path))
             raw_path = None
             if raw:
                 raw_path = ctx.staging / f"{name}.raw"
@@ -467,6 +467,18 @@ def _generalize(session: ssh.Session) -> None:
     """One root script: after the build user's sudo rule is gone, no more sudo."""
     script = "set -eu\n" + "\n".join(GENERALIZE) + "\n"
     session.sudo(script, timeout=900)
+
+
+# zstd instead of qcow2's default zlib: about 3x less time for the same (slightly
+# smaller) image here. Readers need QEMU >= 5.1 (jammy has 6.2); the raw output
+# (--raw) is for hosts that do not read qcow2 at all.
+COMPRESSION = "zstd"
+
+
+def compact_argv(disk: Path, out: Path) -> list[str]:
+    """qemu-img's arguments: the build disk and its backing base, as one compressed qcow2."""
+    return ["convert", "-c", "-o", f"compression_type={COMPRESSION}", "-O", "qcow2",
+            str(disk), str(out)]  # fmt: skip
 
 
 def _run_qemu_img(args: list[str]) -> None:
