@@ -158,6 +158,14 @@ def from_build(
             f"the build output does not describe a build: {exc!r} is missing",
             hint="pass the output directory of a finished ./inv build-image",
         ) from None
+    if snapshot is not None and lock.distro != "ubuntu":
+        raise ImageError(
+            f"--snapshot-timestamp needs an Ubuntu build; this one is {lock.distro}",
+            hint="snapshot.ubuntu.com serves Ubuntu only; drop the timestamp",
+        )
+    if snapshot is not None and not _SNAPSHOT.fullmatch(snapshot):
+        raise ImageError(f"not a snapshot timestamp: {snapshot!r}",
+                         hint="use YYYYMMDDTHHMMSSZ, e.g. 20240301T000000Z")  # fmt: skip
     if lock.base_serial == "latest":
         raise ImageError(
             "the build did not record a base image serial (the mirror named none)",

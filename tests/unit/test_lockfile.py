@@ -122,9 +122,18 @@ def test_missing_header_and_empty_apt_are_errors_without_a_line() -> None:
         lockfile.parse(text.replace(apt_lines, ""), Path("x.lock"))
 
 
-def test_a_snapshot_needs_ubuntu() -> None:
-    with pytest.raises(LockError, match="snapshot pin needs distro ubuntu"):
+def test_a_snapshot_needs_ubuntu_and_a_timestamp() -> None:
+    with pytest.raises(ImageError, match="needs an Ubuntu build; this one is debian"):
         lockfile.from_build(_manifest_json(), _build_info(), snapshot="20240301T000000Z")
+    jammy = {**_manifest_json(), "distro": "ubuntu"}
+    assert lockfile.from_build(jammy, _build_info(), "20240301T000000Z").snapshot == (
+        "20240301T000000Z"
+    )
+    with pytest.raises(ImageError, match="not a snapshot timestamp: '2024-03-01'"):
+        lockfile.from_build(jammy, _build_info(), snapshot="2024-03-01")
+    text = lockfile.render(LOCK).replace("[apt]", "snapshot: 20240301T000000Z\n[apt]")
+    with pytest.raises(LockError, match="snapshot pin needs distro ubuntu"):
+        lockfile.parse(text, Path("x.lock"))
 
 
 def test_a_lock_is_for_one_build_shape() -> None:
