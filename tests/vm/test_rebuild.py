@@ -77,8 +77,8 @@ def test_rebuild_from_the_demo_lock_changes_no_package_and_downloads_no_deb(
     output = (logs / "cloud-init-output.log").read_text(errors="replace")
     # Every .deb came from the cache: apt had nothing left to fetch.
     assert re.search(r"^Need to get 0 B/", output, re.MULTILINE), output[-3000:]
-    # The hold on every package is gone from the image it was built into.
-    assert qemu_processes() == []
+    # Other sessions may run VMs on this machine: only this build's count.
+    assert [p for p in qemu_processes() if info["build_id"] in p] == []
 
 
 def test_a_locked_version_the_archive_lacks_fails_naming_it_and_caches_nothing(
@@ -108,4 +108,4 @@ def test_a_locked_version_the_archive_lacks_fails_naming_it_and_caches_nothing(
     assert "build logs:" in message
     assert sorted(p.name for p in cfg.output_dir.iterdir()) == []
     assert [i.path.name for i in packagecache.items(cache)] == []
-    assert qemu_processes() == []
+    assert [p for p in qemu_processes() if str(cache) in p] == []
