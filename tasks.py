@@ -562,7 +562,7 @@ BUILD_HELP = {
     "raw": "also write a raw image (Apple Virtualization.framework)",
     "package_lists": "a package-lists directory of your own (default: the project's)",
     "lock": "install exactly the versions of this lock (from ./inv lock) on its base image",
-    "no_cache": "do not use or fill the package caches (apt, pip, npm)",
+    "cache": "use and fill the package caches: apt, pip, npm (--no-cache: off)",
 }
 
 
@@ -575,7 +575,7 @@ def build_image(
     accel: str | None = None, boot_timeout: float | None = None,
     provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
     offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
-    package_lists: str | None = None, lock: str | None = None, no_cache: bool = False,
+    package_lists: str | None = None, lock: str | None = None, cache: bool = True,
     json: bool = False,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish."""
@@ -593,7 +593,7 @@ def build_image(
             cfg, distro=distro, offline=offline,
             insecure_skip_signature=insecure_skip_signature, raw=raw,
             package_lists=Path(package_lists).resolve() if package_lists else PACKAGE_LISTS,
-            lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=not no_cache,
+            lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

@@ -346,7 +346,7 @@ def check_build_matches(lock: Lock, *, distro: str, release: str, arch: str, pro
         if want != have:
             raise ImageError(
                 f"the lock is for {what} {want}, this build is for {have}",
-                hint=f"build with --{what} {want}, or make a lock from a {have} build",
+                hint=f"build with --{what} {want}, or make a lock from a build with {what} {have}",
             )
 
 

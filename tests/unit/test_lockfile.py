@@ -142,7 +142,7 @@ def test_a_lock_is_for_one_build_shape() -> None:
     with pytest.raises(ImageError, match="lock is for arch amd64, this build is for arm64") as e:
         lockfile.check_build_matches(LOCK, distro="debian", release="jammy", arch="arm64",
                                      profile="smoke")  # fmt: skip
-    assert e.value.hint == "build with --arch amd64, or make a lock from a arm64 build"
+    assert e.value.hint == "build with --arch amd64, or make a lock from a build with arch arm64"
 
 
 def test_a_base_image_with_other_bytes_is_refused() -> None:
