@@ -741,17 +741,10 @@ def cache(
     }
 )
 def snapshot(
-    c: Context,
-    image: str,
-    out: str,
-    cpus: int | None = None,
-    memory: str | None = None,
-    arch: str | None = None,
-    accel: str | None = None,
-    cache_dir: str | None = None,
-    timeout: float | None = None,
-    json: bool = False,
-) -> None:
+    c: Context, image: str, out: str, cpus: int | None = None, memory: str | None = None,
+    arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
+    timeout: float | None = None, json: bool = False,
+) -> None:  # fmt: skip
     """Boot a built image in the runtime shape until ready, and save the VM."""
     from image import snapshot as snap
 
@@ -842,16 +835,11 @@ def mirror(
     },
 )
 def proxy(
-    c: Context,
-    policy: str | None = None,
-    allow: list[str] | None = None,
-    deny: list[str] | None = None,
-    allow_address: list[str] | None = None,
-    allow_port: list[str] | None = None,
-    http_port: int = 3128,
-    socks_port: int = 1080,
+    c: Context, policy: str | None = None, allow: list[str] | None = None,
+    deny: list[str] | None = None, allow_address: list[str] | None = None,
+    allow_port: list[str] | None = None, http_port: int = 3128, socks_port: int = 1080,
     audit_log: str | None = None,
-) -> None:
+) -> None:  # fmt: skip
     """Run the egress proxy (HTTP + SOCKS5) with a domain allowlist until SIGTERM/Ctrl-C."""
     from image import mirror as local_mirror
     from image import proxy as egress
@@ -880,15 +868,10 @@ def proxy(
     }
 )
 def launch(
-    c: Context,
-    snapshot: str,
-    share: str | None = None,
-    session_disk: str = "10G",
-    hostname: str | None = None,
-    timeout: float = 3600.0,
-    cache_dir: str | None = None,
+    c: Context, snapshot: str, share: str | None = None, session_disk: str = "10G",
+    hostname: str | None = None, timeout: float = 3600.0, cache_dir: str | None = None,
     json: bool = False,
-) -> None:
+) -> None:  # fmt: skip
     """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user."""
     from image import snapshot as snap
 
