@@ -583,6 +583,8 @@ BUILD_HELP = {
     "insecure_skip_signature": "do NOT check the SHA256SUMS signature (loud, recorded)",
     "raw": "also write a raw image (Apple Virtualization.framework)",
     "package_lists": "a package-lists directory of your own (default: the project's)",
+    "lock": "install exactly the versions of this lock (from ./inv lock) on its base image",
+    "cache": "use and fill the package caches: apt, pip, npm (--no-cache: off)",
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
@@ -599,7 +601,8 @@ def build_image(
     accel: str | None = None, boot_timeout: float | None = None,
     provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
     offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
-    package_lists: str | None = None, json: bool = False, policy: str | None = None,
+    package_lists: str | None = None, lock: str | None = None, cache: bool = True,
+    json: bool = False, policy: str | None = None,
     allow: list[str] | None = None, deny: list[str] | None = None,
     allow_address: list[str] | None = None, allow_port: list[str] | None = None,
 ) -> None:  # fmt: skip
@@ -608,7 +611,7 @@ def build_image(
     The build VM reaches the network only through an egress proxy with the build
     policy (proxy-policies/build.policy); its log is published as egress.jsonl.
     """
-    from image import egress, pipeline
+    from image import egress, lockfile, pipeline
     from image.packages import PACKAGE_LISTS
 
     with _user_errors():
@@ -625,12 +628,138 @@ def build_image(
             egress_policy=_policy_choice(
                 policy, egress.BUILD_POLICY, allow, deny, allow_address, allow_port
             ),
+            lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:
             console.print_json(result.to_json())
         else:
             print(result.image)
+
+
+def _user_path(text: str) -> Path:
+    # ./inv changes into the checkout; relative paths are the user's, from PWD.
+    return (Path(os.environ.get("PWD") or Path.cwd()) / Path(text).expanduser()).resolve()
+
+
+@task(
+    name="lock",
+    help={
+        "output": "a build-image output directory (holds manifest.json and build-info.json)",
+        "out": "where to write the lock (default: OUTPUT/sandbox-image.lock)",
+        "snapshot_timestamp": "also pin jammy's archive to snapshot.ubuntu.com at YYYYMMDDTHHMMSSZ",
+        "json": CONFIG_HELP["json"],
+    },
+)
+def lock(
+    c: Context,
+    output: str,
+    out: str | None = None,
+    snapshot_timestamp: str | None = None,
+    json: bool = False,
+) -> None:
+    """Write a lock (exact apt/pip/npm versions, base serial and sha256) from a build's output."""
+    import json as json_module
+
+    from image import imagecache, lockfile
+
+    with _user_errors():
+        where = _user_path(output)
+        documents = {}
+        for name in ("manifest.json", "build-info.json"):
+            try:
+                documents[name] = json_module.loads((where / name).read_text())
+            except (OSError, ValueError) as exc:
+                raise ImageError(
+                    f"cannot read {where / name}: {exc}",
+                    hint="pass the output directory of a finished build-image",
+                ) from None
+        made = lockfile.from_build(
+            documents["manifest.json"], documents["build-info.json"], snapshot=snapshot_timestamp
+        )
+        target = _user_path(out) if out else where / "sandbox-image.lock"
+        imagecache.atomic_write(target, lockfile.render(made).encode())
+        summary = {
+            "lock": str(target),
+            "apt": len(made.apt),
+            "pip": len(made.pip),
+            "npm": len(made.npm),
+            "base_serial": made.base_serial,
+            "base_sha256": made.base_sha256,
+            "snapshot": made.snapshot,
+        }
+        if json:
+            console.print_json(summary)
+        else:
+            print(target)
+
+
+@task(
+    help={
+        "stats": "show files and bytes per cache (the default)",
+        "prune": "delete cached files: with --older-than and/or --max-size",
+        "max_size": "with --prune: keep at most this much (e.g. 5G), least recently used go first",
+        "older_than": "with --prune: delete what no build used for this long (e.g. 30d, 12h)",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "json": CONFIG_HELP["json"],
+    }
+)
+def cache(
+    c: Context,
+    stats: bool = False,
+    prune: bool = False,
+    max_size: str | None = None,
+    older_than: str | None = None,
+    cache_dir: str | None = None,
+    json: bool = False,
+) -> None:
+    """Show (--stats) or trim (--prune) the package caches (apt, pip, npm) under the cache dir."""
+    import time
+
+    from image import packagecache
+
+    with _user_errors():
+        cfg = _config(c, cache_dir=cache_dir).config
+        removed: list[packagecache.Item] = []
+        freed = 0
+        if prune:
+            if max_size is None and older_than is None:
+                raise ImageError(
+                    "--prune needs --max-size and/or --older-than",
+                    hint="e.g. ./inv cache --prune --older-than 30d --max-size 5G",
+                )
+            try:
+                limit = config.parse_size(max_size) if max_size is not None else None
+                age = packagecache.parse_duration(older_than) if older_than is not None else None
+            except ValueError as exc:
+                raise ImageError(str(exc)) from None
+            removed = packagecache.select_prune(
+                packagecache.items(cfg.cache_dir), max_size=limit, older_than=age, now=time.time()
+            )
+            freed = packagecache.prune(cfg.cache_dir, removed)
+        elif max_size is not None or older_than is not None:
+            raise ImageError("--max-size and --older-than go with --prune")
+        rows = packagecache.stats(packagecache.items(cfg.cache_dir))
+        if json:
+            console.print_json(
+                {
+                    "cache_dir": str(cfg.cache_dir),
+                    "caches": [r.to_json() for r in rows],
+                    "pruned": {"files": len(removed), "bytes": freed},
+                }
+            )
+            return
+        if prune:
+            print(
+                f"pruned {len(removed)} item(s), {config.format_size(freed) if freed else 0} bytes"
+            )
+        if not rows:
+            print(f"no package caches under {cfg.cache_dir / 'packages'}")
+        for r in rows:
+            print(
+                f"{r.key:<28} {r.kind:<4} {r.files:>6} file(s) {r.bytes / (1 << 20):>10.1f} MiB  "
+                f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.newest))}"
+            )
 
 
 @task(

@@ -37,7 +37,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from image import egress, packages, run
+from image import egress, lockfile, packagecache, packages, run
 from image.errors import ImageError
 from image.skills import pack as skills_pack
 
@@ -56,6 +56,11 @@ PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
 SKILLS_ARCHIVE_PATH = f"{STATE_DIR}/skills.tar.gz"
 SKILLS_GUEST_DIR = "/opt/skills"
 UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/90-sandbox-image-unsafe-io"
+# A locked build holds every package at its locked version; removed once installed.
+APT_LOCK_PREFERENCES_PATH = "/etc/apt/preferences.d/90-sandbox-image-lock"
+# A cached build's pip downloads land here first (then pip installs from it, offline).
+PIP_DOWNLOAD_DIR = "/var/tmp/sandbox-image-pip"
+NPM_CACHE_DIR = "/var/tmp/sandbox-image-npm"
 # QEMU gives the first NIC this address unless told otherwise; the network
 # config matches on it (see cloud-init/network-config.j2 for why a MAC).
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"
@@ -71,6 +76,7 @@ _OWN_PATHS = frozenset(
         PIP_CONSTRAINTS_PATH,
         SKILLS_ARCHIVE_PATH,
         UNSAFE_IO_PATH,
+        APT_LOCK_PREFERENCES_PATH,
         "/etc/environment",
     }
 )
@@ -105,6 +111,10 @@ class RenderInputs:
     interface: str = "eth0"
     package_lists: Path = packages.PACKAGE_LISTS
     templates_dir: Path = TEMPLATES_DIR
+    # Install exactly the lock's versions (build-image --lock).
+    lock: lockfile.Lock | None = None
+    # The package caches, shared over 9p (see image/packagecache.py); off: no shares.
+    package_cache: bool = False
 
 
 # --- pure pieces -------------------------------------------------------------
@@ -301,11 +311,11 @@ def template_context(
             }
             for s in profile.sources
         ],
-        "apt_packages": list(profile.apt_packages),
-        "pip_packages": list(profile.pip_packages),
-        "npm_packages": list(profile.npm_packages),
+        **_package_specs(inputs.lock, profile),
         "pip_constraints_path": PIP_CONSTRAINTS_PATH,
-        "pip_constraints_b64": _b64_lines(profile.pip_constraints),
+        "apt_lock_preferences_path": APT_LOCK_PREFERENCES_PATH,
+        "apt_lock_preferences": lockfile.apt_preferences(inputs.lock) if inputs.lock else "",
+        **_package_cache_context(inputs.package_cache),
         "apt_list_path": APT_LIST_PATH,
         "apt_list_b64": _b64_lines(profile.apt_packages),
         "verify_packages_command": verify_packages_command(),
@@ -319,6 +329,39 @@ def template_context(
         "marker_command": marker_command(inputs),
         "mac_address": inputs.mac_address,
         "interface": inputs.interface,
+    }
+
+
+def _package_specs(lock: lockfile.Lock | None, profile: packages.Profile) -> dict[str, Any]:
+    """What the installers get: the profile's pins, or with a lock the lock's versions."""
+    if lock is None:
+        return {
+            "apt_packages": list(profile.apt_packages),
+            "pip_packages": list(profile.pip_packages),
+            "npm_packages": list(profile.npm_packages),
+            "pip_constraints_b64": _b64_lines(profile.pip_constraints),
+        }
+    pinned = lockfile.pinned_specs(lock, profile)
+    return {
+        "apt_packages": list(pinned["apt"]),
+        "pip_packages": list(pinned["pip"]) if profile.pip_packages else [],
+        "npm_packages": list(pinned["npm"]),
+        # Every locked pip package, so the dependencies come at their locked versions too.
+        "pip_constraints_b64": _b64_lines(lockfile.pip_constraints(lock))
+        if profile.pip_packages
+        else "",
+    }
+
+
+def _package_cache_context(enabled: bool) -> dict[str, Any]:
+    return {
+        "package_cache": enabled,
+        "cache_tag": packagecache.CACHE_TAG,
+        "cache_new_tag": packagecache.NEW_TAG,
+        "guest_cache": packagecache.GUEST_CACHE,
+        "guest_cache_new": packagecache.GUEST_NEW,
+        "pip_download_dir": PIP_DOWNLOAD_DIR,
+        "npm_cache_dir": NPM_CACHE_DIR,
     }
 
 

@@ -57,6 +57,7 @@ class VMSpec:
     net_restrict: bool = False  # user net with restrict=on: no route out but guestfwd
     guestfwd: tuple[tuple[str, str], ...] = ()  # (guest "ip:port", host "cmd:..." or chardev)
     share: Share | None = None
+    shares: tuple[Share, ...] = ()  # more 9p shares, after ``share`` (tags must differ)
     session_disk: Path | None = None  # raw (a host-made ext4, see snapshot.make_session_disk)
     memory_file: Path | None = None  # RAM in a file (snapshot/launch)
     memory_private: bool = False  # map memory_file MAP_PRIVATE: copy-on-write, file untouched
@@ -135,11 +136,12 @@ def qemu_argv(spec: VMSpec) -> list[str]:
             "-device", "virtio-serial-pci,id=vser0",
             "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={QGA_PORT_NAME}",
         ]  # fmt: skip
-    if spec.share is not None:
-        ro = ",readonly=on" if spec.share.readonly else ""
+    shares = ([spec.share] if spec.share is not None else []) + list(spec.shares)
+    for number, shared in enumerate(shares):
+        ro = ",readonly=on" if shared.readonly else ""
         argv += [
-            "-fsdev", f"local,id=fs0,path={spec.share.path},security_model=none{ro}",
-            "-device", f"virtio-9p-pci,fsdev=fs0,mount_tag={spec.share.tag}",
+            "-fsdev", f"local,id=fs{number},path={shared.path},security_model=none{ro}",
+            "-device", f"virtio-9p-pci,fsdev=fs{number},mount_tag={shared.tag}",
         ]  # fmt: skip
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]

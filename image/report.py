@@ -31,7 +31,7 @@ REPORT = "report.html"
 # so the order comes from here; a test checks it against pipeline.build_image.
 PIPELINE_STEPS = (
     "fetch", "render", "disk", "boot", "provision", "verify", "manifest", "generalize",
-    "shutdown", "compact", "publish",
+    "shutdown", "compact", "publish", "cache",
 )  # fmt: skip
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from image import pipeline
 
 
@@ -31,3 +33,10 @@ def test_generalize_removes_the_build_user_last_and_host_keys() -> None:
     assert "rm -f /etc/ssh/ssh_host_*" in steps
     assert "truncate -s 0 /etc/machine-id" in steps
     assert steps.index("cloud-init clean --logs") < userdel
+
+
+def test_compaction_writes_one_zstd_compressed_qcow2() -> None:
+    assert pipeline.compact_argv(Path("/w/disk.qcow2"), Path("/o/image.qcow2")) == [
+        "convert", "-c", "-o", "compression_type=zstd", "-O", "qcow2",
+        "/w/disk.qcow2", "/o/image.qcow2",
+    ]  # fmt: skip

@@ -82,3 +82,19 @@ def test_serial_tail_strips_terminal_noise(tmp_path: Path) -> None:
     tail = serial_tail(log, lines=3)
     assert tail == "line 97\nline 98\nline 99"
     assert serial_tail(tmp_path / "missing") == "(no serial log)"
+
+
+def test_two_more_shares_follow_the_first_with_their_own_ids() -> None:
+    argv = qemu_argv(spec(
+        share=Share(Path("/h/share")),
+        shares=(Share(Path("/c/pkg"), "pkgcache", readonly=True), Share(Path("/w/new"), "pkgnew")),
+    ))  # fmt: skip
+    start = argv.index("-fsdev")
+    assert argv[start : start + 12] == [
+        "-fsdev", "local,id=fs0,path=/h/share,security_model=none",
+        "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=share",
+        "-fsdev", "local,id=fs1,path=/c/pkg,security_model=none,readonly=on",
+        "-device", "virtio-9p-pci,fsdev=fs1,mount_tag=pkgcache",
+        "-fsdev", "local,id=fs2,path=/w/new,security_model=none",
+        "-device", "virtio-9p-pci,fsdev=fs2,mount_tag=pkgnew",
+    ]  # fmt: skip

@@ -1,0 +1,241 @@
+"""Package caches: keys, what the guest is given, fill-back, use stamps, stats and pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from image import cloudinit, manifest, packagecache
+from image.packagecache import Item
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
+DAY = 86400.0
+
+
+def test_key_is_distro_release_arch_and_refuses_anything_else() -> None:
+    assert packagecache.key("ubuntu", "jammy", "arm64") == "ubuntu-jammy-arm64"
+    for bad in (("ubuntu", "../x", "arm64"), ("", "jammy", "amd64"), ("ubuntu", "jammy", "a/b")):
+        with pytest.raises(ValueError):
+            packagecache.key(*bad)
+
+
+def test_prepare_makes_the_key_dirs_and_a_read_only_cache_share(tmp_path: Path) -> None:
+    shares = packagecache.prepare(tmp_path / "cache", "debian-jammy-amd64", tmp_path / "work")
+    root = tmp_path / "cache" / "packages" / "debian-jammy-amd64"
+    assert shares.cache.path == root and shares.cache.readonly
+    assert shares.cache.tag == "pkgcache"
+    assert shares.new.path == tmp_path / "work" / "package-cache-new" and not shares.new.readonly
+    assert shares.new.tag == "pkgnew"
+    for kind in ("apt", "pip", "npm"):
+        assert (root / kind).is_dir() and (shares.new_dir / kind).is_dir()
+
+
+def _outbox(tmp_path: Path) -> Path:
+    new = tmp_path / "new"
+    for kind in ("apt", "pip", "npm"):
+        (new / kind).mkdir(parents=True)
+    return new
+
+
+def test_fill_back_adds_files_atomically_and_only_what_it_expects(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    new = _outbox(tmp_path)
+    (new / "apt" / "jq_1.6-2.1+deb12u3_amd64.deb").write_bytes(b"deb1")
+    (new / "apt" / "bsdutils_1%3a2.38.1-5_amd64.deb").write_bytes(b"deb2")
+    (new / "apt" / "notes.txt").write_text("not a deb")
+    (new / "apt" / "evil_1_amd64.deb").symlink_to("/etc/shadow")
+    (new / "pip" / "pypdf-7.1.1-py3-none-any.whl").write_bytes(b"wheel")
+    result = packagecache.fill_back(cache, "debian-jammy-amd64", new)
+    apt = cache / "packages" / "debian-jammy-amd64" / "apt"
+    assert sorted(p.name for p in apt.iterdir()) == [
+        "bsdutils_1%3a2.38.1-5_amd64.deb", "jq_1.6-2.1+deb12u3_amd64.deb"]  # fmt: skip
+    assert (apt / "jq_1.6-2.1+deb12u3_amd64.deb").read_bytes() == b"deb1"
+    assert not (apt / "jq_1.6-2.1+deb12u3_amd64.deb").is_symlink()
+    assert result.added == {"apt": 2, "pip": 1, "npm": 0}
+    assert result.bytes_added == 4 + 4 + 5
+    assert result.ignored == ("apt/notes.txt",)  # the symlink is not even looked at
+
+
+def test_fill_back_keeps_what_is_there(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    new = _outbox(tmp_path)
+    (new / "apt" / "jq_1_amd64.deb").write_bytes(b"same")
+    packagecache.fill_back(cache, "k", new)
+    again = packagecache.fill_back(cache, "k", new)
+    assert again.added["apt"] == 0 and again.bytes_added == 0
+
+
+def test_fill_back_replaces_the_npm_cache_whole_without_symlinks(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    old = cache / "packages" / "k" / "npm"
+    (old / "content-v2").mkdir(parents=True)
+    (old / "content-v2" / "old").write_text("old")
+    new = _outbox(tmp_path)
+    (new / "npm" / "content-v2" / "sha512").mkdir(parents=True)
+    (new / "npm" / "content-v2" / "sha512" / "ab").write_text("tarball")
+    (new / "npm" / "index-v5").mkdir()
+    (new / "npm" / "index-v5" / "link").symlink_to("/etc/passwd")
+    result = packagecache.fill_back(cache, "k", new)
+    assert result.added["npm"] == 1
+    assert sorted(str(p.relative_to(old)) for p in old.rglob("*")) == [
+        "content-v2", "content-v2/sha512", "content-v2/sha512/ab", "index-v5"]  # fmt: skip
+    assert [p.name for p in old.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_deb_file_name_writes_the_epoch_as_apt_does() -> None:
+    assert packagecache.deb_filename(manifest.Package("bsdutils", "1:2.38.1-5", "amd64")) == (
+        "bsdutils_1%3a2.38.1-5_amd64.deb"
+    )
+
+
+def test_mark_used_touches_what_the_build_installed(tmp_path: Path) -> None:
+    root = tmp_path / "packages" / "k"
+    (root / "apt").mkdir(parents=True)
+    (root / "pip").mkdir()
+    used = root / "apt" / "jq_1.6_amd64.deb"
+    unused = root / "apt" / "curl_7_amd64.deb"
+    wheel = root / "pip" / "pdfminer_six-20260107-py3-none-any.whl"
+    other_wheel = root / "pip" / "pdfminer_six-20250101-py3-none-any.whl"
+    for path in (used, unused, wheel, other_wheel):
+        path.write_bytes(b"x")
+        os.utime(path, (1000.0, 1000.0))
+    found = manifest.Manifest("debian", "amd64", (manifest.Package("jq", "1.6", "amd64"),),
+                              (manifest.Package("pdfminer.six", "20260107"),), ())  # fmt: skip
+    assert packagecache.mark_used(tmp_path, "k", found, now=5000.0) == 2
+    assert used.stat().st_mtime == 5000.0 and wheel.stat().st_mtime == 5000.0
+    assert unused.stat().st_mtime == 1000.0 and other_wheel.stat().st_mtime == 1000.0
+
+
+def test_items_and_stats(tmp_path: Path) -> None:
+    root = tmp_path / "packages" / "debian-jammy-amd64"
+    (root / "apt").mkdir(parents=True)
+    (root / "npm" / "content-v2").mkdir(parents=True)
+    for name, size, mtime in (("a_1_all.deb", 10, 100.0), ("b_1_all.deb", 30, 300.0),
+                              (".b_1_all.deb.x.tmp", 99, 50.0)):  # fmt: skip
+        path = root / "apt" / name
+        path.write_bytes(b"x" * size)
+        os.utime(path, (mtime, mtime))
+    (root / "npm" / "content-v2" / "blob").write_bytes(b"y" * 7)
+    found = packagecache.items(tmp_path)
+    assert [(i.kind, i.size) for i in found] == [("apt", 10), ("apt", 30), ("npm", 7)]
+    rows = packagecache.stats(found)
+    assert [(r.key, r.kind, r.files, r.bytes) for r in rows] == [
+        ("debian-jammy-amd64", "apt", 2, 40), ("debian-jammy-amd64", "npm", 1, 7)]  # fmt: skip
+    assert (rows[0].oldest, rows[0].newest) == (100.0, 300.0)
+    assert packagecache.items(tmp_path / "nothing") == []
+
+
+def _item(name: str, size: int, age_days: float, now: float = 100 * DAY) -> Item:
+    return Item(Path(name), "k", "apt", size, now - age_days * DAY)
+
+
+ITEMS = [_item("old", 10, 40), _item("mid", 20, 10), _item("new", 30, 1), _item("newest", 40, 0)]
+
+
+def test_prune_older_than() -> None:
+    chosen = packagecache.select_prune(ITEMS, older_than=30 * DAY, now=100 * DAY)
+    assert [i.path.name for i in chosen] == ["old"]
+
+
+def test_prune_to_a_size_drops_the_least_recently_used_first() -> None:
+    chosen = packagecache.select_prune(ITEMS, max_size=70, now=100 * DAY)
+    assert [i.path.name for i in chosen] == ["old", "mid"]  # 100 -> 70
+    assert packagecache.select_prune(ITEMS, max_size=100, now=100 * DAY) == []
+    assert len(packagecache.select_prune(ITEMS, max_size=0, now=100 * DAY)) == 4
+
+
+def test_prune_both_limits() -> None:
+    chosen = packagecache.select_prune(ITEMS, older_than=5 * DAY, max_size=40, now=100 * DAY)
+    assert [i.path.name for i in chosen] == ["old", "mid", "new"]
+
+
+def test_prune_deletes_files_and_npm_dirs(tmp_path: Path) -> None:
+    deb = tmp_path / "x.deb"
+    deb.write_bytes(b"12345")
+    npm = tmp_path / "npm"
+    (npm / "a").mkdir(parents=True)
+    freed = packagecache.prune(tmp_path, [Item(deb, "k", "apt", 5, 0.0),
+                                          Item(npm, "k", "npm", 3, 0.0)])  # fmt: skip
+    assert freed == 8 and not deb.exists() and not npm.exists()
+
+
+DURATIONS = [("30d", 30 * DAY), ("12h", 43200.0), ("2w", 14 * DAY), ("90m", 5400.0),
+             ("45s", 45.0), ("7", 7 * DAY)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
+def test_durations(text: str, seconds: float) -> None:
+    assert packagecache.parse_duration(text) == seconds
+
+
+def test_a_bad_duration() -> None:
+    with pytest.raises(ValueError, match="not a duration: '3 days'"):
+        packagecache.parse_duration("3 days")
+
+
+# --- what the guest is told ---------------------------------------------------------
+
+
+SMOKE = cloudinit.RenderInputs(profile="smoke", arch="amd64", distro="debian",
+                               build_ssh_public_key=KEY)  # fmt: skip
+FULL = cloudinit.RenderInputs(profile="full", arch="arm64", build_ssh_public_key=KEY)
+
+
+def _user_data(inputs: cloudinit.RenderInputs) -> dict[str, object]:
+    doc = yaml.safe_load(cloudinit.render(inputs)["user-data"])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_without_the_cache_the_document_is_as_before() -> None:
+    doc = _user_data(SMOKE)
+    assert "bootcmd" not in doc
+    assert "package-cache" not in cloudinit.render(SMOKE)["user-data"].decode()
+
+
+def test_with_the_cache_the_shares_are_mounted_before_packages_install() -> None:
+    doc = _user_data(dataclasses.replace(SMOKE, package_cache=True))
+    assert doc["bootcmd"] == [
+        ["mkdir", "-p", packagecache.GUEST_CACHE, packagecache.GUEST_NEW,
+         "/var/cache/apt/archives"],
+        ["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=262144,ro",
+         "pkgcache", packagecache.GUEST_CACHE],
+        ["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=262144",
+         "pkgnew", packagecache.GUEST_NEW],
+        ["find", f"{packagecache.GUEST_CACHE}/apt", "-maxdepth", "1", "-name", "*.deb", "-exec",
+         "ln", "-sf", "-t", "/var/cache/apt/archives", "{}", "+"],
+    ]  # fmt: skip
+    runcmd = doc["runcmd"]
+    assert isinstance(runcmd, list)
+    copy_out = ["find", "/var/cache/apt/archives", "-maxdepth", "1", "-type", "f", "-name", "*.deb",
+                "-exec", "cp", "-t", f"{packagecache.GUEST_NEW}/apt", "{}", "+"]  # fmt: skip
+    verify = runcmd.index(cloudinit.verify_packages_command())
+    # Right after apt is done (the package check; only the proxy export between them),
+    # before pip or npm could put anything else there.
+    between = runcmd[verify + 1 : runcmd.index(copy_out)]
+    assert [str(c).split(" ")[0] for c in between] == ["export"]
+    umount = ["umount", packagecache.GUEST_CACHE, packagecache.GUEST_NEW]
+    assert runcmd.index(umount) < len(runcmd) - 1  # before the marker
+    apt = doc["apt"]
+    assert isinstance(apt, dict)
+    assert 'APT::Keep-Downloaded-Packages "true";' in apt["conf"]
+
+
+def test_with_the_cache_pip_installs_offline_from_what_it_gathered() -> None:
+    runcmd = _user_data(dataclasses.replace(FULL, package_cache=True))["runcmd"]
+    assert isinstance(runcmd, list)
+    lists = [item for item in runcmd if isinstance(item, list)]
+    download = next(i for i in lists if i[:4] == ["python3", "-m", "pip", "download"])
+    install = next(i for i in lists if i[:4] == ["python3", "-m", "pip", "install"])
+    assert download[4:8] == ["--dest", cloudinit.PIP_DOWNLOAD_DIR, "--find-links",
+                             f"{packagecache.GUEST_CACHE}/pip"]  # fmt: skip
+    assert install[4:7] == ["--no-index", "--find-links", cloudinit.PIP_DOWNLOAD_DIR]
+    assert download[download.index("--constraint") :] == install[install.index("--constraint") :]
+    npm = next(i for i in lists if i[:2] == ["npm", "install"])
+    assert npm[npm.index("--cache") + 1] == cloudinit.NPM_CACHE_DIR
+    assert "--prefer-offline" in npm
+    assert ["cp", "-R", f"{cloudinit.NPM_CACHE_DIR}/.", f"{packagecache.GUEST_NEW}/npm"] in lists

@@ -1,0 +1,106 @@
+"""Rebuilds from a lock on the amd64 stand-in: no package change, warm caches, clear failures.
+
+Two builds beyond the shared demo: a locked rebuild with the demo's warm
+package cache, and a lock naming a version the archive does not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from image import config, lockfile, mirror, packagecache, pipeline, standin
+from image.errors import ImageError
+from tests.vm.conftest import attach_logs, qemu_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def package_changes(old_out: Path, new_out: Path) -> dict[str, object]:
+    """What `./inv diff OLD NEW --json` says changed in the packages."""
+    result = subprocess.run([str(ROOT / "inv"), "diff", str(old_out), str(new_out), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    packages: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])["packages"]
+    return packages
+
+
+def _write_lock(build_out: Path, target: Path) -> None:
+    result = subprocess.run([str(ROOT / "inv"), "lock", str(build_out), "--out", str(target),
+                             "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["lock"] == str(target)
+
+
+def _mirror_config(cfg: config.BuildConfig, served: mirror.Mirror) -> config.BuildConfig:
+    return dataclasses.replace(cfg, mirror=served.url, keyring=served.keyring,
+                               fingerprints=(served.fingerprint,))  # fmt: skip
+
+
+def test_rebuild_from_the_demo_lock_changes_no_package_and_downloads_no_deb(
+    fresh_config: config.BuildConfig, tmp_path: Path, built: dict[str, Path]
+) -> None:
+    demo_out = built["image"].parent
+    lock_path = tmp_path / "demo.lock"
+    _write_lock(demo_out, lock_path)
+    lock = lockfile.load(lock_path)
+    demo_manifest = json.loads((demo_out / "manifest.json").read_text())
+    assert len(lock.apt) == demo_manifest["counts"]["dpkg"]  # every installed package
+    # The demo build filled the package cache this build shares.
+    cached = packagecache.stats(packagecache.items(fresh_config.cache_dir))
+    assert any(row.kind == "apt" and row.files >= 10 for row in cached), cached
+    base = standin.ensure(fresh_config.cache_dir, "amd64")
+    with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
+        result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian",
+                                      lock=lock)  # fmt: skip
+    logs = result.image.parent / "logs"
+    attach_logs(logs / "cloud-init-output.log", logs / "serial.log")
+    assert package_changes(demo_out, result.image.parent) == {
+        "added": [], "removed": [], "changed": []}  # fmt: skip
+    info = json.loads(result.build_info.read_text())
+    assert info["lock"]["apt"] == len(lock.apt)
+    assert info["base"]["sha256"] == lock.base_sha256
+    assert info["package_cache"] == {"enabled": True, "key": "debian-jammy-amd64"}
+    output = (logs / "cloud-init-output.log").read_text(errors="replace")
+    # Every .deb came from the cache: apt had nothing left to fetch.
+    assert re.search(r"^Need to get 0 B/", output, re.MULTILINE), output[-3000:]
+    # Other sessions may run VMs on this machine: only this build's count.
+    assert [p for p in qemu_processes() if info["build_id"] in p] == []
+
+
+def test_a_locked_version_the_archive_lacks_fails_naming_it_and_caches_nothing(
+    vm_config: config.BuildConfig, tmp_path: Path, built: dict[str, Path]
+) -> None:
+    lock_path = tmp_path / "bogus.lock"
+    _write_lock(built["image"].parent, lock_path)
+    text = lock_path.read_text()
+    # A dependency, not a listed package: apt would quietly take another version.
+    text, count = re.subn(r"^libonig5:amd64=.*$", "libonig5:amd64=9.9-bogus", text,
+                          flags=re.MULTILINE)  # fmt: skip
+    assert count == 1
+    lock_path.write_text(text)
+    cache = tmp_path / "cache"  # empty: everything is downloaded, then thrown away
+    cfg = dataclasses.replace(vm_config, cache_dir=cache, output_dir=tmp_path / "out")
+    base = standin.ensure(vm_config.cache_dir, "amd64")
+    with (
+        mirror.serve_mirror({"amd64": base.path}, vm_config.cache_dir) as served,
+        pytest.raises(ImageError) as info,
+    ):
+        pipeline.build_image(_mirror_config(cfg, served), distro="debian",
+                             lock=lockfile.load(lock_path))  # fmt: skip
+    message = info.value.message
+    assert "apt libonig5: locked 9.9-bogus, installed 6.9.8-1" in message, message
+    assert "does not match the lock" in message
+    assert "snapshot" in (info.value.hint or "")
+    assert "build logs:" in message
+    assert sorted(p.name for p in cfg.output_dir.iterdir()) == []
+    assert [i.path.name for i in packagecache.items(cache)] == []
+    assert [p for p in qemu_processes() if str(cache) in p] == []
