@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,22 @@ def test_a_launch_runs_a_sandboxed_command_on_aarch64(
     assert result.exit_code == 0, result.stderr.decode(errors="replace")
     assert result.stdout.decode().split() == ["aarch64", "agent", "Seccomp_filters:", "2"]
     assert qemu_processes() == []
+
+
+def test_two_launches_from_one_snapshot_draw_different_randomness(
+    outputs: dict[str, Path], arm64_config: BuildConfig
+) -> None:
+    # -machine virt has no vmgenid device (QEMU 7.2): only the host randomness the
+    # launch mixes in separates two resumed copies of one kernel RNG state. Both
+    # reads on vCPU 0, so that per-CPU RNG state cannot differ by scheduling alone.
+    read = ["/bin/sh", "-c", "taskset -c 0 head -c 32 /dev/urandom | od -An -tx1"]
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(snapshot.launch(outputs["snapshot"], arm64_config,
+                                                    snapshot.LaunchOptions()))
+                for _ in range(2))  # fmt: skip
+        first, second = a.exec(read), b.exec(read)
+    assert first.exit_code == second.exit_code == 0
+    assert first.stdout != second.stdout
 
 
 # --- the escape suite inside the arm64 guest -----------------------------------------
