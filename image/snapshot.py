@@ -412,6 +412,18 @@ def _wait_running(vm: qemu.VM, timeout: float) -> None:
     )
 
 
+# A write to /dev/urandom only mixes into the kernel's input pool: the resumed,
+# shared ChaCha state keeps serving reads until the next scheduled reseed, up to
+# 60 s later. RNDRESEEDCRNG (_IO('R', 7), root) reseeds at once from the pool
+# that now holds the host's bytes. amd64 launches also get this from vmgenid on
+# kernels >= 5.18; -machine virt has no vmgenid device (QEMU 7.2) and jammy's
+# 5.15 kernel no vmgenid driver, so the launch does it itself.
+RESEED_RNG = (
+    'python3 -I -S -c \'import fcntl, os, sys; f = os.open("/dev/urandom", os.O_WRONLY); '
+    "os.write(f, sys.stdin.buffer.read(64)); fcntl.ioctl(f, 0x5207)'"
+)
+
+
 def personalize_script(hostname: str, share_readonly: bool, now_ns: int) -> str:
     """One shell script, so a launch costs one guest round trip (each is slow under TCG).
 
@@ -422,8 +434,8 @@ def personalize_script(hostname: str, share_readonly: bool, now_ns: int) -> str:
     name = shlex.quote(hostname)
     return " && ".join([
         # Two launches from one snapshot start with identical kernel RNG state: mix
-        # the host's fresh randomness (this script's stdin) in before anything draws.
-        "head -c 64 > /dev/urandom",
+        # the host's fresh randomness (this script's stdin) in, and reseed.
+        RESEED_RNG,
         # The guest's clock stopped when the snapshot was saved.
         f"date -u -s @{now_ns // 1_000_000_000}.{now_ns % 1_000_000_000:09d} > /dev/null",
         f"echo {name} > /proc/sys/kernel/hostname",
