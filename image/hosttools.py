@@ -94,6 +94,26 @@ TOOLS: tuple[Tool, ...] = (
     Tool("gpgv", "gpgv", "SHA256SUMS signature", command="gpgv"),
     Tool("libseccomp", "libseccomp2", "seccomp BPF", library="seccomp"),
     Tool("gcc", "gcc", "escape-suite probes", command="gcc"),
+    Tool(
+        "aarch64-linux-gnu-gcc",
+        "gcc-aarch64-linux-gnu",
+        "arm64 escape-suite probe (cross-compiled, run in the guest)",
+        command="aarch64-linux-gnu-gcc",
+    ),
+    # --no-install-recommends leaves out the C library gcc recommends: the static
+    # aarch64 probe links against its libc.a.
+    Tool(
+        "aarch64 libc.a",
+        "libc6-dev-arm64-cross",
+        "arm64 escape-suite probe (static link)",
+        path="/usr/aarch64-linux-gnu/lib/libc.a",
+    ),
+    Tool(
+        "arm-linux-gnueabihf-gcc",
+        "gcc-arm-linux-gnueabihf",
+        "arm32 probe: the compat ABI refused in arm64 guests",
+        command="arm-linux-gnueabihf-gcc",
+    ),
     Tool("cloud-init", "cloud-init", "schema validation", command="cloud-init"),
     Tool(
         "isoinfo",

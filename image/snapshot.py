@@ -167,14 +167,36 @@ def _wait_migration(vm: qemu.VM, timeout: float) -> dict[str, Any]:
     raise ImageError(f"saving the VM state did not finish within {timeout:g} s")
 
 
+def _wait_boot_finished(agent: GuestAgent, timeout: float) -> str:
+    """Until systemd's start-up is over: cloud-init's config and final stages included.
+
+    qemu-guest-agent answers long before that (on arm64 under TCG, cloud-init's
+    config stage was still running 170 s into the boot): a snapshot saved then
+    would make every launch finish the boot again, in the background, on its CPUs.
+    """
+    result = agent.exec(["/usr/bin/systemctl", "is-system-running", "--wait"], timeout=timeout)
+    state = result.stdout.decode(errors="replace").strip()
+    # degraded: start-up finished with a failed unit; a sandbox can live with that.
+    if state not in ("running", "degraded"):
+        raise ImageError(
+            f"the guest's start-up did not finish (systemd says {state or 'nothing'!r})",
+            hint="look at the serial log below for the unit that hangs",
+        )
+    if state == "degraded":
+        failed = agent.exec(["/usr/bin/systemctl", "--failed", "--no-legend"], timeout=60)
+        log.warning("the guest started degraded: %s", failed.stdout.decode(errors="replace"))
+    return state
+
+
 def _guest_ready(agent: GuestAgent, timeout: float, alive: Any) -> float:
-    """Ready = the agent answers AND the sandbox launcher runs `true` as the agent user.
+    """Ready = start-up finished AND the sandbox launcher runs `true` as the agent user.
 
     The launcher may fail while the guest is still booting (user session, /home);
     a few tries cover that, and a failure that repeats is reported, not waited out.
     """
     start = time.monotonic()
     agent.wait_ready(timeout, alive)
+    _wait_boot_finished(agent, max(1.0, timeout - (time.monotonic() - start)))
     argv = ["/usr/sbin/runuser", "-u", AGENT_USER, "--", SANDBOX_EXEC, "--profile", "agent",
             "--workspace", f"/home/{AGENT_USER}", "--", "true"]  # fmt: skip
     for attempt in range(READY_ATTEMPTS):
@@ -430,6 +452,18 @@ def _wait_running(vm: qemu.VM, timeout: float) -> None:
     )
 
 
+# A write to /dev/urandom only mixes into the kernel's input pool: the resumed,
+# shared ChaCha state keeps serving reads until the next scheduled reseed, up to
+# 60 s later. RNDRESEEDCRNG (_IO('R', 7), root) reseeds at once from the pool
+# that now holds the host's bytes. amd64 launches also get this from vmgenid on
+# kernels >= 5.18; -machine virt has no vmgenid device (QEMU 7.2) and jammy's
+# 5.15 kernel no vmgenid driver, so the launch does it itself.
+RESEED_RNG = (
+    'python3 -I -S -c \'import fcntl, os, sys; f = os.open("/dev/urandom", os.O_WRONLY); '
+    "os.write(f, sys.stdin.buffer.read(64)); fcntl.ioctl(f, 0x5207)'"
+)
+
+
 def personalize_script(hostname: str, share_readonly: bool, now_ns: int) -> str:
     """One shell script, so a launch costs one guest round trip (each is slow under TCG).
 
@@ -440,8 +474,8 @@ def personalize_script(hostname: str, share_readonly: bool, now_ns: int) -> str:
     name = shlex.quote(hostname)
     return " && ".join([
         # Two launches from one snapshot start with identical kernel RNG state: mix
-        # the host's fresh randomness (this script's stdin) in before anything draws.
-        "head -c 64 > /dev/urandom",
+        # the host's fresh randomness (this script's stdin) in, and reseed.
+        RESEED_RNG,
         # The guest's clock stopped when the snapshot was saved.
         f"date -u -s @{now_ns // 1_000_000_000}.{now_ns % 1_000_000_000:09d} > /dev/null",
         f"echo {name} > /proc/sys/kernel/hostname",

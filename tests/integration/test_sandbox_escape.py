@@ -32,128 +32,24 @@ from typing import Any
 import pytest
 
 from image import bwrap, run, sandbox, seccomp
+from tests.fixtures import escape_cases
 from tests.hosttools import need
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "image" / "guest" / "sandbox_exec.py"
 PROBE_SOURCE = ROOT / "tests" / "fixtures" / "escape_probe.c"
 ARCH = seccomp.target_arch(os.uname().machine)
-MARKER = errno.EBADSLT
-SIGSYS = int(signal.SIGSYS)
+MARKER = escape_cases.MARKER
 
 if ARCH != "x86_64":  # the probe's foreign-ABI cases are x86 assembly
     pytest.skip(
         "the escape suite's expectations are written for x86_64 hosts", allow_module_level=True
     )
 
-EPERM, ENOSYS = "EPERM", "ENOSYS"
-# case -> what the filtered run must give
-BLOCKED: dict[str, str] = {
-    **{
-        c: EPERM
-        for c in (
-            "ptrace",
-            "process_vm_readv",
-            "process_vm_writev",
-            "mount",
-            "umount2",
-            "pivot_root",
-            "fsopen",
-            "fsconfig",
-            "fsmount",
-            "fspick",
-            "move_mount",
-            "open_tree",
-            "mount_setattr",
-            "unshare",
-            "setns",
-            "clone_newns",
-            "clone_newcgroup",
-            "clone_newuts",
-            "clone_newipc",
-            "clone_newuser",
-            "clone_newpid",
-            "clone_newnet",
-            "clone_newuser_high_bits",
-            "keyctl",
-            "add_key",
-            "request_key",
-            "bpf",
-            "perf_event_open",
-            "userfaultfd",
-            "io_uring_setup",
-            "io_uring_enter",
-            "io_uring_register",
-            "kexec_load",
-            "kexec_file_load",
-            "init_module",
-            "finit_module",
-            "delete_module",
-            "swapon",
-            "swapoff",
-            "reboot",
-            "acct",
-            "quotactl",
-            "quotactl_fd",
-            "syslog",
-            "settimeofday",
-            "clock_settime",
-            "clock_adjtime",
-            "adjtimex",
-            "personality_no_randomize",
-            "personality_no_randomize_high_bits",
-            "personality_bit31",
-            "personality_not_query",
-            "ioctl_tiocsti",
-            "ioctl_tiocsti_high_bits",
-            "ioctl_tioclinux_high_bits",
-            "socket_unix",
-            "socket_unix_high_bits",
-            "iopl",
-            "ioperm",
-            "create_module",
-            "query_module",
-            "get_kernel_syms",
-        )
-    },
-    "clone3": ENOSYS,
-    "x32_getpid": "SIGSYS",
-    "int80_getpid": "SIGSYS",
-}
-# The kernel checks an init-namespace capability first and says EPERM whatever the
-# arguments: only the marker run can show the filter decided these.
-KERNEL_SAYS_EPERM_FIRST = {
-    "pivot_root",
-    "fsopen",
-    "fsmount",
-    "fspick",
-    "move_mount",
-    "swapoff",
-    "reboot",
-    "acct",
-    "syslog",
-}
-# Calls the filters must let through untouched: the answer equals the kernel's.
-ALLOWED = {
-    "clone_no_namespace",
-    "personality_query",
-    "personality_linux",
-    "personality_linux32",
-    "personality_uname26",
-    "ioctl_tcgets",
-    "socket_inet",
-    "socketpair_unix",
-    "getpid",
-    "tcp_connect",
-}
-
-
-def outcome(result: dict[str, Any]) -> str:
-    if result["signal"]:
-        return "SIGSYS" if result["signal"] == SIGSYS else f"signal {result['signal']}"
-    if result["ret"] == -1:
-        return errno.errorcode.get(result["errno"], str(result["errno"]))
-    return "ok"
+BLOCKED = escape_cases.blocked(ARCH)
+KERNEL_SAYS_EPERM_FIRST = escape_cases.KERNEL_SAYS_EPERM_FIRST
+ALLOWED = escape_cases.ALLOWED
+outcome = escape_cases.outcome
 
 
 @dataclass
@@ -198,8 +94,7 @@ class Sandbox:
     def probe(self, **kwargs: Any) -> dict[str, dict[str, Any]]:
         result = self.run(["./escape_probe", "all"], **kwargs)
         assert result.returncode == 0, result.stderr.decode()
-        lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
-        return {line["case"]: line for line in lines}
+        return escape_cases.parse_probe_output(result.stdout)
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):
@@ -235,15 +130,6 @@ def _closed_port() -> int:
     return port
 
 
-def _marked(name: str) -> bytes:
-    """The shipped profile with every errno replaced by MARKER, compiled the same way."""
-    document = json.loads(seccomp.shipped()[name].read_text())
-    for entry in document["syscalls"]:
-        if entry["action"] == "SCMP_ACT_ERRNO":
-            entry["errnoRet"] = MARKER
-    return seccomp.compile_profile(seccomp.parse(name, document), ARCH).bpf
-
-
 def _profile_variant(connect_port: int, **changes: Any) -> str:
     document = bwrap.load(bwrap.shipped()["agent"]).to_document()
     for bridge in document["bridges"]:  # both bridges go to the stand-in proxy
@@ -266,7 +152,7 @@ def sbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         d.mkdir()
     seccomp.write_all(seccomp_dir, arches=[ARCH])
     for name in seccomp.shipped():
-        (marker_dir / f"{name}.bpf").write_bytes(_marked(name))
+        (marker_dir / f"{name}.bpf").write_bytes(escape_cases.marked_filter(name, ARCH))
     run.run(["gcc", "-O1", "-Wall", "-Werror", "-o", workspace / "escape_probe", PROBE_SOURCE])
     closed = _closed_port()
     with _proxy() as port:

@@ -54,7 +54,9 @@ def test_device_hash_sees_a_different_device_set(tmp_path: Path) -> None:
 def test_personalize_is_one_script_with_entropy_first() -> None:
     script = snapshot.personalize_script("sandbox-1", True, 1_700_000_000_123_456_789)
     steps = script.split(" && ")
-    assert steps[0] == "head -c 64 > /dev/urandom"
+    assert steps[0] == snapshot.RESEED_RNG
+    assert "os.write(f, sys.stdin.buffer.read(64))" in steps[0]  # the host's bytes, then
+    assert steps[0].endswith("fcntl.ioctl(f, 0x5207)'")  # RNDRESEEDCRNG
     assert "date -u -s @1700000000.123456789 > /dev/null" in steps
     assert "echo sandbox-1 > /proc/sys/kernel/hostname" in steps
     assert "mount -t 9p -o trans=virtio,version=9p2000.L,ro share /mnt/share" in steps
