@@ -38,7 +38,8 @@ def test_shipped_policies_load_and_allow_the_package_registries() -> None:
             assert proxy.check_name(policy, name, 443).allowed, (choice.file, name)
         assert not proxy.check_name(policy, "example.com", 443).allowed
     build = egress.DEFAULT_BUILD.load()
-    assert proxy.check_name(build, "keyserver.ubuntu.com", 443).allowed
+    for name in ("keyserver.ubuntu.com", "snapshot.ubuntu.com", "deb.nodesource.com"):
+        assert proxy.check_name(build, name, 443).allowed, name
 
 
 def test_command_line_additions_extend_the_file(tmp_path: Path) -> None:
