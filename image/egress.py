@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import socket
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,12 +42,25 @@ POLICIES_DIR = Path(__file__).resolve().parent.parent / "proxy-policies"
 BUILD_POLICY = POLICIES_DIR / "build.policy"
 LAUNCH_POLICY = POLICIES_DIR / "launch.policy"
 
-HTTP_SOCKET = "egress-http.sock"
-SOCKS_SOCKET = "egress-socks.sock"
+HTTP_SOCKET = "http.sock"
+SOCKS_SOCKET = "socks.sock"
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
+_FORWARD = "cmd:socat - UNIX-CONNECT:"
 
 
 def socket_paths(directory: Path) -> tuple[Path, Path]:
     return directory / HTTP_SOCKET, directory / SOCKS_SOCKET
+
+
+def make_socket_dir() -> Path:
+    """A private directory with a short path for one VM's proxy sockets.
+
+    Not the VM's work directory: that lives under the cache directory, whose
+    path can be longer than a Unix socket path may be. The caller removes it.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="sandbox-image-egress-"))
+    directory.chmod(0o700)  # the sockets are reachable only by this user
+    return directory
 
 
 def guest_forwards(directory: Path) -> tuple[tuple[str, str], ...]:
@@ -57,13 +71,23 @@ def guest_forwards(directory: Path) -> tuple[tuple[str, str], ...]:
         # become a different option.
         if "," in str(path) or " " in str(path):
             raise ImageError(
-                f"the VM's work directory {directory} contains a comma or a space",
-                hint="use a cache directory (--cache-dir / SANDBOX_IMAGE_CACHE_DIR) without them",
+                f"the VM's socket directory {directory} contains a comma or a space",
+                hint="set TMPDIR to a directory without them",
+            )
+        if len(str(path).encode()) > SOCKET_PATH_MAX:
+            raise ImageError(
+                f"the socket path {path} is longer than a Unix socket path may be",
+                hint="set TMPDIR to a shorter directory",
             )
     return (
-        (f"{GUEST_PROXY_IP}:{GUEST_HTTP_PORT}", f"cmd:socat - UNIX-CONNECT:{http}"),
-        (f"{GUEST_PROXY_IP}:{GUEST_SOCKS_PORT}", f"cmd:socat - UNIX-CONNECT:{socks}"),
+        (f"{GUEST_PROXY_IP}:{GUEST_HTTP_PORT}", f"{_FORWARD}{http}"),
+        (f"{GUEST_PROXY_IP}:{GUEST_SOCKS_PORT}", f"{_FORWARD}{socks}"),
     )
+
+
+def forwarded_sockets(guestfwd: Sequence[tuple[str, str]]) -> list[Path]:
+    """The host socket paths in guestfwd rules made by `guest_forwards` (per-VM details)."""
+    return [Path(t.removeprefix(_FORWARD)) for _, t in guestfwd if t.startswith(_FORWARD)]
 
 
 def guest_environment() -> list[str]:
@@ -133,6 +157,7 @@ def serve_for_vm(
     """The host proxy on the Unix sockets `guest_forwards(directory)` points at."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)  # the sockets are reachable only by this user
+    guest_forwards(directory)  # the same path checks, before anything listens
     with proxy.serve_proxy(
         policy, audit_log=audit_log, unix_sockets=socket_paths(directory),
         client_label="guest", resolver=resolver,

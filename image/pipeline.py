@@ -64,7 +64,8 @@ EGRESS_LOG = "egress.jsonl"
 class BuildContext:
     cfg: BuildConfig
     build_id: str
-    work: Path  # scratch: overlay disk, VARS, sockets, seed
+    work: Path  # scratch: overlay disk, VARS, QEMU's sockets, seed
+    egress_sockets: Path  # the build proxy's sockets (a short path: see egress.make_socket_dir)
     staging: Path  # becomes the outputs
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
@@ -181,14 +182,14 @@ def build_image(
             firmware_code=firmware.code, firmware_vars=vars_copy, accel=tuple(accel_args),
             serial_log=ctx.serial_log, qmp_socket=ctx.work / "qmp.sock",
             qga_socket=ctx.work / "qga.sock", seed_iso=seed_iso, ssh_port=ssh_port,
-            net_restrict=True, guestfwd=egress.guest_forwards(ctx.work),
+            net_restrict=True, guestfwd=egress.guest_forwards(ctx.egress_sockets),
             # The build VM is thrown away if anything fails: no need to make
             # every guest write durable, and TCG builds spend less time in I/O.
             disk_cache="unsafe",
             shares=(shares.cache, shares.new) if shares else (),
         )  # fmt: skip
         with (
-            egress.serve_for_vm(policy, ctx.work, ctx.egress_log),
+            egress.serve_for_vm(policy, ctx.egress_sockets, ctx.egress_log),
             qemu.VM(spec, ctx.work / "qemu.log") as vm,
         ):
             with step("boot", ctx.timings):
@@ -318,7 +319,7 @@ def _new_context(cfg: BuildConfig) -> BuildContext:
     work.mkdir(parents=True)
     staging = out / f".staging-{build_id}"
     staging.mkdir()
-    ctx = BuildContext(cfg, build_id, work, staging, out)
+    ctx = BuildContext(cfg, build_id, work, egress.make_socket_dir(), staging, out)
     ctx.info.update(build_id=build_id, toolkit_version=image.__version__,
                     config=cfg.to_json())  # fmt: skip
     return ctx
@@ -342,6 +343,7 @@ def _build_scope(ctx: BuildContext) -> Iterator[None]:
         raise
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)
+        shutil.rmtree(ctx.egress_sockets, ignore_errors=True)
 
 
 def _keep_logs(ctx: BuildContext, dest: Path) -> None:

@@ -87,7 +87,7 @@ def qemu_version(arch: str) -> str:
 def runtime_spec(
     arch: str, cpus: int, memory: int, accel_args: Sequence[str], work: Path, snapdir: Path,
     *, share: qemu.Share, session_disk: Path, disk: Path, vars_file: Path, firmware_code: Path,
-    memory_private: bool,
+    memory_private: bool, egress_sockets: Path,
 ) -> qemu.VMSpec:  # fmt: skip
     """The runtime shape: identical for the snapshot VM and each launch, as device state needs."""
     return qemu.VMSpec(
@@ -95,7 +95,7 @@ def runtime_spec(
         firmware_vars=vars_file, accel=tuple(accel_args), serial_log=work / "serial.log",
         qmp_socket=work / "qmp.sock", qga_socket=work / "qga.sock",
         # No network but the host proxy: restrict=on, plus guestfwd to its sockets.
-        net_restrict=True, guestfwd=egress.guest_forwards(work),
+        net_restrict=True, guestfwd=egress.guest_forwards(egress_sockets),
         share=share, session_disk=session_disk,
         memory_file=snapdir / MEMORY, memory_private=memory_private,
         extra=("-device", "vmgenid,guid=auto") if arch == "amd64" else (),
@@ -117,7 +117,7 @@ def device_hash(spec: qemu.VMSpec) -> str:
             spec.session_disk,
             spec.memory_file,
             spec.share.path if spec.share else None,
-            *egress.socket_paths(spec.qmp_socket.parent),
+            *egress.forwarded_sockets(spec.guestfwd),
         )
         if p
     }
@@ -227,6 +227,9 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
     work = cfg.cache_dir / "work" / f"snapshot-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     work.mkdir(parents=True)
+    # No proxy runs while the snapshot boots (it needs no network), but the
+    # guestfwd rules are part of the device set every launch must match.
+    egress_sockets = egress.make_socket_dir()
     timings: dict[str, float] = {}
     try:
         with step("snapshot: prepare", timings):
@@ -246,7 +249,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 cfg.arch, cfg.cpus, cfg.memory, accel_args, work, staging,
                 share=qemu.Share(work / "share", SHARE_TAG), session_disk=session,
                 disk=staging / DISK, vars_file=staging / VARS, firmware_code=firmware.code,
-                memory_private=False,
+                memory_private=False, egress_sockets=egress_sockets,
             )  # fmt: skip
         with qemu.VM(spec, work / "qemu.log") as vm, GuestAgent(spec.qga_socket) as agent:  # type: ignore[arg-type]
             with step("snapshot: boot to ready", timings):
@@ -299,6 +302,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(egress_sockets, ignore_errors=True)
 
 
 def load_meta(snapdir: Path) -> SnapshotMeta:
@@ -381,6 +385,7 @@ def launch(
     audit_log.parent.mkdir(parents=True, exist_ok=True)
     work = cfg.cache_dir / "launches" / launch_id
     work.mkdir(parents=True)
+    egress_sockets = egress.make_socket_dir()
     timings: dict[str, float] = {}
     try:
         start = time.monotonic()
@@ -398,13 +403,13 @@ def launch(
             meta.arch, meta.cpus, meta.memory, meta.accel, work, snapdir,
             share=qemu.Share(share_dir.resolve(), SHARE_TAG, options.share_readonly),
             session_disk=session, disk=disk, vars_file=vars_file,
-            firmware_code=firmware.code, memory_private=True,
+            firmware_code=firmware.code, memory_private=True, egress_sockets=egress_sockets,
         )  # fmt: skip
         check_compatible(meta, snapdir, spec)
         spec = replace(spec, incoming="defer")
         timings["prepare"] = round(time.monotonic() - start, 3)
         with (
-            egress.serve_for_vm(policy, work, audit_log, resolver),
+            egress.serve_for_vm(policy, egress_sockets, audit_log, resolver),
             qemu.VM(spec, work / "qemu.log") as vm,
             GuestAgent(work / "qga.sock") as agent,
         ):
@@ -421,6 +426,7 @@ def launch(
             yield Launch(vm, agent, work, hostname, timings, audit_log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(egress_sockets, ignore_errors=True)
 
 
 def _wait_running(vm: qemu.VM, timeout: float) -> None:

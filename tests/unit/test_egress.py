@@ -11,17 +11,34 @@ from image.errors import ImageError
 
 def test_guest_forwards_go_to_the_proxy_sockets_through_socat(tmp_path: Path) -> None:
     assert egress.guest_forwards(tmp_path) == (
-        ("10.0.2.100:3128", f"cmd:socat - UNIX-CONNECT:{tmp_path}/egress-http.sock"),
-        ("10.0.2.100:1080", f"cmd:socat - UNIX-CONNECT:{tmp_path}/egress-socks.sock"),
+        ("10.0.2.100:3128", f"cmd:socat - UNIX-CONNECT:{tmp_path}/http.sock"),
+        ("10.0.2.100:1080", f"cmd:socat - UNIX-CONNECT:{tmp_path}/socks.sock"),
     )
 
 
 @pytest.mark.parametrize("name", ["a,b", "a b"])
-def test_a_work_dir_qemu_would_misparse_is_refused(tmp_path: Path, name: str) -> None:
+def test_a_socket_dir_qemu_would_misparse_is_refused(tmp_path: Path, name: str) -> None:
     # A comma would end the guestfwd option and start another one.
     with pytest.raises(ImageError, match="comma or a space") as err:
         egress.guest_forwards(tmp_path / name)
-    assert err.value.hint and "--cache-dir" in err.value.hint
+    assert err.value.hint and "TMPDIR" in err.value.hint
+
+
+def test_a_socket_path_too_long_for_af_unix_is_refused() -> None:
+    with pytest.raises(ImageError, match="longer than a Unix socket path") as err:
+        egress.guest_forwards(Path("/tmp/" + "d" * 100))
+    assert err.value.hint and "TMPDIR" in err.value.hint
+
+
+def test_socket_dir_is_short_private_and_found_again_in_the_rules() -> None:
+    directory = egress.make_socket_dir()
+    try:
+        assert directory.stat().st_mode & 0o777 == 0o700
+        assert all(len(str(p)) <= egress.SOCKET_PATH_MAX for p in egress.socket_paths(directory))
+        rules = (*egress.guest_forwards(directory), ("10.0.2.100:9", "tcp:127.0.0.1:9"))
+        assert egress.forwarded_sockets(rules) == list(egress.socket_paths(directory))
+    finally:
+        directory.rmdir()
 
 
 def test_the_guest_is_told_the_forwarded_addresses() -> None:
@@ -82,6 +99,6 @@ def test_build_vm_network_is_restricted_to_the_proxy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert qemu.netdev_arg(spec) == (
         "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
-        f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{tmp_path}/egress-http.sock,"
-        f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{tmp_path}/egress-socks.sock"
+        f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{tmp_path}/http.sock,"
+        f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{tmp_path}/socks.sock"
     )

@@ -14,19 +14,19 @@ def _spec(tmp: Path, **kw: object) -> qemu.VMSpec:
         "amd64", 4, 4 << 30, ["-accel", "tcg,thread=multi"], tmp / "work", tmp / "snap",
         share=qemu.Share(tmp / "share", "share"), session_disk=tmp / "session.raw",
         disk=tmp / "disk.qcow2", vars_file=tmp / "vars.fd", firmware_code=Path("/fw/CODE.fd"),
-        memory_private=False,
+        memory_private=False, egress_sockets=tmp / "egress",
     )  # fmt: skip
     return replace(spec, **kw)  # type: ignore[arg-type]
 
 
 def test_runtime_shape_is_restricted_with_agent_share_and_session_slot(tmp_path: Path) -> None:
     argv = qemu.qemu_argv(_spec(tmp_path))
-    work = tmp_path / "work"
+    sockets = tmp_path / "egress"
     # No network but the host proxy: restrict=on, and exactly two guestfwd rules.
     assert (
         "user,id=net0,restrict=on,"
-        f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{work}/egress-http.sock,"
-        f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{work}/egress-socks.sock"
+        f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{sockets}/http.sock,"
+        f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{sockets}/socks.sock"
     ) in argv
     assert not any("hostfwd" in a for a in argv)
     assert any("org.qemu.guest_agent.0" in a for a in argv)
