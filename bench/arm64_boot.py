@@ -1,6 +1,6 @@
 """arm64 under TCG: boot-to-ready of CPU models and TCG options, against the current default.
 
-    flock /work/bench.lock .venv/bin/python bench/arm64_boot.py [--rounds 2] [--variants a,b]
+    .venv/bin/python bench/arm64_boot.py [--rounds 2] [--variants a,b]
 
 Each run boots the cached arm64 stand-in through AAVMF on ``-machine virt`` with
 the project's own argv (``image.qemu.qemu_argv``), changing only ``-cpu`` or
