@@ -367,30 +367,24 @@ def pinned_specs(lock: Lock, profile: packages.Profile) -> dict[str, tuple[str, 
     the same packages manual as an unlocked build); their dependencies are
     held to the lock by apt preferences and the pip constraints (see below).
     """
+    # (ecosystem, (name, how the installer is asked for it) per package, the lock's lookup)
+    wanted = [
+        ("apt", [(n, n) for n in profile.apt_packages], lock.apt_version, "="),
+        ("pip", [(e.name, e.spec.rsplit("==", 1)[0]) for g in profile.groups_of("pip")
+                 for e in g.entries], lock.pip_version, "=="),
+        ("npm", [(e.name, e.name) for g in profile.groups_of("npm") for e in g.entries],
+         lock.npm_version, "@"),
+    ]  # fmt: skip
     missing: list[str] = []
-    apt = []
-    for name in profile.apt_packages:
-        version = lock.apt_version(name)
-        if version is None:
-            missing.append(f"apt {name}")
-        else:
-            apt.append(f"{name}={version}")
-    pip = []
-    for group in profile.groups_of("pip"):
-        for entry in group.entries:
-            version = lock.pip_version(entry.name)
+    pinned: dict[str, list[str]] = {}
+    for kind, names, version_of, joiner in wanted:
+        pinned[kind] = []
+        for name, request in names:
+            version = version_of(name)
             if version is None:
-                missing.append(f"pip {entry.name}")
+                missing.append(f"{kind} {name}")
             else:
-                pip.append(entry.spec.rsplit("==", 1)[0] + f"=={version}")
-    npm = []
-    for group in profile.groups_of("npm"):
-        for entry in group.entries:
-            version = lock.npm_version(entry.name)
-            if version is None:
-                missing.append(f"npm {entry.name}")
-            else:
-                npm.append(f"{entry.name}@{version}")
+                pinned[kind].append(f"{request}{joiner}{version}")
     if missing:
         raise ImageError(
             f"profile {profile.name} lists packages the lock has no version for: "
@@ -398,7 +392,7 @@ def pinned_specs(lock: Lock, profile: packages.Profile) -> dict[str, tuple[str, 
             hint="the package lists changed since the lock was made; build without --lock "
             "and make a new lock from that build",
         )
-    return {"apt": tuple(apt), "pip": tuple(pip), "npm": tuple(npm)}
+    return {kind: tuple(specs) for kind, specs in pinned.items()}
 
 
 def apt_preferences(lock: Lock) -> str:
