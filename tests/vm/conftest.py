@@ -48,20 +48,31 @@ def qemu_processes() -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="session")
-def vm_config(tmp_path_factory: pytest.TempPathFactory) -> config.BuildConfig:
-    need("qemu-system-x86_64", "qemu-img", "OVMF", "mmdebstrap", "grub-mkstandalone",
-         "mkfs.vfat", "mcopy", "sfdisk", "gpg", "gpgv", "cloud-init")  # fmt: skip
+STANDIN_TOOLS = ("qemu-img", "mmdebstrap", "grub-mkstandalone", "mkfs.vfat", "mcopy", "sfdisk",
+                 "gpg", "gpgv", "cloud-init")  # fmt: skip
+
+
+def tier_config(
+    out: Path, arch: str, tools: tuple[str, ...], boot_timeout: float, provision_timeout: float
+) -> config.BuildConfig:
+    """A VM tier's build config: the smoke profile on the stand-in, as root."""
+    need(*tools, *STANDIN_TOOLS)
     if os.geteuid() != 0:
-        pytest.fail("the vm tier builds the stand-in image and needs root", pytrace=False)
-    out = tmp_path_factory.mktemp("vm-out")
+        pytest.fail(f"the {arch} vm tier builds the stand-in image and needs root",
+                    pytrace=False)  # fmt: skip
     # cpus=2: on this 2-core machine, more vCPUs than cores only adds TCG contention.
     resolved = config.resolve(
-        {"arch": "amd64", "profile": "smoke", "cpus": 2, "memory": "2G",
-         "output_dir": str(out), "boot_timeout": 600, "provision_timeout": 1800},
+        {"arch": arch, "profile": "smoke", "cpus": 2, "memory": "2G", "output_dir": str(out),
+         "boot_timeout": boot_timeout, "provision_timeout": provision_timeout},
         os.environ, {},
     )  # fmt: skip
     return resolved.config
+
+
+@pytest.fixture(scope="session")
+def vm_config(tmp_path_factory: pytest.TempPathFactory) -> config.BuildConfig:
+    return tier_config(tmp_path_factory.mktemp("vm-out"), "amd64",
+                       ("qemu-system-x86_64", "OVMF"), 600, 1800)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ are all here, host-side.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 from contextlib import ExitStack
@@ -23,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from image import bwrap, config, demo, run, seccomp, snapshot
+from image import bwrap, demo, run, seccomp, snapshot
 from image.config import BuildConfig
 from tests.fixtures import escape_cases
 from tests.hosttools import need
-from tests.vm.conftest import attach_logs, qemu_processes
+from tests.vm.conftest import attach_logs, qemu_processes, tier_config
 
 pytestmark = pytest.mark.arm64
 
@@ -41,20 +40,9 @@ Cases = dict[str, dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def arm64_config(tmp_path_factory: pytest.TempPathFactory) -> BuildConfig:
-    need("qemu-system-aarch64", "AAVMF", "qemu-img", "mmdebstrap", "grub-mkstandalone",
-         "mkfs.vfat", "mcopy", "sfdisk", "gpg", "gpgv", "cloud-init", "qemu-aarch64-static",
-         "arch-test", "binfmt aarch64")  # fmt: skip
-    if os.geteuid() != 0:
-        pytest.fail("the arm64 tier builds the stand-in image and needs root", pytrace=False)
-    out = tmp_path_factory.mktemp("arm64-out")
-    # cpus=2 on this 2-core machine: more vCPUs than cores only adds TCG contention.
     # Timeouts: an arm64 TCG guest is ~2x slower than amd64 here (docs/arm64.md).
-    resolved = config.resolve(
-        {"arch": "arm64", "profile": "smoke", "cpus": 2, "memory": "2G",
-         "output_dir": str(out), "boot_timeout": 1800, "provision_timeout": 3600},
-        os.environ, {},
-    )  # fmt: skip
-    return resolved.config
+    tools = ("qemu-system-aarch64", "AAVMF", "qemu-aarch64-static", "arch-test", "binfmt aarch64")
+    return tier_config(tmp_path_factory.mktemp("arm64-out"), "arm64", tools, 1800, 3600)
 
 
 @pytest.fixture(scope="module")
