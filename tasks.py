@@ -584,7 +584,8 @@ BUILD_HELP = {
     "raw": "also write a raw image (Apple Virtualization.framework)",
     "package_lists": "a package-lists directory of your own (default: the project's)",
     "lock": "install exactly the versions of this lock (from ./inv lock) on its base image",
-    "cache": "use and fill the package caches: apt, pip, npm (--no-cache: off)",
+    "cache": "use and fill the build caches: apt, pip, npm and provisioned layers "
+    "(--no-cache: off)",
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
@@ -713,10 +714,10 @@ def cache(
     cache_dir: str | None = None,
     json: bool = False,
 ) -> None:
-    """Show (--stats) or trim (--prune) the package caches (apt, pip, npm) under the cache dir."""
+    """Show (--stats) or trim (--prune) the build caches: apt, pip, npm, provisioned layers."""
     import time
 
-    from image import packagecache
+    from image import layercache, packagecache
 
     with _user_errors():
         cfg = _config(c, cache_dir=cache_dir).config
@@ -734,12 +735,17 @@ def cache(
             except ValueError as exc:
                 raise ImageError(str(exc)) from None
             removed = packagecache.select_prune(
-                packagecache.items(cfg.cache_dir), max_size=limit, older_than=age, now=time.time()
-            )
-            freed = packagecache.prune(cfg.cache_dir, removed)
+                packagecache.items(cfg.cache_dir) + layercache.items(cfg.cache_dir),
+                max_size=limit, older_than=age, now=time.time(),
+            )  # fmt: skip
+            layers = [item for item in removed if item.kind == "layer"]
+            freed = packagecache.prune(cfg.cache_dir, [i for i in removed if i not in layers])
+            freed += layercache.prune(layers)
         elif max_size is not None or older_than is not None:
             raise ImageError("--max-size and --older-than go with --prune")
-        rows = packagecache.stats(packagecache.items(cfg.cache_dir))
+        rows = packagecache.stats(
+            packagecache.items(cfg.cache_dir) + layercache.items(cfg.cache_dir)
+        )
         if json:
             console.print_json(
                 {
@@ -754,10 +760,10 @@ def cache(
                 f"pruned {len(removed)} item(s), {config.format_size(freed) if freed else 0} bytes"
             )
         if not rows:
-            print(f"no package caches under {cfg.cache_dir / 'packages'}")
+            print(f"no build caches under {cfg.cache_dir}")
         for r in rows:
             print(
-                f"{r.key:<28} {r.kind:<4} {r.files:>6} file(s) {r.bytes / (1 << 20):>10.1f} MiB  "
+                f"{r.key:<28} {r.kind:<5} {r.files:>6} file(s) {r.bytes / (1 << 20):>10.1f} MiB  "
                 f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.newest))}"
             )
 

@@ -32,6 +32,7 @@ from image import (
     cloudinit,
     egress,
     fetch,
+    layercache,
     lockfile,
     manifest,
     packagecache,
@@ -40,13 +41,15 @@ from image import (
     report,
     run,
     sandbox,
+    snapshot,
     ssh,
     standin,
 )
-from image.config import BuildConfig
+from image.config import BuildConfig, format_size
 from image.console import step
 from image.errors import ImageError
 from image.firmware import find_firmware
+from image.guestagent import GuestAgent
 
 log = logging.getLogger("image.pipeline")
 
@@ -58,6 +61,8 @@ GUEST_LOGS = ("/var/log/cloud-init.log", "/var/log/cloud-init-output.log")
 RUNTIME_CLOUD_CFG = "datasource_list: [NoCloud, None]\n"
 # The build proxy's audit log: the record of everything the build downloaded.
 EGRESS_LOG = "egress.jsonl"
+# The console of the VM that provisioned (kept in its layer); serial.log: the resumed VM's.
+PROVISION_SERIAL = "serial-provision.log"
 
 
 @dataclass
@@ -166,78 +171,258 @@ def build_image(
             cloudinit.write_seed_iso(files, seed_iso)
             ctx.info["seed_sha256"] = _sha256(seed_iso)
         with step("disk", ctx.timings):
-            disk = ctx.work / "disk.qcow2"
-            qemu.create_overlay(base.path, disk, cfg.disk_size)
             firmware = find_firmware(cfg.arch)
-            vars_copy = qemu.copy_vars(firmware.vars_template, ctx.work / "VARS.fd")
             accel_args, accel_reason = accel.accel_argv(cfg.accel, cfg.arch, cfg.cache_dir)
             ctx.info["accel"] = accel_reason
             log.info("accelerator: %s", accel_reason)
             shares = (
                 packagecache.prepare(cfg.cache_dir, cache_key, ctx.work) if package_cache else None
             )
-        ssh_port = qemu.free_port()
-        spec = qemu.VMSpec(
-            arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=disk,
-            firmware_code=firmware.code, firmware_vars=vars_copy, accel=tuple(accel_args),
-            serial_log=ctx.serial_log, qmp_socket=ctx.work / "qmp.sock",
-            qga_socket=ctx.work / "qga.sock", seed_iso=seed_iso, ssh_port=ssh_port,
-            net_restrict=True, guestfwd=egress.guest_forwards(ctx.egress_sockets),
-            # The build VM is thrown away if anything fails: no need to make
-            # every guest write durable, and TCG builds spend less time in I/O.
-            disk_cache="unsafe",
-            shares=(shares.cache, shares.new) if shares else (),
-        )  # fmt: skip
-        with (
-            egress.serve_for_vm(policy, ctx.egress_sockets, ctx.egress_log),
-            qemu.VM(spec, ctx.work / "qemu.log") as vm,
-        ):
-            with step("boot", ctx.timings):
-                session = ssh.wait_for_ssh(
-                    "127.0.0.1", ssh_port, BUILD_USER, client_key, host_key,
-                    timeout=cfg.boot_timeout, alive=vm.alive,
-                    describe_failure=lambda: _serial_report(ctx),
-                )  # fmt: skip
-            try:
-                with step("provision", ctx.timings):
+            new_layer = ctx.work / "layer"
+            new_layer.mkdir()
+            # The VM that provisions writes straight into a new layer (see layercache).
+            spec = qemu.VMSpec(
+                arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=new_layer / layercache.DISK,
+                firmware_code=firmware.code, firmware_vars=new_layer / layercache.VARS,
+                accel=tuple(accel_args), serial_log=ctx.work / PROVISION_SERIAL,
+                qmp_socket=ctx.work / "qmp.sock", qga_socket=ctx.work / "qga.sock",
+                seed_iso=seed_iso, ssh_port=qemu.free_port(), net_restrict=True,
+                guestfwd=egress.guest_forwards(ctx.egress_sockets),
+                # The build VM is thrown away if anything fails: no need to make
+                # every guest write durable, and TCG builds spend less time in I/O.
+                disk_cache="unsafe",
+                shares=(shares.cache, shares.new) if shares else (),
+                memory_file=new_layer / layercache.MEMORY,
+            )  # fmt: skip
+            profile = packages.load_profile(cfg.profile, package_lists)
+            layer_inputs = _layer_inputs(ctx, distro, inputs, spec, firmware.code, lock)
+            slot = layercache.slot(distro, cfg.release, cfg.arch, cfg.profile)
+            layer_key = layercache.make_key(layer_inputs)
+        layer = None
+        if package_cache:
+            with step("layer", ctx.timings):
+                layer = layercache.lookup(cfg.cache_dir, slot, layer_key)
+        try:
+            with egress.serve_for_vm(policy, ctx.egress_sockets, ctx.egress_log):
+                running = contextlib.ExitStack()
+                for _attempt in range(2):
+                    if layer is None:
+                        layer = _provision(ctx, spec, base.path, firmware.vars_template,
+                                           client_key, host_key, lock, layer_inputs)  # fmt: skip
                     try:
-                        _wait_for_cloud_init(ctx, session)
+                        with step("resume", ctx.timings):
+                            vm, session = _resume(ctx, running, spec, layer, client_key)
+                        break
                     except ImageError as exc:
+                        running.close()
+                        if not layer.cached:
+                            raise
+                        # A cached layer that does not load is removed, and this
+                        # build provisions from scratch instead of failing.
+                        log.warning("provisioned layer %s did not resume: %s; removed, "
+                                    "provisioning from scratch", layer.meta.key[:12],
+                                    exc)  # fmt: skip
+                        layer.release()
+                        layercache.remove(layer.path)
+                        layer = None
+                assert layer is not None  # the loop either resumed or raised
+                with running:
+                    with step("verify", ctx.timings):
+                        ctx.info["verify"] = _verify(ctx, session, profile)
+                    with step("manifest", ctx.timings):
+                        found = _collect_manifest(ctx, session)
                         if lock is not None:
-                            _explain_locked_failure(ctx, exc)
-                        raise
-                with step("verify", ctx.timings):
-                    profile = packages.load_profile(cfg.profile, package_lists)
-                    ctx.info["verify"] = _verify(ctx, session, profile)
-                with step("manifest", ctx.timings):
-                    found = _collect_manifest(ctx, session)
-                    if lock is not None:
-                        _check_against_lock(lock, found)
-                    _write_json(ctx.staging / "manifest.json", found.to_json())
-                    (ctx.staging / "sbom.json").write_text(
-                        manifest.sbom(found, output_name(cfg), image.__version__)
-                    )
-                _save_guest_logs(ctx, session)
-                with step("generalize", ctx.timings):
-                    _generalize(session)
-            finally:
-                session.close()
-            with step("shutdown", ctx.timings):
-                vm.shutdown(timeout=300)
-        with step("compact", ctx.timings):
-            name = output_name(cfg)
-            image_path = ctx.staging / f"{name}.qcow2"
-            _run_qemu_img(compact_argv(disk, image_path))
-            raw_path = None
-            if raw:
-                raw_path = ctx.staging / f"{name}.raw"
-                _run_qemu_img(["convert", "-O", "raw", str(disk), str(raw_path)])
-        with step("publish", ctx.timings):
-            result = _publish(ctx, image_path, raw_path)
-        if shares is not None:
-            with step("cache", ctx.timings):
-                _fill_cache(cfg.cache_dir, cache_key, shares, found)
+                            _check_against_lock(lock, found)
+                        _write_json(ctx.staging / "manifest.json", found.to_json())
+                        (ctx.staging / "sbom.json").write_text(
+                            manifest.sbom(found, output_name(cfg), image.__version__)
+                        )
+                    _save_guest_logs(ctx, session)
+                    with step("generalize", ctx.timings):
+                        _generalize(session)
+                    session.close()
+                    with step("shutdown", ctx.timings):
+                        vm.shutdown(timeout=300)
+            with step("compact", ctx.timings):
+                name = output_name(cfg)
+                image_path = ctx.staging / f"{name}.qcow2"
+                _run_qemu_img(compact_argv(ctx.work / "disk.qcow2", image_path))
+                raw_path = None
+                if raw:
+                    raw_path = ctx.staging / f"{name}.raw"
+                    _run_qemu_img(["convert", "-O", "raw", str(ctx.work / "disk.qcow2"),
+                                   str(raw_path)])  # fmt: skip
+            with step("publish", ctx.timings):
+                result = _publish(ctx, layer, image_path, raw_path)
+            if package_cache:
+                with step("cache", ctx.timings):
+                    if shares is not None:
+                        _fill_cache(cfg.cache_dir, cache_key, shares, found)
+                    _keep_layer(cfg.cache_dir, layer, profile)
+        finally:
+            if layer is not None:
+                layer.release()
         return result
+
+
+def _provision(
+    ctx: BuildContext, spec: qemu.VMSpec, base: Path, vars_template: Path,
+    client_key: ssh.KeyPair, host_key: ssh.KeyPair, lock: lockfile.Lock | None,
+    inputs: dict[str, Any],
+) -> layercache.Layer:  # fmt: skip
+    """Boot the base image with the seed, wait for cloud-init, save the VM as a new layer."""
+    cfg = ctx.cfg
+    path = spec.disk.parent
+    qemu.create_overlay(base, spec.disk, cfg.disk_size)
+    qemu.copy_vars(vars_template, spec.firmware_vars)
+    with qemu.VM(spec, ctx.work / "qemu-provision.log") as vm:
+        with step("boot", ctx.timings):
+            session = ssh.wait_for_ssh(
+                "127.0.0.1", spec.ssh_port, BUILD_USER, client_key,  # type: ignore[arg-type]
+                host_key.public_openssh, timeout=cfg.boot_timeout, alive=vm.alive,
+                describe_failure=lambda: _serial_report(spec.serial_log),
+            )  # fmt: skip
+        try:
+            with step("provision", ctx.timings):
+                try:
+                    _wait_for_cloud_init(ctx, session)
+                except ImageError as exc:
+                    if lock is not None:
+                        _explain_locked_failure(ctx, exc)
+                    raise
+                archive = layercache.parse_archive_state(
+                    session.run(layercache.ARCHIVE_STATE_SCRIPT).stdout)  # fmt: skip
+        finally:
+            session.close()
+        with step("checkpoint", ctx.timings):
+            vm.save_device_state(path / layercache.STATE)
+            vm.quit()
+    shutil.copyfile(spec.serial_log, path / layercache.SERIAL)
+    shutil.copyfile(ctx.egress_log, path / layercache.EGRESS)
+    meta = layercache.LayerMeta(
+        format=layercache.FORMAT, key=layercache.make_key(inputs), slot=layercache.slot(
+            inputs["distro"], cfg.release, cfg.arch, cfg.profile),
+        build_id=ctx.build_id, created=layercache.now_utc(), device_hash=inputs["device_hash"],
+        host_public_key=host_key.public_openssh, archive=archive, locked=lock is not None,
+        seconds={k: ctx.timings[k] for k in ("boot", "provision") if k in ctx.timings},
+        inputs=inputs,
+    )  # fmt: skip
+    layercache.write_meta(path, meta)
+    return layercache.Layer(path, meta, cached=False)
+
+
+# Stand-ins for the per-build SSH keys when the seed becomes part of a layer key:
+# one fixed ed25519 key (all-zero seed; the OpenSSH format's random check bytes
+# fixed too, so the text is the same in every process).
+PLACEHOLDER_KEY = ssh.KeyPair(
+    private_openssh="-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtz\n"
+    "c2gtZWQyNTUxOQAAACA7aie8zrakLWKjqNAqbw1zZTIVdx3iQ6Y6wEihi1naKQAA\n"
+    "AIhVJT1/VSU9fwAAAAtzc2gtZWQyNTUxOQAAACA7aie8zrakLWKjqNAqbw1zZTIV\n"
+    "dx3iQ6Y6wEihi1naKQAAAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+    "ADtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdopAAAAAAECAwQF\n"
+    "-----END OPENSSH PRIVATE KEY-----\n",
+    public_openssh="ssh-ed25519 "
+    "AAAAC3NzaC1lZDI1NTE5AAAAIDtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop placeholder",
+)
+
+
+def seed_digests(inputs: cloudinit.RenderInputs) -> dict[str, str]:
+    """SHA-256 of each seed file as rendered with the placeholder keys: the seed
+    without what is new in every build."""
+    key = PLACEHOLDER_KEY
+    files = cloudinit.render(dataclasses.replace(
+        inputs, build_ssh_public_key=key.public_openssh,
+        ssh_host_ed25519=(key.private_openssh, key.public_openssh)))  # fmt: skip
+    return {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+
+
+def _layer_inputs(
+    ctx: BuildContext, distro: str, inputs: cloudinit.RenderInputs, spec: qemu.VMSpec,
+    firmware_code: Path, lock: lockfile.Lock | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything that decides what a provisioned guest holds, or whether its state loads."""
+    cfg = ctx.cfg
+    policy = {k: v for k, v in ctx.info["egress_policy"].items() if k != "file"}
+    return {
+        "format": layercache.FORMAT, "toolkit": image.__version__,
+        "distro": distro, "release": cfg.release, "arch": cfg.arch, "profile": cfg.profile,
+        "base_sha256": ctx.info["base"]["sha256"], "disk_size": cfg.disk_size,
+        "seed": seed_digests(inputs),
+        "lock_sha256": hashlib.sha256(lockfile.render(lock).encode()).hexdigest() if lock else None,
+        "egress_policy": policy,
+        "qemu": snapshot.qemu_version(cfg.arch), "device_hash": snapshot.device_hash(spec),
+        "firmware_sha256": _sha256(firmware_code),
+    }  # fmt: skip
+
+
+def _resume(
+    ctx: BuildContext, stack: contextlib.ExitStack, spec: qemu.VMSpec, layer: layercache.Layer,
+    client_key: ssh.KeyPair,
+) -> tuple[qemu.VM, ssh.Session]:  # fmt: skip
+    """Run the build VM again from ``layer`` with this build's own key, clock and entropy."""
+    run_spec = dataclasses.replace(
+        spec, disk=ctx.work / "disk.qcow2", firmware_vars=ctx.work / "VARS.fd",
+        serial_log=ctx.serial_log, memory_file=layer.path / layercache.MEMORY,
+        memory_private=True, incoming="defer",
+    )  # fmt: skip
+    layercache.check_resumable(layer.meta, snapshot.device_hash(run_spec))
+    qemu.create_overlay(layer.path / layercache.DISK, run_spec.disk)
+    qemu.copy_vars(layer.path / layercache.VARS, run_spec.firmware_vars)
+    run_spec.firmware_vars.chmod(0o600)
+    vm = stack.enter_context(qemu.VM(run_spec, ctx.work / "qemu.log"))
+    vm.resume_from(layer.path / layercache.STATE)
+    with GuestAgent(run_spec.qga_socket) as agent:  # type: ignore[arg-type]
+        agent.wait_ready(120, vm.alive)
+        script = resume_script(client_key.public_openssh, time.time_ns())
+        result = agent.exec(["/bin/sh", "-c", script], input=os.urandom(64), timeout=120)
+        if result.exit_code != 0:
+            raise ImageError(
+                "preparing the resumed build VM failed: "
+                f"{result.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+    session = ssh.wait_for_ssh(
+        "127.0.0.1", run_spec.ssh_port, BUILD_USER, client_key,  # type: ignore[arg-type]
+        layer.meta.host_public_key, timeout=120, alive=vm.alive,
+        describe_failure=lambda: _serial_report(run_spec.serial_log),
+    )  # fmt: skip
+    stack.callback(session.close)
+    ctx.info["provisioned_layer"] = {
+        "key": layer.meta.key, "reused": layer.cached, "made_by": layer.meta.build_id,
+        "created": layer.meta.created, "archive": layer.meta.archive, "locked": layer.meta.locked,
+        "provision_seconds": layer.meta.seconds,
+    }  # fmt: skip
+    return vm, session
+
+
+def resume_script(build_public_key: str, now_ns: int) -> str:
+    """One guest-agent round trip: fresh entropy, the clock, this build's SSH key."""
+    keys = f"/home/{BUILD_USER}/.ssh/authorized_keys"
+    return " && ".join([
+        # A layer may be resumed by many builds: each mixes in the host's bytes.
+        snapshot.RESEED_RNG,
+        f"date -u -s @{now_ns // 1_000_000_000}.{now_ns % 1_000_000_000:09d} > /dev/null",
+        # Only this build's key logs in (the file is the build user's already).
+        f"printf '%s\\n' {shlex.quote(build_public_key)} > {keys}",
+    ])  # fmt: skip
+
+
+def _keep_layer(cache_dir: Path, layer: layercache.Layer, profile: packages.Profile) -> None:
+    """The build published: keep the layer it made, if a later build may ever reuse it."""
+    if layer.cached:
+        return
+    if not layer.meta.locked and (profile.pip_packages or profile.npm_packages):
+        log.info("provisioned layer not kept: an unlocked build's pip/npm packages cannot be "
+                 "checked for newer versions (build with --lock to reuse layers)")  # fmt: skip
+        return
+    try:
+        kept = layercache.commit(layer, cache_dir)
+    except OSError as exc:
+        log.warning("provisioned layer not kept: %s", exc)
+        return
+    if kept is not None:
+        log.info("provisioned layer kept: %s (%s)", kept,
+                 format_size(layercache.allocated(kept)))  # fmt: skip
 
 
 def _locked_config(cfg: BuildConfig, lock: lockfile.Lock, distro: str) -> BuildConfig:
@@ -348,7 +533,7 @@ def _build_scope(ctx: BuildContext) -> Iterator[None]:
 
 def _keep_logs(ctx: BuildContext, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("serial.log", "qemu.log", EGRESS_LOG):
+    for name in (PROVISION_SERIAL, "serial.log", "qemu-provision.log", "qemu.log", EGRESS_LOG):
         with contextlib.suppress(OSError):
             shutil.copyfile(ctx.work / name, dest / name)
     for path in (ctx.staging / "logs").glob("*"):
@@ -356,8 +541,8 @@ def _keep_logs(ctx: BuildContext, dest: Path) -> None:
             shutil.copyfile(path, dest / path.name)
 
 
-def _serial_report(ctx: BuildContext) -> str:
-    return f"--- serial console (tail) ---\n{qemu.serial_tail(ctx.serial_log)}"
+def _serial_report(serial_log: Path) -> str:
+    return f"--- serial console (tail) ---\n{qemu.serial_tail(serial_log)}"
 
 
 _MODULE_IN_ERROR = re.compile(r"\('([a-z0-9_]+)'")
@@ -536,10 +721,28 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _publish(ctx: BuildContext, image_path: Path, raw_path: Path | None) -> BuildResult:
+def _join(parts: list[Path], dest: Path, separator: bytes = b"") -> None:
+    with dest.open("wb") as out:
+        for number, part in enumerate(parts):
+            if number:
+                out.write(separator)
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out)
+
+
+def _publish(
+    ctx: BuildContext, layer: layercache.Layer, image_path: Path, raw_path: Path | None
+) -> BuildResult:
     staging = ctx.staging
-    shutil.move(str(ctx.serial_log), staging / "logs" / "serial.log")
-    shutil.copyfile(ctx.egress_log, staging / EGRESS_LOG)
+    # The records of the whole build: the provisioning's (kept in the layer, also
+    # when an earlier build made it) and this build's own after the resume.
+    _join([layer.path / layercache.SERIAL, ctx.serial_log], staging / "logs" / "serial.log",
+          f"\n--- build {ctx.build_id}: resumed from provisioned layer "
+          f"{layer.meta.key[:12]} (build {layer.meta.build_id}) ---\n".encode())  # fmt: skip
+    if layer.cached:
+        _join([layer.path / layercache.EGRESS, ctx.egress_log], staging / EGRESS_LOG)
+    else:
+        shutil.copyfile(ctx.egress_log, staging / EGRESS_LOG)
     ctx.info["egress"] = egress.summarize(staging / EGRESS_LOG).to_json()
     artifacts = [p for p in (image_path, raw_path) if p is not None]
     artifacts += [staging / "manifest.json", staging / "sbom.json", staging / EGRESS_LOG]

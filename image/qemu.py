@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -253,6 +254,71 @@ class VM:
                 return True
             time.sleep(0.2)
         return False
+
+    def save_device_state(self, path: Path, timeout: float = 300.0) -> None:
+        """Stop the guest and write its device state (not its RAM) to ``path``.
+
+        RAM is left out (``x-ignore-shared``): it lives in the spec's memory_file,
+        which is the saved RAM once QEMU has quit.
+        """
+        if self.spec.memory_file is None or self.spec.memory_private:
+            raise ImageError("saving device state needs RAM in a shared memory file")
+        self.qmp("stop")
+        self.qmp("migrate-set-capabilities",
+                 capabilities=[{"capability": "x-ignore-shared", "state": True}])  # fmt: skip
+        self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info: dict[str, Any] = self.qmp("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise ImageError(
+                    f"saving the VM state failed: {info.get('error-desc', info)}",
+                    hint="a device that cannot migrate (e.g. a mounted 9p share) blocks it",
+                )
+            time.sleep(0.05)
+        raise ImageError(f"saving the VM state did not finish within {timeout:g} s")
+
+    def resume_from(self, state: Path, timeout: float = 120.0) -> None:
+        """Load device state saved by ``save_device_state`` (RAM: the memory file) and run.
+
+        The VM must have been started with ``incoming="defer"``. The saved VM was
+        stopped, and QEMU carries that run state across: it arrives paused and
+        needs a ``cont``.
+        """
+        self.qmp("migrate-set-capabilities",
+                 capabilities=[{"capability": "x-ignore-shared", "state": True}])  # fmt: skip
+        self.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status == "running":
+                return
+            migration = self.qmp("query-migrate").get("status")
+            if migration == "failed":
+                raise ImageError(
+                    "resuming the saved VM state failed",
+                    hint=f"QEMU said: {self.qemu_log_tail() or 'nothing'}",
+                )
+            if status == "paused" and migration == "completed":
+                self.qmp("cont")
+                continue
+            if status in ("internal-error", "shutdown", "guest-panicked"):
+                break
+            time.sleep(0.005)
+        raise ImageError(
+            f"the resumed VM is not running (status {self.status()})",
+            hint=f"QEMU said: {self.qemu_log_tail() or 'nothing'}",
+        )
+
+    def quit(self, timeout: float = 30.0) -> None:
+        """Ask QEMU to exit now (after a saved state: images closed cleanly), and wait."""
+        with contextlib.suppress(Exception):
+            self.qmp("quit")
+        if not self.wait_exit(timeout):
+            raise ImageError(f"QEMU did not exit within {timeout:g} s of 'quit'")
 
     def shutdown(self, timeout: float = 120.0) -> None:
         """ACPI power button, then wait; QEMU exits when the guest powers off."""

@@ -30,8 +30,8 @@ REPORT = "report.html"
 # build_image's step order. build-info.json stores timings as a key-sorted object,
 # so the order comes from here; a test checks it against pipeline.build_image.
 PIPELINE_STEPS = (
-    "fetch", "render", "disk", "boot", "provision", "verify", "manifest", "generalize",
-    "shutdown", "compact", "publish", "cache",
+    "fetch", "render", "disk", "layer", "boot", "provision", "checkpoint", "resume", "verify",
+    "manifest", "generalize", "shutdown", "compact", "publish", "cache",
 )  # fmt: skip
 
 

@@ -117,18 +117,22 @@ def device_hash(spec: qemu.VMSpec) -> str:
             spec.session_disk,
             spec.memory_file,
             spec.share.path if spec.share else None,
+            spec.seed_iso,
+            *(shared.path for shared in spec.shares),
             *egress.forwarded_sockets(spec.guestfwd),
         )
         if p
     }
-    normalized = [_strip_paths(a, paths) for a in argv]
+    # The host end of the SSH forward (a build VM's) is not guest-visible state.
+    normalized = [re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", "hostfwd=tcp:127.0.0.1:<port>-",
+                         _strip_paths(a, paths)) for a in argv]  # fmt: skip
     return hashlib.sha256("\0".join(normalized).encode()).hexdigest()
 
 
 def _strip_paths(arg: str, paths: set[str]) -> str:
     for p in sorted(paths, key=len, reverse=True):
         arg = arg.replace(p, "<path>")
-    return re.sub(r",readonly=on", "", arg) if "fsdev" in arg or "id=fs0" in arg else arg
+    return re.sub(r",readonly=on", "", arg) if arg.startswith("local,id=fs") else arg
 
 
 def _sha256(path: Path) -> str:
@@ -152,19 +156,6 @@ def make_session_disk(path: Path, size: int) -> None:
             f.truncate(size)
         run.run(["mkfs.ext4", "-q", "-F", "-L", "sessions", "-E", "lazy_itable_init=1",
                  "-d", tmp, str(path)])  # fmt: skip
-
-
-def _wait_migration(vm: qemu.VM, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info: dict[str, Any] = vm.qmp("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            return info
-        if status in ("failed", "cancelled"):
-            raise ImageError(f"saving the VM state failed: {info.get('error-desc', info)}")
-        time.sleep(0.05)
-    raise ImageError(f"saving the VM state did not finish within {timeout:g} s")
 
 
 def _wait_boot_finished(agent: GuestAgent, timeout: float) -> str:
@@ -264,15 +255,9 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 agent.exec(["/bin/mkdir", "-p", SHARE_MOUNT, SESSION_MOUNT], timeout=60)
                 agent.exec(["/bin/sync"], timeout=120)
                 agent.close()
-                vm.qmp("stop")
-                vm.qmp("migrate-set-capabilities", capabilities=[
-                    {"capability": "x-ignore-shared", "state": True}])  # fmt: skip
-                state = staging / STATE
-                vm.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
-                _wait_migration(vm, 300)
+                vm.save_device_state(staging / STATE)
                 version = vm.qmp("query-version")
-                vm.qmp("quit")
-                vm.wait_exit(30)
+                vm.quit()
         meta = SnapshotMeta(
             format=FORMAT_VERSION,
             qemu_version=qemu_version(cfg.arch),
@@ -413,10 +398,7 @@ def launch(
             qemu.VM(spec, work / "qemu.log") as vm,
             GuestAgent(work / "qga.sock") as agent,
         ):
-            vm.qmp("migrate-set-capabilities", capabilities=[
-                {"capability": "x-ignore-shared", "state": True}])  # fmt: skip
-            vm.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snapdir / STATE))}")
-            _wait_running(vm, 120)
+            vm.resume_from(snapdir / STATE)
             timings["resume"] = round(time.monotonic() - start, 3)
             agent.wait_ready(60, vm.alive)
             timings["agent"] = round(time.monotonic() - start, 3)
@@ -427,35 +409,6 @@ def launch(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(egress_sockets, ignore_errors=True)
-
-
-def _wait_running(vm: qemu.VM, timeout: float) -> None:
-    """Until the incoming state is loaded and the guest runs again.
-
-    The snapshot VM was stopped before its state was saved, and QEMU carries
-    that run state across: the resumed VM arrives paused and needs a `cont`.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = vm.status()
-        if status == "running":
-            return
-        migration = vm.qmp("query-migrate").get("status")
-        if migration == "failed":
-            raise ImageError(
-                "resuming the snapshot failed",
-                hint=f"QEMU said: {vm.qemu_log_tail() or 'nothing'}",
-            )
-        if status == "paused" and migration == "completed":
-            vm.qmp("cont")
-            continue
-        if status in ("internal-error", "shutdown", "guest-panicked"):
-            break
-        time.sleep(0.005)
-    raise ImageError(
-        f"the resumed VM is not running (status {vm.status()})",
-        hint=f"QEMU said: {vm.qemu_log_tail() or 'nothing'}",
-    )
 
 
 # A write to /dev/urandom only mixes into the kernel's input pool: the resumed,

@@ -102,10 +102,11 @@ class Session:
 
 
 def connect(
-    host: str, port: int, user: str, key: KeyPair, host_key: KeyPair, timeout: float = 10.0
+    host: str, port: int, user: str, key: KeyPair, host_public_key: str, timeout: float = 10.0
 ) -> Session:
+    """Log in with ``key``, accepting only the host key ``host_public_key`` ("ssh-ed25519 ...")."""
     client = paramiko.SSHClient()
-    known = paramiko.Ed25519Key(data=_public_blob(host_key.public_openssh))
+    known = paramiko.Ed25519Key(data=_public_blob(host_public_key))
     client.get_host_keys().add(f"[{host}]:{port}", known.get_name(), known)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(
@@ -124,7 +125,7 @@ def wait_for_ssh(
     port: int,
     user: str,
     key: KeyPair,
-    host_key: KeyPair,
+    host_public_key: str,
     timeout: float,
     alive: Callable[[], bool],
     describe_failure: Callable[[], str],
@@ -139,7 +140,7 @@ def wait_for_ssh(
         if not alive():
             raise ImageError(f"the VM stopped before SSH came up\n{describe_failure()}")
         try:
-            return connect(host, port, user, key, host_key)
+            return connect(host, port, user, key, host_public_key)
         except paramiko.BadHostKeyException as exc:
             raise ImageError(
                 "the SSH host key is not the one seeded for this build",

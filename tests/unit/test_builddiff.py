@@ -38,8 +38,9 @@ def test_packages_added_removed_changed(tmp_path: Path) -> None:
 def test_size_and_steps(tmp_path: Path) -> None:
     diff = _two(tmp_path)
     assert diff.size_change == 2 << 20
-    assert diff.steps[:4] == [
-        ("fetch", 0.5, 0.5), ("render", 0.7, 0.7), ("disk", 0.01, 0.01), ("boot", 70.6, 60.6),
+    assert diff.steps[:5] == [
+        ("fetch", 0.5, 0.5), ("render", 0.7, 0.7), ("disk", 0.01, 0.01), ("layer", 0.01, 0.01),
+        ("boot", 70.6, 60.6),
     ]  # fmt: skip
     assert diff.steps[-1] == ("extra-step", None, 1.0)  # unknown steps last, only in b
 

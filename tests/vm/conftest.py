@@ -55,7 +55,13 @@ STANDIN_TOOLS = ("qemu-img", "mmdebstrap", "grub-mkstandalone", "mkfs.vfat", "mc
 def tier_config(
     out: Path, arch: str, tools: tuple[str, ...], boot_timeout: float, provision_timeout: float
 ) -> config.BuildConfig:
-    """A VM tier's build config: the smoke profile on the stand-in, as root."""
+    """A VM tier's build config: the smoke profile on the stand-in, as root.
+
+    Its cache dir is the session's own (next to ``out``): package caches and
+    provisioned layers start empty, so each session's first build provisions
+    from scratch whatever an earlier session or user left behind. Only the
+    stand-in images, which take half an hour to make, are the user's cache.
+    """
     need(*tools, *STANDIN_TOOLS)
     if os.geteuid() != 0:
         pytest.fail(f"the {arch} vm tier builds the stand-in image and needs root",
@@ -66,7 +72,12 @@ def tier_config(
          "boot_timeout": boot_timeout, "provision_timeout": provision_timeout},
         os.environ, {},
     )  # fmt: skip
-    return resolved.config
+    user_cache = resolved.config.cache_dir
+    cache = out.parent / f"{out.name}-cache"
+    cache.mkdir()
+    (user_cache / "standin").mkdir(parents=True, exist_ok=True)
+    (cache / "standin").symlink_to(user_cache / "standin")
+    return dataclasses.replace(resolved.config, cache_dir=cache)
 
 
 @pytest.fixture(scope="session")

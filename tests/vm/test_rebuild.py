@@ -1,7 +1,9 @@
-"""Rebuilds from a lock on the amd64 stand-in: no package change, warm caches, clear failures.
+"""Rebuilds on the amd64 stand-in: warm layers and caches, locks, clear failures.
 
-Two builds beyond the shared demo: a locked rebuild with the demo's warm
-package cache, and a lock naming a version the archive does not have.
+Builds beyond the shared demo: a rebuild with the demo's inputs (it resumes
+the demo's provisioned layer), one whose cached layer is damaged (it
+provisions from scratch), a locked rebuild with the demo's warm package cache,
+and a lock naming a version the archive does not have.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from image import config, lockfile, mirror, packagecache, pipeline, standin
+from image import config, layercache, lockfile, mirror, packagecache, pipeline, standin
 from image.errors import ImageError
 from tests.vm.conftest import attach_logs, qemu_processes
 
@@ -43,6 +46,76 @@ def _write_lock(build_out: Path, target: Path) -> None:
 def _mirror_config(cfg: config.BuildConfig, served: mirror.Mirror) -> config.BuildConfig:
     return dataclasses.replace(cfg, mirror=served.url, keyring=served.keyring,
                                fingerprints=(served.fingerprint,))  # fmt: skip
+
+
+def _inv_json(*args: str) -> dict[str, Any]:
+    result = subprocess.run([str(ROOT / "inv"), *args, "--json"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
+    fresh_config: config.BuildConfig, built: dict[str, Path]
+) -> None:
+    demo_out = built["image"].parent
+    demo_info = json.loads((demo_out / "build-info.json").read_text())
+    assert demo_info["provisioned_layer"]["reused"] is False  # the session's first build
+    # The demo published, so its layer is in the cache (and `./inv cache` shows it).
+    stats = _inv_json("cache", "--stats", "--cache-dir", str(fresh_config.cache_dir))
+    layers = [row for row in stats["caches"] if row["kind"] == "layer"]
+    assert [(row["key"], row["files"]) for row in layers] == [("debian-jammy-amd64-smoke", 1)]
+    base = standin.ensure(fresh_config.cache_dir, "amd64")
+    with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
+        result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian")
+    out = result.image.parent
+    attach_logs(out / "logs" / "serial.log")
+    info = json.loads(result.build_info.read_text())
+    layer = info["provisioned_layer"]
+    assert layer["reused"] is True and layer["made_by"] == demo_info["build_id"]
+    assert layer["key"] == demo_info["provisioned_layer"]["key"]
+    # No boot, no provisioning: resumed, then verified like any build.
+    assert "boot" not in info["timings"] and "provision" not in info["timings"]
+    assert info["timings"]["resume"] < 60
+    assert info["verify"]["sandbox_self_test"]["ok"] is True
+    assert package_changes(demo_out, out) == {"added": [], "removed": [], "changed": []}
+    # The records say where the image came from: the demo's provisioning console
+    # and downloads, then this build's own.
+    serial = (out / "logs" / "serial.log").read_text(errors="replace")
+    assert f"--- build {info['build_id']}: resumed from provisioned layer" in serial
+    assert f"(build {demo_info['build_id']})" in serial
+    assert (out / "egress.jsonl").read_bytes().startswith((demo_out / "egress.jsonl").read_bytes()
+        .split(b"\n", 1)[0])  # fmt: skip
+    assert info["egress"]["connections"]["allow"] >= demo_info["egress"]["connections"]["allow"]
+    # This build's SSH key, not the demo's, was the one that logged in.
+    assert info["build_id"] not in demo_info["build_id"]
+    assert [p for p in qemu_processes() if info["build_id"] in p] == []
+
+
+def test_a_damaged_cached_layer_is_removed_and_the_build_provisions_from_scratch(
+    fresh_config: config.BuildConfig, built: dict[str, Path]
+) -> None:
+    (layer_path,) = [i.path for i in layercache.items(fresh_config.cache_dir)
+                     if i.key == "debian-jammy-amd64-smoke"]  # fmt: skip
+    state = layer_path / layercache.STATE
+    state.chmod(0o600)
+    state.write_bytes(b"QEVM not a device state")
+    base = standin.ensure(fresh_config.cache_dir, "amd64")
+    with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
+        result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian")
+    info = json.loads(result.build_info.read_text())
+    assert info["provisioned_layer"]["reused"] is False
+    assert info["provisioned_layer"]["made_by"] == info["build_id"]
+    assert {"boot", "provision", "checkpoint", "resume"} <= set(info["timings"])
+    # The damaged layer is gone; this build's (same key) took its place, intact.
+    (now,) = [i.path for i in layercache.items(fresh_config.cache_dir)
+              if i.key == "debian-jammy-amd64-smoke"]  # fmt: skip
+    assert now == layer_path
+    assert json.loads((now / layercache.META).read_text())["build_id"] == info["build_id"]
+    assert (now / layercache.STATE).read_bytes()[:4] == b"QEVM"
+    assert (now / layercache.STATE).stat().st_size > 1000
+    assert [p for p in qemu_processes() if info["build_id"] in p] == []
 
 
 def test_rebuild_from_the_demo_lock_changes_no_package_and_downloads_no_deb(
@@ -103,4 +176,5 @@ def test_a_locked_version_the_archive_lacks_fails_naming_it_and_caches_nothing(
     assert "build logs:" in message
     assert sorted(p.name for p in cfg.output_dir.iterdir()) == []
     assert [i.path.name for i in packagecache.items(cache)] == []
+    assert layercache.items(cache) == []  # a failed build keeps no provisioned layer
     assert [p for p in qemu_processes() if str(cache) in p] == []

@@ -1,0 +1,296 @@
+"""Provisioned layers: the build VM saved the moment provisioning has finished.
+
+Under TCG, booting the base image and provisioning it are most of a build, and
+a rebuild with the same inputs would do both again for the same result. A
+layer is that build VM, stopped right after cloud-init finished and saved the
+way snapshots are (see snapshot.py): its disk (a qcow2 overlay on the base
+image), its RAM (the memory-backend file), its device state and its firmware
+variables.
+
+Every build resumes from a layer: a cold build provisions and saves one first,
+a warm rebuild finds one with the same key. From there both do the same thing:
+the clock set, the kernel RNG reseeded, a fresh build SSH key, then verify,
+describe, generalize, compact and publish. So the path a warm rebuild takes is
+the one every cold build takes too.
+
+    <cache>/layers/<distro>-<release>-<arch>-<profile>/<key>/
+        disk.qcow2  memory  state  vars.fd  serial.log  egress.jsonl  layer.json
+
+Reuse is safe only if a cold build now would provision the same guest:
+- The key is the SHA-256 of every input that decides what the provisioned
+  guest holds or whether its saved state loads: the base image's hash, the
+  rendered cloud-init (per-build keys replaced by placeholders), the lock, the
+  egress policy, disk size, the VM's device set, QEMU's version and the
+  firmware's hash, the toolkit's version.
+- An unlocked build also depends on the archive's state. The layer records
+  the SHA-256 of every InRelease file apt used; a lookup fetches each again and
+  reuses the layer only if none has changed (a new security update: a miss).
+  PyPI's and npm's indexes have no such single signed file: an unlocked
+  profile with pip or npm packages keeps no layer (build with --lock).
+
+A layer enters the cache only after its build has published (files fsynced,
+read-only, one rename); a build that uses one holds a shared lock on it, and
+pruning skips layers in use. The newest ``KEEP`` layers of a slot are kept.
+Trust is that of the cache directory itself (the host user's), as for the
+package caches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from image.errors import ImageError
+from image.packagecache import Item
+
+log = logging.getLogger("image.layercache")
+
+FORMAT = 1
+KEEP = 2  # per slot: the newest ones
+MEMORY, STATE, DISK, VARS, META = "memory", "state", "disk.qcow2", "vars.fd", "layer.json"
+SERIAL, EGRESS = "serial.log", "egress.jsonl"  # the provisioning's own records
+FILES = (MEMORY, STATE, DISK, VARS, SERIAL, EGRESS)
+INDEX_TIMEOUT = 15.0
+
+# Run in the guest before it is saved: each apt source's InRelease URL and the
+# SHA-256 of the copy apt verified and used ("-": not found under that name).
+ARCHIVE_STATE_SCRIPT = r"""apt-get indextargets --format '$(BASE_URI)' | sort -u |
+while read -r uri; do
+  f="/var/lib/apt/lists/$(printf '%s' "${uri#*://}InRelease" | tr / _)"
+  if [ -f "$f" ]; then echo "${uri}InRelease $(sha256sum < "$f" | cut -d' ' -f1)"
+  else echo "${uri}InRelease -"; fi
+done"""
+
+
+@dataclass(frozen=True)
+class LayerMeta:
+    format: int
+    key: str
+    slot: str
+    build_id: str  # the build that provisioned it
+    created: str
+    device_hash: str
+    host_public_key: str  # the guest's sshd key (the provisioning build's)
+    archive: list[dict[str, str | None]]  # [{"url": InRelease URL, "sha256": ...}]
+    locked: bool
+    seconds: dict[str, float] = field(default_factory=dict)  # boot, provision
+    inputs: dict[str, Any] = field(default_factory=dict)  # what the key was made of
+
+
+@dataclass
+class Layer:
+    """A layer in use: its files stay put while ``lock_fd`` holds a shared lock."""
+
+    path: Path
+    meta: LayerMeta
+    cached: bool  # found in the cache (a warm rebuild), or made by this build
+    lock_fd: int | None = None
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def make_key(inputs: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(inputs), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def slot(distro: str, release: str, arch: str, profile: str) -> str:
+    return f"{distro}-{release}-{arch}-{profile}"
+
+
+def layers_dir(cache_dir: Path) -> Path:
+    return cache_dir / "layers"
+
+
+def parse_archive_state(stdout: str) -> list[dict[str, str | None]]:
+    """ARCHIVE_STATE_SCRIPT's lines -> [{"url", "sha256" or None}], in a stable order."""
+    entries: list[dict[str, str | None]] = []
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].startswith(("http://", "https://")):
+            continue
+        digest = parts[1] if len(parts[1]) == 64 else None
+        entries.append({"url": parts[0], "sha256": digest})
+    return sorted(entries, key=lambda e: str(e["url"]))
+
+
+def fetch_index_sha256(url: str) -> str:
+    response = requests.get(url, timeout=INDEX_TIMEOUT)
+    response.raise_for_status()
+    return hashlib.sha256(response.content).hexdigest()
+
+
+def stale_reason(meta: LayerMeta, fetch: Callable[[str], str] = fetch_index_sha256) -> str | None:
+    """Why an unlocked build must not reuse this layer now; None if it may."""
+    if meta.locked:
+        return None  # the lock, part of the key, names every version
+    if not meta.archive:
+        return "the layer recorded no apt archive state"
+    for entry in meta.archive:
+        url, recorded = str(entry["url"]), entry["sha256"]
+        if recorded is None:
+            return f"apt's copy of {url} was not found in the guest"
+        try:
+            now = fetch(url)
+        except (requests.RequestException, OSError) as exc:
+            return f"cannot check {url}: {exc}"
+        if now != recorded:
+            return f"the archive changed since the layer was made ({url})"
+    return None
+
+
+def _load_meta(path: Path) -> LayerMeta:
+    data = json.loads((path / META).read_text())
+    meta = LayerMeta(**data)
+    if meta.format != FORMAT:
+        raise ValueError(f"layer format {meta.format} is not {FORMAT}")
+    return meta
+
+
+def _lock_shared(path: Path, blocking: bool = True) -> int | None:
+    fd = os.open(path / META, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if blocking else fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lookup(
+    cache_dir: Path, slot_name: str, key: str, fetch: Callable[[str], str] = fetch_index_sha256
+) -> Layer | None:
+    """The cached layer for ``key`` if it may be reused now, locked shared; else None."""
+    path = layers_dir(cache_dir) / slot_name / key
+    if not (path / META).is_file():
+        log.info("provisioned layer: none for this build's inputs (key %s)", key[:12])
+        return None
+    try:
+        meta = _load_meta(path)
+        missing = [name for name in FILES if not (path / name).is_file()]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("provisioned layer %s is damaged (%s): removed", path, exc)
+        remove(path)
+        return None
+    reason = stale_reason(meta, fetch)
+    if reason is not None:
+        log.info("provisioned layer %s not reused: %s", key[:12], reason)
+        return None
+    fd = _lock_shared(path)
+    with contextlib.suppress(OSError):
+        os.utime(path)  # last use, for pruning and for KEEP
+    log.info("provisioned layer %s reused (made by build %s)", key[:12], meta.build_id)
+    return Layer(path, meta, cached=True, lock_fd=fd)
+
+
+def write_meta(path: Path, meta: LayerMeta) -> None:
+    (path / META).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
+
+
+def commit(layer: Layer, cache_dir: Path) -> Path | None:
+    """Move a layer this build made into the cache (after the build has published).
+
+    Files fsynced and read-only, then one rename; the slot keeps its newest KEEP.
+    """
+    meta = layer.meta
+    dest = layers_dir(cache_dir) / meta.slot / meta.key
+    if dest.exists():
+        return None  # another build with the same inputs got there first
+    for name in (*FILES, META):
+        file = layer.path / name
+        with file.open("rb") as f:
+            os.fsync(f.fileno())
+        file.chmod(stat.S_IRUSR | stat.S_IRGRP)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    layer.path.rename(dest)
+    layer.path = dest
+    trim_slot(dest.parent, keep=KEEP)
+    return dest
+
+
+def remove(path: Path) -> bool:
+    """Delete a layer unless a build is using it (it holds a shared lock)."""
+    if (path / META).is_file():
+        try:
+            fd = os.open(path / META, os.O_RDONLY)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                log.info("provisioned layer %s is in use: kept", path)
+                return False
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
+                os.close(fd)
+            return True
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def trim_slot(slot_path: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently used layers of a slot."""
+    found = sorted((p for p in slot_path.iterdir() if p.is_dir()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+    removed = [p for p in found[keep:] if remove(p)]
+    for path in removed:
+        log.info("provisioned layer %s removed (a slot keeps its newest %d)", path.name[:12], keep)
+    return removed
+
+
+def allocated(path: Path) -> int:
+    """Bytes a layer really takes on disk (its RAM file and disk are sparse)."""
+    return sum(p.stat().st_blocks * 512 for p in path.iterdir() if p.is_file())
+
+
+def items(cache_dir: Path) -> list[Item]:
+    """Each layer as one prunable item (kind "layer", key = its slot)."""
+    found: list[Item] = []
+    root = layers_dir(cache_dir)
+    if not root.is_dir():
+        return found
+    for slot_path in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(p for p in slot_path.iterdir() if p.is_dir()):
+            with contextlib.suppress(OSError):
+                found.append(
+                    Item(path, slot_path.name, "layer", allocated(path), path.stat().st_mtime)
+                )
+    return found
+
+
+def prune(chosen: Iterable[Item]) -> int:
+    freed = 0
+    for item in chosen:
+        if item.kind == "layer" and remove(item.path):
+            freed += item.size
+    return freed
+
+
+def check_resumable(meta: LayerMeta, device_hash: str) -> None:
+    if meta.device_hash != device_hash:
+        raise ImageError("the layer's device set differs from this build VM's")
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

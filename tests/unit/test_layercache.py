@@ -1,0 +1,245 @@
+"""Provisioned layers: keys, archive freshness, lookup, commit, trimming and pruning."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import http.server
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from image import cloudinit, config, layercache, packages, pipeline, qemu, snapshot, ssh
+
+SLOT = "debian-jammy-amd64-smoke"
+
+
+class _Archive(http.server.BaseHTTPRequestHandler):
+    files: ClassVar[dict[str, bytes]] = {}
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def archive() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A real HTTP server whose files the test edits: {"/dists/x/InRelease": bytes}."""
+    files: dict[str, bytes] = {}
+
+    class Handler(_Archive):
+        pass
+
+    Handler.files = files
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", files
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _meta(key: str = "k" * 64, **kw: object) -> layercache.LayerMeta:
+    meta = layercache.LayerMeta(
+        format=layercache.FORMAT, key=key, slot=SLOT, build_id="b1", created="now",
+        device_hash="d" * 64, host_public_key="ssh-ed25519 AAAA host", archive=[], locked=True,
+    )  # fmt: skip
+    return replace(meta, **kw)  # type: ignore[arg-type]
+
+
+def _make_layer(cache: Path, meta: layercache.LayerMeta, mtime: float | None = None) -> Path:
+    path = layercache.layers_dir(cache) / meta.slot / meta.key
+    path.mkdir(parents=True)
+    for name in layercache.FILES:
+        (path / name).write_bytes(name.encode())
+    layercache.write_meta(path, meta)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_key_is_stable_and_sees_every_input() -> None:
+    inputs = {"base_sha256": "a" * 64, "seed": {"user-data": "b" * 64}, "lock_sha256": None}
+    key = layercache.make_key(inputs)
+    assert key == layercache.make_key(dict(reversed(list(inputs.items()))))  # order-free
+    assert len(key) == 64
+    for name, other in (("base_sha256", "c" * 64), ("seed", {"user-data": "d" * 64}),
+                        ("lock_sha256", "e" * 64)):  # fmt: skip
+        assert layercache.make_key({**inputs, name: other}) != key
+
+
+def test_archive_state_lines_parse_to_urls_and_hashes() -> None:
+    out = (
+        "http://deb.debian.org/debian/dists/bookworm/InRelease " + "a" * 64 + "\n"
+        "http://deb.debian.org/debian/dists/bookworm-updates/InRelease -\n"
+        "garbage line\n"
+    )
+    assert layercache.parse_archive_state(out) == [
+        {"url": "http://deb.debian.org/debian/dists/bookworm-updates/InRelease", "sha256": None},
+        {"url": "http://deb.debian.org/debian/dists/bookworm/InRelease", "sha256": "a" * 64},
+    ]
+
+
+def test_a_locked_layer_never_asks_the_archive() -> None:
+    def fetch(url: str) -> str:
+        raise AssertionError("a locked layer must not depend on the archive")
+
+    assert layercache.stale_reason(_meta(locked=True), fetch) is None
+
+
+def test_an_unlocked_layer_is_fresh_only_while_every_inrelease_is_unchanged(
+    archive: tuple[str, dict[str, bytes]],
+) -> None:
+    base, files = archive
+    files["/debian/dists/bookworm/InRelease"] = b"Date: one\n"
+    files["/debian/dists/bookworm-updates/InRelease"] = b"Date: two\n"
+    recorded = [
+        {"url": f"{base}{path}", "sha256": hashlib.sha256(data).hexdigest()}
+        for path, data in files.items()
+    ]
+    meta = _meta(locked=False, archive=recorded)
+    assert layercache.stale_reason(meta) is None
+    files["/debian/dists/bookworm-updates/InRelease"] = b"Date: three (a security update)\n"
+    reason = layercache.stale_reason(meta)
+    assert reason == f"the archive changed since the layer was made ({base}" \
+                     "/debian/dists/bookworm-updates/InRelease)"  # fmt: skip
+    del files["/debian/dists/bookworm-updates/InRelease"]
+    assert "cannot check" in str(layercache.stale_reason(meta))  # 404: no reuse
+    assert "was not found in the guest" in str(
+        layercache.stale_reason(_meta(locked=False, archive=[{"url": base, "sha256": None}]))
+    )
+    assert layercache.stale_reason(_meta(locked=False)) == "the layer recorded no apt archive state"
+
+
+def test_lookup_finds_a_layer_and_holds_it_shared(tmp_path: Path) -> None:
+    assert layercache.lookup(tmp_path, SLOT, "k" * 64) is None
+    path = _make_layer(tmp_path, _meta())
+    os.utime(path, (1, 1))
+    layer = layercache.lookup(tmp_path, SLOT, "k" * 64)
+    assert layer is not None and layer.cached and layer.path == path
+    assert path.stat().st_mtime > 1  # its last use, for pruning
+    fd = os.open(path / layercache.META, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # a pruner cannot take it away now
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert layercache.remove(path) is False and path.is_dir()
+        layer.release()
+        assert layercache.remove(path) is True and not path.exists()
+    finally:
+        os.close(fd)
+
+
+def test_a_damaged_layer_is_removed_not_used(tmp_path: Path) -> None:
+    path = _make_layer(tmp_path, _meta())
+    (path / layercache.STATE).unlink()
+    assert layercache.lookup(tmp_path, SLOT, "k" * 64) is None
+    assert not path.exists()
+    path = _make_layer(tmp_path, _meta())
+    (path / layercache.META).write_text("{not json")
+    assert layercache.lookup(tmp_path, SLOT, "k" * 64) is None
+    assert not path.exists()
+
+
+def test_commit_moves_a_read_only_layer_in_and_keeps_the_newest(tmp_path: Path) -> None:
+    old = [_make_layer(tmp_path, _meta(key=c * 64), mtime=t) for c, t in (("a", 100), ("b", 200))]
+    work = tmp_path / "work" / "layer"
+    work.mkdir(parents=True)
+    for name in layercache.FILES:
+        (work / name).write_bytes(b"x")
+    meta = _meta(key="n" * 64)
+    layercache.write_meta(work, meta)
+    layer = layercache.Layer(work, meta, cached=False)
+    dest = layercache.commit(layer, tmp_path)
+    assert dest == layercache.layers_dir(tmp_path) / SLOT / ("n" * 64)
+    assert layer.path == dest and not work.exists()
+    assert all(not os.access(dest / n, os.W_OK) or os.geteuid() == 0 for n in layercache.FILES)
+    assert oct((dest / layercache.MEMORY).stat().st_mode & 0o777) == "0o440"
+    # KEEP = 2: the new one and the most recently used old one.
+    assert dest.exists() and old[1].exists() and not old[0].exists()
+    # Another build with the same inputs already committed: nothing replaced.
+    work.mkdir()
+    layercache.write_meta(work, meta)
+    assert layercache.commit(layercache.Layer(work, meta, cached=False), tmp_path) is None
+
+
+def test_items_and_prune_count_allocated_bytes_and_skip_layers_in_use(tmp_path: Path) -> None:
+    busy = _make_layer(tmp_path, _meta(key="a" * 64))
+    idle = _make_layer(tmp_path, _meta(key="b" * 64))
+    with (idle / layercache.MEMORY).open("r+b") as f:
+        f.truncate(1 << 30)  # sparse: a gigabyte of holes takes no space
+    found = layercache.items(tmp_path)
+    assert [(i.key, i.kind) for i in found] == [(SLOT, "layer"), (SLOT, "layer")]
+    assert all(i.size < 1 << 20 for i in found)
+    held = layercache.lookup(tmp_path, SLOT, "a" * 64)
+    assert held is not None
+    freed = layercache.prune(found)
+    assert busy.exists() and not idle.exists()
+    assert freed == next(i.size for i in found if i.path == idle)
+    held.release()
+
+
+def _build_spec(tmp: Path, **kw: object) -> qemu.VMSpec:
+    spec = qemu.VMSpec(
+        arch="amd64", cpus=2, memory=2 << 30, disk=tmp / "layer/disk.qcow2",
+        firmware_code=Path("/fw/CODE.fd"), firmware_vars=tmp / "layer/vars.fd",
+        accel=("-accel", "tcg,thread=multi"), serial_log=tmp / "serial-provision.log",
+        qmp_socket=tmp / "qmp.sock", qga_socket=tmp / "qga.sock", seed_iso=tmp / "seed.iso",
+        ssh_port=40000, net_restrict=True, memory_file=tmp / "layer/memory",
+        shares=(qemu.Share(tmp / "pkg", "pkgcache", True), qemu.Share(tmp / "new", "pkgnew")),
+    )  # fmt: skip
+    return replace(spec, **kw)  # type: ignore[arg-type]
+
+
+def test_a_build_vm_resumes_with_other_paths_and_port_but_not_other_devices(
+    tmp_path: Path,
+) -> None:
+    cold = _build_spec(tmp_path / "one")
+    resumed = _build_spec(tmp_path / "two", ssh_port=41234, memory_private=True,
+                          incoming="defer")  # fmt: skip
+    assert snapshot.device_hash(cold) == snapshot.device_hash(resumed)
+    assert snapshot.device_hash(_build_spec(tmp_path, cpus=4)) != snapshot.device_hash(cold)
+    assert snapshot.device_hash(_build_spec(tmp_path, shares=())) != snapshot.device_hash(cold)
+    assert snapshot.device_hash(_build_spec(tmp_path, seed_iso=None)) != snapshot.device_hash(cold)
+
+
+def test_resume_script_reseeds_sets_the_clock_and_installs_only_this_builds_key() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE build@sandbox-image-x"
+    script = pipeline.resume_script(key, 1_700_000_000_000_000_001)
+    steps = script.split(" && ")
+    assert steps[0] == snapshot.RESEED_RNG
+    assert steps[1] == "date -u -s @1700000000.000000001 > /dev/null"
+    assert steps[2] == f"printf '%s\\n' '{key}' > /home/build/.ssh/authorized_keys"
+
+
+def test_layer_time_stamp_is_utc() -> None:
+    assert time.strptime(layercache.now_utc(), "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _inputs(**kw: object) -> cloudinit.RenderInputs:
+    cfg = config.resolve({"arch": "amd64", "profile": "smoke"}, {}, {}).config
+    client = ssh.KeyPair.generate("build@x")
+    host = ssh.KeyPair.generate("host@x")
+    inputs = pipeline._render_inputs(cfg, "debian", client, host, packages.PACKAGE_LISTS)
+    return replace(inputs, **kw)  # type: ignore[arg-type]
+
+
+def test_the_seed_part_of_a_key_ignores_the_per_build_keys_only() -> None:
+    one, two = pipeline.seed_digests(_inputs()), pipeline.seed_digests(_inputs())
+    assert one == two  # two builds: other SSH keys, same layer key
+    assert set(one) == {"user-data", "meta-data", "network-config"}
+    assert pipeline.seed_digests(_inputs(package_cache=True)) != one
+    assert pipeline.seed_digests(_inputs(apt_proxy="http://10.0.2.100:3129")) != one
