@@ -5,13 +5,14 @@
 Both builds run against the offline stand-in (the Debian 12 base image served
 by the local signed mirror) in one fresh cache directory. The base image is
 fetched into it before the clock starts, so both builds find it cached and
-the difference is the package caches: the cold build starts with none, the
-warm rebuild with what the cold one left. Both builds verify exactly the same
-way. Rounds alternate cold and warm (each cold round empties the package
-caches first); the figures are the best of the rounds, because other work on
-a shared machine only ever slows a build down. Prints each build's steps, the
-package sets' differences (there should be none) and, as the last line, one
-JSON object: cold_s, warm_s, warm_over_cold (best of rounds) and every round.
+the difference is the build caches: the cold build starts with none, the
+warm rebuild with what the cold one left (its provisioned layer and package
+caches). Both builds verify, generalize and compact exactly the same way.
+Rounds alternate cold and warm (each cold round empties the caches first);
+the figures are the best of the rounds, because other work on a shared
+machine only ever slows a build down. Prints each build's steps, the package
+sets' differences (there should be none) and, as the last line, one JSON
+object: cold_s, warm_s, warm_over_cold (best of rounds) and every round.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def main() -> None:
             fetch.fetch(cfg)  # the base image: cached before either clock starts
             rounds: list[dict[str, Any]] = []
             for number in range(args.rounds):
-                shutil.rmtree(cfg.cache_dir / "packages", ignore_errors=True)
+                for caches in ("packages", "layers"):
+                    shutil.rmtree(cfg.cache_dir / caches, ignore_errors=True)
                 cold_s, cold = timed_build(cfg, tmp / f"cold-{number}")
                 cache_after_cold = packagecache.stats(packagecache.items(cfg.cache_dir))
                 warm_s, warm = timed_build(cfg, tmp / f"warm-{number}")
@@ -95,7 +97,10 @@ def main() -> None:
                       f"package changes cold -> warm: {len(diff)}")  # fmt: skip
                 for line in diff[:40]:
                     print(f"  {line}")
+                reused = json.loads(warm.build_info.read_text())["provisioned_layer"]["reused"]
+                print(f"  warm rebuild resumed the cold build's provisioned layer: {reused}")
                 rounds.append({"cold_s": round(cold_s, 1), "warm_s": round(warm_s, 1),
+                               "warm_reused_layer": reused,
                                "cold_steps": cold.timings, "warm_steps": warm.timings,
                                "package_changes": len(diff)})  # fmt: skip
         best_cold = min(r["cold_s"] for r in rounds)

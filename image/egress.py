@@ -53,12 +53,13 @@ def socket_paths(directory: Path) -> tuple[Path, Path]:
 
 
 def make_socket_dir() -> Path:
-    """A private directory with a short path for one VM's proxy sockets.
+    """A private directory with a short path for one VM's sockets: its proxy's,
+    and QEMU's own (QMP, guest agent).
 
     Not the VM's work directory: that lives under the cache directory, whose
     path can be longer than a Unix socket path may be. The caller removes it.
     """
-    directory = Path(tempfile.mkdtemp(prefix="sandbox-image-egress-"))
+    directory = Path(tempfile.mkdtemp(prefix="sandbox-image-vm-"))
     directory.chmod(0o700)  # the sockets are reachable only by this user
     return directory
 

@@ -69,8 +69,8 @@ PROVISION_SERIAL = "serial-provision.log"
 class BuildContext:
     cfg: BuildConfig
     build_id: str
-    work: Path  # scratch: overlay disk, VARS, QEMU's sockets, seed
-    egress_sockets: Path  # the build proxy's sockets (a short path: see egress.make_socket_dir)
+    work: Path  # scratch: overlay disk, the new layer, seed, logs
+    sockets: Path  # the VM's sockets: proxy, QMP, guest agent (egress.make_socket_dir)
     staging: Path  # becomes the outputs
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
@@ -122,10 +122,14 @@ def build_image(
     lock: lockfile.Lock | None = None,
     package_cache: bool = True,
 ) -> BuildResult:
-    """Fetch, render, boot, provision, verify, describe, generalize, compact, publish.
+    """Fetch, render, provision (or find a provisioned layer), resume, verify,
+    describe, generalize, compact, publish.
 
-    The build VM's only network is a proxy on the host with the build policy
-    (package archives, PyPI, npm); its audit log is published as egress.jsonl.
+    Provisioning ends by saving the build VM as a layer (layercache.py); the
+    build then goes on in a VM resumed from it, so a rebuild with the same
+    inputs can start right there. The build VM's only network is a proxy on the
+    host with the build policy (package archives, PyPI, npm); its audit log is
+    published as egress.jsonl.
     """
     if lock is not None:
         cfg = _locked_config(cfg, lock, distro)
@@ -185,9 +189,9 @@ def build_image(
                 arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=new_layer / layercache.DISK,
                 firmware_code=firmware.code, firmware_vars=new_layer / layercache.VARS,
                 accel=tuple(accel_args), serial_log=ctx.work / PROVISION_SERIAL,
-                qmp_socket=ctx.work / "qmp.sock", qga_socket=ctx.work / "qga.sock",
+                qmp_socket=ctx.sockets / "qmp.sock", qga_socket=ctx.sockets / "qga.sock",
                 seed_iso=seed_iso, ssh_port=qemu.free_port(), net_restrict=True,
-                guestfwd=egress.guest_forwards(ctx.egress_sockets),
+                guestfwd=egress.guest_forwards(ctx.sockets),
                 # The build VM is thrown away if anything fails: no need to make
                 # every guest write durable, and TCG builds spend less time in I/O.
                 disk_cache="unsafe",
@@ -203,7 +207,7 @@ def build_image(
             with step("layer", ctx.timings):
                 layer = layercache.lookup(cfg.cache_dir, slot, layer_key)
         try:
-            with egress.serve_for_vm(policy, ctx.egress_sockets, ctx.egress_log):
+            with egress.serve_for_vm(policy, ctx.sockets, ctx.egress_log):
                 running = contextlib.ExitStack()
                 for _attempt in range(2):
                     if layer is None:
@@ -528,7 +532,7 @@ def _build_scope(ctx: BuildContext) -> Iterator[None]:
         raise
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)
-        shutil.rmtree(ctx.egress_sockets, ignore_errors=True)
+        shutil.rmtree(ctx.sockets, ignore_errors=True)
 
 
 def _keep_logs(ctx: BuildContext, dest: Path) -> None:

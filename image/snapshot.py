@@ -87,15 +87,15 @@ def qemu_version(arch: str) -> str:
 def runtime_spec(
     arch: str, cpus: int, memory: int, accel_args: Sequence[str], work: Path, snapdir: Path,
     *, share: qemu.Share, session_disk: Path, disk: Path, vars_file: Path, firmware_code: Path,
-    memory_private: bool, egress_sockets: Path,
+    memory_private: bool, sockets: Path,
 ) -> qemu.VMSpec:  # fmt: skip
     """The runtime shape: identical for the snapshot VM and each launch, as device state needs."""
     return qemu.VMSpec(
         arch=arch, cpus=cpus, memory=memory, disk=disk, firmware_code=firmware_code,
         firmware_vars=vars_file, accel=tuple(accel_args), serial_log=work / "serial.log",
-        qmp_socket=work / "qmp.sock", qga_socket=work / "qga.sock",
+        qmp_socket=sockets / "qmp.sock", qga_socket=sockets / "qga.sock",
         # No network but the host proxy: restrict=on, plus guestfwd to its sockets.
-        net_restrict=True, guestfwd=egress.guest_forwards(egress_sockets),
+        net_restrict=True, guestfwd=egress.guest_forwards(sockets),
         share=share, session_disk=session_disk,
         memory_file=snapdir / MEMORY, memory_private=memory_private,
         extra=("-device", "vmgenid,guid=auto") if arch == "amd64" else (),
@@ -220,7 +220,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
     work.mkdir(parents=True)
     # No proxy runs while the snapshot boots (it needs no network), but the
     # guestfwd rules are part of the device set every launch must match.
-    egress_sockets = egress.make_socket_dir()
+    sockets = egress.make_socket_dir()
     timings: dict[str, float] = {}
     try:
         with step("snapshot: prepare", timings):
@@ -240,7 +240,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 cfg.arch, cfg.cpus, cfg.memory, accel_args, work, staging,
                 share=qemu.Share(work / "share", SHARE_TAG), session_disk=session,
                 disk=staging / DISK, vars_file=staging / VARS, firmware_code=firmware.code,
-                memory_private=False, egress_sockets=egress_sockets,
+                memory_private=False, sockets=sockets,
             )  # fmt: skip
         with qemu.VM(spec, work / "qemu.log") as vm, GuestAgent(spec.qga_socket) as agent:  # type: ignore[arg-type]
             with step("snapshot: boot to ready", timings):
@@ -287,7 +287,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(egress_sockets, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def load_meta(snapdir: Path) -> SnapshotMeta:
@@ -370,7 +370,7 @@ def launch(
     audit_log.parent.mkdir(parents=True, exist_ok=True)
     work = cfg.cache_dir / "launches" / launch_id
     work.mkdir(parents=True)
-    egress_sockets = egress.make_socket_dir()
+    sockets = egress.make_socket_dir()
     timings: dict[str, float] = {}
     try:
         start = time.monotonic()
@@ -388,15 +388,15 @@ def launch(
             meta.arch, meta.cpus, meta.memory, meta.accel, work, snapdir,
             share=qemu.Share(share_dir.resolve(), SHARE_TAG, options.share_readonly),
             session_disk=session, disk=disk, vars_file=vars_file,
-            firmware_code=firmware.code, memory_private=True, egress_sockets=egress_sockets,
+            firmware_code=firmware.code, memory_private=True, sockets=sockets,
         )  # fmt: skip
         check_compatible(meta, snapdir, spec)
         spec = replace(spec, incoming="defer")
         timings["prepare"] = round(time.monotonic() - start, 3)
         with (
-            egress.serve_for_vm(policy, egress_sockets, audit_log, resolver),
+            egress.serve_for_vm(policy, sockets, audit_log, resolver),
             qemu.VM(spec, work / "qemu.log") as vm,
-            GuestAgent(work / "qga.sock") as agent,
+            GuestAgent(spec.qga_socket) as agent,  # type: ignore[arg-type]
         ):
             vm.resume_from(snapdir / STATE)
             timings["resume"] = round(time.monotonic() - start, 3)
@@ -408,7 +408,7 @@ def launch(
             yield Launch(vm, agent, work, hostname, timings, audit_log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(egress_sockets, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 # A write to /dev/urandom only mixes into the kernel's input pool: the resumed,
@@ -496,8 +496,8 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
         log.info("egress audit log: %s", sandbox.audit_log)
         if not options.command:
             print(f"sandbox {sandbox.hostname} is running (Ctrl-C or SIGTERM stops it)")
-            print(f"  guest agent: socat - UNIX-CONNECT:{sandbox.work / 'qga.sock'}")
-            print(f"  QMP:         socat - UNIX-CONNECT:{sandbox.work / 'qmp.sock'}")
+            print(f"  guest agent: socat - UNIX-CONNECT:{sandbox.vm.spec.qga_socket}")
+            print(f"  QMP:         socat - UNIX-CONNECT:{sandbox.vm.spec.qmp_socket}")
             sys.stdout.flush()
             while sandbox.vm.alive():
                 time.sleep(0.5)

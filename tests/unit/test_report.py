@@ -57,6 +57,8 @@ def test_render_has_one_rect_per_step_and_the_facts(tmp_path: Path) -> None:
     assert shown == [s for s in report.PIPELINE_STEPS if s in TIMINGS]
     assert "ab" * 32 in html  # base image sha256
     assert "cd" * 32 in html  # seed
+    assert "reused: provisioned by build <code>20261129T000000-c0ffee</code>" in html
+    assert "ef" * 32 in html  # the layer's key
     assert hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest() in html
     assert "239 (expected 187..313)" in html
     assert re.search(r"<td>2</td><td>1</td><td>0</td>", html)  # dpkg, pip, npm counts

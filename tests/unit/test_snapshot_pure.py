@@ -14,7 +14,7 @@ def _spec(tmp: Path, **kw: object) -> qemu.VMSpec:
         "amd64", 4, 4 << 30, ["-accel", "tcg,thread=multi"], tmp / "work", tmp / "snap",
         share=qemu.Share(tmp / "share", "share"), session_disk=tmp / "session.raw",
         disk=tmp / "disk.qcow2", vars_file=tmp / "vars.fd", firmware_code=Path("/fw/CODE.fd"),
-        memory_private=False, egress_sockets=tmp / "egress",
+        memory_private=False, sockets=tmp / "egress",
     )  # fmt: skip
     return replace(spec, **kw)  # type: ignore[arg-type]
 
