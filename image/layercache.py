@@ -208,7 +208,7 @@ def write_meta(path: Path, meta: LayerMeta) -> None:
 def commit(layer: Layer, cache_dir: Path) -> Path | None:
     """Move a layer this build made into the cache (after the build has published).
 
-    Files fsynced and read-only, then one rename; the slot keeps its newest KEEP.
+    Files fsynced, read-only and private, then one rename; the slot keeps its newest KEEP.
     """
     meta = layer.meta
     dest = layers_dir(cache_dir) / meta.slot / meta.key
@@ -218,7 +218,8 @@ def commit(layer: Layer, cache_dir: Path) -> Path | None:
         file = layer.path / name
         with file.open("rb") as f:
             os.fsync(f.fileno())
-        file.chmod(stat.S_IRUSR | stat.S_IRGRP)
+        file.chmod(stat.S_IRUSR)  # the guest's RAM and disk: nobody else's business
+    layer.path.chmod(stat.S_IRWXU)
     dest.parent.mkdir(parents=True, exist_ok=True)
     layer.path.rename(dest)
     layer.path = dest

@@ -399,12 +399,19 @@ def _resume(
     return vm, session
 
 
+APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+
+
 def resume_script(build_public_key: str, now_ns: int) -> str:
     """One guest-agent round trip: fresh entropy, the clock, this build's SSH key."""
     keys = f"/home/{BUILD_USER}/.ssh/authorized_keys"
     return " && ".join([
         # A layer may be resumed by many builds: each mixes in the host's bytes.
         snapshot.RESEED_RNG,
+        # The clock is about to jump by as long as the layer was kept: apt's
+        # daily timers would fire and could upgrade packages mid-build. Stopped
+        # for this boot only (the image's units stay enabled).
+        f"{{ systemctl stop {' '.join(APT_TIMERS)} 2>/dev/null || true; }}",
         f"date -u -s @{now_ns // 1_000_000_000}.{now_ns % 1_000_000_000:09d} > /dev/null",
         # Only this build's key logs in (the file is the build user's already).
         f"printf '%s\\n' {shlex.quote(build_public_key)} > {keys}",
