@@ -223,6 +223,7 @@ def commit(layer: Layer, cache_dir: Path) -> Path | None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     layer.path.rename(dest)
     layer.path = dest
+    os.utime(dest)  # its first use: now
     trim_slot(dest.parent, keep=KEEP)
     return dest
 
