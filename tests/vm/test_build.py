@@ -165,9 +165,11 @@ def test_sigterm_mid_build_leaves_nothing(
     with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
         out = tmp_path / "out"
         log = tmp_path / "build.log"
+        # --no-cache: the demo's provisioned layer would skip the boot this test interrupts.
         argv = [str(ROOT / "inv"), "build-image", "--arch", "amd64", "--profile", "smoke",
-                "--distro", "debian", "--cpus", "2", "--memory", "2G", "--out", str(out),
-                "--cache-dir", str(fresh_config.cache_dir), *served.cli_args().split()]  # fmt: skip
+                "--distro", "debian", "--no-cache", "--cpus", "2", "--memory", "2G",
+                "--out", str(out), "--cache-dir", str(fresh_config.cache_dir),
+                *served.cli_args().split()]  # fmt: skip
         with log.open("wb") as sink:
             proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT,
                                     stdin=subprocess.DEVNULL)  # fmt: skip
