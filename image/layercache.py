@@ -60,9 +60,9 @@ log = logging.getLogger("image.layercache")
 
 FORMAT = 1
 KEEP = 2  # per slot: the newest ones
-MEMORY, STATE, DISK, VARS, META = "memory", "state", "disk.qcow2", "vars.fd", "layer.json"
+STATE, DISK, VARS, META = "state", "disk.qcow2", "vars.fd", "layer.json"
 SERIAL, EGRESS = "serial.log", "egress.jsonl"  # the provisioning's own records
-FILES = (MEMORY, STATE, DISK, VARS, SERIAL, EGRESS)
+FILES = (STATE, DISK, VARS, SERIAL, EGRESS)
 INDEX_TIMEOUT = 15.0
 
 # Run in the guest before it is saved: each apt source's InRelease URL and the

@@ -196,7 +196,6 @@ def build_image(
                 # every guest write durable, and TCG builds spend less time in I/O.
                 disk_cache="unsafe",
                 shares=(shares.cache, shares.new) if shares else (),
-                memory_file=new_layer / layercache.MEMORY,
             )  # fmt: skip
             profile = packages.load_profile(cfg.profile, package_lists)
             layer_inputs = _layer_inputs(ctx, distro, inputs, spec, firmware.code, lock)
@@ -299,7 +298,7 @@ def _provision(
         finally:
             session.close()
         with step("checkpoint", ctx.timings):
-            vm.save_device_state(path / layercache.STATE)
+            vm.save_state(path / layercache.STATE)
             vm.quit()
     shutil.copyfile(spec.serial_log, path / layercache.SERIAL)
     shutil.copyfile(ctx.egress_log, path / layercache.EGRESS)
@@ -367,8 +366,7 @@ def _resume(
     """Run the build VM again from ``layer`` with this build's own key, clock and entropy."""
     run_spec = dataclasses.replace(
         spec, disk=ctx.work / "disk.qcow2", firmware_vars=ctx.work / "VARS.fd",
-        serial_log=ctx.serial_log, memory_file=layer.path / layercache.MEMORY,
-        memory_private=True, incoming="defer",
+        serial_log=ctx.serial_log, incoming="defer",
     )  # fmt: skip
     layercache.check_resumable(layer.meta, snapshot.device_hash(run_spec))
     qemu.create_overlay(layer.path / layercache.DISK, run_spec.disk)

@@ -30,6 +30,7 @@ log = logging.getLogger("image.qemu")
 QEMU_BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 QGA_PORT_NAME = "org.qemu.guest_agent.0"
 SERIAL_TAIL_LINES = 40
+SAVE_BANDWIDTH = 64 << 30  # bytes/s: no limit in practice
 
 
 @dataclass(frozen=True)
@@ -255,17 +256,19 @@ class VM:
             time.sleep(0.2)
         return False
 
-    def save_device_state(self, path: Path, timeout: float = 300.0) -> None:
-        """Stop the guest and write its device state (not its RAM) to ``path``.
+    def save_state(self, path: Path, timeout: float = 300.0) -> None:
+        """Stop the guest and write its state to ``path``.
 
-        RAM is left out (``x-ignore-shared``): it lives in the spec's memory_file,
-        which is the saved RAM once QEMU has quit.
+        RAM kept in a shared memory file stays out of the stream
+        (``x-ignore-shared``): the file is the saved RAM once QEMU has quit.
+        Other RAM goes into the stream (pages of zeros as one flag each).
         """
-        if self.spec.memory_file is None or self.spec.memory_private:
-            raise ImageError("saving device state needs RAM in a shared memory file")
         self.qmp("stop")
-        self.qmp("migrate-set-capabilities",
-                 capabilities=[{"capability": "x-ignore-shared", "state": True}])  # fmt: skip
+        self.qmp("migrate-set-capabilities", capabilities=[
+            {"capability": "x-ignore-shared", "state": self._ram_in_file()}])  # fmt: skip
+        # Migration is rate-limited (128 MiB/s by default): nothing to share
+        # bandwidth with when the source is stopped and the target a local file.
+        self.qmp("migrate-set-parameters", **{"max-bandwidth": SAVE_BANDWIDTH})
         self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -281,15 +284,18 @@ class VM:
             time.sleep(0.05)
         raise ImageError(f"saving the VM state did not finish within {timeout:g} s")
 
+    def _ram_in_file(self) -> bool:
+        return self.spec.memory_file is not None
+
     def resume_from(self, state: Path, timeout: float = 120.0) -> None:
-        """Load device state saved by ``save_device_state`` (RAM: the memory file) and run.
+        """Load a state saved by ``save_state`` (RAM: from the memory file, or the stream).
 
         The VM must have been started with ``incoming="defer"``. The saved VM was
         stopped, and QEMU carries that run state across: it arrives paused and
         needs a ``cont``.
         """
-        self.qmp("migrate-set-capabilities",
-                 capabilities=[{"capability": "x-ignore-shared", "state": True}])  # fmt: skip
+        self.qmp("migrate-set-capabilities", capabilities=[
+            {"capability": "x-ignore-shared", "state": self._ram_in_file()}])  # fmt: skip
         self.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

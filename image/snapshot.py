@@ -255,7 +255,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 agent.exec(["/bin/mkdir", "-p", SHARE_MOUNT, SESSION_MOUNT], timeout=60)
                 agent.exec(["/bin/sync"], timeout=120)
                 agent.close()
-                vm.save_device_state(staging / STATE)
+                vm.save_state(staging / STATE)
                 version = vm.qmp("query-version")
                 vm.quit()
         meta = SnapshotMeta(

@@ -167,7 +167,7 @@ def test_commit_moves_a_read_only_layer_in_and_keeps_the_newest(tmp_path: Path) 
     assert dest == layercache.layers_dir(tmp_path) / SLOT / ("n" * 64)
     assert layer.path == dest and not work.exists()
     assert all(not os.access(dest / n, os.W_OK) or os.geteuid() == 0 for n in layercache.FILES)
-    assert oct((dest / layercache.MEMORY).stat().st_mode & 0o777) == "0o400"
+    assert oct((dest / layercache.STATE).stat().st_mode & 0o777) == "0o400"
     assert oct(dest.stat().st_mode & 0o777) == "0o700"
     # KEEP = 2: the new one and the most recently used old one.
     assert dest.exists() and old[1].exists() and not old[0].exists()
@@ -180,7 +180,7 @@ def test_commit_moves_a_read_only_layer_in_and_keeps_the_newest(tmp_path: Path) 
 def test_items_and_prune_count_allocated_bytes_and_skip_layers_in_use(tmp_path: Path) -> None:
     busy = _make_layer(tmp_path, _meta(key="a" * 64))
     idle = _make_layer(tmp_path, _meta(key="b" * 64))
-    with (idle / layercache.MEMORY).open("r+b") as f:
+    with (idle / layercache.DISK).open("r+b") as f:
         f.truncate(1 << 30)  # sparse: a gigabyte of holes takes no space
     found = layercache.items(tmp_path)
     assert [(i.key, i.kind) for i in found] == [(SLOT, "layer"), (SLOT, "layer")]
@@ -199,7 +199,7 @@ def _build_spec(tmp: Path, **kw: object) -> qemu.VMSpec:
         firmware_code=Path("/fw/CODE.fd"), firmware_vars=tmp / "layer/vars.fd",
         accel=("-accel", "tcg,thread=multi"), serial_log=tmp / "serial-provision.log",
         qmp_socket=tmp / "qmp.sock", qga_socket=tmp / "qga.sock", seed_iso=tmp / "seed.iso",
-        ssh_port=40000, net_restrict=True, memory_file=tmp / "layer/memory",
+        ssh_port=40000, net_restrict=True,
         shares=(qemu.Share(tmp / "pkg", "pkgcache", True), qemu.Share(tmp / "new", "pkgnew")),
     )  # fmt: skip
     return replace(spec, **kw)  # type: ignore[arg-type]
@@ -209,7 +209,7 @@ def test_a_build_vm_resumes_with_other_paths_and_port_but_not_other_devices(
     tmp_path: Path,
 ) -> None:
     cold = _build_spec(tmp_path / "one")
-    resumed = _build_spec(tmp_path / "two", ssh_port=41234, memory_private=True,
+    resumed = _build_spec(tmp_path / "two", ssh_port=41234,
                           incoming="defer")  # fmt: skip
     assert snapshot.device_hash(cold) == snapshot.device_hash(resumed)
     assert snapshot.device_hash(_build_spec(tmp_path, cpus=4)) != snapshot.device_hash(cold)
