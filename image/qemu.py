@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from image import run
@@ -237,7 +238,17 @@ class VM:
     def qmp(self, command: str, **args: object) -> Any:
         if self._qmp is None:
             raise ImageError("QMP is not connected")
-        reply = self._qmp.cmd_raw(command, args or None)
+        try:
+            reply = self._qmp.cmd_raw(command, args or None)
+        except (QMPError, OSError, EOFError) as exc:
+            # QEMU went away mid-command: e.g. it exits when an incoming
+            # migration fails. Say so, with what QEMU last said.
+            self.wait_exit(2)
+            state = "exited" if not self.alive() else "stopped answering"
+            raise ImageError(
+                f"QMP {command}: QEMU {state} ({type(exc).__name__}: {exc})",
+                hint=f"QEMU said: {self.qemu_log_tail() or 'nothing'}",
+            ) from exc
         if "error" in reply:
             raise ImageError(f"QMP {command} failed: {reply['error'].get('desc', reply)}")
         return reply.get("return")

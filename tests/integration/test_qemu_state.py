@@ -1,0 +1,67 @@
+"""qemu.VM.save_state / resume_from with a real QEMU: RAM in the stream or in a file,
+and a state QEMU cannot load reported as an ImageError (QEMU exits on it).
+
+The guest is only the firmware (no disk to boot): enough for QEMU to have
+device state and RAM to save, and quick under TCG.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from image import qemu
+from image.errors import ImageError
+from image.firmware import find_firmware
+from tests.hosttools import need
+
+MEMORY = 256 << 20
+
+
+def _spec(work: Path, memory_file: Path | None = None) -> qemu.VMSpec:
+    need("qemu-system-x86_64", "qemu-img", "OVMF")
+    firmware = find_firmware("amd64")
+    work.mkdir(parents=True, exist_ok=True)
+    disk = work / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    shutil.copyfile(firmware.vars_template, work / "vars.fd")
+    return qemu.VMSpec(
+        arch="amd64", cpus=1, memory=MEMORY, disk=disk, firmware_code=firmware.code,
+        firmware_vars=work / "vars.fd", accel=("-accel", "tcg"), serial_log=work / "serial.log",
+        qmp_socket=work / "qmp.sock", memory_file=memory_file,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("ram_in_file", [False, True], ids=["ram-in-stream", "ram-in-file"])
+def test_a_saved_vm_resumes_running(tmp_path: Path, ram_in_file: bool) -> None:
+    memory = tmp_path / "memory" if ram_in_file else None
+    spec = _spec(tmp_path / "one", memory)
+    state = tmp_path / "state"
+    with qemu.VM(spec, tmp_path / "one.log") as vm:
+        assert vm.status() == "running"
+        vm.save_state(state)
+        vm.quit()
+    size = state.stat().st_size
+    # RAM in a file stays out of the stream; otherwise the stream carries it.
+    assert size < 8 << 20 if ram_in_file else size > 1 << 20
+    resumed = replace(_spec(tmp_path / "two", memory), incoming="defer",
+                      memory_private=ram_in_file)  # fmt: skip
+    with qemu.VM(resumed, tmp_path / "two.log") as vm:
+        vm.resume_from(state)
+        assert vm.status() == "running"
+
+
+def test_a_state_qemu_cannot_load_is_an_error_with_qemus_words(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_bytes(b"QEVM not a device state")
+    spec = replace(_spec(tmp_path / "vm"), incoming="defer")
+    with qemu.VM(spec, tmp_path / "qemu.log") as vm:
+        with pytest.raises(ImageError) as info:
+            vm.resume_from(state)
+        assert not vm.alive()  # QEMU exits when an incoming migration fails
+    assert "QEMU exited" in info.value.message
+    assert "load of migration failed" in (info.value.hint or "")  # QEMU's own words
