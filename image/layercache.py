@@ -165,14 +165,18 @@ def _load_meta(path: Path) -> LayerMeta:
     return meta
 
 
-def _lock_shared(path: Path, blocking: bool = True) -> int | None:
-    fd = os.open(path / META, os.O_RDONLY)
+def _lock_shared(path: Path) -> int | None:
+    """A shared lock on the layer, if it is still whole once locked (a pruner
+    holds the exclusive lock while it deletes)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if blocking else fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        fd = os.open(path / META, os.O_RDONLY)
+    except OSError:
         return None
-    return fd
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    if all((path / name).is_file() for name in FILES):
+        return fd
+    os.close(fd)
+    return None
 
 
 def lookup(
@@ -197,6 +201,9 @@ def lookup(
         log.info("provisioned layer %s not reused: %s", key[:12], reason)
         return None
     fd = _lock_shared(path)
+    if fd is None:
+        log.info("provisioned layer %s was removed while it was looked up", key[:12])
+        return None
     with contextlib.suppress(OSError):
         os.utime(path)  # last use, for pruning and for KEEP
     log.info("provisioned layer %s reused (made by build %s)", key[:12], meta.build_id)

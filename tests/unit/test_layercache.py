@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import http.server
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -247,3 +248,14 @@ def test_the_seed_part_of_a_key_ignores_the_per_build_keys_only() -> None:
     assert set(one) == {"user-data", "meta-data", "network-config"}
     assert pipeline.seed_digests(_inputs(package_cache=True)) != one
     assert pipeline.seed_digests(_inputs(apt_proxy="http://10.0.2.100:3129")) != one
+
+
+def test_a_layer_pruned_between_the_checks_and_the_lock_is_not_used(tmp_path: Path) -> None:
+    path = _make_layer(tmp_path, _meta())
+    fd = layercache._lock_shared(path)
+    assert fd is not None
+    os.close(fd)
+    (path / layercache.DISK).unlink()  # what a pruner's rmtree leaves half done
+    assert layercache._lock_shared(path) is None
+    shutil.rmtree(path)
+    assert layercache._lock_shared(path) is None
