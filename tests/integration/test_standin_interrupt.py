@@ -46,6 +46,9 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path: Path, sig: signal.Sig
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A Ctrl-C as a terminal delivers it: a test runner started in the
+        # background (a non-interactive shell's `&`) passes SIGINT on ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # Wait until mmdebstrap has mounted /proc, /sys, /dev inside the scratch rootfs:

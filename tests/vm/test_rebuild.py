@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -56,8 +57,36 @@ def _inv_json(*args: str) -> dict[str, Any]:
     return doc
 
 
+def _demo_layer(cache_dir: Path) -> Path:
+    (path,) = [i.path for i in layercache.items(cache_dir) if i.key == "debian-jammy-amd64-smoke"]
+    return path
+
+
+def _archive_as_served_now(layer: Path, *, except_url: str | None = None) -> list[str]:
+    """Record in the layer the archive state deb.debian.org serves now.
+
+    That archive moves on by itself: in one CI run its bookworm-updates and
+    -security InRelease files changed between the demo and the rebuild ten
+    minutes later, and the rebuild rightly provisioned from scratch. A test of
+    reuse needs an archive that has not changed, so it records the present
+    state (fetched as the lookup fetches it); the check itself is tested here
+    (``except_url`` stays stale) and in the unit tier against a local server.
+    """
+    meta = layer / layercache.META
+    meta.chmod(0o600)
+    data = json.loads(meta.read_text())
+    assert data["archive"], "the demo's layer recorded no archive state"
+    for entry in data["archive"]:
+        if entry["url"] != except_url:
+            entry["sha256"] = layercache.fetch_index_sha256(entry["url"])
+        else:
+            entry["sha256"] = "0" * 64
+    meta.write_text(json.dumps(data))
+    return [entry["url"] for entry in data["archive"]]
+
+
 def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
-    fresh_config: config.BuildConfig, built: dict[str, Path]
+    fresh_config: config.BuildConfig, built: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     demo_out = built["image"].parent
     demo_info = json.loads((demo_out / "build-info.json").read_text())
@@ -66,6 +95,15 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     stats = _inv_json("cache", "--stats", "--cache-dir", str(fresh_config.cache_dir))
     layers = [row for row in stats["caches"] if row["kind"] == "layer"]
     assert [(row["key"], row["files"]) for row in layers] == [("debian-jammy-amd64-smoke", 1)]
+    layer_path = _demo_layer(fresh_config.cache_dir)
+    urls = _archive_as_served_now(layer_path)
+    # An InRelease that changed since the layer was made: not reused, and why.
+    _archive_as_served_now(layer_path, except_url=urls[0])
+    slot, key = layer_path.parent.name, layer_path.name
+    with caplog.at_level(logging.INFO, logger="image.layercache"):
+        assert layercache.lookup(fresh_config.cache_dir, slot, key) is None
+    assert f"the archive changed since the layer was made ({urls[0]})" in caplog.text
+    _archive_as_served_now(layer_path)
     base = standin.ensure(fresh_config.cache_dir, "amd64")
     with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
         result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian")
@@ -96,8 +134,8 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
 def test_a_damaged_cached_layer_is_removed_and_the_build_provisions_from_scratch(
     fresh_config: config.BuildConfig, built: dict[str, Path]
 ) -> None:
-    (layer_path,) = [i.path for i in layercache.items(fresh_config.cache_dir)
-                     if i.key == "debian-jammy-amd64-smoke"]  # fmt: skip
+    layer_path = _demo_layer(fresh_config.cache_dir)
+    _archive_as_served_now(layer_path)  # so that the lookup finds it and tries to resume
     state = layer_path / layercache.STATE
     state.chmod(0o600)
     state.write_bytes(b"QEVM not a device state")
@@ -109,8 +147,7 @@ def test_a_damaged_cached_layer_is_removed_and_the_build_provisions_from_scratch
     assert info["provisioned_layer"]["made_by"] == info["build_id"]
     assert {"boot", "provision", "checkpoint", "resume"} <= set(info["timings"])
     # The damaged layer is gone; this build's (same key) took its place, intact.
-    (now,) = [i.path for i in layercache.items(fresh_config.cache_dir)
-              if i.key == "debian-jammy-amd64-smoke"]  # fmt: skip
+    now = _demo_layer(fresh_config.cache_dir)
     assert now == layer_path
     assert json.loads((now / layercache.META).read_text())["build_id"] == info["build_id"]
     assert (now / layercache.STATE).read_bytes()[:4] == b"QEVM"
