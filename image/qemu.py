@@ -194,6 +194,11 @@ class VM:
         self.proc: Any = None
 
     def __enter__(self) -> VM:
+        # A QEMU that died (e.g. on a failed incoming migration) leaves its
+        # socket files behind; the next VM on the same paths must not find them.
+        for path in (self.spec.qmp_socket, self.spec.qga_socket):
+            if path is not None:
+                path.unlink(missing_ok=True)
         try:
             self.proc = self._stack.enter_context(
                 run.background(qemu_argv(self.spec), stdout=self.log_path, terminate_timeout=5)
@@ -224,7 +229,7 @@ class VM:
                 try:
                     qmp.connect()
                     return qmp
-                except OSError:
+                except (OSError, QMPError):  # not listening yet
                     qmp.close()
             time.sleep(0.05)
         raise ImageError(f"QEMU's QMP socket did not appear within {timeout:g} s")

@@ -8,6 +8,7 @@ device state and RAM to save, and quick under TCG.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -65,3 +66,13 @@ def test_a_state_qemu_cannot_load_is_an_error_with_qemus_words(tmp_path: Path) -
         assert not vm.alive()  # QEMU exits when an incoming migration fails
     assert "QEMU exited" in info.value.message
     assert "load of migration failed" in (info.value.hint or "")  # QEMU's own words
+
+
+def test_a_vm_starts_where_a_dead_qemu_left_its_socket_files(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "vm")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(spec.qmp_socket))  # bound, never listening, file left behind
+    stale.close()
+    assert spec.qmp_socket.exists()
+    with qemu.VM(spec, tmp_path / "qemu.log") as vm:
+        assert vm.status() == "running"
