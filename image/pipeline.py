@@ -211,7 +211,8 @@ def build_image(
                 for _attempt in range(2):
                     if layer is None:
                         layer = _provision(ctx, spec, base.path, firmware.vars_template,
-                                           client_key, host_key, lock, layer_inputs)  # fmt: skip
+                                           client_key, host_key, lock, slot, layer_key,
+                                           layer_inputs)  # fmt: skip
                     try:
                         with step("resume", ctx.timings):
                             vm, session = _resume(ctx, running, spec, layer, client_key)
@@ -271,7 +272,7 @@ def build_image(
 def _provision(
     ctx: BuildContext, spec: qemu.VMSpec, base: Path, vars_template: Path,
     client_key: ssh.KeyPair, host_key: ssh.KeyPair, lock: lockfile.Lock | None,
-    inputs: dict[str, Any],
+    slot: str, key: str, inputs: dict[str, Any],
 ) -> layercache.Layer:  # fmt: skip
     """Boot the base image with the seed, wait for cloud-init, save the VM as a new layer."""
     cfg = ctx.cfg
@@ -303,8 +304,7 @@ def _provision(
     shutil.copyfile(spec.serial_log, path / layercache.SERIAL)
     shutil.copyfile(ctx.egress_log, path / layercache.EGRESS)
     meta = layercache.LayerMeta(
-        format=layercache.FORMAT, key=layercache.make_key(inputs), slot=layercache.slot(
-            inputs["distro"], cfg.release, cfg.arch, cfg.profile),
+        format=layercache.FORMAT, key=key, slot=slot,
         build_id=ctx.build_id, created=layercache.now_utc(), device_hash=inputs["device_hash"],
         host_public_key=host_key.public_openssh, archive=archive, locked=lock is not None,
         seconds={k: ctx.timings[k] for k in ("boot", "provision") if k in ctx.timings},
