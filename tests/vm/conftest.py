@@ -86,17 +86,26 @@ def vm_config(tmp_path_factory: pytest.TempPathFactory) -> config.BuildConfig:
                        ("qemu-system-x86_64", "OVMF"), 600, 1800)  # fmt: skip
 
 
+def run_demo(cfg: config.BuildConfig) -> dict[str, Any]:
+    """The newcomer's `./inv demo`: a built smoke image, its snapshot, a launch."""
+    logs = cfg.output_dir / "image" / "logs"
+    attach_logs(logs / "serial.log", logs / "cloud-init-output.log")
+    return demo.run_demo(cfg)
+
+
+def demo_outputs(result: dict[str, Any]) -> dict[str, Path]:
+    return {k: Path(v) for k, v in result["outputs"].items()}
+
+
 @pytest.fixture(scope="session")
 def demo_run(vm_config: config.BuildConfig) -> dict[str, Any]:
-    """The newcomer's `./inv demo`, once: a built smoke image, its snapshot, a launch."""
-    logs = vm_config.output_dir / "image" / "logs"
-    attach_logs(logs / "serial.log", logs / "cloud-init-output.log")
-    return demo.run_demo(vm_config)
+    """The demo, once per session: shared by the amd64 vm tier."""
+    return run_demo(vm_config)
 
 
 @pytest.fixture(scope="session")
 def built(demo_run: dict[str, Any]) -> dict[str, Path]:
-    return {k: Path(v) for k, v in demo_run["outputs"].items()}
+    return demo_outputs(demo_run)
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from image import bwrap, demo, run, seccomp, snapshot
+from image import bwrap, run, seccomp, snapshot
 from image.config import BuildConfig
 from tests.fixtures import escape_cases
 from tests.hosttools import need
-from tests.vm.conftest import attach_logs, qemu_processes, tier_config
+from tests.vm.conftest import demo_outputs, qemu_processes, run_demo, tier_config
 
 pytestmark = pytest.mark.arm64
 
@@ -47,14 +47,12 @@ def arm64_config(tmp_path_factory: pytest.TempPathFactory) -> BuildConfig:
 
 @pytest.fixture(scope="module")
 def arm64_demo(arm64_config: BuildConfig) -> dict[str, Any]:
-    logs = arm64_config.output_dir / "image" / "logs"
-    attach_logs(logs / "serial.log", logs / "cloud-init-output.log")
-    return demo.run_demo(arm64_config)
+    return run_demo(arm64_config)
 
 
 @pytest.fixture(scope="module")
 def outputs(arm64_demo: dict[str, Any]) -> dict[str, Path]:
-    return {k: Path(v) for k, v in arm64_demo["outputs"].items()}
+    return demo_outputs(arm64_demo)
 
 
 # --- build-image, snapshot, launch ---------------------------------------------------
