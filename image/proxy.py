@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import itertools
 import json
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -42,7 +44,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
-_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # used with fullmatch
 
 
 # ---------------------------------------------------------------- policy
@@ -84,7 +86,7 @@ def normalize_name(name: str) -> str:
 def _pattern(value: str, where: str) -> str:
     value = normalize_name(value.strip())
     bare = value[2:] if value.startswith("*.") else value
-    if not bare or len(bare) > 253 or not _NAME.match(bare):
+    if not bare or len(bare) > 253 or not _NAME.fullmatch(bare):
         raise ImageError(
             f"{where}: {value!r} is not a domain name or *.suffix pattern",
             hint="write names like deb.debian.org or *.pythonhosted.org "
@@ -174,19 +176,95 @@ def _matches(name: str, pattern: str) -> bool:
 
 def _ip(value: str) -> IPAddress | None:
     try:
-        return ipaddress.ip_address(value.strip("[]"))
+        return ipaddress.ip_address(value)
     except ValueError:
         return None
 
 
+def _unmapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (::ffff:10.0.0.1) is the IPv4 address it carries."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+_NUMBER = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+
+
+def _ipv4_number(part: str) -> int:
+    if part.startswith("0x"):
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part.startswith("0"):
+        return int(part[1:], 8)  # ValueError for 08, 09
+    return int(part)
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address an IP-literal host stands for; None for a (would-be) domain name.
+
+    Covers what resolvers and URL parsers accept besides dotted quads: `[v6]`,
+    IPv4-mapped IPv6 (the IPv4 address), and the inet_aton forms — hex, octal,
+    fewer than four parts, one integer (`0x7f.1`, `0177.0.0.1`, `127.1`,
+    `2130706433`). A host whose last label is a number but that is no valid
+    address (`1.2.3.4.5`, `256.1`, `08.1`) raises ValueError: it is neither a
+    name nor an address.
+    """
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(host)
+        return _unmapped(ipaddress.IPv6Address(host[1:-1]))
+    literal = _ip(host)
+    if literal is not None:
+        return _unmapped(literal)
+    if ":" in host:
+        raise ValueError(host)  # no name has a colon; no address form it would be
+    labels = normalize_name(host).split(".")
+    if not _NUMBER.match(labels[-1]):
+        return None
+    if len(labels) > 4 or not all(_NUMBER.match(label) for label in labels):
+        raise ValueError(host)
+    numbers = [_ipv4_number(label) for label in labels]
+    last_max = 256 ** (5 - len(numbers)) - 1
+    if any(n > 255 for n in numbers[:-1]) or numbers[-1] > last_max:
+        raise ValueError(host)
+    value = numbers[-1]
+    for index, number in enumerate(numbers[:-1]):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
 def _listed(policy: Policy, address: IPAddress) -> IPNetwork | None:
+    address = _unmapped(address)
     return next((net for net in policy.addresses if address in net), None)
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that mapped, NAT64 (64:ff9b::/96) and 6to4 addresses reach."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def _internal(address: IPAddress) -> bool:
-    """Loopback, private, link-local (cloud metadata), CGNAT, multicast, unspecified..."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Loopback, private, link-local (cloud metadata), CGNAT, multicast, unspecified...
+
+    For IPv6 also: the deprecated IPv4-compatible range (::/96), and mapped,
+    NAT64 and 6to4 addresses whose IPv4 address is internal.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _IPV4_COMPATIBLE:
+            return True
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and _internal(embedded):
+            return True
     return not address.is_global or address.is_multicast
 
 
@@ -197,18 +275,18 @@ def check_name(policy: Policy, host: str, port: int) -> Decision:
     """
     if port not in policy.ports:
         return Decision(False, f"port-not-allowed {port}")
-    literal = _ip(host)
+    try:
+        literal = ip_literal(host)
+    except ValueError:
+        return Decision(False, "invalid-address")
     if literal is not None:
         net = _listed(policy, literal)
         if net is None:
             return Decision(False, "ip-literal")
         return Decision(True, f"allow-address {net}", str(literal))
     name = normalize_name(host)
-    if not name or len(name) > 253 or not _NAME.match(name):
+    if not name or len(name) > 253 or not _NAME.fullmatch(name):
         return Decision(False, "invalid-name")
-    if name.rsplit(".", 1)[-1].isdigit():
-        # 127.1, 2130706433...: numeric forms the resolver turns into addresses.
-        return Decision(False, "ip-literal")
     for pattern in policy.deny:
         if _matches(name, pattern):
             return Decision(False, f"deny {pattern}")
@@ -262,60 +340,129 @@ def mapping_resolver(table: Mapping[str, Sequence[str]]) -> Resolver:
 # ----------------------------------------------------------------- audit
 
 
+def _utc(moment: float) -> str:
+    return (
+        datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+LOGGED_PATH_CHARS = 2048
+
+
 @dataclass
 class Connection:
-    """One audit record; written as one JSON line when the connection ends."""
+    """One decision (a connection, or one plain-HTTP request on it) and its two records.
 
+    The open record is written when the decision is made, the close record when
+    the connection (or the request's response) ends; both carry `id`.
+    """
+
+    id: str
+    connection: str
     client: str
     protocol: str
-    started: float = field(default_factory=time.time)
+    opened: float | None = None  # when the open record was written
     host: str | None = None
     port: int | None = None
     address: str | None = None
+    resolved: list[str] = field(default_factory=list)
     decision: str = "error"
     rule: str = ""
+    method: str | None = None
+    path: str | None = None
     bytes_up: int = 0
     bytes_down: int = 0
+    error: str | None = None
 
-    def record(self) -> dict[str, object]:
+    def open_record(self) -> dict[str, object]:
+        assert self.opened is not None
         return {
-            "time": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "event": "open",
+            "id": self.id,
+            "connection": self.connection,
+            "time": _utc(self.opened),
             "client": self.client,
             "protocol": self.protocol,
             "host": self.host,
             "port": self.port,
             "address": self.address,
+            "resolved": self.resolved,
             "decision": self.decision,
             "rule": self.rule,
+            "method": self.method,
+            "path": self.path[:LOGGED_PATH_CHARS] if self.path is not None else None,
+        }
+
+    def close_record(self, now: float) -> dict[str, object]:
+        assert self.opened is not None
+        return {
+            "event": "close",
+            "id": self.id,
+            "connection": self.connection,
+            "time": _utc(now),
+            "client": self.client,
+            "protocol": self.protocol,
+            "host": self.host,
+            "port": self.port,
+            "decision": self.decision,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
-            "duration_s": round(time.time() - self.started, 6),
+            "duration_s": round(now - self.opened, 6),
+            "error": self.error,
         }
 
 
 class AuditLog:
+    """JSON lines, each written with one call and flushed at once.
+
+    Connection ids are `<run>-<n>`: `run` is random per proxy run (one log may
+    hold several runs), `n` counts client connections; a decision's id is the
+    connection id and `.k` for the k-th request on that connection.
+    """
+
     def __init__(self, stream: IO[str] | None) -> None:
         self._stream = stream
+        self._run = secrets.token_hex(4)
+        self._connections = itertools.count(1)
 
-    def write(self, conn: Connection) -> None:
+    def connection_id(self) -> str:
+        return f"{self._run}-{next(self._connections)}"
+
+    def _write(self, record: dict[str, object]) -> None:
         if self._stream is not None:
-            self._stream.write(json.dumps(conn.record(), sort_keys=False) + "\n")
+            self._stream.write(json.dumps(record) + "\n")
             self._stream.flush()
+
+    def open(self, conn: Connection) -> None:
+        if conn.opened is None:
+            conn.opened = time.time()
+            self._write(conn.open_record())
+
+    def close(self, conn: Connection) -> None:
+        self.open(conn)  # a request that ended before any decision: open, then close
+        self._write(conn.close_record(time.time()))
 
 
 # --------------------------------------------------------------- servers
 
 
 class _Refused(Exception):
-    """End a request with an error answer (HTTP status or SOCKS5 reply code)."""
+    """End a request with an error answer (HTTP status or SOCKS reply code)."""
 
-    def __init__(self, rule: str, status: int = 400, socks: int = 0x01) -> None:
+    def __init__(
+        self, rule: str, status: int = 400, socks: int = 0x01, reply: bytes | None = None
+    ) -> None:
         super().__init__(rule)
         self.rule = rule
         self.status = status
-        self.socks = socks
+        self.socks = socks  # SOCKS5 reply code; -1: no reply
+        self.reply = reply  # the exact answer, where it is neither HTTP nor SOCKS5
+
+
+class _Idle(Exception):
+    """A kept-alive connection ended (or idled out) between requests: nothing to log."""
 
 
 _REASONS = {
@@ -338,6 +485,12 @@ _HOP_BY_HOP = {
     "upgrade",
     "host",
 }
+_RESPONSE_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection"}
+# Control characters: never in a request line; only HTAB in a header line. A
+# bare CR or LF would let a client hide a second header (e.g. Host) or request
+# from us that the upstream then reads.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _http_error(status: int, rule: str) -> bytes:
@@ -356,16 +509,20 @@ class HttpRequest:
     port: int
     head: bytes  # what goes upstream (plain HTTP only): origin-form, our Host header
     body_length: int
+    path: str | None = None  # for the audit log: the path without the query (plain HTTP)
+    keep_alive: bool = False  # the client may send another request on this connection
 
 
 def _split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
     if authority.startswith("["):
         host, sep, rest = authority[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise _Refused("malformed-authority")
+        if not sep or (rest and not rest.startswith(":")) or _ip(host) is None or "." in host:
+            raise _Refused("malformed-authority")  # brackets hold an IPv6 address only
         port_text = rest[1:]
     else:
-        host, _, port_text = authority.rpartition(":") if ":" in authority else (authority, "", "")
+        host, _, port_text = authority.partition(":")
+        if ":" in port_text:
+            raise _Refused("malformed-authority")  # an IPv6 address must be in brackets
     if not port_text:
         if default_port is None:
             raise _Refused("malformed-authority")
@@ -373,6 +530,52 @@ def _split_authority(authority: str, default_port: int | None) -> tuple[str, int
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise _Refused("malformed-authority")
     return host, int(port_text)
+
+
+def _split_target(target: str) -> tuple[str, str, str]:
+    """An absolute `http://` URI as (authority, path, query); the authority ends at
+    the first `/` or `?` (so `http://a?@b/` is host a, query `@b/`)."""
+    rest = target[len("http://") :]
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, rest = rest[:end], rest[end:]
+    path, _, query = rest.partition("?")
+    return authority, path or "/", query
+
+
+def request_summary(head: bytes) -> tuple[str | None, str | None, int | None, str | None]:
+    """Best effort, for the audit log only: (method, host, port, path) of a request
+    head that may be partial or malformed. Never used to decide anything."""
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+    parts = line.split(" ")
+    method = parts[0][:32] if parts[0].isalpha() else None
+    if len(parts) < 2:
+        return method, None, None, None
+    target, path = parts[1], None
+    if method == "CONNECT":
+        authority = target
+    elif target[:7].lower() == "http://":
+        authority, path, _ = _split_target(target)
+    else:
+        return method, None, None, target or None
+    try:
+        host, port = _split_authority(authority, None if method == "CONNECT" else 80)
+        return method, host, port, path
+    except _Refused:  # a bad port or bracket: keep the part that names the host
+        if authority.startswith("["):
+            bracketed, end, _ = authority.partition("]")
+            host = bracketed + end
+        else:
+            host = authority.partition(":")[0]
+        return method, host[:255], None, path
+
+
+def _tokens(headers: list[tuple[str, str]], *names: str) -> set[str]:
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() in names
+        for token in value.split(",")
+    }
 
 
 def parse_http_request(head: bytes) -> HttpRequest:
@@ -385,17 +588,22 @@ def parse_http_request(head: bytes) -> HttpRequest:
         text = head.decode("ascii")
     except UnicodeDecodeError:
         raise _Refused("malformed-request") from None
-    lines = text.split("\r\n")
+    lines = text[:-4].split("\r\n") if text.endswith("\r\n\r\n") else text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
+    if (
+        len(parts) != 3
+        or not parts[2].startswith("HTTP/1.")
+        or not parts[0].isalpha()
+        or _CONTROL.search(lines[0])
+    ):
         raise _Refused("malformed-request")
     method, target, version = parts
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
-        if not line:
-            continue
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip() or line[0] in " \t":
+            raise _Refused("malformed-header")
+        if _HEADER_CONTROL.search(line):
             raise _Refused("malformed-header")
         headers.append((name, value.strip()))
     if method == "CONNECT":
@@ -403,9 +611,9 @@ def parse_http_request(head: bytes) -> HttpRequest:
         return HttpRequest(method, host, port, b"", 0)
     if not target.lower().startswith("http://"):
         raise _Refused("not-absolute-http-uri")
-    rest = target[len("http://") :]
-    authority, slash, path = rest.partition("/")
-    authority = authority.split("?", 1)[0]
+    if "#" in target:
+        raise _Refused("malformed-request")  # a fragment is never part of a request
+    authority, path, query = _split_target(target)
     if "@" in authority or not authority:
         raise _Refused("malformed-authority")
     host, port = _split_authority(authority, 80)
@@ -416,11 +624,75 @@ def parse_http_request(head: bytes) -> HttpRequest:
     if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
         raise _Refused("malformed-content-length")
     body_length = int(next(iter(lengths))) if lengths else 0
-    kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP]
-    out = [f"{method} /{path if slash else ''} {version}", f"Host: {authority}"]
+    connection = _tokens(headers, "connection", "proxy-connection")
+    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+    dropped = _HOP_BY_HOP | (connection - {"close", "keep-alive"})
+    kept = [(n, v) for n, v in headers if n.lower() not in dropped]
+    origin = path + (f"?{query}" if query or target.endswith("?") else "")
+    out = [f"{method} {origin} {version}", f"Host: {authority}"]
     out += [f"{n}: {v}" for n, v in kept]
     out.append("Connection: close")
-    return HttpRequest(method, host, port, ("\r\n".join(out) + "\r\n\r\n").encode(), body_length)
+    return HttpRequest(
+        method,
+        host,
+        port,
+        ("\r\n".join(out) + "\r\n\r\n").encode(),
+        body_length,
+        path,
+        keep_alive,
+    )
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    head: bytes  # what goes to the client: our Connection header
+    body_length: int | None  # None: until the upstream closes (then the client is closed)
+
+
+_STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: [^\r\n]*)?")
+
+
+def parse_http_response(head: bytes, method: str, keep_alive: bool) -> HttpResponse | None:
+    """The upstream's response head rewritten for the client, and how long its body is.
+
+    Only a response whose end is known (Content-Length, or no body) lets the
+    client connection carry another request; None: not a response head we can
+    frame (forward it as it is and close after it).
+    """
+    lines = head[:-4].split(b"\r\n")
+    match = _STATUS.fullmatch(lines[0])
+    if match is None:
+        return None
+    status = int(match.group(1))
+    if status < 200:
+        return None  # interim answers (100 Continue) precede the real one
+    headers: list[tuple[bytes, bytes, bytes]] = []  # (lower-case name, value, line)
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            return None
+        headers.append((name.lower(), value.strip(), line))
+    connection = {
+        token.strip().lower()
+        for name, value, _ in headers
+        if name in (b"connection", b"proxy-connection")
+        for token in value.split(b",")
+    }
+    lengths = {value for name, value, _ in headers if name == b"content-length"}
+    body_length: int | None
+    if method == "HEAD" or status in (204, 304):
+        body_length = 0
+    elif any(name == b"transfer-encoding" for name, _, _ in headers):
+        body_length = None
+    elif len(lengths) == 1 and next(iter(lengths)).isdigit():
+        body_length = int(next(iter(lengths)))
+    else:
+        body_length = None
+    dropped = {n.encode() for n in _RESPONSE_HOP_BY_HOP} | (connection - {b"close"})
+    kept = [line for name, _, line in headers if name not in dropped]
+    again = keep_alive and body_length is not None
+    out = [lines[0], *kept, b"Connection: keep-alive" if again else b"Connection: close"]
+    return HttpResponse(b"\r\n".join(out) + b"\r\n\r\n", body_length if again else None)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int = -1) -> int:
@@ -535,15 +807,25 @@ class _Settings:
     client_label: str = "?"  # for clients without an address (Unix sockets)
 
 
+def _buffered(reader: asyncio.StreamReader) -> bytes:
+    """What the reader holds but nobody has read (StreamReader has no accessor)."""
+    return bytes(vars(reader)["_buffer"])
+
+
 class _ProxyServer:
+    protocol = "?"
+
     def __init__(self, settings: _Settings) -> None:
         self.s = settings
 
     async def _open(
         self, conn: Connection, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Decide, then connect to the checked address (never to the name)."""
+        """Decide, write the open record, then connect to the checked address (never the name)."""
         conn.host, conn.port = host, port
+        with contextlib.suppress(ValueError):
+            literal = ip_literal(host)
+            conn.resolved = [str(literal)] if literal is not None else []
         verdict = check_name(self.s.policy, host, port)
         if verdict.allowed and verdict.address is None:
             try:
@@ -552,36 +834,32 @@ class _ProxyServer:
                 )
             except (OSError, asyncio.TimeoutError):
                 resolved = []
+            conn.resolved = list(resolved)
             verdict = decide(self.s.policy, host, port, resolved)
         conn.rule = verdict.rule
         if not verdict.allowed or verdict.address is None:
             conn.decision = "deny"
+            self.s.audit.open(conn)
             raise _Refused(verdict.rule, status=403, socks=0x02)
         conn.decision, conn.address = "allow", verdict.address
+        self.s.audit.open(conn)
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection(verdict.address, port, limit=COPY_CHUNK),
                 self.s.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            conn.decision = "error"
-            conn.rule = f"{verdict.rule}; upstream-unreachable {type(exc).__name__}"
-            raise _Refused(conn.rule, status=502, socks=0x05) from None
+            conn.error = f"upstream-unreachable {type(exc).__name__}"
+            raise _Refused(f"{verdict.rule}; {conn.error}", status=502, socks=0x05) from None
 
     async def _tunnel(
         self,
         conn: Connection,
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        up_limit: int = -1,
     ) -> None:
         try:
-            if up_limit >= 0:
-                # Plain HTTP: only the declared body goes up; anything the client
-                # sends after it is not forwarded (it could be a second request
-                # for another host on this connection).
-                conn.bytes_up += await _copy(client[0], upstream[1], up_limit)
-            up, down = await _relay(client, upstream, forward_up=up_limit < 0)
+            up, down = await _relay(client, upstream, forward_up=True)
             conn.bytes_up += up
             conn.bytes_down += down
         finally:
@@ -590,26 +868,59 @@ class _ProxyServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else self.s.client_label
-        conn = Connection(client, self.protocol)
+        connection = self.s.audit.connection_id()
         try:
-            await self.serve(conn, reader, writer)
-        except _Refused as refused:
-            conn.rule = conn.rule or refused.rule
-            if conn.decision != "deny":
-                conn.decision = "error"
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.refuse(writer, refused)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            conn.rule = conn.rule or f"client-error {type(exc).__name__}"
+            for number in itertools.count(1):
+                conn = Connection(f"{connection}.{number}", connection, client, self.protocol)
+                if not await self._decision(conn, number, reader, writer):
+                    break
         finally:
-            self.s.audit.write(conn)
             writer.close()
 
-    protocol = "?"
+    async def _decision(
+        self,
+        conn: Connection,
+        number: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """One request: decide, serve, write both records; True if another may follow."""
+        logged = True
+        try:
+            return await self.serve(conn, number, reader, writer)
+        except _Idle:
+            logged = False
+            return False
+        except _Refused as refused:
+            if conn.opened is None:
+                conn.decision, conn.rule = "error", refused.rule
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.refuse(writer, refused)
+            return False
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            if conn.opened is None:
+                conn.rule = f"client-error {type(exc).__name__}"
+            else:
+                conn.error = conn.error or f"client-error {type(exc).__name__}"
+            return False
+        except asyncio.CancelledError:
+            conn.error = conn.error or "proxy-stopped"
+            if conn.opened is None:
+                conn.rule = "proxy-stopped"
+                # between two requests on a kept-alive connection: nothing to log
+                logged = number == 1 or conn.method is not None
+            raise
+        finally:
+            if logged:
+                self.s.audit.close(conn)
 
     async def serve(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+        self,
+        conn: Connection,
+        number: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         raise NotImplementedError
 
     async def refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
@@ -619,30 +930,82 @@ class _ProxyServer:
 class _HttpProxy(_ProxyServer):
     protocol = "http"
 
-    async def serve(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _head(self, conn: Connection, reader: asyncio.StreamReader, first: bool) -> bytes:
+        """The next request head; on a kept-alive connection, silence or EOF ends it quietly."""
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.s.header_timeout)
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.s.header_timeout)
         except asyncio.TimeoutError:
-            raise _Refused("request-timeout", status=408) from None
+            partial, rule, status = _buffered(reader), "request-timeout", 408
         except asyncio.LimitOverrunError:
-            raise _Refused("header-too-large", status=431) from None
-        except asyncio.IncompleteReadError:
-            raise _Refused("incomplete-request") from None
+            partial, rule, status = _buffered(reader), "header-too-large", 431
+        except asyncio.IncompleteReadError as exc:
+            partial, rule, status = exc.partial, "incomplete-request", 400
+        if not partial and not first:
+            raise _Idle
+        conn.method, conn.host, conn.port, conn.path = request_summary(partial)
+        conn.protocol = "connect" if conn.method == "CONNECT" else "http"
+        raise _Refused(rule, status=status)
+
+    async def serve(
+        self,
+        conn: Connection,
+        number: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        head = await self._head(conn, reader, first=number == 1)
+        conn.method, conn.host, conn.port, conn.path = request_summary(head)
+        conn.protocol = "connect" if conn.method == "CONNECT" else "http"
         if len(head) > MAX_HEADER_BYTES:
             raise _Refused("header-too-large", status=431)
         request = parse_http_request(head)
-        conn.protocol = "connect" if request.method == "CONNECT" else "http"
+        conn.method, conn.path = request.method, request.path
         upstream = await self._open(conn, request.host, request.port)
         if request.method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             await self._tunnel(conn, (reader, writer), upstream)
-        else:
-            upstream[1].write(request.head)
-            conn.bytes_up += len(request.head)
-            await self._tunnel(conn, (reader, writer), upstream, up_limit=request.body_length)
+            return False
+        try:
+            return await self._exchange(conn, request, (reader, writer), upstream)
+        finally:
+            upstream[1].close()
+
+    async def _exchange(
+        self,
+        conn: Connection,
+        request: HttpRequest,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> bool:
+        """Plain HTTP: the request and exactly its declared body go up, the answer down.
+
+        Anything the client sends after the body is the next request, read and
+        decided on its own. True if the client connection may carry another.
+        """
+        upstream[1].write(request.head)
+        conn.bytes_up += len(request.head)
+        sent = await _copy(client[0], upstream[1], request.body_length)
+        conn.bytes_up += sent
+        if sent < request.body_length:
+            return False  # the client went away in the middle of its body
+        try:
+            head = await upstream[0].readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            head = exc.partial  # not HTTP, or cut short: pass on what came
+        except asyncio.LimitOverrunError:
+            head = b""  # a huge response head: relay it as it is
+        response = parse_http_response(head, request.method, request.keep_alive)
+        if response is None or response.body_length is None:
+            client[1].write(head if response is None else response.head)
+            conn.bytes_down += len(head if response is None else response.head)
+            _, down = await _relay(client, upstream, forward_up=False)
+            conn.bytes_down += down
+            return False
+        client[1].write(response.head)
+        conn.bytes_down += len(response.head)
+        conn.bytes_down += await _copy(upstream[0], client[1], response.body_length)
+        return conn.bytes_down == len(response.head) + response.body_length
 
     async def refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
         writer.write(_http_error(refused.status, refused.rule))
@@ -653,54 +1016,103 @@ def socks_reply(code: int) -> bytes:
     return bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
 
 
+SOCKS4_REJECTED = bytes([0, 0x5B, 0, 0, 0, 0, 0, 0])
+SOCKS_FIELD_MAX = 255  # SOCKS4 user ids and SOCKS4a names
+
+
 class _SocksProxy(_ProxyServer):
+    """SOCKS5, CONNECT only, no authentication. SOCKS4/4a requests are read (for the
+    log) and refused."""
+
     protocol = "socks5"
 
-    async def _read(self, reader: asyncio.StreamReader, n: int) -> bytes:
-        try:
-            return await asyncio.wait_for(reader.readexactly(n), self.s.header_timeout)
-        except asyncio.TimeoutError:
-            raise _Refused("request-timeout") from None
-
     async def serve(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        version, count = await self._read(reader, 2)
-        methods = await self._read(reader, count)
-        if version != 5:
-            raise _Refused("not-socks5", socks=-1)
-        if 0 not in methods:
-            writer.write(b"\x05\xff")
-            await writer.drain()
-            raise _Refused("no-acceptable-auth-method", socks=-1)
-        writer.write(b"\x05\x00")
-        await writer.drain()
-        version, command, _, kind = await self._read(reader, 4)
-        if kind == 1:
-            host = str(ipaddress.IPv4Address(await self._read(reader, 4)))
-        elif kind == 4:
-            host = str(ipaddress.IPv6Address(await self._read(reader, 16)))
-        elif kind == 3:
-            (length,) = await self._read(reader, 1)
-            raw = await self._read(reader, length)
-            host = raw.decode("ascii", errors="replace")
-        else:
-            raise _Refused("bad-address-type", socks=0x08)
-        (port,) = struct.unpack("!H", await self._read(reader, 2))
-        if version != 5 or command != 1:
-            conn.host, conn.port = host, port
-            raise _Refused("command-not-supported (only CONNECT)", socks=0x07)
+        self,
+        conn: Connection,
+        number: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        # One deadline for the whole handshake: a client trickling one byte at a
+        # time cannot hold the connection longer than header_timeout.
+        try:
+            host, port = await asyncio.wait_for(
+                self._handshake(conn, reader, writer), self.s.header_timeout
+            )
+        except asyncio.TimeoutError:
+            raise _Refused(
+                "request-timeout", socks=0x01 if conn.protocol == "socks5" else -1,
+                reply=SOCKS4_REJECTED if conn.protocol == "socks4" else None,
+            ) from None  # fmt: skip
         upstream = await self._open(conn, host, port)
         # The bound address is not reported: the guest never needs it, and it
         # would tell the guest the host's outward address.
         writer.write(socks_reply(0))
         await writer.drain()
         await self._tunnel(conn, (reader, writer), upstream)
+        return False
+
+    async def _handshake(
+        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[str, int]:
+        (version,) = await reader.readexactly(1)
+        if version == 4:
+            conn.protocol = "socks4"
+            await self._socks4(conn, reader)
+        if version != 5:
+            raise _Refused("not-socks", socks=-1)
+        (count,) = await reader.readexactly(1)
+        methods = await reader.readexactly(count)
+        if 0 not in methods:
+            # Username/password (2), GSSAPI (1) and the rest are not offered:
+            # the guest's proxy needs no credentials and takes none.
+            writer.write(b"\x05\xff")
+            await writer.drain()
+            raise _Refused(f"no-acceptable-auth-method {methods.hex() or '-'}", socks=-1)
+        writer.write(b"\x05\x00")
+        await writer.drain()
+        version, command, _, kind = await reader.readexactly(4)
+        if kind == 1:
+            host = str(ipaddress.IPv4Address(await reader.readexactly(4)))
+        elif kind == 4:
+            host = str(ipaddress.IPv6Address(await reader.readexactly(16)))
+        elif kind == 3:
+            (length,) = await reader.readexactly(1)
+            raw = await reader.readexactly(length)
+            host = raw.decode("ascii", errors="replace")
+        else:
+            raise _Refused("bad-address-type", socks=0x08)
+        (port,) = struct.unpack("!H", await reader.readexactly(2))
+        conn.host, conn.port = host, port
+        if version != 5 or command != 1:
+            raise _Refused("command-not-supported (only CONNECT)", socks=0x07)
+        return host, port
+
+    async def _socks4(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        """Read a SOCKS4 or SOCKS4a request for the log, then refuse it (reply 91)."""
+        _, port_high, port_low, *ip = await reader.readexactly(7)
+        conn.port = port_high << 8 | port_low
+        conn.host = str(ipaddress.IPv4Address(bytes(ip)))
+        await self._until_nul(reader)  # the user id
+        if ip[:3] == [0, 0, 0] and ip[3] != 0:  # SOCKS4a: a name follows
+            conn.host = (await self._until_nul(reader)).decode("ascii", errors="replace")
+        raise _Refused("socks4-not-supported", reply=SOCKS4_REJECTED)
+
+    async def _until_nul(self, reader: asyncio.StreamReader) -> bytes:
+        data = b""
+        while len(data) <= SOCKS_FIELD_MAX:
+            byte = await reader.readexactly(1)
+            if byte == b"\0":
+                return data
+            data += byte
+        raise _Refused("socks4-field-too-long", reply=SOCKS4_REJECTED)
 
     async def refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
-        if refused.socks >= 0:
+        if refused.reply is not None:
+            writer.write(refused.reply)
+        elif refused.socks >= 0:
             writer.write(socks_reply(refused.socks))
-            await writer.drain()
+        await writer.drain()
 
 
 # ------------------------------------------------------------ the thread

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,29 @@ IO_TIMEOUT = 10.0
 def _tcp(address: tuple[str, int] | Path) -> tuple[str, int]:
     assert isinstance(address, tuple), "the proxy listens on TCP here"
     return address
+
+
+def read_log(path: Path, closed: int = 1) -> list[dict[str, Any]]:
+    """An audit log's records, once `closed` close records are in it (or after IO_TIMEOUT)."""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        records = [json.loads(line) for line in lines]
+        done = sum(r["event"] == "close" for r in records)
+        if done >= closed or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
+def merged(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Open records updated with their close records (joined by id), in order of opening."""
+    opens = {r["id"]: dict(r) for r in records if r["event"] == "open"}
+    for record in records:
+        if record["event"] == "close":
+            opens[record["id"]].update(
+                {k: record[k] for k in ("bytes_up", "bytes_down", "duration_s", "error")}
+            )
+    return list(opens.values())
 
 
 class _Upstream(http.server.ThreadingHTTPServer):
@@ -96,21 +120,23 @@ class Setup:
     upstream: _Upstream
     trap_loopback: Trap  # 127.0.0.1: where rebinding names point
     trap_port: Trap  # 127.0.0.2 on a port the policy does not allow
+    trap_allowed: Trap  # 127.0.0.2 on an allowed port: what a refused request must not reach
     audit: Path
 
     @property
     def up_port(self) -> int:
         return int(self.upstream.server_address[1])
 
-    def audit_records(self, at_least: int = 1) -> list[dict[str, object]]:
-        """The audit log, once it holds `at_least` records (a record is written when
-        the proxy has closed both sides, a moment after the client saw EOF)."""
-        deadline = time.monotonic() + IO_TIMEOUT
-        while True:
-            lines = self.audit.read_text().splitlines() if self.audit.exists() else []
-            if len(lines) >= at_least or time.monotonic() > deadline:
-                return [json.loads(line) for line in lines]
-            time.sleep(0.02)
+    def log(self, closed: int = 1) -> list[dict[str, Any]]:
+        """The audit log's lines, once `closed` close records are in it (a close
+        record is written when the proxy has closed both sides, a moment after the
+        client saw EOF)."""
+        return read_log(self.audit, closed)
+
+    def audit_records(self, closed: int = 1) -> list[dict[str, Any]]:
+        """One dict per decision, in the order decided: its open record updated
+        with its close record (bytes, duration, error)."""
+        return merged(self.log(closed))
 
     def nothing_leaked(self) -> None:
         assert (self.trap_loopback.accepted, self.trap_port.accepted) == (0, 0)
@@ -125,6 +151,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     upstream.seen = []
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     trap_loopback, trap_port = Trap("127.0.0.1"), Trap(UPSTREAM_HOST)
+    trap_allowed = Trap(UPSTREAM_HOST)
     up_port = upstream.server_address[1]
     policy = proxy.parse_policy(
         f"""
@@ -134,6 +161,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         allow-address {UPSTREAM_HOST}
         allow-port {up_port}
         allow-port {trap_loopback.port}
+        allow-port {trap_allowed.port}
         """
     )
     resolver = proxy.mapping_resolver(
@@ -154,12 +182,13 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         with proxy.serve_proxy(
             policy, audit_log=audit, resolver=resolver, header_timeout=1.0, connect_timeout=3.0
         ) as served:
-            yield Setup(served, upstream, trap_loopback, trap_port, audit)
+            yield Setup(served, upstream, trap_loopback, trap_port, trap_allowed, audit)
     finally:
         upstream.shutdown()
         upstream.server_close()
         trap_loopback.close()
         trap_port.close()
+        trap_allowed.close()
 
 
 def _exchange(address: tuple[str, int], data: bytes) -> bytes:
@@ -177,7 +206,8 @@ def _status(response: bytes) -> tuple[int, bytes]:
 
 
 def http_get(setup: Setup, url: str, extra: str = "") -> tuple[int, bytes]:
-    request = f"GET {url} HTTP/1.1\r\nHost: {url.split('/')[2]}\r\n{extra}\r\n"
+    host = url.split("/")[2]
+    request = f"GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
     return _status(_exchange(_tcp(setup.proxy.http_address), request.encode()))
 
 
@@ -211,24 +241,36 @@ def socks(
 # ---------------------------------------------------------------- allowed
 
 
+OPEN_KEYS = {
+    "event", "id", "connection", "time", "client", "protocol", "host", "port", "address",
+    "resolved", "decision", "rule", "method", "path",
+}  # fmt: skip
+CLOSE_KEYS = {
+    "event", "id", "connection", "time", "client", "protocol", "host", "port", "decision",
+    "bytes_up", "bytes_down", "duration_s", "error",
+}  # fmt: skip
+
+
 def test_plain_http_allowed_and_audited(setup: Setup) -> None:
     status, body = http_get(setup, f"http://allowed.test:{setup.up_port}/a?b=1")
     assert (status, body) == (200, b"ok /a?b=1")
     assert setup.upstream.seen == [("/a?b=1", f"allowed.test:{setup.up_port}")]
-    (record,) = setup.audit_records()
-    assert record["protocol"] == "http" and record["decision"] == "allow"
-    assert (record["host"], record["port"], record["address"]) == (
+    opened, closed = setup.log()
+    assert set(opened) == OPEN_KEYS and set(closed) == CLOSE_KEYS
+    assert (opened["event"], closed["event"]) == ("open", "close")
+    assert opened["id"] == closed["id"] and opened["id"].startswith(opened["connection"] + ".")
+    assert opened["protocol"] == "http" and opened["decision"] == "allow"
+    assert (opened["host"], opened["port"], opened["address"], opened["resolved"]) == (
         "allowed.test",
         setup.up_port,
         UPSTREAM_HOST,
+        [UPSTREAM_HOST],
     )
-    assert record["rule"] == "allow allowed.test"
-    assert isinstance(record["bytes_down"], int) and record["bytes_down"] > len(body)
-    assert isinstance(record["bytes_up"], int) and record["bytes_up"] > 0
-    assert set(record) == {
-        "time", "client", "protocol", "host", "port", "address", "decision", "rule",
-        "bytes_up", "bytes_down", "duration_s",
-    }  # fmt: skip
+    assert opened["rule"] == "allow allowed.test"
+    assert (opened["method"], opened["path"]) == ("GET", "/a")  # the query is not logged
+    assert closed["bytes_down"] > len(body) and closed["bytes_up"] > 0
+    assert closed["error"] is None and closed["duration_s"] >= 0
+    assert closed["time"] >= opened["time"]
 
 
 def test_connect_allowed_tunnels_bytes(setup: Setup) -> None:
@@ -396,8 +438,9 @@ def test_inv_proxy_prints_addresses_and_exits_0_on_sigterm(tmp_path: Path) -> No
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    (record,) = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
-    assert (record["host"], record["decision"]) == ("b.org", "deny")
+    opened, closed = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert (opened["event"], opened["host"], opened["decision"]) == ("open", "b.org", "deny")
+    assert (closed["event"], closed["id"]) == ("close", opened["id"])
 
 
 def test_bytes_sent_right_behind_connect_arrive(setup: Setup) -> None:
@@ -478,7 +521,7 @@ def test_vm_sockets_serve_what_guestfwd_runs(setup: Setup, tmp_path: Path) -> No
             b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x01\xbb",
         )
         assert socks[:2] == b"\x05\x00" and socks[2:4] == b"\x05\x02"
-    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    records = merged(read_log(audit, 3))
     assert [(r["client"], r["protocol"], r["host"], r["decision"]) for r in records] == [
         ("guest", "http", "allowed.test", "allow"),
         ("guest", "http", "example.com", "deny"),

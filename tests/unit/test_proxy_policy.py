@@ -24,6 +24,7 @@ POLICY_TEXT = """
 """
 POLICY = proxy.parse_policy(POLICY_TEXT, "test.policy")
 PUBLIC = ["93.184.216.34"]
+NAT64_META, NAT64_PUBLIC = "64:ff9b::a9fe:a9fe", "64:ff9b::5db8:d822"  # 169.254.169.254, PUBLIC
 D = proxy.Decision
 
 
@@ -118,6 +119,36 @@ def test_extended_adds_and_validates_cli_values() -> None:
         ("", 443, PUBLIC, D(False, "invalid-name")),
         ("exa mple.com", 443, PUBLIC, D(False, "invalid-name")),
         ("ex\u00e4mple.com", 443, PUBLIC, D(False, "invalid-name")),
+        # a newline after a name is no name (a `$` regex would have let it through)
+        ("example.com\n", 443, PUBLIC, D(False, "invalid-name")),
+        ("example.com\x00.evil.org", 443, PUBLIC, D(False, "invalid-name")),
+        ("example%2ecom", 443, PUBLIC, D(False, "invalid-name")),
+        # every IPv4 form is the address it stands for, never a name
+        ("0x0a000001", 80, PUBLIC, D(False, "ip-literal")),
+        ("0x0a.0.0x2.2", 80, [], D(True, "allow-address 10.0.2.2/32", "10.0.2.2")),
+        ("012.0.2.2", 80, [], D(True, "allow-address 10.0.2.2/32", "10.0.2.2")),
+        ("10.514", 80, [], D(True, "allow-address 10.0.2.2/32", "10.0.2.2")),
+        ("167772674", 80, [], D(True, "allow-address 10.0.2.2/32", "10.0.2.2")),
+        ("[::ffff:10.0.2.2]", 80, [], D(True, "allow-address 10.0.2.2/32", "10.0.2.2")),
+        ("::ffff:a00:202", 80, [], D(True, "allow-address 10.0.2.2/32", "10.0.2.2")),
+        ("[::ffff:a00:1]", 80, [], D(False, "ip-literal")),
+        ("fe80::1%25eth0", 80, [], D(False, "ip-literal")),
+        ("[fe80::1%eth0]", 80, [], D(False, "ip-literal")),
+        ("1.2.3.4.5", 80, PUBLIC, D(False, "invalid-address")),
+        ("256.0.0.1", 80, PUBLIC, D(False, "invalid-address")),
+        ("08.0.0.1", 80, PUBLIC, D(False, "invalid-address")),
+        ("4294967296", 80, PUBLIC, D(False, "invalid-address")),
+        ("example.123", 80, PUBLIC, D(False, "invalid-address")),
+        ("[127.0.0.1]", 80, PUBLIC, D(False, "invalid-address")),
+        ("[::1", 80, PUBLIC, D(False, "invalid-address")),
+        ("::1]", 80, PUBLIC, D(False, "invalid-address")),
+        ("a:b", 80, PUBLIC, D(False, "invalid-address")),
+        # answers: mapped/NAT64/6to4/IPv4-compatible carry an IPv4 address
+        ("example.com", 443, [NAT64_META], D(False, f"internal-address {NAT64_META}")),
+        ("example.com", 443, ["2002:a00:1::1"], D(False, "internal-address 2002:a00:1::1")),
+        ("example.com", 443, ["::a00:1"], D(False, "internal-address ::a00:1")),
+        ("example.com", 443, [NAT64_PUBLIC], D(True, "allow example.com", NAT64_PUBLIC)),
+        ("example.com", 443, ["::ffff:10.0.2.2"], D(True, "allow example.com", "::ffff:10.0.2.2")),
     ],
 )  # fmt: skip
 def test_decide(host: str, port: int, resolved: list[str], expected: proxy.Decision) -> None:
@@ -179,3 +210,145 @@ def test_parse_connect_and_defaults() -> None:
 def test_parse_rejects_malformed(head: bytes) -> None:
     with pytest.raises(proxy._Refused):
         proxy.parse_http_request(head)
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("example.com", None),
+        ("0x1.example.com", None),
+        ("1e3", None),
+        ("127.0.0.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0X7F.0.0.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0177.0.0.01", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.1.", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("0x0a000001", "10.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
+        ("0251.0376.0251.0376", "169.254.169.254"),
+        ("2852039166", "169.254.169.254"),
+        ("0", "0.0.0.0"),
+        ("0x", "0.0.0.0"),
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("[::ffff:a00:1]", "10.0.0.1"),
+        ("[::1]", "::1"),
+        ("fe80::1%25eth0", "fe80::1%25eth0"),
+    ],
+)
+def test_ip_literal_forms(host: str, address: str | None) -> None:
+    literal = proxy.ip_literal(host)
+    assert (None if literal is None else str(literal)) == address
+
+
+@pytest.mark.parametrize(
+    "host", ["1.2.3.4.5", "256.1", "1.256.1", "1.2.16777216", "08", "0x1g.1", "[1.2.3.4]", "a::b:"]
+)
+def test_ip_literal_rejects_broken_forms(host: str) -> None:
+    with pytest.raises(ValueError):
+        proxy.ip_literal(host)
+
+
+def test_parse_query_after_authority_and_keep_alive() -> None:
+    trick = proxy.parse_http_request(b"GET http://a.org?@b.org/ HTTP/1.1\r\n\r\n")
+    assert (trick.host, trick.port, trick.path, trick.keep_alive) == ("a.org", 80, "/", True)
+    assert trick.head.startswith(b"GET /?@b.org/ HTTP/1.1\r\nHost: a.org\r\n")
+    plain = proxy.parse_http_request(b"GET http://a.org:81/p/q?x=1 HTTP/1.0\r\n\r\n")
+    assert (plain.port, plain.path, plain.keep_alive) == (81, "/p/q", False)
+    assert plain.head.startswith(b"GET /p/q?x=1 HTTP/1.0\r\n")
+    closing = proxy.parse_http_request(
+        b"GET http://a.org/ HTTP/1.1\r\nConnection: close, X-Drop\r\nX-Drop: 1\r\nA: b\r\n\r\n"
+    )
+    assert not closing.keep_alive
+    assert closing.head == b"GET / HTTP/1.1\r\nHost: a.org\r\nA: b\r\nConnection: close\r\n\r\n"
+    kept = proxy.parse_http_request(
+        b"GET http://a.org/ HTTP/1.0\r\nProxy-Connection: Keep-Alive\r\n\r\n"
+    )
+    assert kept.keep_alive
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET http://a.org/ HTTP/1.1\r\nX: 1\nHost: b.org\r\n\r\n",  # bare LF: a hidden header
+        b"GET http://a.org/ HTTP/1.1\r\nX: 1\rHost: b.org\r\n\r\n",
+        b"GET http://a.org/ HTTP/1.1\r\nX: 1\x00\r\n\r\n",
+        b"GET http://a.org/x\nHost:b HTTP/1.1\r\n\r\n",
+        b"GET http://a.org\x00.b.org/ HTTP/1.1\r\n\r\n",
+        b"CONNECT a.org\n:443 HTTP/1.1\r\n\r\n",
+        b"GET http://a.org#@b.org/ HTTP/1.1\r\n\r\n",
+        b"GET http://a.org/#x HTTP/1.1\r\n\r\n",
+        b"GET http://b.org@a.org/ HTTP/1.1\r\n\r\n",
+        b"CONNECT a.org:443@b.org:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT a.org:443@b.org HTTP/1.1\r\n\r\n",
+        b"CONNECT ::1:443 HTTP/1.1\r\n\r\n",  # IPv6 needs brackets
+        b"CONNECT [127.0.0.1]:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT [::1]x:443 HTTP/1.1\r\n\r\n",
+        b"GET http://a.org:80:80/ HTTP/1.1\r\n\r\n",
+        b"GET http://a.org:0x50/ HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_parse_rejects_smuggling_and_authority_tricks(head: bytes) -> None:
+    with pytest.raises(proxy._Refused):
+        proxy.parse_http_request(head)
+
+
+@pytest.mark.parametrize(
+    ("head", "summary"),
+    [
+        (b"GET http://a.org:81/p?secret HTTP/1.1\r\nno colon\r\n\r\n", ("GET", "a.org", 81, "/p")),
+        (b"GET http://a.org/p HTTP/1.1\r\nHost: a", ("GET", "a.org", 80, "/p")),
+        (b"CONNECT a.org:99999 HTTP/1.1\r\n\r\n", ("CONNECT", "a.org", None, None)),
+        (b"CONNECT [::1 HTTP/1.1\r\n\r\n", ("CONNECT", "[::1", None, None)),
+        (b"GET http://b.org@a.org/ HTTP/1.1\r\n\r\n", ("GET", "b.org@a.org", 80, "/")),
+        (b"\x16\x03\x01\x02\x00", (None, None, None, None)),
+        (b"", (None, None, None, None)),
+    ],
+)
+def test_request_summary_keeps_what_was_parsed(
+    head: bytes, summary: tuple[str | None, str | None, int | None, str | None]
+) -> None:
+    assert proxy.request_summary(head) == summary
+
+
+@pytest.mark.parametrize(
+    ("head", "method", "keep_alive", "body_length", "connection"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", "GET", True, 5,
+         b"keep-alive"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", "GET", False, None, b"close"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET", True, None, b"close"),
+        (b"HTTP/1.1 200 OK\r\n\r\n", "GET", True, None, b"close"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "HEAD", True, 0, b"keep-alive"),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET", True, 0, b"keep-alive"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "GET", True, None,
+         b"close"),
+    ],
+)  # fmt: skip
+def test_parse_http_response_frames_or_closes(
+    head: bytes, method: str, keep_alive: bool, body_length: int | None, connection: bytes
+) -> None:
+    response = proxy.parse_http_response(head, method, keep_alive)
+    assert response is not None and response.body_length == body_length
+    lines = response.head.split(b"\r\n")
+    assert [line for line in lines if line.lower().startswith(b"connection")] == [
+        b"Connection: " + connection
+    ]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"SSH-2.0-x\r\n\r\n",
+        b"",
+        b"HTTP/1.1 200 OK\r\nbad\r\n\r\n",
+    ],
+)
+def test_parse_http_response_unframed(head: bytes) -> None:
+    assert proxy.parse_http_response(head, "GET", True) is None
