@@ -516,7 +516,13 @@ class HttpRequest:
 def _split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
     if authority.startswith("["):
         host, sep, rest = authority[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")) or _ip(host) is None or "." in host:
+        bracketed = _ip(host)
+        if (
+            not sep
+            or (rest and not rest.startswith(":"))
+            or bracketed is None
+            or bracketed.version != 6
+        ):
             raise _Refused("malformed-authority")  # brackets hold an IPv6 address only
         port_text = rest[1:]
     else:
