@@ -18,18 +18,22 @@ per-build directory read-write. The guest links the cached .debs into
 what it downloaded into the read-write share. Only after the build has
 succeeded does ``fill_back`` move those files into the cache, each one
 atomically (temp file, fsync, rename); a failed build's downloads are thrown
-away with its scratch directory and never reach the cache.
+away with its scratch directory and never reach the cache. The outbox is the
+guest's to write, so the host follows nothing in it and copies only content:
+a symlink, FIFO, socket, device node or hardlink anywhere in it, and none of
+it enters the cache (see "filling back" below).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
 import shutil
-import tempfile
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -89,6 +93,29 @@ def prepare(cache_dir: Path, cache_key: str, work: Path) -> BuildShares:
 
 
 # --- filling back (after a successful build only) ---------------------------------
+#
+# Everything under the outbox was written by the guest, so nothing there is
+# followed or trusted: the tree is read through directory file descriptors
+# (openat with O_NOFOLLOW, never a path the kernel resolves again), and only
+# directories and single-link regular files are accepted, at every level,
+# the outbox itself included. One entry of any other kind (a symlink, a FIFO,
+# a socket, a device node, a hardlinked file) and the whole fill-back is
+# refused: a guest that plants one is hostile, so none of its downloads enter
+# the cache. Content is copied into new files with a fixed mode (0644 files,
+# 0755 directories): no set-id bit, owner or timestamp comes from the guest.
+
+_MAX_DEPTH = 32  # npm's cacache is 5 levels deep; a guest's deeper tree is refused
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_MODE = 0o644
+_DIR_MODE = 0o755
+
+
+class RefusedOutbox(OSError):
+    """The guest left something in its outbox that the host does not follow or copy.
+
+    An OSError because callers treat it like a cache that cannot be written: the
+    build stands, the cache stays as it was (see pipeline._fill_cache).
+    """
 
 
 @dataclass(frozen=True)
@@ -111,26 +138,179 @@ def _locked(cache_dir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _copy_atomic(src: Path, dest: Path) -> int:
-    """Copy a regular file so that ``dest`` is absent or whole; returns its size."""
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(name)
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):  # fmt: skip
+        if test(mode):
+            return name
+    return f"file of type {stat.S_IFMT(mode):o}"
+
+
+def _refusal(shown: str, mode: int) -> str:
+    return f"{shown}: a {_kind_of(mode)} (only directories and regular files are taken)"
+
+
+def _open_dir(name: str, dir_fd: int | None, shown: str) -> int:
+    """A directory the guest wrote, opened without following a symlink in its place."""
     try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.chmod(0o644)
-        tmp.replace(dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            raise RefusedOutbox(_refusal(shown, st.st_mode)) from None
         raise
-    return dest.stat().st_size
+
+
+def _open_file(name: str, dir_fd: int, shown: str) -> int:
+    """A regular file the guest wrote, for reading: never a symlink, FIFO or device.
+
+    O_PATH first (it neither follows the last symlink, nor blocks on a FIFO, nor
+    runs a device's open), then the very inode it names is reopened for reading.
+    """
+    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(path_fd)
+        _check_regular(st, shown)
+        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(path_fd)
+    again = os.fstat(fd)
+    if (again.st_ino, again.st_dev) != (st.st_ino, st.st_dev):  # not expected: same inode
+        os.close(fd)
+        raise RefusedOutbox(f"{shown}: changed while it was opened")
+    return fd
+
+
+def _check_regular(st: os.stat_result, shown: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise RefusedOutbox(_refusal(shown, st.st_mode))
+    if st.st_nlink != 1:
+        raise RefusedOutbox(f"{shown}: a file with {st.st_nlink} names (a hardlink)")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: tuple[str, ...]  # path below the outbox
+    is_dir: bool
+    size: int
+
+
+def _survey(top_fd: int, rel: tuple[str, ...] = ()) -> list[_Entry]:
+    """Everything below ``top_fd``, checked; raises RefusedOutbox on the first bad entry."""
+    if len(rel) > _MAX_DEPTH:
+        raise RefusedOutbox(f"{'/'.join(rel)}: deeper than {_MAX_DEPTH} levels")
+    found: list[_Entry] = []
+    for name in sorted(os.listdir(top_fd)):
+        sub = (*rel, name)
+        shown = "/".join(sub)
+        st = os.stat(name, dir_fd=top_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            found.append(_Entry(sub, True, 0))
+            fd = _open_dir(name, top_fd, shown)
+            try:
+                found += _survey(fd, sub)
+            finally:
+                os.close(fd)
+        else:
+            _check_regular(st, shown)
+            found.append(_Entry(sub, False, st.st_size))
+    return found
+
+
+@contextlib.contextmanager
+def _dir_fd(top_fd: int, rel: Iterable[str], shown: str = "") -> Iterator[int]:
+    """Open a directory below ``top_fd`` one component at a time, following nothing."""
+    fds = [os.dup(top_fd)]
+    try:
+        for name in rel:
+            fds.append(_open_dir(name, fds[-1], shown or name))
+        yield fds[-1]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _copy_fd(inp: int, out: int) -> int:
+    total = 0
+    while chunk := os.read(inp, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            written = os.write(out, view)
+            view = view[written:]
+        total += len(chunk)
+    return total
+
+
+def _copy_in(src_dir: int, name: str, shown: str, dest_dir: int, dest_name: str) -> int:
+    """Content of one guest file into a new file ``dest_name`` (mode 0644); its size."""
+    inp = _open_file(name, src_dir, shown)
+    try:
+        out = os.open(dest_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, _FILE_MODE, dir_fd=dest_dir)  # fmt: skip
+        try:
+            os.fchmod(out, _FILE_MODE)  # whatever the umask
+            size = _copy_fd(inp, out)
+            os.fsync(out)
+        finally:
+            os.close(out)
+    finally:
+        os.close(inp)
+    return size
+
+
+def _copy_atomic(src_dir: int, name: str, shown: str, dest: Path) -> int:
+    """Copy a guest file so that ``dest`` is absent or whole; returns its size."""
+    tmp_name = f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
+    dest_dir = os.open(dest.parent, _DIR_FLAGS)
+    try:
+        try:
+            size = _copy_in(src_dir, name, shown, dest_dir, tmp_name)
+            os.rename(tmp_name, dest.name, src_dir_fd=dest_dir, dst_dir_fd=dest_dir)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name, dir_fd=dest_dir)
+            raise
+    finally:
+        os.close(dest_dir)
+    return size
+
+
+def _copy_tree(top_fd: int, entries: list[_Entry], prefix: tuple[str, ...], dest: Path) -> int:
+    """A fresh copy at ``dest`` of the surveyed entries under ``prefix``; bytes copied."""
+    total = 0
+    dest.mkdir(mode=_DIR_MODE)
+    dest.chmod(_DIR_MODE)
+    out_root = os.open(dest, _DIR_FLAGS)
+    try:
+        for entry in entries:
+            if entry.rel[: len(prefix)] != prefix or entry.rel == prefix:
+                continue
+            below = entry.rel[len(prefix) :]
+            with _dir_fd(out_root, below[:-1]) as out_dir:
+                if entry.is_dir:
+                    os.mkdir(below[-1], _DIR_MODE, dir_fd=out_dir)
+                    os.chmod(below[-1], _DIR_MODE, dir_fd=out_dir, follow_symlinks=False)
+                    continue
+                with _dir_fd(top_fd, entry.rel[:-1], "/".join(entry.rel[:-1])) as src_dir:
+                    total += _copy_in(src_dir, entry.rel[-1], "/".join(entry.rel), out_dir,
+                                      below[-1])  # fmt: skip
+        _fsync_dirs(out_root, entries, prefix)
+    finally:
+        os.close(out_root)
+    return total
+
+
+def _fsync_dirs(out_root: int, entries: list[_Entry], prefix: tuple[str, ...]) -> None:
+    os.fsync(out_root)
+    for entry in entries:
+        if entry.is_dir and entry.rel[: len(prefix)] == prefix and entry.rel != prefix:
+            with _dir_fd(out_root, entry.rel[len(prefix) :]) as fd:
+                os.fsync(fd)
 
 
 def _regular_files(directory: Path) -> Iterator[Path]:
-    """Regular files directly in ``directory``; symlinks (a guest could point them
-    anywhere on the host) and everything else are skipped."""
+    """Regular files directly in a cache directory (the host's own, not the guest's)."""
     if not directory.is_dir():
         return
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
@@ -138,61 +318,55 @@ def _regular_files(directory: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def _copy_tree_regular(src: Path, dest: Path) -> int:
-    """A copy of ``src`` with only directories and regular files (no symlinks, no devices)."""
-    total = 0
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in os.scandir(src):
-        path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            total += _copy_tree_regular(path, dest / entry.name)
-        elif entry.is_file(follow_symlinks=False):
-            shutil.copyfile(path, dest / entry.name, follow_symlinks=False)
-            total += (dest / entry.name).stat().st_size
-    return total
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in [root, *root.rglob("*")]:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def fill_back(cache_dir: Path, cache_key: str, new_dir: Path) -> FillResult:
-    """Move what a successful build downloaded into the cache."""
+    """Move what a successful build downloaded into the cache.
+
+    Raises RefusedOutbox (nothing added) if the outbox holds anything but
+    directories and regular files; names a kind does not hold are ignored.
+    """
     root = key_dir(cache_dir, cache_key)
     added = dict.fromkeys(KINDS, 0)
     total = 0
     ignored: list[str] = []
-    with _locked(cache_dir):
-        for kind, pattern in (("apt", _DEB_FILE), ("pip", _PIP_FILE)):
-            (root / kind).mkdir(parents=True, exist_ok=True)
-            for src in _regular_files(new_dir / kind):
-                if not pattern.fullmatch(src.name):
-                    ignored.append(f"{kind}/{src.name}")
+    top = _open_dir(str(new_dir), None, str(new_dir))
+    try:
+        # First the whole outbox is checked: a refusal leaves the cache untouched.
+        entries = _survey(top)
+        files = {e.rel: e for e in entries if not e.is_dir}
+        with _locked(cache_dir):
+            for kind, pattern in (("apt", _DEB_FILE), ("pip", _PIP_FILE)):
+                (root / kind).mkdir(parents=True, exist_ok=True)
+                wanted = sorted(r for r in files if len(r) == 2 and r[0] == kind)
+                ignored += [f"{kind}/{r[1]}" for r in wanted if not pattern.fullmatch(r[1])]
+                if not wanted:
                     continue
-                dest = root / kind / src.name
-                if dest.is_file() and dest.stat().st_size == src.stat().st_size:
-                    continue
-                total += _copy_atomic(src, dest)
-                added[kind] += 1
-        npm_new = new_dir / "npm"
-        if npm_new.is_dir() and any(npm_new.iterdir()):
-            # npm's cache is a database (index + content by hash), not a set of
-            # files: the guest started from a copy of ours, so its cache is a
-            # superset. It replaces ours whole, by rename.
-            staged = root / f".npm-{uuid.uuid4().hex[:8]}"
-            total += _copy_tree_regular(npm_new, staged)
-            _fsync_tree(staged)
-            old = root / f".npm-old-{uuid.uuid4().hex[:8]}"
-            if (root / "npm").exists():
-                (root / "npm").rename(old)
-            staged.rename(root / "npm")
-            shutil.rmtree(old, ignore_errors=True)
-            added["npm"] = 1
+                with _dir_fd(top, (kind,)) as src_dir:
+                    for rel in wanted:
+                        if not pattern.fullmatch(rel[1]):
+                            continue
+                        dest = root / kind / rel[1]
+                        if dest.is_file() and dest.stat().st_size == files[rel].size:
+                            continue
+                        total += _copy_atomic(src_dir, rel[1], "/".join(rel), dest)
+                        added[kind] += 1
+            if any(e.rel[0] == "npm" and len(e.rel) > 1 for e in entries):
+                # npm's cache is a database (index + content by hash), not a set of
+                # files: the guest started from a copy of ours, so its cache is a
+                # superset. It replaces ours whole, by rename.
+                staged = root / f".npm-{uuid.uuid4().hex[:8]}"
+                try:
+                    total += _copy_tree(top, entries, ("npm",), staged)
+                except BaseException:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    raise
+                old = root / f".npm-old-{uuid.uuid4().hex[:8]}"
+                if (root / "npm").exists():
+                    (root / "npm").rename(old)
+                staged.rename(root / "npm")
+                shutil.rmtree(old, ignore_errors=True)
+                added["npm"] = 1
+    finally:
+        os.close(top)
     if ignored:
         log.warning("not cached (unexpected names): %s", ", ".join(ignored[:10]))
     return FillResult(added, total, tuple(ignored))

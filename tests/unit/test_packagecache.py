@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import resource
+import signal
+import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -47,7 +52,6 @@ def test_fill_back_adds_files_atomically_and_only_what_it_expects(tmp_path: Path
     (new / "apt" / "jq_1.6-2.1+deb12u3_amd64.deb").write_bytes(b"deb1")
     (new / "apt" / "bsdutils_1%3a2.38.1-5_amd64.deb").write_bytes(b"deb2")
     (new / "apt" / "notes.txt").write_text("not a deb")
-    (new / "apt" / "evil_1_amd64.deb").symlink_to("/etc/shadow")
     (new / "pip" / "pypdf-7.1.1-py3-none-any.whl").write_bytes(b"wheel")
     result = packagecache.fill_back(cache, "debian-jammy-amd64", new)
     apt = cache / "packages" / "debian-jammy-amd64" / "apt"
@@ -57,7 +61,7 @@ def test_fill_back_adds_files_atomically_and_only_what_it_expects(tmp_path: Path
     assert not (apt / "jq_1.6-2.1+deb12u3_amd64.deb").is_symlink()
     assert result.added == {"apt": 2, "pip": 1, "npm": 0}
     assert result.bytes_added == 4 + 4 + 5
-    assert result.ignored == ("apt/notes.txt",)  # the symlink is not even looked at
+    assert result.ignored == ("apt/notes.txt",)
 
 
 def test_fill_back_keeps_what_is_there(tmp_path: Path) -> None:
@@ -69,7 +73,7 @@ def test_fill_back_keeps_what_is_there(tmp_path: Path) -> None:
     assert again.added["apt"] == 0 and again.bytes_added == 0
 
 
-def test_fill_back_replaces_the_npm_cache_whole_without_symlinks(tmp_path: Path) -> None:
+def test_fill_back_replaces_the_npm_cache_whole(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     old = cache / "packages" / "k" / "npm"
     (old / "content-v2").mkdir(parents=True)
@@ -78,11 +82,11 @@ def test_fill_back_replaces_the_npm_cache_whole_without_symlinks(tmp_path: Path)
     (new / "npm" / "content-v2" / "sha512").mkdir(parents=True)
     (new / "npm" / "content-v2" / "sha512" / "ab").write_text("tarball")
     (new / "npm" / "index-v5").mkdir()
-    (new / "npm" / "index-v5" / "link").symlink_to("/etc/passwd")
     result = packagecache.fill_back(cache, "k", new)
     assert result.added["npm"] == 1
     assert sorted(str(p.relative_to(old)) for p in old.rglob("*")) == [
         "content-v2", "content-v2/sha512", "content-v2/sha512/ab", "index-v5"]  # fmt: skip
+    assert (old / "content-v2" / "sha512" / "ab").read_text() == "tarball"
     assert [p.name for p in old.parent.iterdir() if p.name.startswith(".")] == []
 
 
@@ -239,3 +243,182 @@ def test_with_the_cache_pip_installs_offline_from_what_it_gathered() -> None:
     assert npm[npm.index("--cache") + 1] == cloudinit.NPM_CACHE_DIR
     assert "--prefer-offline" in npm
     assert ["cp", "-R", f"{cloudinit.NPM_CACHE_DIR}/.", f"{packagecache.GUEST_NEW}/npm"] in lists
+
+
+# --- what a hostile guest may leave in its outbox (pkgnew is guest-writable) --------
+
+SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- host secret"
+
+
+def _host_secrets(tmp_path: Path) -> Path:
+    """A host folder a guest would like copied into the cache (like /root)."""
+    home = tmp_path / "host-root"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_bytes(SECRET)
+    # Names fill_back would take, should it look inside.
+    (home / "jq_1_amd64.deb").write_bytes(SECRET)
+    (home / "evil-1-py3-none-any.whl").write_bytes(SECRET)
+    return home
+
+
+def _seeded_cache(tmp_path: Path) -> Path:
+    """A cache with a file of each kind already in it: a refusal must leave it as it is."""
+    root = tmp_path / "cache" / "packages" / "k"
+    for kind in ("apt", "pip", "npm"):
+        (root / kind).mkdir(parents=True)
+    (root / "apt" / "old_1_amd64.deb").write_bytes(b"old deb")
+    (root / "npm" / "old-index").write_bytes(b"old npm")
+    return tmp_path / "cache"
+
+
+def _snapshot(tree: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(tree)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(tree.rglob("*"))
+        if p.name != ".lock"
+    }
+
+
+def _refused(tmp_path: Path, new: Path, what: str) -> None:
+    """fill_back refuses the whole outbox, and the cache holds exactly what it held."""
+    cache = _seeded_cache(tmp_path)
+    before = _snapshot(cache)
+    # Good files beside the bad one: they are refused too (nothing of this outbox).
+    (new / "apt").mkdir(exist_ok=True)
+    (new / "apt" / "good_1_amd64.deb").write_bytes(b"deb")
+    with pytest.raises(packagecache.RefusedOutbox, match=what):
+        packagecache.fill_back(cache, "k", new)
+    assert _snapshot(cache) == before
+    for path in cache.rglob("*"):
+        assert SECRET not in (b"" if path.is_dir() else path.read_bytes()), path
+
+
+@pytest.mark.parametrize("kind", ["apt", "pip", "npm"])
+def test_a_symlinked_kind_folder_is_refused(tmp_path: Path, kind: str) -> None:
+    # The reported attack: `ln -s /root pkgnew/npm` in the build VM.
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / kind).symlink_to(_host_secrets(tmp_path))
+    _refused(tmp_path, new, rf"^{kind}: a symlink \(only")
+
+
+def test_a_symlinked_folder_below_a_kind_is_refused(tmp_path: Path) -> None:
+    new = _outbox(tmp_path)
+    (new / "npm" / "content-v2").mkdir()
+    (new / "npm" / "content-v2" / "sha512").symlink_to(_host_secrets(tmp_path))
+    _refused(tmp_path, new, r"^npm/content-v2/sha512: a symlink \(only")
+
+
+def test_a_symlinked_outbox_is_refused(tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    new.symlink_to(_host_secrets(tmp_path))
+    cache = _seeded_cache(tmp_path)
+    before = _snapshot(cache)
+    with pytest.raises(packagecache.RefusedOutbox, match=r"a symlink \(only"):
+        packagecache.fill_back(cache, "k", new)
+    assert _snapshot(cache) == before
+
+
+@pytest.mark.parametrize("where", ["apt/jq_1_amd64.deb", "pip/evil-1-py3-none-any.whl",
+                                   "npm/index-v5/entry"])  # fmt: skip
+def test_a_symlink_to_a_file_is_refused(tmp_path: Path, where: str) -> None:
+    new = _outbox(tmp_path)
+    link = new / where
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(_host_secrets(tmp_path) / ".ssh" / "id_ed25519")
+    _refused(tmp_path, new, rf"^{where}: a symlink \(only")
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    new = _outbox(tmp_path)
+    os.mkfifo(new / "apt" / "fifo_1_amd64.deb")  # opening it to read would hang
+    _refused(tmp_path, new, r"^apt/fifo_1_amd64.deb: a FIFO \(only")
+
+
+def test_a_socket_is_refused(tmp_path: Path) -> None:
+    new = _outbox(tmp_path)
+    (new / "npm" / "s").mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(new / "npm" / "s" / "sock"))
+        _refused(tmp_path, new, r"^npm/s/sock: a socket \(only")
+
+
+def test_a_device_node_is_refused(tmp_path: Path) -> None:
+    new = _outbox(tmp_path)
+    try:
+        os.mknod(new / "pip" / "null-1-py3-none-any.whl", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod needs root (CAP_MKNOD); the unit tier runs as root in CI")
+    _refused(tmp_path, new, r"^pip/null-1-py3-none-any.whl: a character device \(only")
+
+
+def test_a_hardlink_to_a_host_file_is_refused(tmp_path: Path) -> None:
+    # A guest can only link inside its share; a second name is refused all the same.
+    new = _outbox(tmp_path)
+    os.link(_host_secrets(tmp_path) / ".ssh" / "id_ed25519", new / "apt" / "key_1_amd64.deb")
+    _refused(tmp_path, new, "^apt/key_1_amd64.deb: a file with 2 names")
+
+
+def test_a_too_deep_tree_is_refused(tmp_path: Path) -> None:
+    new = _outbox(tmp_path)
+    deep = new / "npm" / "/".join(["d"] * 40)
+    deep.mkdir(parents=True)
+    _refused(tmp_path, new, "deeper than 32 levels")
+
+
+def test_set_id_bits_and_odd_modes_are_not_copied(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    new = _outbox(tmp_path)
+    deb = new / "apt" / "suid_1_amd64.deb"
+    deb.write_bytes(b"deb")
+    deb.chmod(0o6755)
+    (new / "npm" / "content-v2").mkdir()
+    (new / "npm" / "content-v2").chmod(0o3777)
+    blob = new / "npm" / "content-v2" / "blob"
+    blob.write_bytes(b"npm")
+    blob.chmod(0o4700)
+    packagecache.fill_back(cache, "k", new)
+    root = cache / "packages" / "k"
+    assert stat.S_IMODE((root / "apt" / "suid_1_amd64.deb").stat().st_mode) == 0o644
+    assert stat.S_IMODE((root / "npm" / "content-v2").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "npm" / "content-v2" / "blob").stat().st_mode) == 0o644
+    assert (root / "npm" / "content-v2" / "blob").read_bytes() == b"npm"
+
+
+def _fill_with_a_size_limit(cache: Path, new: Path, limit: int) -> int:
+    """fill_back in a forked child whose file size limit makes a write fail (EFBIG)."""
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here, whatever happens
+        code = 0
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            packagecache.fill_back(cache, "k", new)
+        except OSError as exc:
+            code = exc.errno or 1
+        except BaseException:
+            code = 255
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.allow_subprocess  # a fork, no exec: the child sets its own file size limit
+def test_a_fill_back_that_fails_half_way_leaves_no_partial_file(tmp_path: Path) -> None:
+    # A real write failure mid-copy (past the file size limit).
+    cache = _seeded_cache(tmp_path)
+    new = _outbox(tmp_path)
+    (new / "apt" / "a_1_amd64.deb").write_bytes(b"a" * 100)
+    (new / "apt" / "b_1_amd64.deb").write_bytes(b"b" * 10000)  # past the limit
+    assert _fill_with_a_size_limit(cache, new, 4096) == errno.EFBIG
+    apt = cache / "packages" / "k" / "apt"
+    # Each file is whole or absent: the first one landed, the second left nothing.
+    assert sorted(p.name for p in apt.iterdir()) == ["a_1_amd64.deb", "old_1_amd64.deb"]
+    # The npm cache is replaced whole or not at all.
+    (new / "apt" / "b_1_amd64.deb").unlink()
+    (new / "npm" / "content-v2").mkdir()
+    (new / "npm" / "content-v2" / "big").write_bytes(b"n" * 10000)
+    assert _fill_with_a_size_limit(cache, new, 4096) == errno.EFBIG
+    npm = cache / "packages" / "k" / "npm"
+    assert [p.name for p in npm.iterdir()] == ["old-index"]
+    assert sorted(p.name for p in npm.parent.iterdir()) == ["apt", "npm", "pip"]
