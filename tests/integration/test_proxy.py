@@ -8,6 +8,7 @@ and the proxy must still serve an allowed request afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -90,7 +91,7 @@ class Trap:
 
     def __post_init__(self) -> None:
         self.sock = socket.create_server((self.host, 0))
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.02)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -149,7 +150,7 @@ class Setup:
 def setup(tmp_path: Path) -> Iterator[Setup]:
     upstream = _Upstream((UPSTREAM_HOST, 0), _Handler)
     upstream.seen = []
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    threading.Thread(target=upstream.serve_forever, args=(0.02,), daemon=True).start()
     trap_loopback, trap_port = Trap("127.0.0.1"), Trap(UPSTREAM_HOST)
     trap_allowed = Trap(UPSTREAM_HOST)
     up_port = upstream.server_address[1]
@@ -526,4 +527,171 @@ def test_vm_sockets_serve_what_guestfwd_runs(setup: Setup, tmp_path: Path) -> No
         ("guest", "http", "allowed.test", "allow"),
         ("guest", "http", "example.com", "deny"),
         ("guest", "socks5", "example.com", "deny"),
+    ]
+
+
+# ------------------------------------------------------------ audit records
+
+
+def _records_now(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(path: Path, event: str, count: int = 1) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        records = _records_now(path)
+        if sum(r["event"] == event for r in records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
+def test_open_record_is_written_before_a_long_tunnel_closes(setup: Setup) -> None:
+    head, sock = connect(setup, f"allowed.test:{setup.up_port}")
+    with sock:
+        assert head.startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)  # the tunnel stays open, idle
+        (opened,) = _wait_for(setup.audit, "open")  # and nothing else: no close yet
+        assert (opened["event"], opened["protocol"], opened["decision"]) == (
+            "open",
+            "connect",
+            "allow",
+        )
+        assert (opened["host"], opened["address"], opened["method"]) == (
+            "allowed.test",
+            UPSTREAM_HOST,
+            "CONNECT",
+        )
+        request = b"GET /long HTTP/1.0\r\n\r\n"
+        sock.sendall(request)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert _status(response) == (200, b"ok /long")
+    opened2, closed = setup.log(1)
+    assert opened2 == opened
+    assert (closed["event"], closed["id"], closed["connection"]) == (
+        "close",
+        opened["id"],
+        opened["connection"],
+    )
+    assert (closed["bytes_up"], closed["bytes_down"]) == (len(request), len(response))
+    assert closed["duration_s"] >= 0.6 and closed["error"] is None
+    assert (closed["host"], closed["port"], closed["decision"]) == (
+        "allowed.test",
+        setup.up_port,
+        "allow",
+    )
+
+
+def test_plain_http_records_method_and_path_never_credentials(setup: Setup) -> None:
+    status, _ = http_get(
+        setup,
+        f"http://allowed.test:{setup.up_port}/dl/pkg.deb?token=s3cr3t-query",
+        extra="Proxy-Authorization: Basic czNjcjN0LWF1dGg=\r\n"
+        "Authorization: Bearer s3cr3t-bearer\r\n",
+    )
+    assert status == 200
+    (record,) = setup.audit_records(1)
+    assert (record["protocol"], record["method"], record["path"]) == ("http", "GET", "/dl/pkg.deb")
+    text = setup.audit.read_text()
+    for secret in ("s3cr3t", "czNjcjN0LWF1dGg=", "Basic", "Bearer", "token"):
+        assert secret not in text
+    # SOCKS5 and CONNECT records have no method/path of their own
+    code, sock = socks(setup, "allowed.test", setup.trap_port.port)
+    sock.close()
+    assert code == 0x02
+    socks_record = setup.audit_records(2)[1]
+    assert (socks_record["method"], socks_record["path"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "rule", "host", "port", "path"),
+    [
+        (b"GET http://allowed.test:{p}/x?q HTTP/1.1\r\nno colon\r\n\r\n", 400, "malformed-header",
+         "allowed.test", "{p}", "/x"),
+        (b"GET http://allowed.test:{p}/x HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400,
+         "malformed-header", "allowed.test", "{p}", "/x"),
+        (b"POST http://allowed.test:{p}/up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411,
+         "chunked-request-body", "allowed.test", "{p}", "/up"),
+        (b"GET http://allowed.test:{p}/big HTTP/1.1\r\nX: " + b"a" * (64 << 10) + b"\r\n\r\n", 431,
+         "header-too-large", "allowed.test", "{p}", "/big"),
+        (b"GET http://allowed.test:{p}/slow HTTP/1.1\r\nHost: a", 408, "request-timeout",
+         "allowed.test", "{p}", "/slow"),
+        (b"CONNECT allowed.test:99999 HTTP/1.1\r\n\r\n", 400, "malformed-authority",
+         "allowed.test", None, None),
+        (b"GET http://other.test@allowed.test:{p}/ HTTP/1.1\r\n\r\n", 400, "malformed-authority",
+         "other.test@allowed.test", "{p}", "/"),
+    ],
+)  # fmt: skip
+def test_malformed_request_keeps_the_parsed_host(
+    setup: Setup,
+    request_bytes: bytes,
+    status: int,
+    rule: str,
+    host: str,
+    port: str | None,
+    path: str | None,
+) -> None:
+    data = request_bytes.replace(b"{p}", str(setup.up_port).encode())
+    with socket.create_connection(_tcp(setup.proxy.http_address), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(data)
+        response = b""
+        with contextlib.suppress(ConnectionResetError):  # 431: we sent more than it read
+            while chunk := sock.recv(65536):
+                response += chunk
+    assert _status(response)[0] == status
+    (record,) = setup.audit_records(1)
+    expected_port = None if port is None else setup.up_port
+    assert (record["decision"], record["rule"]) == ("error", rule)
+    assert (record["host"], record["port"], record["path"]) == (host, expected_port, path)
+    assert setup.upstream.seen == []
+
+
+def test_unreachable_upstream_is_an_allow_with_an_error(tmp_path: Path) -> None:
+    closed_port = socket.create_server((UPSTREAM_HOST, 0))
+    port = closed_port.getsockname()[1]
+    closed_port.close()  # nothing listens there now
+    policy = proxy.parse_policy(f"allow-address {UPSTREAM_HOST}\nallow-port {port}\n")
+    audit = tmp_path / "a.jsonl"
+    with proxy.serve_proxy(policy, audit_log=audit) as served:
+        response = _exchange(
+            _tcp(served.http_address), f"CONNECT {UPSTREAM_HOST}:{port} HTTP/1.1\r\n\r\n".encode()
+        )
+    assert _status(response)[0] == 502
+    opened, closed = read_log(audit)
+    assert (opened["decision"], opened["address"]) == ("allow", UPSTREAM_HOST)
+    assert closed["error"] == "upstream-unreachable ConnectionRefusedError"
+    assert (closed["bytes_up"], closed["bytes_down"]) == (0, 0)
+
+
+def test_killed_proxy_keeps_every_open_record(setup: Setup, tmp_path: Path) -> None:
+    """SIGKILL with a tunnel open: its open record (and every finished one) is on disk."""
+    audit = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "proxy", f"--allow-address={UPSTREAM_HOST}/32",
+         f"--allow-port={setup.up_port}", "--http-port=0", "--socks-port=0",
+         f"--audit-log={audit}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        host, port = proc.stdout.readline().decode().split()[1].rsplit(":", 1)
+        address = (host, int(port))
+        _assert_blocked(_exchange(address, b"GET http://b.org/ HTTP/1.1\r\n\r\n"))
+        with socket.create_connection(address, timeout=IO_TIMEOUT) as tunnel:
+            tunnel.sendall(f"CONNECT {UPSTREAM_HOST}:{setup.up_port} HTTP/1.1\r\n\r\n".encode())
+            assert tunnel.recv(4096).startswith(b"HTTP/1.1 200")
+            _wait_for(audit, "open", 2)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    records = _records_now(audit)  # every line whole: each was written in one call
+    assert [(r["event"], r["host"], r["decision"]) for r in records] == [
+        ("open", "b.org", "deny"),
+        ("close", "b.org", "deny"),
+        ("open", UPSTREAM_HOST, "allow"),
     ]
