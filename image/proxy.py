@@ -1001,6 +1001,9 @@ class _HttpProxy(_ProxyServer):
             head = exc.partial  # not HTTP, or cut short: pass on what came
         except asyncio.LimitOverrunError:
             head = b""  # a huge response head: relay it as it is
+        except (ConnectionError, OSError) as exc:
+            conn.error = f"upstream-error {type(exc).__name__}"
+            raise _Refused(conn.error, status=502) from None  # nothing has gone down yet
         response = parse_http_response(head, request.method, request.keep_alive)
         if response is None or response.body_length is None:
             client[1].write(head if response is None else response.head)
@@ -1176,8 +1179,9 @@ def serve_proxy(
     (mode 0600): what a VM's guestfwd connects to, and no other local user can.
     Clients there have no address; the audit log names them `client_label`.
 
-    The audit log is appended to (one JSON line per connection) and flushed per
-    line, so it is complete up to the last finished connection even after a kill.
+    The audit log is appended to: an open line per decision as it is made, a
+    close line when it ends (see docs/proxy.md), each flushed as written, so even
+    a SIGKILL loses nothing already decided.
     """
     with contextlib.ExitStack() as stack:
         stream = audit_stream
