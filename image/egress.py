@@ -190,6 +190,8 @@ def summarize(audit_log: Path) -> Summary:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill: the rest still counts
+        if record.get("event") == "close":
+            continue  # its open record already counted the decision
         decision = str(record.get("decision"))
         counts[decision] = counts.get(decision, 0) + 1
         where = f"{record.get('host')}:{record.get('port')}"

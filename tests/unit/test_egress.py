@@ -82,6 +82,9 @@ def test_summary_counts_decisions_and_lists_denials_once(tmp_path: Path) -> None
         {"decision": "allow", "host": "deb.debian.org", "port": 80},
         {"decision": "error", "host": None, "port": None},
     ]
+    records = [{"event": "open", **r} for r in records]
+    # Close records repeat the connection's fields; the decision was counted at open.
+    records += [{**r, "event": "close", "rule": None} for r in records]
     log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"decision": "al')
     summary = egress.summarize(log)
     assert summary.connections == {"allow": 2, "deny": 2, "error": 1}
