@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, NoReturn
@@ -270,54 +272,126 @@ def _read_filter(seccomp_dir: Path, name: str) -> bytes:
         ) from None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the launcher reads with the caller's privileges, before it drops them."""
+
+    profile: Profile
+    first: tuple[bytes, ...]
+    second: tuple[bytes, ...]
+    launcher_dir: Path  # a private copy of this file and its module, for the inner stage
+
+
+def prepare(profile: Profile, seccomp_dir: Path, staging: Path) -> Prepared:
+    """Read the filters and copy the inner stage's code into ``staging``.
+
+    The copy makes the inner stage independent of where the launcher lives: a
+    checkout under /root is not readable once a root caller has dropped to nobody.
+    """
+    first = tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_bwrap)
+    second = tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher)
+    launcher_dir = staging / "launcher"
+    launcher_dir.mkdir()
+    for module in ("sandbox_exec.py", "bwrap_profile.py"):
+        shutil.copyfile(Path(__file__).resolve().parent / module, launcher_dir / module)
+        (launcher_dir / module).chmod(0o644)
+    launcher_dir.chmod(0o755)
+    return Prepared(profile, first, second, launcher_dir)
+
+
+# --- never uid 0 inside ----------------------------------------------------------------
+
+
+def sandbox_user(workspace: Path, user: str | None) -> pwd.struct_passwd:
+    """Whom a root caller runs the sandbox as: ``user``, else the workspace's owner
+    unless that is root, else nobody.
+
+    The kernel checks /proc/sys and file modes against the *outer* uid: a user
+    namespace that maps root to root leaves /proc/sys writable (bwrap skips its
+    read-only remount there) and /etc/shadow readable. Only a real unprivileged uid
+    gives the same sandbox to every caller.
+    """
+    try:
+        if user is not None:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        else:
+            try:
+                owner = workspace.stat().st_uid
+            except OSError:
+                owner = 0
+            entry = pwd.getpwuid(owner) if owner != 0 else pwd.getpwnam("nobody")
+    except (KeyError, ValueError):
+        raise LauncherError(
+            f"no such user {user or 'nobody'!r}; pass --user NAME|UID of an unprivileged user"
+        ) from None
+    if entry.pw_uid == 0:
+        raise LauncherError("--user must not be root: a command never runs as uid 0 inside")
+    return entry
+
+
+def drop_privileges(entry: pwd.struct_passwd) -> None:
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.getuid() == 0 or os.geteuid() == 0:  # pragma: no cover - the kernel said no
+        raise LauncherError("could not drop root privileges")
+
+
 def run_sandbox(
-    profile: Profile,
+    prepared: Prepared,
     cmd: Sequence[str],
     *,
     workspace: Path,
-    seccomp_dir: Path,
+    staging: Path,
     stdout: IO[bytes] | None = None,
+    dropped_root: bool = False,
 ) -> int:
     """Run cmd in the sandbox; returns its exit status (128+N for signal N)."""
+    profile = prepared.profile
     bwrap = _which("bwrap", "install bubblewrap (apt-get install bubblewrap)")
     try:
         usable = workspace.is_dir() and os.access(workspace, os.W_OK | os.X_OK)
     except OSError:
         usable = False
     if not usable:
-        raise LauncherError(f"workspace {workspace} is not a directory this user can write")
-    first = [_read_filter(seccomp_dir, n) for n in profile.seccomp_bwrap]
-    second = [_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher]
-    with tempfile.TemporaryDirectory(prefix="sandbox-exec.") as tmp:
-        session_dir = Path(tmp)
-        with _outer_bridges(profile, session_dir):
-            fds: list[int] = []
-            if first:
-                # bwrap reads the program from this fd; a memfd would do, a pipe could
-                # block on programs larger than its buffer.
-                # Passed under its own number (pass_fds keeps it): never dup2 onto a
-                # fixed one, which might be an fd the caller is using.
-                fd = os.memfd_create("seccomp-filter", 0)
-                os.write(fd, first[0])
-                os.lseek(fd, 0, os.SEEK_SET)
-                fds.append(fd)
-            argv = bwrap_argv(
-                profile,
-                bwrap=bwrap,
-                workspace=workspace.resolve(),
-                launcher_dir=Path(__file__).resolve().parent,
-                session_dir=session_dir,
-                seccomp_fd=fds[0] if fds else None,
-                config=inner_config(profile, second),
-                cmd=cmd,
-                environ=os.environ,
-            )
-            try:
-                proc = subprocess.Popen(argv, pass_fds=fds, stdout=stdout)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            return _wait_forwarding_signals(proc)
+        who = pwd.getpwuid(os.getuid()).pw_name
+        hint = (
+            f"; started as root, the sandbox runs as {who} (uid {os.getuid()}): "
+            f"chown the workspace to it, or pass --user OWNER"
+            if dropped_root
+            else ""
+        )
+        raise LauncherError(f"workspace {workspace} is not a directory {who} can write{hint}")
+    session_dir = staging / "bridges"
+    session_dir.mkdir()
+    with _outer_bridges(profile, session_dir):
+        fds: list[int] = []
+        if prepared.first:
+            # bwrap reads the program from this fd; a memfd would do, a pipe could
+            # block on programs larger than its buffer.
+            # Passed under its own number (pass_fds keeps it): never dup2 onto a
+            # fixed one, which might be an fd the caller is using.
+            fd = os.memfd_create("seccomp-filter", 0)
+            os.write(fd, prepared.first[0])
+            os.lseek(fd, 0, os.SEEK_SET)
+            fds.append(fd)
+        argv = bwrap_argv(
+            profile,
+            bwrap=bwrap,
+            workspace=workspace.resolve(),
+            launcher_dir=prepared.launcher_dir,
+            session_dir=session_dir,
+            seccomp_fd=fds[0] if fds else None,
+            config=inner_config(profile, prepared.second),
+            cmd=cmd,
+            environ=os.environ,
+        )
+        try:
+            proc = subprocess.Popen(argv, pass_fds=fds, stdout=stdout)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return _wait_forwarding_signals(proc)
 
 
 def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
@@ -446,14 +520,11 @@ sys.exit(0 if ok else 1)
 """
 
 
-def self_test(profile: Profile, seccomp_dir: Path) -> int:
-    with tempfile.TemporaryDirectory(prefix="sandbox-exec-selftest.") as workspace:
-        return run_sandbox(
-            profile,
-            [profile.python, "-I", "-c", SELF_TEST],
-            workspace=Path(workspace),
-            seccomp_dir=seccomp_dir,
-        )
+def self_test(prepared: Prepared, staging: Path) -> int:
+    workspace = staging / "workspace"
+    workspace.mkdir()
+    cmd = [prepared.profile.python, "-I", "-c", SELF_TEST]
+    return run_sandbox(prepared, cmd, workspace=workspace, staging=staging)
 
 
 # --- command line --------------------------------------------------------------------
@@ -486,6 +557,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="directory bound read-write as the workspace (default: cwd)",
     )
+    parser.add_argument(
+        "--user",
+        default=None,
+        help="started as root: run the sandbox as this user (default: the workspace's "
+        "owner, or nobody if that is root)",
+    )
     parser.add_argument("--profile-dir", type=Path, default=PROFILE_DIR, help=str(PROFILE_DIR))
     parser.add_argument("--seccomp-dir", type=Path, default=SECCOMP_DIR, help=str(SECCOMP_DIR))
     parser.add_argument(
@@ -503,6 +580,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: Path) -> int:
+    """Prepare with the caller's rights, drop root if we have it, run, clean up."""
+    staging = Path(tempfile.mkdtemp(prefix="sandbox-exec."))
+    try:
+        prepared = prepare(profile, args.seccomp_dir, staging)
+        dropped = os.geteuid() == 0
+        if dropped:
+            entry = sandbox_user(workspace, args.user)
+            for path in (staging, prepared.launcher_dir, *prepared.launcher_dir.iterdir()):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            drop_privileges(entry)
+        if args.self_test:
+            return self_test(prepared, staging)
+        return run_sandbox(
+            prepared, cmd, workspace=workspace, staging=staging, dropped_root=dropped
+        )
+    finally:
+        # Everything in it is ours (or in a folder we own, after a drop).
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cmd = list(args.cmd)
@@ -514,11 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise LauncherError("no command given")
             inner_main(args.inner, cmd)
         profile = _load_profile(args.profile, args.profile_dir)
-        if args.self_test:
-            return self_test(profile, args.seccomp_dir)
-        if not cmd:
+        if not cmd and not args.self_test:
             raise LauncherError("no command given; usage: sandbox-exec [options] -- CMD [ARG...]")
-        workspace = args.workspace or Path.cwd()
+        workspace = (args.workspace or Path.cwd()).absolute()
         if args.print_argv:
             print(
                 json.dumps(
@@ -526,8 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         profile,
                         bwrap="bwrap",
                         workspace=workspace.resolve(),
-                        launcher_dir=Path(__file__).resolve().parent,
-                        session_dir=Path("/SESSION"),
+                        launcher_dir=Path("/SESSION/launcher"),
+                        session_dir=Path("/SESSION/bridges"),
                         seccomp_fd=SECCOMP_FD if profile.seccomp_bwrap else None,
                         config=inner_config(profile, []),
                         cmd=cmd,
@@ -536,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
-        return run_sandbox(profile, cmd, workspace=workspace, seccomp_dir=args.seccomp_dir)
+        return _run(profile, args, cmd, workspace)
     except LauncherError as exc:
         print(f"sandbox-exec: {exc}", file=sys.stderr)
         return EXIT_LAUNCHER

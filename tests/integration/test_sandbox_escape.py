@@ -18,10 +18,12 @@ import errno
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +42,7 @@ LAUNCHER = ROOT / "image" / "guest" / "sandbox_exec.py"
 PROBE_SOURCE = ROOT / "tests" / "fixtures" / "escape_probe.c"
 ARCH = seccomp.target_arch(os.uname().machine)
 MARKER = escape_cases.MARKER
+NOBODY = 65534
 
 if ARCH != "x86_64":  # the probe's foreign-ABI cases are x86 assembly
     pytest.skip(
@@ -123,6 +126,14 @@ def _proxy() -> Iterator[int]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def _removed(path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,20 +153,20 @@ def _profile_variant(connect_port: int, **changes: Any) -> str:
 def sbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     need("bwrap", "socat", "libseccomp", "gcc")
     base = tmp_path_factory.mktemp("sandbox")
-    workspace, seccomp_dir, marker_dir, profile_dir = (
-        base / "ws",
-        base / "seccomp",
-        base / "marker",
-        base / "profiles",
-    )
-    for d in (workspace, marker_dir, profile_dir):
+    seccomp_dir, marker_dir, profile_dir = base / "seccomp", base / "marker", base / "profiles"
+    for d in (marker_dir, profile_dir):
         d.mkdir()
+    # Started as root, the launcher runs the sandbox as the workspace's owner: a
+    # workspace nobody owns, in a folder nobody can reach (pytest's are root-only).
+    workspace = Path(tempfile.mkdtemp(prefix="sandbox-ws.", dir="/tmp"))
     seccomp.write_all(seccomp_dir, arches=[ARCH])
     for name in seccomp.shipped():
         (marker_dir / f"{name}.bpf").write_bytes(escape_cases.marked_filter(name, ARCH))
     run.run(["gcc", "-O1", "-Wall", "-Werror", "-o", workspace / "escape_probe", PROBE_SOURCE])
+    if os.geteuid() == 0:
+        os.chown(workspace, NOBODY, NOBODY)
     closed = _closed_port()
-    with _proxy() as port:
+    with _proxy() as port, _removed(workspace):
         (profile_dir / "agent.json").write_text(_profile_variant(port))
         (profile_dir / "noproxy.json").write_text(_profile_variant(closed))
         (profile_dir / "nofilter.json").write_text(
@@ -443,3 +454,100 @@ def test_installed_layout_works_for_an_unprivileged_user(tmp_path: Path) -> None
     assert true.stdout.decode().split() == ["65534", "Seccomp_filters:", "2"]
     test = run.run([*overlay, "sandbox-exec", "--self-test"], check=False, timeout=120)
     assert json.loads(test.stdout.decode().splitlines()[-1])["ok"] is True, test.stdout
+
+
+# --- started as root: the same sandbox as for anyone else ------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="what a root caller gets")
+
+
+@needs_root
+def test_a_root_caller_never_runs_the_command_as_uid_0(sbx: Sandbox) -> None:
+    result = sbx.sh("id -u; id -g; grep -E '^(Uid|Gid):' /proc/self/status")
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().split("\n")
+    assert lines[:2] == [str(NOBODY), str(NOBODY)]
+    assert "\t0\t" not in result.stdout.decode()
+
+
+@needs_root
+def test_a_root_caller_cannot_write_proc_sys_from_the_sandbox(sbx: Sandbox) -> None:
+    knob = Path("/proc/sys/fs/lease-break-time")
+    before = knob.read_text()
+    wanted = "46\n" if before != "46\n" else "47\n"
+    result = sbx.sh(f"echo {wanted.strip()} > {knob}; echo status=$?")
+    assert knob.read_text() == before
+    assert b"status=0" not in result.stdout
+    assert b"Permission denied" in result.stderr
+
+
+@needs_root
+def test_a_root_caller_cannot_read_etc_shadow_from_the_sandbox(sbx: Sandbox) -> None:
+    result = sbx.run(["cat", "/etc/shadow"])
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"Permission denied" in result.stderr
+
+
+@needs_root
+def test_a_root_owned_workspace_is_refused_with_a_hint(sbx: Sandbox, tmp_path: Path) -> None:
+    workspace = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        argv = [sys.executable, str(LAUNCHER), "--profile-dir", str(sbx.profile_dir)]
+        argv += ["--seccomp-dir", str(sbx.seccomp_dir), "--workspace", str(workspace)]
+        result = run.run([*argv, "--", "true"], check=False, timeout=60)
+        assert result.returncode == 125
+        message = result.stderr.decode()
+        assert "runs as nobody (uid 65534)" in message and "--user OWNER" in message, message
+        asked = run.run([*argv, "--user", "root", "--", "true"], check=False, timeout=60)
+        assert asked.returncode == 125
+        assert b"--user must not be root" in asked.stderr
+    finally:
+        shutil.rmtree(workspace)
+
+
+# --- unix-block: no way to a named Unix socket ------------------------------------------
+
+
+def test_socketpair_dgram_cannot_sendto_a_named_socket(sbx: Sandbox) -> None:
+    """The review's reproduction: a datagram listener in the workspace, reached with an
+    unconnected socketpair end. Only SOCK_STREAM pairs are allowed."""
+    path = sbx.workspace / "log.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    path.chmod(0o777)
+    listener.settimeout(0.5)
+    script = (
+        "import socket\n"
+        "try:\n"
+        "    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "    a.sendto(b'escaped', '/workspace/log.sock')\n"
+        "    print('sent')\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    try:
+        result = sbx.run(["python3", "-c", script])
+        marked = sbx.run(["python3", "-c", script], marker=True)
+        with pytest.raises(TimeoutError):
+            listener.recv(100)
+    finally:
+        listener.close()
+        path.unlink()
+    assert result.stdout == f"{errno.EPERM}\n".encode(), result.stderr.decode()
+    assert marked.stdout == f"{MARKER}\n".encode(), marked.stderr.decode()
+
+
+def test_asyncio_still_runs_with_its_stream_socketpair(sbx: Sandbox) -> None:
+    script = (
+        "import asyncio\n"
+        "async def main():\n"
+        "    proc = await asyncio.create_subprocess_exec('echo', 'child', "
+        "stdout=asyncio.subprocess.PIPE)\n"
+        "    out, _ = await proc.communicate()\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    return out.decode().strip()\n"
+        "print(asyncio.run(main()))\n"
+    )
+    result = sbx.run(["python3", "-c", script])
+    assert (result.returncode, result.stdout) == (0, b"child\n"), result.stderr.decode()

@@ -89,7 +89,24 @@ def test_unix_block_denies_af_unix_only() -> None:
     pfc = seccomp.compile_named("unix-block", "x86_64").pfc
     assert '# filter for syscall "socket" (41)' in pfc
     assert "if ($a0.lo32 & 0xffffffff == 1)" in pfc
-    assert "socketpair" not in pfc
+
+
+def _socketpair_denied(type_: int) -> bool:
+    """Evaluate unix-block's socketpair rules (AF_UNIX; OR-ed masks on the type)."""
+    document = json.loads(seccomp.shipped()["unix-block"].read_text())
+    rules = [e for e in document["syscalls"] if e["names"] == ["socketpair"]]
+    for rule in rules:
+        domain, kind = rule["args"]
+        assert (domain["index"], domain["value"], domain["valueTwo"]) == (0, 0xFFFFFFFF, 1)
+        if type_ & kind["value"] == kind["valueTwo"]:
+            return True
+    return False
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=0, max_value=0xFFFFFFFF))
+def test_unix_block_allows_socketpair_for_stream_only_whatever_the_flags(type_: int) -> None:
+    assert _socketpair_denied(type_) == (type_ & 0xF != 1)  # SOCK_TYPE_MASK, SOCK_STREAM
 
 
 def _personality_denied(args: list[dict[str, Any]], value: int) -> bool:
