@@ -9,7 +9,9 @@ QEMU is gone when the ``with`` block ends, however it ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -34,6 +36,31 @@ SERIAL_TAIL_LINES = 40
 SAVE_BANDWIDTH = 64 << 30  # bytes/s: no limit in practice
 
 
+# QEMU's seccomp filter, on for every VM. QEMU runs as root when the toolkit
+# does: with this a compromised QEMU still cannot mount, reboot, kexec, swap or
+# read the kernel log (QEMU's default set), reach obsolete syscalls, or change
+# scheduling, priorities or NUMA policy (resourcecontrol). Two parts stay
+# allowed, because the VMs need them (a real boot shows it):
+# - spawn: guestfwd's cmd: form (the egress bridge, see image/egress.py) forks
+#   and execs one socat per guest connection, and save_state/resume_from
+#   migrate through exec: (cat).
+# - elevateprivileges: libslirp's guestfwd child calls setsid() before it execs
+#   the command, and "deny" kills it (SIGSYS; the kernel's audit log shows
+#   syscall 112), so every egress connection fails. "children" is "deny" plus
+#   no_new_privs in QEMU 7.2, so it fails the same way.
+# -runas (QEMU 7.2; -run-with user= from 9.1) is not used: see docs/sandbox.md,
+# "The host side".
+SANDBOX = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
+# 9p for shares the guest may write: file content is stored as is, but the
+# owner, mode and file type the guest asks for live in user.virtfs.* xattrs,
+# so guest root makes no setuid-root file, device node, FIFO or symlink on
+# the host (files are 0600, directories 0700, owned by QEMU's user). Read-only
+# shares keep "none": the guest cannot create anything there, and sees the
+# host's own owners and modes.
+WRITABLE_SECURITY_MODEL = "mapped-xattr"
+READONLY_SECURITY_MODEL = "none"
+
+
 @dataclass(frozen=True)
 class Share:
     """A host directory shared with the guest over 9p (virtiofs needs virtiofsd)."""
@@ -41,6 +68,29 @@ class Share:
     path: Path
     tag: str = "share"
     readonly: bool = False
+
+    @property
+    def security_model(self) -> str:
+        return READONLY_SECURITY_MODEL if self.readonly else WRITABLE_SECURITY_MODEL
+
+
+def check_share_dir(share: Share) -> None:
+    """A writable share needs user xattrs on the host (where mapped-xattr keeps metadata)."""
+    if share.readonly:
+        return
+    try:
+        os.getxattr(share.path, "user.virtfs.uid", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return  # supported, and not set: what a host-made directory looks like
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise ImageError(
+                f"{share.path}: the filesystem has no user xattrs, which a writable "
+                "guest share needs (9p security_model=mapped-xattr)",
+                hint="use a directory on ext4, xfs, btrfs or tmpfs (Linux >= 6.6), "
+                "or share it read-only (--share DIR:ro)",
+            ) from None
+        raise ImageError(f"{share.path}: cannot share it with the guest: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -94,6 +144,7 @@ def netdev_arg(spec: VMSpec) -> str:
 def qemu_argv(spec: VMSpec) -> list[str]:
     argv = [QEMU_BINARY[spec.arch], *machine_args(spec.arch, spec.accel), *spec.accel]
     argv += ["-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-no-user-config"]
+    argv += ["-sandbox", SANDBOX]
     if spec.memory_file is not None:
         # share=on: RAM lives in the file, so a snapshot is the file itself and a
         # launch maps it privately (copy-on-write) instead of reading it back.
@@ -142,8 +193,9 @@ def qemu_argv(spec: VMSpec) -> list[str]:
     shares = ([spec.share] if spec.share is not None else []) + list(spec.shares)
     for number, shared in enumerate(shares):
         ro = ",readonly=on" if shared.readonly else ""
+        model = shared.security_model
         argv += [
-            "-fsdev", f"local,id=fs{number},path={shared.path},security_model=none{ro}",
+            "-fsdev", f"local,id=fs{number},path={shared.path},security_model={model}{ro}",
             "-device", f"virtio-9p-pci,fsdev=fs{number},mount_tag={shared.tag}",
         ]  # fmt: skip
     if spec.incoming is not None:
@@ -199,6 +251,8 @@ class VM:
         for path in (self.spec.qmp_socket, self.spec.qga_socket):
             if path is not None:
                 path.unlink(missing_ok=True)
+        for shared in ([self.spec.share] if self.spec.share else []) + list(self.spec.shares):
+            check_share_dir(shared)
         try:
             self.proc = self._stack.enter_context(
                 run.background(qemu_argv(self.spec), stdout=self.log_path, terminate_timeout=5)

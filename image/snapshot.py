@@ -132,7 +132,11 @@ def device_hash(spec: qemu.VMSpec) -> str:
 def _strip_paths(arg: str, paths: set[str]) -> str:
     for p in sorted(paths, key=len, reverse=True):
         arg = arg.replace(p, "<path>")
-    return re.sub(r",readonly=on", "", arg) if arg.startswith("local,id=fs") else arg
+    if not arg.startswith("local,id=fs"):
+        return arg
+    # A launch may share read-only what the snapshot VM had writable: the 9p
+    # access mode and security model are host-side, not guest device state.
+    return re.sub(r",readonly=on|,security_model=[a-z-]+", "", arg)
 
 
 def _sha256(path: Path) -> str:

@@ -7,6 +7,7 @@ device state and RAM to save, and quick under TCG.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -76,3 +77,31 @@ def test_a_vm_starts_where_a_dead_qemu_left_its_socket_files(tmp_path: Path) -> 
     assert spec.qmp_socket.exists()
     with qemu.VM(spec, tmp_path / "qemu.log") as vm:
         assert vm.status() == "running"
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def test_qemu_runs_under_its_seccomp_filter_with_a_writable_mapped_share(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    spec = replace(_spec(tmp_path / "vm"), shares=(qemu.Share(share, "rw"),
+                   qemu.Share(tmp_path, "ro", readonly=True)))  # fmt: skip
+    assert "security_model=mapped-xattr" in " ".join(qemu.qemu_argv(spec))
+    with qemu.VM(spec, tmp_path / "qemu.log") as vm:
+        assert vm.status() == "running"
+        status = _proc_status(vm.proc.pid)
+        assert status["Seccomp"] == "2"  # filter mode: QEMU's -sandbox is in force
+        assert int(status["Seccomp_filters"]) >= 1
+        assert status["Uid"].split()[0] == str(os.geteuid())
+
+
+def test_a_writable_share_without_user_xattrs_is_refused_before_qemu_starts(
+    tmp_path: Path,
+) -> None:
+    spec = replace(_spec(tmp_path / "vm"), shares=(qemu.Share(Path("/proc"), "rw"),))
+    with pytest.raises(ImageError, match="no user xattrs"), qemu.VM(spec, tmp_path / "qemu.log"):
+        pass
+    assert not (tmp_path / "qemu.log").exists()

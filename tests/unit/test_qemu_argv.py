@@ -3,7 +3,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from image.qemu import Share, VMSpec, machine_args, netdev_arg, qemu_argv, serial_tail
+import pytest
+
+from image.errors import ImageError
+from image.qemu import (
+    Share,
+    VMSpec,
+    check_share_dir,
+    machine_args,
+    netdev_arg,
+    qemu_argv,
+    serial_tail,
+)
 
 TCG = ("-accel", "tcg,thread=multi")
 
@@ -21,7 +32,9 @@ def test_minimal_amd64_build_vm() -> None:
     assert qemu_argv(spec()) == [
         "qemu-system-x86_64", "-machine", "q35,smm=off", "-cpu", "max",
         "-accel", "tcg,thread=multi", "-smp", "2", "-nodefaults", "-display", "none",
-        "-no-user-config", "-m", "1024M",
+        "-no-user-config",
+        "-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny",
+        "-m", "1024M",
         "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
         "-drive", "if=pflash,format=raw,unit=1,file=/w/VARS.fd",
         "-drive", "if=none,id=root,format=qcow2,discard=unmap,cache=writeback,"
@@ -91,10 +104,41 @@ def test_two_more_shares_follow_the_first_with_their_own_ids() -> None:
     ))  # fmt: skip
     start = argv.index("-fsdev")
     assert argv[start : start + 12] == [
-        "-fsdev", "local,id=fs0,path=/h/share,security_model=none",
+        "-fsdev", "local,id=fs0,path=/h/share,security_model=mapped-xattr",
         "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=share",
         "-fsdev", "local,id=fs1,path=/c/pkg,security_model=none,readonly=on",
         "-device", "virtio-9p-pci,fsdev=fs1,mount_tag=pkgcache",
-        "-fsdev", "local,id=fs2,path=/w/new,security_model=none",
+        "-fsdev", "local,id=fs2,path=/w/new,security_model=mapped-xattr",
         "-device", "virtio-9p-pci,fsdev=fs2,mount_tag=pkgnew",
     ]  # fmt: skip
+
+
+def test_every_vm_runs_under_qemus_seccomp_filter_that_still_lets_guestfwd_spawn() -> None:
+    for arch in ("amd64", "arm64"):
+        forward = (("10.0.2.100:3128", "cmd:socat - UNIX-CONNECT:/s"),)
+        argv = qemu_argv(spec(arch=arch, net_restrict=True, guestfwd=forward))
+        options = argv[argv.index("-sandbox") + 1].split(",")
+        assert options[0] == "on"
+        assert {"obsolete=deny", "resourcecontrol=deny"} <= set(options)
+        # guestfwd's cmd: and migration's exec: fork and exec (spawn=deny would kill
+        # QEMU), and the guestfwd child calls setsid() first: elevateprivileges=deny
+        # (or children) kills it, and with it every connection through the proxy.
+        assert "spawn=allow" in options and "elevateprivileges=allow" in options
+        assert argv.count("-sandbox") == 1
+        assert "-runas" not in argv
+
+
+def test_a_writable_share_keeps_guest_ownership_and_modes_in_xattrs() -> None:
+    rw = qemu_argv(spec(share=Share(Path("/h/rw"))))
+    ro = qemu_argv(spec(share=Share(Path("/h/ro"), readonly=True)))
+    assert "local,id=fs0,path=/h/rw,security_model=mapped-xattr" in rw
+    assert "local,id=fs0,path=/h/ro,security_model=none,readonly=on" in ro
+    assert not any("security_model=none" in a and "readonly" not in a for a in rw + ro)
+
+
+def test_a_writable_share_needs_user_xattrs_on_the_host(tmp_path: Path) -> None:
+    check_share_dir(Share(tmp_path))  # ext4 or tmpfs here: fine
+    check_share_dir(Share(Path("/proc"), readonly=True))  # read-only: no xattrs needed
+    with pytest.raises(ImageError, match="no user xattrs") as info:
+        check_share_dir(Share(Path("/proc")))  # procfs has none
+    assert "read-only" in (info.value.hint or "")
