@@ -56,9 +56,11 @@ def _user_errors() -> Iterator[None]:
     except ImageError as exc:
         if _debug():
             raise
-        console.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        # Messages may quote a guest (serial log, cloud-init output): shown, not obeyed.
+        console.err.print(f"[bold red]error:[/] {console.markup_safe(exc.message)}",
+                          markup=True, highlight=False)  # fmt: skip
         if exc.hint:
-            console.err.print(f"[bold]hint:[/] {exc.hint}")
+            console.err.print(f"[bold]hint:[/] {console.markup_safe(exc.hint)}")
         raise Exit(code=1) from None
     except _Terminated:
         console.err.print("terminated (SIGTERM); cleaned up")

@@ -1,4 +1,14 @@
-"""How the toolkit talks to people: step logs with timings, progress, results for CI."""
+"""How the toolkit talks to people: step logs with timings, progress, results for CI.
+
+Text that came from a guest (a command's output, the serial console, cloud-init's
+log, file names in a share) can hold terminal control sequences: a guest could
+retitle the window, redraw or hide lines, or on some terminals make the
+terminal answer as if typed. On a terminal every control character but newline
+and tab is therefore shown, not obeyed (``visible``: ESC as ``\x1b``); into a
+pipe or a file bytes pass unchanged, so output stays exact for programs.
+``guest_output`` writes a guest's bytes, ``for_terminal`` makes a message safe
+for a stream, and log records are made safe by the handler ``setup_logging`` sets.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +16,86 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
+
+# Shown, never obeyed, on a terminal: C0 controls but tab and newline (a CR only
+# where it ends a line: a lone CR would let later text overwrite earlier), DEL,
+# the C1 controls (U+0080-U+009F, e.g. the one-character CSI), and the Unicode
+# bidi controls that reorder what a line shows.
+_CONTROL = re.compile(
+    "\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character written out (ESC as ``\\x1b``)."""
+    return _CONTROL.sub(_shown, text)
+
+
+def _is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # closed
+        return False
+
+
+def for_terminal(text: str, stream: object) -> str:
+    """``text`` as it may be written to ``stream``: made visible if it is a terminal."""
+    return visible(text) if _is_terminal(stream) else text
+
+
+def guest_output(data: bytes, stream: TextIO | None = None) -> None:
+    """Write bytes a guest produced to ``stream`` (default stdout), and flush.
+
+    A terminal gets them decoded (UTF-8; bytes that are not, as ``\\xNN``) with
+    control characters made visible; anything else gets the bytes unchanged.
+    """
+    out = sys.stdout if stream is None else stream
+    out.flush()
+    raw: BinaryIO = out.buffer if hasattr(out, "buffer") else out  # type: ignore[assignment]
+    if _is_terminal(out):
+        data = visible(data.decode("utf-8", errors="backslashreplace")).encode()
+    raw.write(data)
+    raw.flush()
+
+
+class TerminalSafe(logging.Filter):
+    """Log records as text safe for the terminal the handler writes to."""
+
+    def __init__(self, stream: object) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _is_terminal(self.stream):
+            record.msg, record.args = visible(record.getMessage()), None
+        return True
+
 
 err = Console(stderr=True, highlight=False)
 if not err.is_terminal:  # CI logs: do not wrap tables at 80 columns
     err = Console(stderr=True, highlight=False, width=160)
 log = logging.getLogger("image")
+
+
+def markup_safe(text: str) -> str:
+    """A message (it may quote a guest) for ``err.print``: no markup, no control sequences."""
+    from rich.markup import escape
+
+    return escape(for_terminal(text, err.file))
 
 
 def setup_logging(debug: bool = False) -> None:
@@ -32,6 +110,7 @@ def setup_logging(debug: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(TerminalSafe(err.file if isinstance(handler, RichHandler) else sys.stderr))
     root.addHandler(handler)
 
 

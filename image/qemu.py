@@ -26,6 +26,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from image import run
+from image.console import visible
 from image.errors import ImageError
 
 log = logging.getLogger("image.qemu")
@@ -33,6 +34,7 @@ log = logging.getLogger("image.qemu")
 QEMU_BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 QGA_PORT_NAME = "org.qemu.guest_agent.0"
 SERIAL_TAIL_LINES = 40
+SERIAL_TAIL_BYTES = 256 << 10  # what serial_tail reads of the log's end, at most
 SAVE_BANDWIDTH = 64 << 30  # bytes/s: no limit in practice
 
 
@@ -213,12 +215,16 @@ def free_port() -> int:
 
 def serial_tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
     try:
-        text = path.read_bytes().decode(errors="replace")
+        with path.open("rb") as f:
+            # The guest decides how big the log grows: read only its end.
+            f.seek(max(0, f.seek(0, 2) - SERIAL_TAIL_BYTES))
+            text = f.read(SERIAL_TAIL_BYTES).decode(errors="replace")
     except OSError:
         return "(no serial log)"
-    # Firmware and GRUB paint the screen with ANSI sequences: drop them.
+    # Firmware and GRUB paint the screen with ANSI sequences: drop them. The
+    # guest writes this log: any other control character is shown, not kept.
     text = re.sub(r"\x1b\[[0-9;?=]*[A-Za-z]", "", text).replace("\r", "")
-    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+    return "\n".join(visible(ln) for ln in [ln for ln in text.splitlines() if ln.strip()][-lines:])
 
 
 def create_overlay(base: Path, overlay: Path, size: int | None = None) -> None:

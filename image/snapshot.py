@@ -38,7 +38,7 @@ from typing import Any
 
 from image import accel, cloudinit, egress, proxy, qemu, run
 from image.config import BuildConfig, format_size
-from image.console import print_json, step
+from image.console import guest_output, print_json, step
 from image.errors import ImageError
 from image.firmware import find_firmware
 from image.guestagent import GuestAgent
@@ -507,10 +507,9 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
                 time.sleep(0.5)
             return 0
         result = sandbox.sandboxed(list(options.command), timeout=options.command_timeout)
-        sys.stdout.buffer.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.buffer.write(result.stderr)
-        sys.stderr.flush()
+        # The guest's bytes: exact into a pipe, control sequences shown on a terminal.
+        guest_output(result.stdout, sys.stdout)
+        guest_output(result.stderr, sys.stderr)
         code = result.exit_code if result.signal is None else 128 + int(result.signal)
         if json_result:
             print_json({"hostname": sandbox.hostname, "exit_code": code,

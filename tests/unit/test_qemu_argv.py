@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 
 from image.errors import ImageError
 from image.qemu import (
+    SERIAL_TAIL_BYTES,
     Share,
     VMSpec,
     check_share_dir,
@@ -142,3 +144,20 @@ def test_a_writable_share_needs_user_xattrs_on_the_host(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="no user xattrs") as info:
         check_share_dir(Share(Path("/proc")))  # procfs has none
     assert "read-only" in (info.value.hint or "")
+
+
+def test_serial_tail_reads_only_the_end_of_a_huge_log(tmp_path: Path) -> None:
+    # The guest writes the serial log, as much as it likes: 4 GiB here (sparse).
+    log = tmp_path / "serial.log"
+    with log.open("wb") as f:
+        f.truncate(4 << 30)
+        f.seek(0, 2)
+        f.write(b"".join(f"line {i}\r\n".encode() for i in range(100)))
+    tracemalloc.start()
+    try:
+        tail = serial_tail(log, lines=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert tail == "line 98\nline 99"
+    assert peak < 4 * SERIAL_TAIL_BYTES
