@@ -535,13 +535,25 @@ def _remainder(c: Context) -> list[str]:
         "profile": "bwrap profile (default: agent)",
         "workspace": "directory bound read-write at /workspace (default: current directory)",
         "self_test": "run the launcher's self-test instead of a command (prints one JSON line)",
+        "policy": "egress policy of the proxy the bridges lead to "
+        "(default: proxy-policies/launch.policy)",
+        "user": "started as root: run the sandbox as this user "
+        "(default: the workspace's owner, or nobody)",
+        "audit_log": "append the proxy's audit records here "
+        "(default: out/sandbox-run/egress.jsonl)",
     },
 )
 def sandbox_run(
-    c: Context, profile: str = "agent", workspace: str | None = None, self_test: bool = False
-) -> None:
-    """Run a command under the in-guest sandbox launcher on this host: -- CMD [ARG...]."""
+    c: Context, profile: str = "agent", workspace: str | None = None, self_test: bool = False,
+    policy: str | None = None, user: str | None = None, audit_log: str | None = None,
+) -> None:  # fmt: skip
+    """Run a command under the in-guest sandbox launcher on this host: -- CMD [ARG...].
+
+    The bridges lead to an egress proxy this task starts on 127.0.0.1, never to the
+    VM-only 10.0.2.100 the shipped profile names: on a host that can be a real machine.
+    """
     from image import bwrap, seccomp
+    from image import proxy as egress
 
     with _user_errors():
         cmd = _remainder(c)
@@ -549,8 +561,6 @@ def sandbox_run(
             raise ImageError("no command given", hint="./inv sandbox-run -- CMD [ARG...]")
         hosttools.require(["bwrap", "socat", "libseccomp"], "sandbox-run")
         host_arch = seccomp.target_arch(os.uname().machine)
-        # Compiled into the output dir (atomic, deterministic bytes), so the launcher can
-        # replace this process: the command gets our stdio, signals and exit status.
         base = _config(c).config.output_dir / "sandbox-run"
         seccomp.write_all(base / "seccomp", arches=[host_arch])
         profile_json = base / "bwrap" / f"{profile}.json"
@@ -558,20 +568,39 @@ def sandbox_run(
         tmp = profile_json.with_name(f".{profile_json.name}.{os.getpid()}")
         tmp.write_bytes(bwrap.compile_named(profile))
         tmp.replace(profile_json)
-        argv = [
-            sys.executable,
-            str(ROOT / "image" / "guest" / "sandbox_exec.py"),
-            "--profile",
-            str(profile_json),
-            "--seccomp-dir",
-            str(base / "seccomp" / host_arch),
-        ]
+        rules = egress.load_policy(Path(policy) if policy else ROOT / "proxy-policies" /
+                                   "launch.policy")  # fmt: skip
+        log = Path(audit_log) if audit_log else base / "egress.jsonl"
         # ./inv changes into the checkout; the shell's PWD is where the user was.
         where = Path(os.environ.get("PWD") or Path.cwd())
-        argv += ["--workspace", str((where / workspace).resolve() if workspace else where)]
-        argv += ["--self-test"] if self_test else ["--", *cmd]
-        console.log.info("+ %s", shlex.join(argv))
-    os.execv(argv[0], argv)
+        with egress.serve_proxy(rules, 0, 0, log) as served:
+            ports = {
+                "http": served.http_url.rpartition(":")[2],
+                "socks": served.socks_url.rpartition(":")[2],
+            }
+            argv = [
+                sys.executable,
+                str(ROOT / "image" / "guest" / "sandbox_exec.py"),
+                "--profile",
+                str(profile_json),
+                "--seccomp-dir",
+                str(base / "seccomp" / host_arch),
+                "--workspace",
+                str((where / workspace).resolve() if workspace else where),
+            ]
+            for bridge in bwrap.load(bwrap.shipped()[profile]).bridges:
+                if bridge.name not in ports:
+                    raise ImageError(
+                        f"profile {profile!r} has a bridge {bridge.name!r} this task has "
+                        "no proxy for", hint="bridges named http and socks are supported",
+                    )  # fmt: skip
+                argv += ["--bridge", f"{bridge.name}=tcp:127.0.0.1:{ports[bridge.name]}"]
+            argv += ["--user", user] if user else []
+            argv += ["--self-test"] if self_test else ["--", *cmd]
+            console.log.info("+ %s", shlex.join(argv))
+            console.log.info("egress audit log: %s", log)
+            code = run.run(argv, check=False, capture=False).returncode
+    raise Exit(code=code)
 
 
 BUILD_HELP = {

@@ -21,6 +21,12 @@ SECCOMP_DIR = f"{LIB_DIR}/seccomp"
 PROFILE_DIR = "/etc/sandbox-image/bwrap"
 EXECUTABLES = frozenset({LAUNCHER})
 SELF_TEST_COMMAND = ("sandbox-exec", "--self-test")
+# Tells the launcher it runs in the VM, where 10.0.2.100 is QEMU's way to the host's
+# proxy; without it the launcher leads bridges to loopback only.
+IN_VM_MARKER = "/etc/sandbox-image/in-vm"
+_IN_VM_TEXT = b"""This file tells sandbox-exec it runs inside a sandbox-image VM, where the
+bridges' 10.0.2.100 is QEMU's forward to the host's egress proxy. Do not copy it to a host.
+"""
 
 # The launcher proper lives in LIB_DIR next to the module it imports; the command on
 # PATH only points there. -I: PYTHON* variables of the caller cannot change it.
@@ -37,11 +43,23 @@ sys.exit(sandbox_exec.main())
 GUEST_MODULES = ("sandbox_exec.py", "bwrap_profile.py")
 
 
+# Yama's "restricted" scope: a process may ptrace (and open /proc/PID/mem of) only
+# its own descendants, so a sandboxed command cannot reach the launcher's bridges or
+# bwrap's init even where its filters or Landlock would not stop it. Applied at
+# provisioning (runcmd: sysctl --system) and on every boot.
+SYSCTL_FILE = "/etc/sysctl.d/60-sandbox-image.conf"
+_SYSCTL_TEXT = b"kernel.yama.ptrace_scope = 1\n"
+
+
 def guest_files(arch: str) -> dict[str, bytes]:
     """Absolute guest path -> content, for a guest of ``arch`` (arm64/amd64 or
     aarch64/x86_64). The filters are compiled for that architecture only."""
     target = seccomp.target_arch(arch)
-    files: dict[str, bytes] = {LAUNCHER: _SHIM.encode()}
+    files: dict[str, bytes] = {
+        LAUNCHER: _SHIM.encode(),
+        IN_VM_MARKER: _IN_VM_TEXT,
+        SYSCTL_FILE: _SYSCTL_TEXT,
+    }
     for module in GUEST_MODULES:
         files[f"{LIB_DIR}/{module}"] = (GUEST_DIR / module).read_bytes()
     for name in seccomp.shipped():

@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
+import ipaddress
 import json
 import os
 import pwd
@@ -54,6 +56,11 @@ else:  # installed in the VM or run as a script: the module sits next to this fi
     from bwrap_profile import Profile  # type: ignore[no-redef]
 
 PROFILE_DIR = Path("/etc/sandbox-image/bwrap")
+# Written into the image only (image/sandbox.py): the profiles' bridges lead to
+# 10.0.2.100, QEMU's guestfwd address, which means something only inside the VM. On
+# a host the same address can be a real machine, so without this file a bridge may
+# lead to loopback or a Unix socket only (./inv sandbox-run passes --bridge).
+IN_VM_MARKER = Path("/etc/sandbox-image/in-vm")
 SECCOMP_DIR = Path("/usr/local/lib/sandbox-image/seccomp")
 # This file's directory is bound read-only here, so the inner stage runs the same code
 # whether the launcher is installed under /usr (VM) or lives in a checkout (host).
@@ -530,6 +537,50 @@ def self_test(prepared: Prepared, staging: Path) -> int:
 # --- command line --------------------------------------------------------------------
 
 
+def _loopback(connect: str) -> bool:
+    kind, _, rest = connect.partition(":")
+    if kind == "unix":
+        return True
+    host = rest.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere
+
+
+def with_bridges(profile: Profile, overrides: Sequence[str], in_vm: bool) -> Profile:
+    """Apply --bridge NAME=ADDR and refuse a non-loopback target outside the VM."""
+    targets = {b.name: b.connect for b in profile.bridges}
+    for spec in overrides:
+        name, _, connect = spec.partition("=")
+        if name not in targets:
+            raise LauncherError(
+                f"--bridge {spec!r}: profile {profile.name!r} has no bridge {name!r} "
+                f"(it has: {', '.join(targets) or 'none'})"
+            )
+        try:
+            bwrap_profile.load_document(
+                "--bridge", {"options": ["die-with-parent"], "bridges": [
+                    {"name": name, "port": 1, "connect": connect}]}
+            )  # fmt: skip
+        except bwrap_profile.ProfileError:
+            raise LauncherError(
+                f"--bridge {spec!r}: give NAME=tcp:HOST:PORT or NAME=unix:/path"
+            ) from None
+        targets[name] = connect
+    if not in_vm:
+        for name, connect in targets.items():
+            if not _loopback(connect):
+                raise LauncherError(
+                    f"bridge {name!r} leads to {connect}, which means something only "
+                    f"inside the VM ({IN_VM_MARKER} is missing); on a host it could be a "
+                    f"real machine: pass --bridge {name}=tcp:127.0.0.1:PORT to a proxy you "
+                    "run (./inv sandbox-run starts one)"
+                )
+    bridges = tuple(bwrap_profile.Bridge(b.name, b.port, targets[b.name]) for b in profile.bridges)
+    return dataclasses.replace(profile, bridges=bridges)
+
+
 def _load_profile(spec: str, profile_dir: Path) -> Profile:
     path = Path(spec) if "/" in spec or spec.endswith(".json") else profile_dir / f"{spec}.json"
     try:
@@ -562,6 +613,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="started as root: run the sandbox as this user (default: the workspace's "
         "owner, or nobody if that is root)",
+    )
+    parser.add_argument(
+        "--bridge",
+        action="append",
+        default=[],
+        metavar="NAME=ADDR",
+        help="lead the profile's bridge NAME to tcp:HOST:PORT or unix:/path instead "
+        "(outside the VM every bridge must lead to loopback or a Unix socket)",
     )
     parser.add_argument("--profile-dir", type=Path, default=PROFILE_DIR, help=str(PROFILE_DIR))
     parser.add_argument("--seccomp-dir", type=Path, default=SECCOMP_DIR, help=str(SECCOMP_DIR))
@@ -612,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise LauncherError("no command given")
             inner_main(args.inner, cmd)
         profile = _load_profile(args.profile, args.profile_dir)
+        profile = with_bridges(profile, args.bridge, IN_VM_MARKER.exists())
         if not cmd and not args.self_test:
             raise LauncherError("no command given; usage: sandbox-exec [options] -- CMD [ARG...]")
         workspace = (args.workspace or Path.cwd()).absolute()

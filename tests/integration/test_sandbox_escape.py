@@ -436,12 +436,22 @@ def test_installed_layout_works_for_an_unprivileged_user(tmp_path: Path) -> None
     overlay += ["--ro-bind", str(root / "etc/sandbox-image"), "/etc/sandbox-image"]
     overlay += ["--chdir", "/mnt/ws", "--"]
     overlay += ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    # The image's marker is laid over /etc too, so the launcher would take the shipped
+    # 10.0.2.100 at its word: on this host the bridges lead to a closed loopback port.
+    closed = _closed_port()
+    bridges = [
+        "--bridge",
+        f"http=tcp:127.0.0.1:{closed}",
+        "--bridge",
+        f"socks=tcp:127.0.0.1:{closed}",
+    ]
     true = run.run(
         [
             *overlay,
             "sandbox-exec",
             "--profile",
             "agent",
+            *bridges,
             "--",
             "sh",
             "-c",
@@ -452,7 +462,7 @@ def test_installed_layout_works_for_an_unprivileged_user(tmp_path: Path) -> None
     )
     assert true.returncode == 0, true.stderr.decode()
     assert true.stdout.decode().split() == ["65534", "Seccomp_filters:", "2"]
-    test = run.run([*overlay, "sandbox-exec", "--self-test"], check=False, timeout=120)
+    test = run.run([*overlay, "sandbox-exec", *bridges, "--self-test"], check=False, timeout=120)
     assert json.loads(test.stdout.decode().splitlines()[-1])["ok"] is True, test.stdout
 
 

@@ -26,6 +26,8 @@ def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
             "/usr/local/lib/sandbox-image/sandbox_exec.py",
             "/usr/local/lib/sandbox-image/bwrap_profile.py",
             "/etc/sandbox-image/bwrap/agent.json",
+            "/etc/sandbox-image/in-vm",
+            "/etc/sysctl.d/60-sandbox-image.conf",
             *[
                 f"/usr/local/lib/sandbox-image/seccomp/{n}{ext}"
                 for n in ("agent", "unix-block")
@@ -42,6 +44,7 @@ def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
     profile = json.loads(files["/etc/sandbox-image/bwrap/agent.json"])
     assert bwrap_profile.load_document("agent", profile).name == "agent"
     assert {"/usr/local/bin/sandbox-exec"} == sandbox.EXECUTABLES
+    assert files["/etc/sysctl.d/60-sandbox-image.conf"] == b"kernel.yama.ptrace_scope = 1\n"
 
 
 def test_the_command_on_path_runs_the_installed_launcher() -> None:
