@@ -82,6 +82,12 @@ PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
 BPF_INSTRUCTION_SIZE = 8
+# Landlock (same numbers on x86_64 and aarch64; Linux >= 5.13, ABI 1 suffices).
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_RESTRICT_SELF = 446
+# Rights the domain handles and never grants: making char and block device nodes.
+LANDLOCK_ACCESS_FS_MAKE_CHAR = 1 << 6
+LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
 
 
 class LauncherError(Exception):
@@ -128,6 +134,36 @@ def load_seccomp(program: bytes) -> None:
         raise LauncherError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
         raise LauncherError(f"prctl(PR_SET_SECCOMP) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def enter_landlock_domain() -> bool:
+    """Put this process (and what it execs) in a Landlock domain of its own.
+
+    Landlock lets a process in a domain ptrace-access (``/proc/PID/mem``,
+    ``pidfd_getfd``, process_vm_*) only processes in the same or a nested domain:
+    bwrap's init and the bridges, started before, are outside it and out of reach,
+    whatever the ptrace scope of the kernel. The domain handles only the making of
+    device nodes, which it refuses; nothing else about files changes. Returns False
+    where the kernel has no Landlock (then Yama's ptrace scope, which the image sets,
+    is what stands between the command and the bridges).
+    """
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    handled = ctypes.c_uint64(LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_BLOCK)
+    fd = libc.syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        ctypes.byref(handled),
+        ctypes.c_size_t(ctypes.sizeof(handled)),
+        ctypes.c_uint32(0),
+    )
+    if fd < 0:
+        return False  # ENOSYS / EOPNOTSUPP: not built in or not enabled
+    try:
+        if libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(fd), 0) != 0:
+            raise LauncherError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+    return True
 
 
 # --- pure builders -------------------------------------------------------------------
@@ -459,6 +495,7 @@ def inner_main(config_text: str, cmd: Sequence[str]) -> NoReturn:
         socat = _which("socat", "the image needs socat")
         _start_detached([inner_bridge_argv(socat, b["port"], b["socket"]) for b in bridges])
         _wait_for(lambda: all(_listening(b["port"]) for b in bridges), "the proxy bridge")
+    enter_landlock_domain()
     for program in config["filters"]:
         load_seccomp(bytes.fromhex(program))
     try:
@@ -521,6 +558,18 @@ e = sock_errno(socket.AF_INET, socket.SOCK_STREAM, ("10.0.2.100", 3128))
 check("no_direct_network", e in (errno.ENETUNREACH, errno.EHOSTUNREACH), errno.errorcode.get(e, e))
 e = sock_errno(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 3128))
 check("bridge_listens", e == 0, errno.errorcode.get(e, e))
+import os
+others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+reached = []
+for pid in others:  # bwrap's init (pid 1) and the bridges: started before us
+    try:
+        os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))
+        reached.append(pid)
+    except FileNotFoundError:
+        pass  # gone meanwhile
+    except PermissionError:
+        pass
+check("others_memory_unreachable", bool(others) and not reached, reached or len(others))
 ok = all(c["ok"] for c in checks.values())
 print(json.dumps({"ok": ok, "arch": arch, "checks": checks}, sort_keys=True))
 sys.exit(0 if ok else 1)

@@ -561,3 +561,54 @@ def test_asyncio_still_runs_with_its_stream_socketpair(sbx: Sandbox) -> None:
     )
     result = sbx.run(["python3", "-c", script])
     assert (result.returncode, result.stdout) == (0, b"child\n"), result.stderr.decode()
+
+
+# --- the bridges and bwrap's init are out of the command's reach ------------------------
+
+_REACH = r"""
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_pidfd_open, SYS_pidfd_getfd = 434, 438
+result = {}
+for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+    if pid == os.getpid():
+        continue
+    name = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode()
+    try:
+        os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))
+        mem = "opened"
+    except OSError as exc:
+        mem = exc.errno
+    pidfd = libc.syscall(SYS_pidfd_open, pid, 0)
+    stolen = None
+    if pidfd >= 0:
+        ctypes.set_errno(0)
+        got = libc.syscall(SYS_pidfd_getfd, pidfd, 0, 0)
+        stolen = "stolen" if got >= 0 else ctypes.get_errno()
+    result[pid] = {"name": name, "mem": mem, "getfd": stolen}
+print(json.dumps(result))
+"""
+
+
+def _reach(sbx: Sandbox, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    result = sbx.run(["python3", "-c", _REACH], **kwargs)
+    assert result.returncode == 0, result.stderr.decode()
+    found: dict[str, dict[str, Any]] = json.loads(result.stdout)
+    return found
+
+
+def test_proc_pid_mem_of_bwrap_init_and_the_bridges_cannot_be_opened(sbx: Sandbox) -> None:
+    """The review's reproduction: /proc/PID/mem O_RDWR of pid 1 and the inner socats.
+    Landlock's domain (entered after the bridges started) refuses it whatever Yama says."""
+    found = _reach(sbx)
+    names = sorted(Path(v["name"]).name for v in found.values())
+    assert names == ["bwrap", "socat", "socat"], found
+    assert {v["mem"] for v in found.values()} == {errno.EACCES}, found
+
+
+def test_pidfd_getfd_cannot_take_the_bridges_sockets(sbx: Sandbox) -> None:
+    found = _reach(sbx)
+    assert {v["getfd"] for v in found.values()} == {errno.EPERM}, found
+    marked = _reach(sbx, marker=True)
+    assert {v["getfd"] for v in marked.values()} == {MARKER}, marked
