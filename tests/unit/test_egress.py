@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_command_line_additions_extend_the_file(tmp_path: Path) -> None:
 
 def test_summary_counts_decisions_and_lists_denials_once(tmp_path: Path) -> None:
     log = tmp_path / "egress.jsonl"
-    records = [
+    records: list[dict[str, Any]] = [
         {"decision": "allow", "host": "deb.debian.org", "port": 80},
         {"decision": "deny", "host": "evil.test", "port": 443, "rule": "not-allowed"},
         {"decision": "deny", "host": "evil.test", "port": 443, "rule": "not-allowed"},
