@@ -1,5 +1,6 @@
-"""Seccomp overhead: ns per syscall with no filter, with the sandbox's two filters, and
-with a Docker-breadth allowlist, each measured in the same run on this machine.
+"""Seccomp overhead: ns per syscall with no filter, with the sandbox's two filters (the
+default-deny agent policy), with the deny list it replaced, and with a Docker-breadth
+allowlist, each measured in the same run on this machine.
 
     .venv/bin/python bench/seccomp_overhead.py [--iterations N]
 
@@ -42,9 +43,12 @@ def main() -> None:
         profiles = {
             "agent": seccomp.compile_named("agent", arch),
             "unix-block": seccomp.compile_named("unix-block", arch),
-            "docker-like": seccomp.compile_profile(
-                seccomp.load(HERE / "profiles" / "docker-like.json"), arch
-            ),
+            **{
+                name: seccomp.compile_profile(
+                    seccomp.load(HERE / "profiles" / f"{name}.json"), arch
+                )
+                for name in ("agent-denylist", "docker-like")
+            },
         }
         for name, compiled in profiles.items():
             bpf[name] = work / f"{name}.bpf"
@@ -52,6 +56,7 @@ def main() -> None:
         configs = {
             "none": [],
             "agent+unix-block": [bpf["agent"], bpf["unix-block"]],
+            "denylist+unix-block": [bpf["agent-denylist"], bpf["unix-block"]],
             "docker-like": [bpf["docker-like"]],
         }
         # Rounds interleave the configurations, so a burst of load from other tenants
@@ -66,25 +71,30 @@ def main() -> None:
     base = results["none"]
     print(
         f"ns per syscall on {arch} (best of {args.rounds} rounds x 5 x {args.iterations} calls; "
-        f"BPF instructions: agent {len(profiles['agent'].bpf) // 8}, unix-block "
-        f"{len(profiles['unix-block'].bpf) // 8}, docker-like "
-        f"{len(profiles['docker-like'].bpf) // 8})"
+        "BPF instructions: "
+        + ", ".join(f"{name} {len(c.bpf) // 8}" for name, c in profiles.items())
+        + ")"
     )
-    print(f"{'filters':<18}" + "".join(f"{c:>16}" for c in CALLS))
+    print(f"{'filters':<20}" + "".join(f"{c:>16}" for c in CALLS))
     ratios: dict[str, dict[str, float]] = {}
     for name, figures in results.items():
         ratios[name] = {c: round(figures[c] / base[c], 2) for c in CALLS}
         print(
-            f"{name:<18}" + "".join(f"{figures[c]:>8.1f} ({ratios[name][c]:.2f}x)" for c in CALLS)
+            f"{name:<20}" + "".join(f"{figures[c]:>8.1f} ({ratios[name][c]:.2f}x)" for c in CALLS)
         )
+    new, old = results["agent+unix-block"], results["denylist+unix-block"]
+    allow_vs_deny = {c: round(new[c] / old[c], 2) for c in CALLS}
+    print("default-deny vs deny list: " + ", ".join(f"{c} {allow_vs_deny[c]:.2f}x" for c in CALLS))
     print(
         json.dumps(
             {
                 "arch": arch,
+                "agent_vs_denylist": allow_vs_deny,
                 "iterations": args.iterations,
                 "rounds": args.rounds,
                 "ns_per_call": results,
                 "ratio_vs_none": ratios,
+                "bpf_instructions": {name: len(c.bpf) // 8 for name, c in profiles.items()},
             },
             sort_keys=True,
         )

@@ -64,18 +64,27 @@ def test_aarch64_filter_is_aarch64_only_with_its_own_numbers() -> None:
     # clone is 220 and ioctl 29 on aarch64 (56 and 16 on x86_64): numbers are per arch.
     assert '# filter for syscall "clone" (220)' in compiled.pfc
     assert '# filter for syscall "ioctl" (29)' in compiled.pfc
-    # x86-only calls are reported as skipped, not compiled as pseudo numbers.
-    assert {"iopl", "ioperm"} <= set(compiled.skipped)
-    assert '"iopl"' not in compiled.pfc
+    # Calls aarch64 never had are reported as skipped, not compiled as pseudo numbers.
+    assert {"open", "fork", "mknod"} <= set(compiled.skipped)
+    assert '"mknod"' not in compiled.pfc and '"mknodat"' in compiled.pfc
+    assert '"arch_prctl"' not in compiled.pfc  # x86_64 only (includes.arches)
+
+
+@pytest.mark.parametrize("arch", seccomp.ARCHES)
+def test_the_agent_profile_denies_by_default(arch: str) -> None:
+    pfc = seccomp.compile_named("agent", arch).pfc
+    assert "  # default action\n  action ERRNO(1);\n" in pfc
+    assert '"getpid"' in pfc and '"ptrace"' not in pfc and '"open_by_handle_at"' not in pfc
 
 
 @pytest.mark.parametrize("arch", seccomp.ARCHES)
 def test_ioctl_and_clone_compare_only_the_low_32_bits(arch: str) -> None:
     pfc = seccomp.compile_named("agent", arch).pfc
     assert "if ($a1.hi32 & 0x00000000 == 0)" in pfc
-    assert "if ($a1.lo32 & 0xffffffff == 21522)" in pfc  # TIOCSTI
-    assert "if ($a1.lo32 & 0xffffffff == 21532)" in pfc  # TIOCLINUX
-    assert "if ($a0.lo32 & 0x10000000 == 268435456)" in pfc  # clone CLONE_NEWUSER
+    assert "if ($a1.lo32 & 0xffffffff == 21520)" in pfc  # ioctl 0x5410, TIOCSTI's neighbour
+    assert "if ($a1.lo32 & 0xffffffff == 21522)" not in pfc  # TIOCSTI is never allowed
+    assert "if ($a0.hi32 & 0x00000000 == 0)" in pfc
+    assert "if ($a0.lo32 & 0x7e020000 == 0)" in pfc  # clone without namespace flags
 
 
 @pytest.mark.parametrize("arch", seccomp.ARCHES)
@@ -109,43 +118,142 @@ def test_unix_block_allows_socketpair_for_stream_only_whatever_the_flags(type_: 
     assert _socketpair_denied(type_) == (type_ & 0xF != 1)  # SOCK_TYPE_MASK, SOCK_STREAM
 
 
-def _personality_denied(args: list[dict[str, Any]], value: int) -> bool:
-    """Evaluate the profile's OR-ed masked compares the way the filter does."""
-    return any(value & a["value"] == a["valueTwo"] for a in args)
+def _allows(profile: dict[str, Any], name: str, *args: int) -> bool:
+    """Evaluate a default-deny profile for one call the way the compiled filter does:
+    entries are OR-ed; inside one, compares on distinct indexes are AND-ed and
+    compares that repeat an index are OR-ed (runc's rule, as the compiler applies it)."""
+
+    def holds(a: dict[str, Any]) -> bool:
+        value = args[a["index"]]
+        if a["op"] == "SCMP_CMP_MASKED_EQ":
+            return bool(value & a["value"] == a["valueTwo"])
+        assert a["op"] == "SCMP_CMP_EQ", a
+        return bool(value == a["value"])
+
+    for entry in profile["syscalls"]:
+        if name not in entry["names"] or entry["action"] != "SCMP_ACT_ALLOW":
+            continue
+        compares = entry.get("args", [])
+        indexes = [a["index"] for a in compares]
+        if len(set(indexes)) == len(indexes):
+            if all(holds(a) for a in compares):
+                return True
+        elif any(holds(a) for a in compares):
+            return True
+    return False
 
 
+U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+LOW32 = 0xFFFFFFFF
 PERSONALITY_ALLOWED = {0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF}
-
-
-def _personality_args() -> list[dict[str, Any]]:
-    (entry,) = [e for e in _agent()["syscalls"] if e["names"] == ["personality"]]
-    args: list[dict[str, Any]] = entry["args"]
-    assert {a["op"] for a in args} == {"SCMP_CMP_MASKED_EQ"}
-    assert all(a["value"] <= 0xFFFFFFFF for a in args)  # the high half is never compared
-    return args
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 
 
 def test_personality_allows_exactly_the_harmless_values() -> None:
-    args = _personality_args()
+    agent = _agent()
     for value in PERSONALITY_ALLOWED:
-        assert not _personality_denied(args, value), hex(value)
+        assert _allows(agent, "personality", value), hex(value)
+        assert _allows(agent, "personality", value | 1 << 40), hex(value)  # high half ignored
     for bit in range(32):
-        assert _personality_denied(args, 1 << bit) == (1 << bit not in PERSONALITY_ALLOWED)
-    assert _personality_denied(args, 0x0040000)  # ADDR_NO_RANDOMIZE
-    assert _personality_denied(args, 0x0400000)  # READ_IMPLIES_EXEC
-    assert _personality_denied(args, 0xFFFFFFFE)
+        assert _allows(agent, "personality", 1 << bit) == (1 << bit in PERSONALITY_ALLOWED)
+    assert not _allows(agent, "personality", 0x0040000)  # ADDR_NO_RANDOMIZE
+    assert not _allows(agent, "personality", 0x0400000)  # READ_IMPLIES_EXEC
+    assert not _allows(agent, "personality", 0xFFFFFFFE)
 
 
 @settings(max_examples=2000, deadline=None)
-@given(st.integers(min_value=0, max_value=0xFFFFFFFF))
-def test_personality_denies_every_other_32_bit_value(value: int) -> None:
-    assert _personality_denied(_personality_args(), value) == (value not in PERSONALITY_ALLOWED)
+@given(U64)
+def test_personality_allows_no_other_32_bit_value(value: int) -> None:
+    assert _allows(_agent(), "personality", value) == (value & LOW32 in PERSONALITY_ALLOWED)
 
 
-def test_every_call_the_agent_profile_denies_has_an_escape_probe() -> None:
+def test_ioctl_refuses_only_tiocsti_and_tioclinux() -> None:
+    agent = _agent()
+    for request in (TIOCSTI, TIOCLINUX, 1 << 32 | TIOCSTI, 0xFFFF_FFFF_0000_0000 | TIOCLINUX):
+        assert not _allows(agent, "ioctl", 0, request), hex(request)
+    for request in range(0x5400, 0x5500):  # the whole tty range around them
+        assert _allows(agent, "ioctl", 0, request) == (request not in (TIOCSTI, TIOCLINUX))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(U64)
+def test_ioctl_allows_every_other_request(request: int) -> None:
+    assert _allows(_agent(), "ioctl", 0, request) == (request & LOW32 not in (TIOCSTI, TIOCLINUX))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(U64)
+def test_clone_is_allowed_only_without_namespace_flags(flags: int) -> None:
+    assert _allows(_agent(), "clone", flags) == (flags & 0x7E020000 == 0)
+
+
+def _socket_allowed(domain: int, type_: int, protocol: int) -> bool:
+    domain, kind, protocol = domain & LOW32, type_ & 0xF, protocol & LOW32
+    if domain == 1:  # AF_UNIX (the command's own filter refuses it there)
+        return True
+    if domain in (2, 10):  # AF_INET, AF_INET6: stream and datagram only, never raw
+        return kind in (1, 2)
+    return domain == 16 and protocol == 0  # AF_NETLINK, NETLINK_ROUTE
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from([0, 1, 2, 10, 16, 17, 38, 40, 1 << 32 | 2]), U64, st.sampled_from([0, 1, 9, 15])
+)
+def test_socket_allows_unix_inet_stream_and_dgram_and_netlink_route(
+    domain: int, type_: int, protocol: int
+) -> None:
+    assert _allows(_agent(), "socket", domain, type_, protocol) == _socket_allowed(
+        domain, type_, protocol
+    )
+
+
+S_IFMT = 0o170000
+NODE_KINDS = {0: True, 0o100000: True, 0o010000: True, 0o140000: True, 0o020000: False,
+              0o060000: False, 0o040000: False, 0o120000: False}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "index"), [("mknod", 1), ("mknodat", 2)])
+@pytest.mark.parametrize("kind", sorted(NODE_KINDS))
+def test_mknod_makes_files_fifos_and_sockets_never_devices(
+    name: str, index: int, kind: int
+) -> None:
+    args = [0, 0, 0, 0]
+    args[index] = kind | 0o644
+    assert _allows(_agent(), name, *args) == NODE_KINDS[kind]
+
+
+# What the old deny list refused by name, and what a default-deny policy refuses beyond
+# it only by leaving out (the review's kernel-only calls, probed; and calls Docker
+# grants only with a capability, or obsolete ones): none may be among the allowed.
+DENYLIST = ROOT / "bench" / "profiles" / "agent-denylist.json"
+LEFT_OUT_PROBED = {"open_by_handle_at", "chroot", "vhangup", "fanotify_init"}
+LEFT_OUT = {"kcmp", "process_madvise", "lookup_dcookie", "mbind", "set_mempolicy",
+            "move_pages", "migrate_pages", "sethostname", "setdomainname", "nfsservctl",
+            "uselib", "_sysctl", "ustat", "sysfs"}  # fmt: skip
+
+
+def _names(document: dict[str, Any], action: str) -> set[str]:
+    return {n for e in document["syscalls"] if e["action"] == action for n in e["names"]}
+
+
+def _probed_refusals() -> set[str]:
+    old = _names(json.loads(DENYLIST.read_text()), "SCMP_ACT_ERRNO")
+    conditional = {"clone", "personality", "ioctl"}  # allowed by argument, tested above
+    return (old - conditional) | LEFT_OUT_PROBED | _names(_agent(), "SCMP_ACT_ERRNO")
+
+
+def test_no_refused_call_is_in_the_allowlist() -> None:
+    refused = _probed_refusals() | LEFT_OUT
+    assert {"ptrace", "io_uring_setup", "mount", "unshare", "bpf", "clone3"} <= refused
+    assert refused & _names(_agent(), "SCMP_ACT_ALLOW") == set()
+
+
+def test_every_call_the_policy_refuses_by_name_has_an_escape_probe() -> None:
     cases = re.findall(r"\bP\((\w+)\)", PROBE_SOURCE.read_text())
-    names = {n for e in _agent()["syscalls"] for n in e["names"]}
-    missing = {n for n in names if not any(c == n or c.startswith(f"{n}_") for c in cases)}
+    missing = {
+        n for n in _probed_refusals() if not any(c == n or c.startswith(f"{n}_") for c in cases)
+    }
     assert missing == set()
 
 
@@ -155,6 +263,14 @@ def test_docker_like_benchmark_profile_compiles_for_both_arches() -> None:
         compiled = seccomp.compile_profile(profile, arch)
         assert "  # default action\n  action ERRNO(1);\n" in compiled.pfc
         assert '"getpid"' in compiled.pfc and '"ptrace"' not in compiled.pfc
+
+
+def test_the_old_deny_list_still_compiles_for_the_benchmark() -> None:
+    profile = seccomp.load(DENYLIST)
+    for arch in seccomp.ARCHES:
+        compiled = seccomp.compile_profile(profile, arch)
+        assert "  # default action\n  action ALLOW;\n" in compiled.pfc
+        assert '"ptrace"' in compiled.pfc
 
 
 # --- what the compiler does with profile constructs ---------------------------------
