@@ -22,8 +22,9 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from image import accel, config, console, hosttools, run
+from image import config, console, hosttools, run
 from image.errors import ImageError, NotBuiltYet
+from image.vm import accel
 
 ROOT = Path(__file__).resolve().parent
 
@@ -108,9 +109,9 @@ def _policy_choice(
     policy: str | None, default: Path, allow: list[str] | None, deny: list[str] | None,
     allow_address: list[str] | None, allow_port: list[str] | None,
 ) -> Any:  # fmt: skip
-    from image import egress
+    from image.egress import guestnet
 
-    return egress.PolicyChoice(
+    return guestnet.PolicyChoice(
         Path(policy) if policy else default, tuple(allow or ()), tuple(deny or ()),
         tuple(allow_address or ()), tuple(allow_port or ()),
     )  # fmt: skip
@@ -267,7 +268,7 @@ def fetch(
     json: bool = False,
 ) -> None:
     """Download and verify the Ubuntu cloud image (cached, resumable); print its path."""
-    from image.fetch import fetch as fetch_image
+    from image.source.fetch import fetch as fetch_image
 
     with _user_errors():
         resolved = _config(
@@ -292,7 +293,7 @@ def fetch(
 @task(help={"profile": CONFIG_HELP["profile"], "json": CONFIG_HELP["json"]})
 def packages(c: Context, profile: str | None = None, json: bool = False) -> None:
     """Show a package profile: groups, explicit counts, expected installed count."""
-    from image import packages as package_lists
+    from image.build import packages as package_lists
 
     with _user_errors():
         cfg = _config(c, profile=profile).config
@@ -314,7 +315,7 @@ def _render_inputs(
     skills_url: str | None,
     skills_sha256: str | None,
 ) -> Any:
-    from image import cloudinit, skills
+    from image.build import cloudinit, skills
 
     skills_dir = cfg.skills
     if skills_url or skills_sha256:
@@ -364,7 +365,7 @@ RENDER_HELP = {
 
 def _rendered(inputs: Any, validate: bool) -> dict[str, bytes]:
     """The cloud-init documents, checked with cloud-init's own schema unless told not to."""
-    from image import cloudinit
+    from image.build import cloudinit
 
     files = cloudinit.render(inputs)
     if validate:
@@ -399,7 +400,7 @@ def render(
     json: bool = False,
 ) -> None:
     """Render cloud-init user-data, meta-data and network-config."""
-    from image import cloudinit
+    from image.build import cloudinit
 
     with _user_errors():
         cfg = _config(c, profile=profile, arch=arch, skills=skills).config
@@ -449,7 +450,7 @@ def seed(
     """Pack the NoCloud seed ISO (CIDATA)."""
     import hashlib
 
-    from image import cloudinit
+    from image.build import cloudinit
 
     with _user_errors():
         cfg = _config(c, profile=profile, arch=arch, skills=skills).config
@@ -493,7 +494,7 @@ def compile_seccomp(
     json: bool = False,
 ) -> None:
     """Compile the seccomp profiles to BPF (+ PFC dump, sha256) for x86_64 and aarch64."""
-    from image import seccomp
+    from image.sandbox import seccomp
 
     with _user_errors():
         out_dir = Path(out) if out else _config(c).config.output_dir / "seccomp"
@@ -552,8 +553,8 @@ def sandbox_run(
     The bridges lead to an egress proxy this task starts on 127.0.0.1, never to the
     VM-only 10.0.2.100 the shipped profile names: on a host that can be a real machine.
     """
-    from image import bwrap, seccomp
-    from image import proxy as egress
+    from image.egress import proxy as egress
+    from image.sandbox import bwrap, seccomp
 
     with _user_errors():
         cmd = _remainder(c)
@@ -643,8 +644,9 @@ def build_image(
     The build VM reaches the network only through an egress proxy with the build
     policy (proxy-policies/build.policy); its log is published as egress.jsonl.
     """
-    from image import egress, lockfile, pipeline
-    from image.packages import PACKAGE_LISTS
+    from image.build import lockfile, pipeline
+    from image.build.packages import PACKAGE_LISTS
+    from image.egress import guestnet
 
     with _user_errors():
         cfg = _config(
@@ -658,7 +660,7 @@ def build_image(
             insecure_skip_signature=insecure_skip_signature, raw=raw,
             package_lists=Path(package_lists).resolve() if package_lists else PACKAGE_LISTS,
             egress_policy=_policy_choice(
-                policy, egress.BUILD_POLICY, allow, deny, allow_address, allow_port
+                policy, guestnet.BUILD_POLICY, allow, deny, allow_address, allow_port
             ),
             lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
         )  # fmt: skip
@@ -693,7 +695,8 @@ def lock(
     """Write a lock (exact apt/pip/npm versions, base serial and sha256) from a build's output."""
     import json as json_module
 
-    from image import imagecache, lockfile
+    from image.build import lockfile
+    from image.source import imagecache
 
     with _user_errors():
         where = _user_path(output)
@@ -748,7 +751,7 @@ def cache(
     """Show (--stats) or trim (--prune) the build caches: apt, pip, npm, provisioned layers."""
     import time
 
-    from image import layercache, packagecache
+    from image.build import layercache, packagecache
 
     with _user_errors():
         cfg = _config(c, cache_dir=cache_dir).config
@@ -818,7 +821,7 @@ def snapshot(
     timeout: float | None = None, json: bool = False,
 ) -> None:  # fmt: skip
     """Boot a built image in the runtime shape until ready, and save the VM."""
-    from image import snapshot as snap
+    from image.runtime import snapshot as snap
 
     with _user_errors():
         cfg = _config(c, cpus=cpus, memory=memory, arch=arch, accel=accel,
@@ -842,7 +845,7 @@ def standin(
     c: Context, arch: str | None = None, cache_dir: str | None = None, json: bool = False
 ) -> None:
     """Build (or reuse) the Debian stand-in base image for offline runs (needs root)."""
-    from image import standin as standin_image
+    from image.source import standin as standin_image
 
     with _user_errors():
         cfg = _config(c, arch=arch, cache_dir=cache_dir).config
@@ -879,8 +882,8 @@ def mirror(
     cache_dir: str | None = None,
 ) -> None:
     """Serve the stand-in image(s) on 127.0.0.1 like cloud-images.ubuntu.com, until Ctrl-C."""
-    from image import mirror as local_mirror
-    from image import standin as standin_image
+    from image.source import mirror as local_mirror
+    from image.source import standin as standin_image
 
     with _user_errors():
         cfg = _config(c, release=release, serial=serial, cache_dir=cache_dir).config
@@ -913,8 +916,8 @@ def proxy(
     audit_log: str | None = None,
 ) -> None:  # fmt: skip
     """Run the egress proxy (HTTP + SOCKS5) with a domain allowlist until SIGTERM/Ctrl-C."""
-    from image import mirror as local_mirror
-    from image import proxy as egress
+    from image.egress import proxy as egress
+    from image.source import mirror as local_mirror
 
     with _user_errors():
         rules = egress.load_policy(Path(policy)) if policy else egress.Policy()
@@ -953,13 +956,13 @@ def launch(
     The VM's only network is the egress proxy this launch runs (default policy:
     proxy-policies/launch.policy); every connection is logged to --audit-log.
     """
-    from image import egress
-    from image import snapshot as snap
+    from image.egress import guestnet
+    from image.runtime import snapshot as snap
 
     with _user_errors():
         cfg = _config(c, cache_dir=cache_dir).config
         choice = _policy_choice(
-            policy, egress.LAUNCH_POLICY, allow, deny, allow_address, allow_port
+            policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port
         )
         options = snap.parse_launch_options(
             share, session_disk, hostname, _remainder(c), timeout, choice, audit_log
@@ -977,7 +980,7 @@ def launch(
 )
 def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = False) -> None:
     """The whole pipeline, offline: stand-in -> mirror -> build-image -> snapshot -> launch."""
-    from image import demo as demo_module
+    from image.runtime import demo as demo_module
 
     with _user_errors():
         cfg = _config(c, arch=arch, profile="smoke", output_dir=out or "out/demo").config
@@ -1005,7 +1008,7 @@ def publish(
     json: bool = False,
 ) -> None:  # fmt: skip
     """Push a build output (and optionally its snapshot) to an OCI registry as one artifact."""
-    from image import oci
+    from image.release import oci
 
     with _user_errors():
         if not to:
@@ -1029,7 +1032,7 @@ def publish(
 )
 def pull(c: Context, ref: str, out: str, insecure: bool = False, json: bool = False) -> None:
     """Pull a published build output; every file is checked before OUT appears."""
-    from image import oci
+    from image.release import oci
 
     with _user_errors():
         result = oci.pull(ref, Path(out), insecure=insecure)
@@ -1043,7 +1046,7 @@ def pull(c: Context, ref: str, out: str, insecure: bool = False, json: bool = Fa
             "json": CONFIG_HELP["json"]})  # fmt: skip
 def diff(c: Context, a: str, b: str, json: bool = False) -> None:
     """Compare two build outputs: packages, image size, step times."""
-    from image import builddiff
+    from image.release import builddiff
 
     with _user_errors():
         result = builddiff.diff_outputs(Path(a), Path(b))
@@ -1062,7 +1065,7 @@ def diff(c: Context, a: str, b: str, json: bool = False) -> None:
 )
 def report(c: Context, out: str, html: str | None = None, json: bool = False) -> None:
     """Write the build's self-contained HTML report (inputs, checks, packages, timeline)."""
-    from image import report as build_report
+    from image.release import report as build_report
 
     with _user_errors():
         path = build_report.write_report(Path(out), Path(html) if html else None)
@@ -1083,8 +1086,8 @@ def registry(
     c: Context, port: int = 5000, storage: str | None = None, cache_dir: str | None = None
 ) -> None:
     """Serve a local OCI registry on 127.0.0.1 (for publish/pull), until Ctrl-C."""
-    from image import localregistry
-    from image import mirror as local_mirror
+    from image.release import localregistry
+    from image.source import mirror as local_mirror
 
     with _user_errors():
         cfg = _config(c, cache_dir=cache_dir).config
@@ -1103,7 +1106,7 @@ def registry(
 )
 def bench_resume(c: Context, image: str | None = None, runs: int = 3) -> None:
     """Measure cold boot vs resume, 1 vs 4 GiB RAM, and PSS of concurrent launches."""
-    from image import demo as demo_module
+    from image.runtime import demo as demo_module
 
     with _user_errors():
         path = (

@@ -3,7 +3,7 @@
     .venv/bin/python bench/arm64_boot.py [--rounds 2] [--variants a,b]
 
 Each run boots the cached arm64 stand-in through AAVMF on ``-machine virt`` with
-the project's own argv (``image.qemu.qemu_argv``), changing only ``-cpu`` or
+the project's own argv (``image.vm.qemu.qemu_argv``), changing only ``-cpu`` or
 ``-accel``, and a NoCloud seed whose ``runcmd`` writes a mark on the serial
 console. Ready = QEMU start to that mark (host clock): firmware, GRUB, kernel,
 systemd and cloud-init's four stages, all emulated. SSH host keys, growpart and
@@ -27,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image import cloudinit, config, console, qemu, run, standin
+from image import config, console, run
+from image.build import cloudinit
 from image.errors import ImageError
-from image.firmware import find_firmware
+from image.source import standin
+from image.vm import qemu
+from image.vm.firmware import find_firmware
 
 MARK = b"BENCH-READY"
 TIMEOUT = 1200.0

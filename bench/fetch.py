@@ -10,7 +10,7 @@ rotates from round to round), and it measures:
 
   curl              curl -o FILE of the image (no hashing)
   curl_then_sha256  curl -o, then SHA-256 of the file: fetch's work, in two passes
-  fetch             image.fetch.fetch() into an empty cache: sums + gpgv +
+  fetch             image.source.fetch.fetch() into an empty cache: sums + gpgv +
                     download with SHA-256 in the same pass + rename
   cache_hit         fetch() again: sums + gpgv + re-hash of the cached image
   sha256            hashlib over the cached image (the floor for a verified hit)
@@ -44,10 +44,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from image import run, signing  # noqa: E402
+from image import run  # noqa: E402
 from image.config import BuildConfig  # noqa: E402
-from image.fetch import fetch, image_name  # noqa: E402
-from image.imagecache import sha256_file  # noqa: E402
+from image.source import signing  # noqa: E402
+from image.source.fetch import fetch, image_name  # noqa: E402
+from image.source.imagecache import sha256_file  # noqa: E402
 
 SERIAL = "20240912"
 RELEASE = "jammy"

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from image import proxy
+from image.egress import proxy
 
 CHUNK = 1 << 20
 

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from image import oci  # noqa: E402
+from image.release import oci  # noqa: E402
 from tests.fixtures.registry import serve_registry  # noqa: E402
 
 

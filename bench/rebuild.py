@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from image import config, console, fetch, mirror, packagecache, pipeline, standin
+from image import config, console
+from image.build import packagecache, pipeline
+from image.source import fetch, mirror, standin
 
 GOAL = 0.35
 

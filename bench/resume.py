@@ -23,7 +23,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from image import config, console, snapshot
+from image import config, console
+from image.runtime import snapshot
 
 
 def pss_kib(pid: int) -> int:

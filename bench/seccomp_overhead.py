@@ -17,7 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from image import run, seccomp
+from image import run
+from image.sandbox import seccomp
 
 HERE = Path(__file__).resolve().parent
 CALLS = ("getpid", "read0", "openat")

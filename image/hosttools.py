@@ -15,7 +15,7 @@ from pathlib import Path
 from image import run
 from image.errors import ImageError
 
-log = logging.getLogger("image.hosttools")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from image.errors import ImageError
 
-log = logging.getLogger("image.run")
+log = logging.getLogger(__name__)
 
 # Enough for a person to see why a tool failed, without flooding the screen.
 STDERR_TAIL_LINES = 20

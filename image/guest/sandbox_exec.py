@@ -56,7 +56,7 @@ else:  # installed in the VM or run as a script: the module sits next to this fi
     from bwrap_profile import Profile  # type: ignore[no-redef]
 
 PROFILE_DIR = Path("/etc/sandbox-image/bwrap")
-# Written into the image only (image/sandbox.py): the profiles' bridges lead to
+# Written into the image only (image/sandbox/guestfiles.py): the profiles' bridges lead to
 # 10.0.2.100, QEMU's guestfwd address, which means something only inside the VM. On
 # a host the same address can be a real machine, so without this file a bridge may
 # lead to loopback or a Unix socket only (./inv sandbox-run passes --bridge).

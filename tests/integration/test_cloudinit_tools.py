@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from image import cloudinit, packages, run
-from image.cloudinit import RenderInputs, render
+from image import run
+from image.build import cloudinit, packages
+from image.build.cloudinit import RenderInputs, render
 from image.errors import ImageError
 from tests.hosttools import need
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from image import checksums, signing
 from image.config import PINNED_FINGERPRINTS, SHIPPED_KEYRING, BuildConfig
 from image.errors import ImageError
-from image.fetch import FetchResult, fetch
+from image.source import checksums, signing
+from image.source.fetch import FetchResult, fetch
 from tests.fixtures.cloudmirror import CloudMirror, random_bytes, sums_text
 from tests.fixtures.httpserver import FileServer, write_file
 from tests.hosttools import need

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from image import mirror, run, standin
+from image import run
+from image.source import mirror, standin
 from tests.hosttools import need
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from image import oci
 from image.errors import ImageError
+from image.release import oci
 from tests.fixtures.buildoutput import IMAGE, make_output, make_snapshot
 from tests.fixtures.registry import LocalRegistry, serve_registry
 from tests.hosttools import need

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from image import proxy
+from image.egress import proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_HOST = "127.0.0.2"
@@ -486,8 +486,8 @@ def test_client_half_close_still_gets_the_answer(setup: Setup) -> None:
 
 def test_vm_sockets_serve_what_guestfwd_runs(setup: Setup, tmp_path: Path) -> None:
     """The launch/build wiring: QEMU runs `socat - UNIX-CONNECT:<sock>` per guest
-    connection (egress.guest_forwards); here the same command is the client."""
-    from image import egress
+    connection (guestnet.guest_forwards); here the same command is the client."""
+    from image.egress import guestnet
 
     sockdir = tmp_path / "vm"
     audit = tmp_path / "vm-audit.jsonl"
@@ -495,11 +495,11 @@ def test_vm_sockets_serve_what_guestfwd_runs(setup: Setup, tmp_path: Path) -> No
     policy = proxy.parse_policy(
         f"allow allowed.test\nallow-address {UPSTREAM_HOST}\nallow-port {setup.up_port}\n"
     )
-    with egress.serve_for_vm(policy, sockdir, audit, resolver):
+    with guestnet.serve_for_vm(policy, sockdir, audit, resolver):
         assert sockdir.stat().st_mode & 0o777 == 0o700
-        (http_fwd, http_cmd), (socks_fwd, socks_cmd) = egress.guest_forwards(sockdir)
+        (http_fwd, http_cmd), (socks_fwd, socks_cmd) = guestnet.guest_forwards(sockdir)
         assert (http_fwd, socks_fwd) == ("10.0.2.100:3128", "10.0.2.100:1080")
-        for path in egress.socket_paths(sockdir):
+        for path in guestnet.socket_paths(sockdir):
             assert path.stat().st_mode & 0o777 == 0o600
 
         def through(cmd: str, request: bytes) -> bytes:

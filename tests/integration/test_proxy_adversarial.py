@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from image import proxy
+from image.egress import proxy
 from tests.integration import test_proxy
 from tests.integration.test_proxy import (
     IO_TIMEOUT,

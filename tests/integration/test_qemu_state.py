@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from image import qemu
 from image.errors import ImageError
-from image.firmware import find_firmware
+from image.vm import qemu
+from image.vm.firmware import find_firmware
 from tests.hosttools import need
 
 MEMORY = 256 << 20

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from image import cloudinit, lockfile, packagecache, packages, run
-from image.cloudinit import RenderInputs
-from image.lockfile import Lock, Pin
+from image import run
+from image.build import cloudinit, lockfile, packagecache, packages
+from image.build.cloudinit import RenderInputs
+from image.build.lockfile import Lock, Pin
 from tests.hosttools import need
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"

@@ -6,7 +6,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from image import report, run
+from image import run
+from image.release import report
 from tests.fixtures.buildoutput import TIMINGS, make_output
 from tests.hosttools import need
 

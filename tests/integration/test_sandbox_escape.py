@@ -33,7 +33,8 @@ from typing import Any
 
 import pytest
 
-from image import bwrap, run, sandbox, seccomp
+from image import run
+from image.sandbox import bwrap, guestfiles, seccomp
 from tests.fixtures import escape_cases
 from tests.hosttools import need
 
@@ -414,11 +415,11 @@ def test_installed_layout_works_for_an_unprivileged_user(tmp_path: Path) -> None
             pytrace=False,
         )
     root = tmp_path / "root"
-    for path, data in sandbox.guest_files(ARCH).items():
+    for path, data in guestfiles.guest_files(ARCH).items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        target.chmod(0o755 if path in sandbox.EXECUTABLES else 0o644)
+        target.chmod(0o755 if path in guestfiles.EXECUTABLES else 0o644)
     for d in [root, *root.rglob("*")]:
         if d.is_dir():
             d.chmod(0o755)

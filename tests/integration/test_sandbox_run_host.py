@@ -81,7 +81,7 @@ def test_the_launcher_refuses_a_non_loopback_bridge_outside_the_vm(workspace: Pa
     """Run directly with the shipped profile (10.0.2.100) and no VM marker: refused
     before any bridge starts, with the way out in the message."""
     need("bwrap", "socat", "libseccomp")
-    from image import bwrap, seccomp
+    from image.sandbox import bwrap, seccomp
 
     profile = workspace / "agent.json"
     profile.write_bytes(bwrap.compile_named("agent"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from image import skills
+from image.build import skills
 from image.errors import ImageError
 
 

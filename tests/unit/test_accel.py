@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from image import accel
-from image.accel import Verdict
+from image.vm import accel
+from image.vm.accel import Verdict
 from tests.hosttools import need
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from image import builddiff
 from image.errors import ImageError
+from image.release import builddiff
 from tests.fixtures.buildoutput import TIMINGS, make_output
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from image import bwrap
 from image.errors import ImageError
 from image.guest import bwrap_profile, sandbox_exec
 from image.guest.bwrap_profile import Bind, Bridge, CapDrop, Flag, Mount, ProfileError, Symlink
+from image.sandbox import bwrap
 
 # Every option bubblewrap 0.6.1 (Ubuntu 22.04) accepts that a profile or the launcher uses.
 BWRAP_061_OPTIONS = {

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from image import cloudinit, packages, skills
-from image.cloudinit import RenderInputs, render
+from image.build import cloudinit, packages, skills
+from image.build.cloudinit import RenderInputs, render
 from image.errors import ImageError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
@@ -421,7 +421,7 @@ def test_user_data_top_level_keys_are_exactly_these() -> None:
 
 
 def test_seeded_ssh_host_key_is_rendered_verbatim() -> None:
-    from image.ssh import KeyPair
+    from image.vm.ssh import KeyPair
 
     host = KeyPair.generate("host@test")
     doc = _doc(dataclasses.replace(SMOKE, ssh_host_ed25519=(host.private_openssh,

@@ -17,7 +17,8 @@ from typing import TextIO
 
 import pytest
 
-from image import console, qemu
+from image import console
+from image.vm import qemu
 
 HOSTILE = (
     b"plain \t tab\n"

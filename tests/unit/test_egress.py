@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
-from image import egress, proxy, qemu
+from image.egress import guestnet, proxy
 from image.errors import ImageError
+from image.vm import qemu
 
 
 def test_guest_forwards_go_to_the_proxy_sockets_through_socat(tmp_path: Path) -> None:
-    assert egress.guest_forwards(tmp_path) == (
+    assert guestnet.guest_forwards(tmp_path) == (
         ("10.0.2.100:3128", f"cmd:socat - UNIX-CONNECT:{tmp_path}/http.sock"),
         ("10.0.2.100:1080", f"cmd:socat - UNIX-CONNECT:{tmp_path}/socks.sock"),
     )
@@ -21,41 +22,43 @@ def test_guest_forwards_go_to_the_proxy_sockets_through_socat(tmp_path: Path) ->
 def test_a_socket_dir_qemu_would_misparse_is_refused(tmp_path: Path, name: str) -> None:
     # A comma would end the guestfwd option and start another one.
     with pytest.raises(ImageError, match="comma or a space") as err:
-        egress.guest_forwards(tmp_path / name)
+        guestnet.guest_forwards(tmp_path / name)
     assert err.value.hint and "TMPDIR" in err.value.hint
 
 
 def test_a_socket_path_too_long_for_af_unix_is_refused() -> None:
     with pytest.raises(ImageError, match="longer than a Unix socket path") as err:
-        egress.guest_forwards(Path("/tmp/" + "d" * 100))
+        guestnet.guest_forwards(Path("/tmp/" + "d" * 100))
     assert err.value.hint and "TMPDIR" in err.value.hint
 
 
 def test_socket_dir_is_short_private_and_found_again_in_the_rules() -> None:
-    directory = egress.make_socket_dir()
+    directory = guestnet.make_socket_dir()
     try:
         assert directory.stat().st_mode & 0o777 == 0o700
-        assert all(len(str(p)) <= egress.SOCKET_PATH_MAX for p in egress.socket_paths(directory))
-        rules = (*egress.guest_forwards(directory), ("10.0.2.100:9", "tcp:127.0.0.1:9"))
-        assert egress.forwarded_sockets(rules) == list(egress.socket_paths(directory))
+        assert all(
+            len(str(p)) <= guestnet.SOCKET_PATH_MAX for p in guestnet.socket_paths(directory)
+        )
+        rules = (*guestnet.guest_forwards(directory), ("10.0.2.100:9", "tcp:127.0.0.1:9"))
+        assert guestnet.forwarded_sockets(rules) == list(guestnet.socket_paths(directory))
     finally:
         directory.rmdir()
 
 
 def test_the_guest_is_told_the_forwarded_addresses() -> None:
-    env = egress.guest_environment()
+    env = guestnet.guest_environment()
     assert "http_proxy=http://10.0.2.100:3128" in env
     assert "ALL_PROXY=socks5h://10.0.2.100:1080" in env
     assert "no_proxy=localhost,127.0.0.1,::1" in env
 
 
 def test_shipped_policies_load_and_allow_the_package_registries() -> None:
-    for choice in (egress.DEFAULT_BUILD, egress.DEFAULT_LAUNCH):
+    for choice in (guestnet.DEFAULT_BUILD, guestnet.DEFAULT_LAUNCH):
         policy = choice.load()
         for name in ("deb.debian.org", "pypi.org", "files.pythonhosted.org", "registry.npmjs.org"):
             assert proxy.check_name(policy, name, 443).allowed, (choice.file, name)
         assert not proxy.check_name(policy, "example.com", 443).allowed
-    build = egress.DEFAULT_BUILD.load()
+    build = guestnet.DEFAULT_BUILD.load()
     for name in ("keyserver.ubuntu.com", "snapshot.ubuntu.com", "deb.nodesource.com"):
         assert proxy.check_name(build, name, 443).allowed, name
 
@@ -63,7 +66,7 @@ def test_shipped_policies_load_and_allow_the_package_registries() -> None:
 def test_command_line_additions_extend_the_file(tmp_path: Path) -> None:
     policy_file = tmp_path / "p.policy"
     policy_file.write_text("allow example.com\n")
-    choice = egress.PolicyChoice(
+    choice = guestnet.PolicyChoice(
         policy_file, allow=("*.corp.test",), deny=("bad.corp.test",),
         allow_addresses=("192.0.2.0/24",), allow_ports=("8443",),
     )  # fmt: skip
@@ -71,7 +74,7 @@ def test_command_line_additions_extend_the_file(tmp_path: Path) -> None:
     assert proxy.check_name(policy, "x.corp.test", 8443).allowed
     assert not proxy.check_name(policy, "bad.corp.test", 443).allowed
     with pytest.raises(ImageError, match="--allow-port"):
-        egress.PolicyChoice(policy_file, allow_ports=("https",)).load()
+        guestnet.PolicyChoice(policy_file, allow_ports=("https",)).load()
 
 
 def test_summary_counts_decisions_and_lists_denials_once(tmp_path: Path) -> None:
@@ -87,11 +90,11 @@ def test_summary_counts_decisions_and_lists_denials_once(tmp_path: Path) -> None
     # Close records repeat the connection's fields; the decision was counted at open.
     records += [{**r, "event": "close", "rule": None} for r in records]
     log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"decision": "al')
-    summary = egress.summarize(log)
+    summary = guestnet.summarize(log)
     assert summary.connections == {"allow": 2, "deny": 2, "error": 1}
     assert summary.hosts == ["deb.debian.org:80"]
     assert summary.denied == ["evil.test:443 (not-allowed)"]
-    assert egress.summarize(tmp_path / "missing").connections == {}
+    assert guestnet.summarize(tmp_path / "missing").connections == {}
 
 
 def test_build_vm_network_is_restricted_to_the_proxy(tmp_path: Path) -> None:
@@ -99,7 +102,7 @@ def test_build_vm_network_is_restricted_to_the_proxy(tmp_path: Path) -> None:
         arch="amd64", cpus=2, memory=1 << 30, disk=tmp_path / "d", firmware_code=tmp_path / "c",
         firmware_vars=tmp_path / "v", accel=("-accel", "tcg"), serial_log=tmp_path / "s",
         qmp_socket=tmp_path / "q", ssh_port=2222, net_restrict=True,
-        guestfwd=egress.guest_forwards(tmp_path),
+        guestfwd=guestnet.guest_forwards(tmp_path),
     )  # fmt: skip
     assert qemu.netdev_arg(spec) == (
         "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"

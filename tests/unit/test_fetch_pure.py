@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from image import checksums, download
-from image.checksums import Signature
-from image.download import Action, Validator
 from image.errors import ImageError
-from image.fetch import FetchResult, Source, build_info_url, image_name, parse_build_info
-from image.imagecache import ImageCache, mirror_key
+from image.source import checksums, download
+from image.source.checksums import Signature
+from image.source.download import Action, Validator
+from image.source.fetch import FetchResult, Source, build_info_url, image_name, parse_build_info
+from image.source.imagecache import ImageCache, mirror_key
 
 M = "https://cloud-images.ubuntu.com/releases"
 H1, H2 = "a" * 64, "b" * 64

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from image.errors import ImageError
-from image.guestagent import MAX_REPLY_BYTES, GuestAgent, GuestAgentError
+from image.vm.guestagent import MAX_REPLY_BYTES, GuestAgent, GuestAgentError
 
 # What the fake agent sends for one request: bytes, or a function that writes
 # to the connection itself (for streams), or None for no answer.

@@ -16,7 +16,10 @@ from typing import ClassVar
 
 import pytest
 
-from image import cloudinit, config, layercache, packages, pipeline, qemu, snapshot, ssh
+from image import config
+from image.build import cloudinit, layercache, packages, pipeline
+from image.runtime import snapshot
+from image.vm import qemu, ssh
 
 SLOT = "debian-jammy-amd64-smoke"
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from image import cloudinit, lockfile, manifest, packages
+from image.build import cloudinit, lockfile, manifest, packages
+from image.build.lockfile import Lock, LockError, Pin
 from image.errors import ImageError
-from image.lockfile import Lock, LockError, Pin
 
 SHA = "7243a88c190dd8fb6636b7d75c6eadbde7665121893e928e36667fbe8c64eb3e"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from image.build.manifest import Manifest, Package, parse_dpkg, parse_npm, parse_pip, sbom
 from image.errors import ImageError
-from image.manifest import Manifest, Package, parse_dpkg, parse_npm, parse_pip, sbom
 
 DPKG = (
     "ii \tjq\t1.6-2.1\tamd64\n"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from image import mirror
 from image.errors import ImageError
-from image.mirror import ByteRange, RangeNotSatisfiable, parse_range
+from image.source import mirror
+from image.source.mirror import ByteRange, RangeNotSatisfiable, parse_range
 
 
 def test_image_name_is_canonicals() -> None:

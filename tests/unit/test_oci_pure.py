@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from image import oci
 from image.errors import ImageError
+from image.release import oci
 from tests.fixtures.buildoutput import IMAGE, info_for, make_output, make_snapshot
 
 SHA = "a" * 64

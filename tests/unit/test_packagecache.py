@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from image import cloudinit, manifest, packagecache
-from image.packagecache import Item
+from image.build import cloudinit, manifest, packagecache
+from image.build.packagecache import Item
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
 DAY = 86400.0

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from image import packages
+from image.build import packages
+from image.build.packages import ListError, load_profile, parse_group
 from image.errors import ImageError
-from image.packages import ListError, load_profile, parse_group
 
 LISTS = packages.PACKAGE_LISTS
 SHIPPED = packages.list_profiles()

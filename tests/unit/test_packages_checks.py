@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from image.packages import ListError, list_profiles, load_profile, parse_checks
+from image.build.packages import ListError, list_profiles, load_profile, parse_checks
 
 
 def test_every_shipped_profile_has_checks() -> None:

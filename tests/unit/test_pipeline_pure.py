@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image import pipeline
+from image.build import pipeline
 
 
 def test_failing_modules_from_status_json() -> None:

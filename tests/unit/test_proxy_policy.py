@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from image import proxy
+from image.egress import proxy
 from image.errors import ImageError
 
 POLICY_TEXT = """

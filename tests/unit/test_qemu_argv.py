@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from image.errors import ImageError
-from image.qemu import (
+from image.vm.qemu import (
     SERIAL_TAIL_BYTES,
     Share,
     VMSpec,

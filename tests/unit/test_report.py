@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from image import pipeline, report
-from image.checksums import parse_sha256sums
+from image.build import pipeline
 from image.errors import ImageError
+from image.release import report
+from image.source.checksums import parse_sha256sums
 from tests.fixtures.buildoutput import TIMINGS, VERIFY, make_output
 
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from image import sandbox, seccomp
 from image.guest import bwrap_profile
+from image.sandbox import guestfiles, seccomp
 
-GUEST_FILES = [sandbox.GUEST_DIR / m for m in sandbox.GUEST_MODULES]
+GUEST_FILES = [guestfiles.GUEST_DIR / m for m in guestfiles.GUEST_MODULES]
 
 
 @pytest.mark.parametrize(("arch", "seccomp_arch"), [("arm64", "aarch64"), ("amd64", "x86_64")])
 def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
     arch: str, seccomp_arch: str
 ) -> None:
-    files = sandbox.guest_files(arch)
+    files = guestfiles.guest_files(arch)
     assert sorted(files) == sorted(
         [
             "/usr/local/bin/sandbox-exec",
@@ -43,12 +43,12 @@ def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
     assert f"# filter for arch {seccomp_arch} " in pfc
     profile = json.loads(files["/etc/sandbox-image/bwrap/agent.json"])
     assert bwrap_profile.load_document("agent", profile).name == "agent"
-    assert {"/usr/local/bin/sandbox-exec"} == sandbox.EXECUTABLES
+    assert {"/usr/local/bin/sandbox-exec"} == guestfiles.EXECUTABLES
     assert files["/etc/sysctl.d/60-sandbox-image.conf"] == b"kernel.yama.ptrace_scope = 1\n"
 
 
 def test_the_command_on_path_runs_the_installed_launcher() -> None:
-    shim = sandbox.guest_files("arm64")["/usr/local/bin/sandbox-exec"].decode()
+    shim = guestfiles.guest_files("arm64")["/usr/local/bin/sandbox-exec"].decode()
     assert shim.startswith("#!/usr/bin/python3 -I\n")
     assert 'sys.path.insert(0, "/usr/local/lib/sandbox-image")' in shim
     ast.parse(shim, feature_version=(3, 10))
@@ -57,8 +57,8 @@ def test_the_command_on_path_runs_the_installed_launcher() -> None:
 def test_guest_paths_match_the_launcher_defaults() -> None:
     from image.guest import sandbox_exec
 
-    assert str(sandbox_exec.PROFILE_DIR) == sandbox.PROFILE_DIR
-    assert str(sandbox_exec.SECCOMP_DIR) == sandbox.SECCOMP_DIR
+    assert str(sandbox_exec.PROFILE_DIR) == guestfiles.PROFILE_DIR
+    assert str(sandbox_exec.SECCOMP_DIR) == guestfiles.SECCOMP_DIR
 
 
 @pytest.mark.parametrize("path", GUEST_FILES, ids=lambda p: p.name)

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from image import seccomp
 from image.errors import ImageError
-from image.seccomp import ProfileError
+from image.sandbox import seccomp
+from image.sandbox.seccomp import ProfileError
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_SOURCE = ROOT / "tests" / "fixtures" / "escape_probe.c"

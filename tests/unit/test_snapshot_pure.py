@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from image import qemu, snapshot
 from image.errors import ImageError
+from image.runtime import snapshot
+from image.vm import qemu
 
 
 def _spec(tmp: Path, **kw: object) -> qemu.VMSpec:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from image import standin
 from image.errors import ImageError
+from image.source import standin
 
 MIB = 1 << 20
 

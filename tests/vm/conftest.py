@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from image import config, demo, hosttools, qemu
+from image import config, hosttools
+from image.runtime import demo
+from image.vm import qemu
 from tests.hosttools import need
 
 LOG_TAIL = 60

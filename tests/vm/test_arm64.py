@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
-from image import bwrap, run, seccomp, snapshot
+from image import run
 from image.config import BuildConfig
+from image.runtime import snapshot
+from image.sandbox import bwrap, seccomp
 from tests.fixtures import escape_cases
 from tests.hosttools import need
 from tests.vm.conftest import demo_outputs, qemu_processes, run_demo, tier_config

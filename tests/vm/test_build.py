@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from image import config, mirror, pipeline, standin
+from image import config
+from image.build import pipeline
+from image.build.packages import PACKAGE_LISTS
 from image.errors import ImageError
-from image.packages import PACKAGE_LISTS
+from image.source import mirror, standin
 from tests.vm.conftest import attach_logs, qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]

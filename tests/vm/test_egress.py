@@ -16,7 +16,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from image import config, egress, pipeline, proxy, snapshot
+from image import config
+from image.build import pipeline
+from image.egress import guestnet, proxy
+from image.runtime import snapshot
 from tests.fixtures.httpserver import FileServer
 
 ALLOWED = "upstream.sandbox-image.test"
@@ -53,7 +56,7 @@ def test_launch_reaches_the_network_only_through_its_proxy(
     policy_file = tmp_path / "test.policy"
     policy_file.write_text(f"allow {ALLOWED}\nallow-address 127.0.0.1/32\nallow-port {port}\n")
     audit = tmp_path / "audit.jsonl"
-    options = snapshot.LaunchOptions(policy=egress.PolicyChoice(policy_file), audit_log=audit)
+    options = snapshot.LaunchOptions(policy=guestnet.PolicyChoice(policy_file), audit_log=audit)
     resolver = proxy.mapping_resolver({ALLOWED: ["127.0.0.1"], DENIED: ["127.0.0.1"]})
     with snapshot.launch(built["snapshot"], vm_config, options, resolver=resolver) as sandbox:
         # Direct: 10.0.2.2 is the host's loopback, where the upstream listens.

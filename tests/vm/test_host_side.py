@@ -15,7 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from image import config, snapshot
+from image import config
+from image.runtime import snapshot
 
 GUEST_SCRIPT = " && ".join([
     f"cd {snapshot.SHARE_MOUNT}",

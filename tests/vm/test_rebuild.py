@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
-from image import config, layercache, lockfile, mirror, packagecache, pipeline, standin
+from image import config
+from image.build import layercache, lockfile, packagecache, pipeline
 from image.errors import ImageError
+from image.source import mirror, standin
 from tests.vm.conftest import attach_logs, qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +102,7 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     # An InRelease that changed since the layer was made: not reused, and why.
     _archive_as_served_now(layer_path, except_url=urls[0])
     slot, key = layer_path.parent.name, layer_path.name
-    with caplog.at_level(logging.INFO, logger="image.layercache"):
+    with caplog.at_level(logging.INFO, logger="image.build.layercache"):
         assert layercache.lookup(fresh_config.cache_dir, slot, key) is None
     assert f"the archive changed since the layer was made ({urls[0]})" in caplog.text
     _archive_as_served_now(layer_path)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from image import config, oci, report, run, snapshot
-from image.checksums import parse_sha256sums
+from image import config, run
+from image.release import oci, report
+from image.runtime import snapshot
+from image.source.checksums import parse_sha256sums
 from tests.fixtures.registry import LocalRegistry, serve_registry
 from tests.hosttools import need
 from tests.integration.test_report_chromium import rendered_dom

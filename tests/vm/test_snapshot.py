@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from image import config, snapshot
+from image import config
 from image.errors import ImageError
+from image.runtime import snapshot
 from tests.vm.conftest import qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,9 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from image import config, firmware, run, standin
+from image import config, run
+from image.source import standin
+from image.vm import firmware
 from tests.hosttools import need
 
 # TCG on a shared 2-core host; typical times are far less (docs/standin.md).

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image import bwrap, seccomp
+from image.sandbox import bwrap, seccomp
 
-GUEST_DIR = Path(__file__).resolve().parent / "guest"
+GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
 
 LAUNCHER = "/usr/local/bin/sandbox-exec"
 LIB_DIR = "/usr/local/lib/sandbox-image"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import requests
 
-from image import hosttools, qemu, run
+from image import hosttools, run
 from image.errors import ImageError
+from image.vm import qemu
 
 CONFIG = """\
 version: 0.1

@@ -31,7 +31,7 @@ from typing import Any
 
 from image.errors import ImageError
 
-log = logging.getLogger("image.imagecache")
+log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
 LOCK_TIMEOUT = 3 * 3600.0  # a slow link may take long; a stuck peer must not hang us forever

@@ -55,10 +55,10 @@ from typing import Any
 
 import requests
 
+from image.build.packagecache import Item
 from image.errors import ImageError
-from image.packagecache import Item
 
-log = logging.getLogger("image.layercache")
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEEP = 2  # per slot: the newest ones

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import requests
 
-from image import checksums, console, download
+from image import console
 from image.config import BuildConfig
 from image.errors import ImageError
-from image.imagecache import ImageCache
+from image.source import checksums, download
+from image.source.imagecache import ImageCache
 
-log = logging.getLogger("image.fetch")
+log = logging.getLogger(__name__)
 
 # The version in Canonical's file names under releases/<code name>/.
 RELEASE_VERSIONS = {"focal": "20.04", "jammy": "22.04", "noble": "24.04"}

@@ -37,11 +37,13 @@ from typing import Any
 import jinja2
 import yaml
 
-from image import egress, lockfile, packagecache, packages, run
+from image import run
+from image.build import lockfile, packagecache, packages
+from image.build.skills import pack as skills_pack
+from image.egress import guestnet
 from image.errors import ImageError
-from image.skills import pack as skills_pack
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_ROOT / "cloud-init"
 TEMPLATES = {
     "user-data": "user-data.j2",
@@ -113,7 +115,7 @@ class RenderInputs:
     templates_dir: Path = TEMPLATES_DIR
     # Install exactly the lock's versions (build-image --lock).
     lock: lockfile.Lock | None = None
-    # The package caches, shared over 9p (see image/packagecache.py); off: no shares.
+    # The package caches, shared over 9p (see image/build/packagecache.py); off: no shares.
     package_cache: bool = False
 
 
@@ -275,7 +277,7 @@ def template_context(
         if "OPENSSH PRIVATE KEY" not in private or not public.startswith("ssh-ed25519 "):
             raise ImageError(
                 "the SSH host key must be an ed25519 key in OpenSSH format",
-                hint="image.ssh.KeyPair.generate() makes one",
+                hint="image.vm.ssh.KeyPair.generate() makes one",
             )
     key = inputs.build_ssh_public_key.strip()
     if key and not _SSH_KEY.fullmatch(key):
@@ -324,7 +326,7 @@ def template_context(
         "skills_b64": base64.b64encode(skills).decode("ascii") if skills else "",
         "skills_archive_path": SKILLS_ARCHIVE_PATH,
         "skills_dir": SKILLS_GUEST_DIR,
-        "proxy_environment": egress.guest_environment(),
+        "proxy_environment": guestnet.guest_environment(),
         "state_dir": STATE_DIR,
         "marker_command": marker_command(inputs),
         "mac_address": inputs.mac_address,
@@ -395,7 +397,7 @@ def render_template(templates_dir: Path, template: str, context: Mapping[str, An
         raise ImageError(
             f"template {where}: {exc.message}",
             hint="the template uses a variable that render() does not "
-            "provide; fix the template or image/cloudinit.py",
+            "provide; fix the template or image/build/cloudinit.py",
         ) from None
     except jinja2.TemplateNotFound as exc:
         raise ImageError(f"template {exc.name} not found in {templates_dir}") from None

@@ -27,31 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import image
-from image import (
-    accel,
-    cloudinit,
-    egress,
-    fetch,
-    layercache,
-    lockfile,
-    manifest,
-    packagecache,
-    packages,
-    qemu,
-    report,
-    run,
-    sandbox,
-    snapshot,
-    ssh,
-    standin,
-)
+from image import run
+from image.build import cloudinit, layercache, lockfile, manifest, packagecache, packages
 from image.config import BuildConfig, format_size
 from image.console import step
+from image.egress import guestnet
 from image.errors import ImageError
-from image.firmware import find_firmware
-from image.guestagent import GuestAgent
+from image.release import report
+from image.runtime import snapshot
+from image.sandbox import guestfiles
+from image.source import fetch, standin
+from image.vm import accel, qemu, ssh
+from image.vm.firmware import find_firmware
+from image.vm.guestagent import GuestAgent
 
-log = logging.getLogger("image.pipeline")
+log = logging.getLogger(__name__)
 
 BUILD_USER = "build"
 PROVISIONED_MARKER = "/var/lib/sandbox-image/provisioned"
@@ -70,7 +60,7 @@ class BuildContext:
     cfg: BuildConfig
     build_id: str
     work: Path  # scratch: overlay disk, the new layer, seed, logs
-    sockets: Path  # the VM's sockets: proxy, QMP, guest agent (egress.make_socket_dir)
+    sockets: Path  # the VM's sockets: proxy, QMP, guest agent (guestnet.make_socket_dir)
     staging: Path  # becomes the outputs
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
@@ -118,7 +108,7 @@ def build_image(
     insecure_skip_signature: bool = False,
     raw: bool = False,
     package_lists: Path = packages.PACKAGE_LISTS,
-    egress_policy: egress.PolicyChoice = egress.DEFAULT_BUILD,
+    egress_policy: guestnet.PolicyChoice = guestnet.DEFAULT_BUILD,
     lock: lockfile.Lock | None = None,
     package_cache: bool = True,
 ) -> BuildResult:
@@ -136,7 +126,7 @@ def build_image(
     if distro == "debian":
         # The offline stand-in installs from Debian's archive, which this host's
         # resolver may send to a local mirror (a non-public address).
-        egress_policy = egress.with_local_addresses(egress_policy, [standin.ARCHIVE_HOST])
+        egress_policy = guestnet.with_local_addresses(egress_policy, [standin.ARCHIVE_HOST])
     policy = egress_policy.load()  # a bad policy fails before anything is fetched
     ctx = _new_context(cfg)
     ctx.info["egress_policy"] = {
@@ -191,7 +181,7 @@ def build_image(
                 accel=tuple(accel_args), serial_log=ctx.work / PROVISION_SERIAL,
                 qmp_socket=ctx.sockets / "qmp.sock", qga_socket=ctx.sockets / "qga.sock",
                 seed_iso=seed_iso, ssh_port=qemu.free_port(), net_restrict=True,
-                guestfwd=egress.guest_forwards(ctx.sockets),
+                guestfwd=guestnet.guest_forwards(ctx.sockets),
                 # The build VM is thrown away if anything fails: no need to make
                 # every guest write durable, and TCG builds spend less time in I/O.
                 disk_cache="unsafe",
@@ -206,7 +196,7 @@ def build_image(
             with step("layer", ctx.timings):
                 layer = layercache.lookup(cfg.cache_dir, slot, layer_key)
         try:
-            with egress.serve_for_vm(policy, ctx.sockets, ctx.egress_log):
+            with guestnet.serve_for_vm(policy, ctx.sockets, ctx.egress_log):
                 running = contextlib.ExitStack()
                 for _attempt in range(2):
                     if layer is None:
@@ -500,8 +490,8 @@ def _render_inputs(
         profile=cfg.profile, arch=cfg.arch, distro=distro,
         build_ssh_public_key=client_key.public_openssh,
         ssh_host_ed25519=(host_key.private_openssh, host_key.public_openssh),
-        guest_files=sandbox.guest_files(cfg.arch), skills_dir=cfg.skills,
-        package_lists=package_lists, apt_proxy=egress.GUEST_HTTP_PROXY,
+        guest_files=guestfiles.guest_files(cfg.arch), skills_dir=cfg.skills,
+        package_lists=package_lists, apt_proxy=guestnet.GUEST_HTTP_PROXY,
     )  # fmt: skip
 
 
@@ -513,7 +503,7 @@ def _new_context(cfg: BuildConfig) -> BuildContext:
     work.mkdir(parents=True)
     staging = out / f".staging-{build_id}"
     staging.mkdir()
-    ctx = BuildContext(cfg, build_id, work, egress.make_socket_dir(), staging, out)
+    ctx = BuildContext(cfg, build_id, work, guestnet.make_socket_dir(), staging, out)
     ctx.info.update(build_id=build_id, toolkit_version=image.__version__,
                     config=cfg.to_json())  # fmt: skip
     return ctx
@@ -586,7 +576,7 @@ def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
     if result.exit_status == 0 and not marker:
         what = f"cloud-init finished but {PROVISIONED_MARKER} was not written"
     hint = "fix the package list or template named above; full guest logs are kept"
-    denied = egress.summarize(ctx.egress_log).denied
+    denied = guestnet.summarize(ctx.egress_log).denied
     if denied:
         hint = (f"the build proxy denied {'; '.join(denied)}: if the build needs it, add "
                 "it with --allow NAME, or --allow-address CIDR for an internal-address "
@@ -622,7 +612,7 @@ def _verify(ctx: BuildContext, session: ssh.Session, profile: packages.Profile) 
         )
     # The guest's own-arch filters, exercised as the unprivileged agent user.
     self_test = session.run(
-        f"sudo -n -u agent {shlex.join(sandbox.SELF_TEST_COMMAND)}", check=False
+        f"sudo -n -u agent {shlex.join(guestfiles.SELF_TEST_COMMAND)}", check=False
     )
     outcome = parse_self_test(self_test.stdout)
     results["sandbox_self_test"] = outcome
@@ -752,7 +742,7 @@ def _publish(
         _join([layer.path / layercache.EGRESS, ctx.egress_log], staging / EGRESS_LOG)
     else:
         shutil.copyfile(ctx.egress_log, staging / EGRESS_LOG)
-    ctx.info["egress"] = egress.summarize(staging / EGRESS_LOG).to_json()
+    ctx.info["egress"] = guestnet.summarize(staging / EGRESS_LOG).to_json()
     artifacts = [p for p in (image_path, raw_path) if p is not None]
     artifacts += [staging / "manifest.json", staging / "sbom.json", staging / EGRESS_LOG]
     sums = {p.name: _sha256(p) for p in artifacts}

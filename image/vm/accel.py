@@ -23,9 +23,9 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from image import run
-from image.firmware import find_firmware
+from image.vm.firmware import find_firmware
 
-log = logging.getLogger("image.accel")
+log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 8.0  # a working KVM prints in well under a second; TCG OVMF in ~3 s here
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "amd64": "amd64"}

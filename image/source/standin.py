@@ -30,7 +30,7 @@ from pathlib import Path
 from image import hosttools, run
 from image.errors import ImageError
 
-log = logging.getLogger("image.standin")
+log = logging.getLogger(__name__)
 
 # Bump when the build changes in a way the recipe fields below do not capture.
 RECIPE_VERSION = 1

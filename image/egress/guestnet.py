@@ -3,7 +3,7 @@
 With `restrict=on` the guest can send nothing beyond QEMU's user-mode network
 (no routing to the host or the outside, no DNS). Two guestfwd rules are the
 exception: TCP to GUEST_PROXY_IP:3128 and :1080 inside the guest is handed to
-`socat`, which connects to the host proxy's Unix sockets (see image/proxy.py).
+`socat`, which connects to the host proxy's Unix sockets (see image/egress/proxy.py).
 One socat per guest connection (QEMU's `cmd:` form): a chardev target would
 carry a single connection for the VM's whole life.
 
@@ -24,10 +24,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from image import proxy
+from image.egress import proxy
 from image.errors import ImageError
 
-log = logging.getLogger("image.egress")
+log = logging.getLogger(__name__)
 
 # Inside QEMU's user network (10.0.2.0/24): .2 is the host/gateway and .3 DNS,
 # which guestfwd may not take; .100 is free and is what the guest is told.
@@ -38,7 +38,7 @@ GUEST_HTTP_PROXY = f"http://{GUEST_PROXY_IP}:{GUEST_HTTP_PORT}"
 GUEST_SOCKS_PROXY = f"socks5h://{GUEST_PROXY_IP}:{GUEST_SOCKS_PORT}"
 GUEST_NO_PROXY = "localhost,127.0.0.1,::1"
 
-POLICIES_DIR = Path(__file__).resolve().parent.parent / "proxy-policies"
+POLICIES_DIR = Path(__file__).resolve().parents[2] / "proxy-policies"
 BUILD_POLICY = POLICIES_DIR / "build.policy"
 LAUNCH_POLICY = POLICIES_DIR / "launch.policy"
 

@@ -35,7 +35,7 @@ import urllib3.exceptions
 
 from image.errors import ImageError
 
-log = logging.getLogger("image.download")
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 # write(2) of 1 MiB at once cost the kernel twice as much per byte as 256 KiB

@@ -35,10 +35,10 @@ import oras.container
 import oras.provider
 import requests
 
-from image.checksums import parse_sha256sums
 from image.errors import ImageError
+from image.source.checksums import parse_sha256sums
 
-log = logging.getLogger("image.oci")
+log = logging.getLogger(__name__)
 
 ARTIFACT_TYPE = "application/vnd.sandbox-image.build.v1"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -40,9 +40,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from image import manifest, qemu
+from image.build import manifest
+from image.vm import qemu
 
-log = logging.getLogger("image.packagecache")
+log = logging.getLogger(__name__)
 
 KINDS = ("apt", "pip", "npm")
 CACHE_TAG = "pkgcache"  # read-only: the cache itself

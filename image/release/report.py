@@ -21,9 +21,9 @@ from typing import Any
 
 import jinja2
 
-from image.checksums import parse_sha256sums
 from image.config import format_size
 from image.errors import ImageError
+from image.source.checksums import parse_sha256sums
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 REPORT = "report.html"

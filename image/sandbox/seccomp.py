@@ -28,7 +28,7 @@ import pyseccomp
 
 from image.errors import ImageError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = ROOT / "seccomp-profiles"
 
 # Target architectures, in libseccomp's names; the build config's names map onto them.

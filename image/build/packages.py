@@ -24,7 +24,7 @@ from pathlib import Path
 
 from image.errors import ImageError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_LISTS = PROJECT_ROOT / "package-lists"
 KINDS = ("apt", "pip", "npm")
 DISTROS = ("ubuntu", "debian")

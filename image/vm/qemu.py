@@ -29,7 +29,7 @@ from image import run
 from image.console import visible
 from image.errors import ImageError
 
-log = logging.getLogger("image.qemu")
+log = logging.getLogger(__name__)
 
 QEMU_BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 QGA_PORT_NAME = "org.qemu.guest_agent.0"
@@ -43,7 +43,7 @@ SAVE_BANDWIDTH = 64 << 30  # bytes/s: no limit in practice
 # read the kernel log (QEMU's default set), reach obsolete syscalls, or change
 # scheduling, priorities or NUMA policy (resourcecontrol). Two parts stay
 # allowed, because the VMs need them (a real boot shows it):
-# - spawn: guestfwd's cmd: form (the egress bridge, see image/egress.py) forks
+# - spawn: guestfwd's cmd: form (the egress bridge, see image/egress/guestnet.py) forks
 #   and execs one socat per guest connection, and save_state/resume_from
 #   migrate through exec: (cat).
 # - elevateprivileges: libslirp's guestfwd child calls setsid() before it execs

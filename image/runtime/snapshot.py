@@ -36,14 +36,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from image import accel, cloudinit, egress, proxy, qemu, run
+from image import run
+from image.build import cloudinit
 from image.config import BuildConfig, format_size
 from image.console import guest_output, print_json, step
+from image.egress import guestnet, proxy
 from image.errors import ImageError
-from image.firmware import find_firmware
-from image.guestagent import GuestAgent
+from image.vm import accel, qemu
+from image.vm.firmware import find_firmware
+from image.vm.guestagent import GuestAgent
 
-log = logging.getLogger("image.snapshot")
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 AGENT_USER = "agent"
@@ -95,7 +98,7 @@ def runtime_spec(
         firmware_vars=vars_file, accel=tuple(accel_args), serial_log=work / "serial.log",
         qmp_socket=sockets / "qmp.sock", qga_socket=sockets / "qga.sock",
         # No network but the host proxy: restrict=on, plus guestfwd to its sockets.
-        net_restrict=True, guestfwd=egress.guest_forwards(sockets),
+        net_restrict=True, guestfwd=guestnet.guest_forwards(sockets),
         share=share, session_disk=session_disk,
         memory_file=snapdir / MEMORY, memory_private=memory_private,
         extra=("-device", "vmgenid,guid=auto") if arch == "amd64" else (),
@@ -119,7 +122,7 @@ def device_hash(spec: qemu.VMSpec) -> str:
             spec.share.path if spec.share else None,
             spec.seed_iso,
             *(shared.path for shared in spec.shares),
-            *egress.forwarded_sockets(spec.guestfwd),
+            *guestnet.forwarded_sockets(spec.guestfwd),
         )
         if p
     }
@@ -224,7 +227,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
     work.mkdir(parents=True)
     # No proxy runs while the snapshot boots (it needs no network), but the
     # guestfwd rules are part of the device set every launch must match.
-    sockets = egress.make_socket_dir()
+    sockets = guestnet.make_socket_dir()
     timings: dict[str, float] = {}
     try:
         with step("snapshot: prepare", timings):
@@ -318,7 +321,7 @@ class LaunchOptions:
     hostname: str | None = None
     command: tuple[str, ...] = ()
     command_timeout: float = 3600.0
-    policy: egress.PolicyChoice = egress.DEFAULT_LAUNCH
+    policy: guestnet.PolicyChoice = guestnet.DEFAULT_LAUNCH
     audit_log: Path | None = None  # default: <cache>/audit/launch-<id>.jsonl
 
 
@@ -374,7 +377,7 @@ def launch(
     audit_log.parent.mkdir(parents=True, exist_ok=True)
     work = cfg.cache_dir / "launches" / launch_id
     work.mkdir(parents=True)
-    sockets = egress.make_socket_dir()
+    sockets = guestnet.make_socket_dir()
     timings: dict[str, float] = {}
     try:
         start = time.monotonic()
@@ -398,7 +401,7 @@ def launch(
         spec = replace(spec, incoming="defer")
         timings["prepare"] = round(time.monotonic() - start, 3)
         with (
-            egress.serve_for_vm(policy, sockets, audit_log, resolver),
+            guestnet.serve_for_vm(policy, sockets, audit_log, resolver),
             qemu.VM(spec, work / "qemu.log") as vm,
             GuestAgent(spec.qga_socket) as agent,  # type: ignore[arg-type]
         ):
@@ -466,7 +469,7 @@ def format_meta(meta: SnapshotMeta) -> str:
 
 def parse_launch_options(
     share: str | None, session_disk: str, hostname: str | None, command: Sequence[str],
-    timeout: float, policy: egress.PolicyChoice | None = None, audit_log: str | None = None,
+    timeout: float, policy: guestnet.PolicyChoice | None = None, audit_log: str | None = None,
 ) -> LaunchOptions:  # fmt: skip
     """`--share HOSTDIR[:ro]`, `--session-disk SIZE`, `--hostname`, `-- CMD...` -> options."""
     from image.config import parse_size
@@ -485,7 +488,7 @@ def parse_launch_options(
         raise ImageError(f"not a host name: {hostname!r}", hint="lower-case letters, digits, '-'")
     return LaunchOptions(
         share_path, readonly, size, hostname, tuple(command), timeout,
-        policy or egress.DEFAULT_LAUNCH,
+        policy or guestnet.DEFAULT_LAUNCH,
         Path(audit_log).expanduser().resolve() if audit_log else None,
     )  # fmt: skip
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image import report
 from image.errors import ImageError
+from image.release import report
 
 ECOSYSTEMS = ("dpkg", "pip", "npm")
 

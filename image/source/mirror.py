@@ -33,10 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
-from image import signing
 from image.errors import ImageError
+from image.source import signing
 
-log = logging.getLogger("image.mirror")
+log = logging.getLogger(__name__)
 
 DEFAULT_RELEASE = "jammy"
 # Far in the future so it is plainly not a real Canonical serial.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image import manifest, packages
+from image.build import manifest, packages
 from image.errors import ImageError
 
 FORMAT = "1"

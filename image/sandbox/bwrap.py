@@ -16,7 +16,7 @@ from image.errors import ImageError
 from image.guest import bwrap_profile
 from image.guest.bwrap_profile import Profile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = ROOT / "bwrap-profiles"
 
 

@@ -12,12 +12,14 @@ import logging
 import shutil
 from typing import Any
 
-from image import mirror, pipeline, snapshot, standin
+from image.build import pipeline
 from image.config import BuildConfig
 from image.console import step
 from image.errors import ImageError
+from image.runtime import snapshot
+from image.source import mirror, standin
 
-log = logging.getLogger("image.demo")
+log = logging.getLogger(__name__)
 
 DEMO_COMMAND = ("python3", "-c", "import platform; print('hello from', platform.node())")
 

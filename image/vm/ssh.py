@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from image.errors import ImageError
 
-log = logging.getLogger("image.ssh")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

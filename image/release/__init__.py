@@ -1,0 +1,1 @@
+"""Publishing and comparing builds: OCI artifacts, the local registry, reports and diffs."""

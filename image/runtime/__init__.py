@@ -1,0 +1,1 @@
+"""Using a built image: snapshots, launches, the demo."""

@@ -1,0 +1,1 @@
+"""Running QEMU: argv and process, accelerator probe, firmware, the guest agent, SSH."""
