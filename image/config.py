@@ -146,27 +146,43 @@ def _meta(parse: Callable[[object], Any], help: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    arch: str = field(default="arm64", metadata=_meta(_choice(ARCHES), "guest architecture"))
-    release: str = field(default="jammy", metadata=_meta(_release, "Ubuntu release code name"))
-    serial: str = field(default="latest", metadata=_meta(_serial, "cloud image serial or latest"))
+    arch: str = field(
+        default="arm64",
+        metadata=_meta(_choice(ARCHES), "guest architecture: arm64 (default) or amd64"),
+    )
+    release: str = field(
+        default="jammy", metadata=_meta(_release, "Ubuntu release code name (jammy)")
+    )
+    serial: str = field(
+        default="latest", metadata=_meta(_serial, "cloud image serial YYYYMMDD or latest")
+    )
     mirror: str = field(
         default="https://cloud-images.ubuntu.com/releases",
-        metadata=_meta(_mirror, "base URL laid out like cloud-images.ubuntu.com/releases"),
+        metadata=_meta(
+            _mirror, "base URL (https, http, file) laid out like cloud-images.ubuntu.com/releases"
+        ),
     )
     keyring: Path = field(
-        default=SHIPPED_KEYRING, metadata=_meta(_path, "keyring that signs SHA256SUMS")
+        default=SHIPPED_KEYRING,
+        metadata=_meta(
+            _path, "keyring (armored or binary) that signs SHA256SUMS; needs --fingerprint"
+        ),
     )
     fingerprints: tuple[str, ...] = field(
         default=PINNED_FINGERPRINTS,
-        metadata=_meta(_fingerprints, "signer fingerprints accepted (comma-separated)"),
+        metadata=_meta(_fingerprints, "accepted signer fingerprint(s), comma-separated"),
     )
-    profile: str = field(default="full", metadata=_meta(_profile, "package profile"))
+    profile: str = field(
+        default="full", metadata=_meta(_profile, "package profile: full, minimal, smoke")
+    )
     cpus: int = field(default=4, metadata=_meta(_positive_int, "vCPUs of the VM"))
-    memory: int = field(default=4 << 30, metadata=_meta(parse_size, "guest RAM (e.g. 4G)"))
-    disk_size: int = field(default=10 << 30, metadata=_meta(parse_size, "root disk size"))
-    cache_dir: Path = field(default_factory=_default_cache, metadata=_meta(_path, "cache"))
-    output_dir: Path = field(default=Path("out"), metadata=_meta(_path, "where outputs go"))
-    accel: str = field(default="auto", metadata=_meta(_choice(ACCELS), "auto|kvm|hvf|tcg"))
+    memory: int = field(default=4 << 30, metadata=_meta(parse_size, "guest RAM, e.g. 4G"))
+    disk_size: int = field(default=10 << 30, metadata=_meta(parse_size, "root disk size, e.g. 10G"))
+    cache_dir: Path = field(
+        default_factory=_default_cache, metadata=_meta(_path, "cache directory")
+    )
+    output_dir: Path = field(default=Path("out"), metadata=_meta(_path, "output directory"))
+    accel: str = field(default="auto", metadata=_meta(_choice(ACCELS), "auto, kvm, hvf or tcg"))
     boot_timeout: float = field(
         default=900.0, metadata=_meta(_seconds, "seconds until the guest must answer SSH")
     )
@@ -174,7 +190,7 @@ class BuildConfig:
         default=5400.0, metadata=_meta(_seconds, "seconds for cloud-init to finish")
     )
     skills: Path | None = field(
-        default=None, metadata=_meta(_optional_path, "skills folder put at /opt/skills")
+        default=None, metadata=_meta(_optional_path, "skills folder put read-only at /opt/skills")
     )
 
     @property
@@ -194,6 +210,15 @@ class BuildConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(BuildConfig)}
+# The one field whose flag is not its name: --fingerprint, repeatable in spirit.
+_FLAG_NAMES = {"fingerprints": "fingerprint"}
+
+
+def flag_help(*names: str) -> dict[str, str]:
+    """{task parameter: help} for these config fields (all when none are named), from the
+    field table above, so every task that takes a config flag explains it the same way."""
+    chosen = names or tuple(FIELDS)
+    return {_FLAG_NAMES.get(n, n): FIELDS[n].metadata["help"] for n in chosen}
 
 
 def env_name(key: str) -> str:
@@ -232,7 +257,7 @@ def resolve(
             hint=f"known: {', '.join(env_name(k) for k in FIELDS)}",
         )
     unknown_cli = sorted(set(cli) - set(FIELDS))
-    if unknown_cli:  # a programming error in tasks.py, but say it plainly
+    if unknown_cli:  # a programming error in tasks/, but say it plainly
         raise ImageError(f"unknown config flag(s): {', '.join(unknown_cli)}")
 
     values: dict[str, Any] = {}

@@ -28,6 +28,7 @@ Pure parsing and rendering; the caller reads and writes the files.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -173,6 +174,20 @@ def from_build(
         )
     # Round-trip through the parser: a lock we write is one we can read.
     return parse(render(lock), Path("<lock>"))
+
+
+def from_output(where: Path, snapshot: str | None = None) -> Lock:
+    """A lock from a build-image output directory (its manifest.json and build-info.json)."""
+    documents = {}
+    for name in ("manifest.json", "build-info.json"):
+        try:
+            documents[name] = json.loads((where / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise ImageError(
+                f"cannot read {where / name}: {exc}",
+                hint="pass the output directory of a finished build-image",
+            ) from None
+    return from_build(documents["manifest.json"], documents["build-info.json"], snapshot=snapshot)
 
 
 def render(lock: Lock) -> str:

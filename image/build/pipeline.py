@@ -513,7 +513,7 @@ def _new_context(cfg: BuildConfig) -> BuildContext:
 def _build_scope(ctx: BuildContext) -> Iterator[None]:
     """On any failure or interruption: logs kept, staging and scratch removed.
 
-    Signals are the caller's business (tasks.py turns SIGTERM into an unwinding
+    Signals are the caller's business (tasks/ turns SIGTERM into an unwinding
     exception); whatever unwinds through here gets the same cleanup.
     """
     try:

@@ -1,0 +1,114 @@
+"""What every task shares: user errors as clean messages, the config, flag help.
+
+Tasks stay thin: parse flags -> load the config once -> call image.*. User errors
+(ImageError) become a message, a hint and exit 1; SIGTERM and Ctrl-C unwind like an
+exception, so every cleanup runs. Tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from image import config, console
+from image.errors import ImageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("SANDBOX_IMAGE_DEBUG")) or logging.getLogger().isEnabledFor(
+        logging.DEBUG
+    )
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM unwinds like Ctrl-C, so every `finally` and context manager runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    console.setup_logging(_debug())
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    except ImageError as exc:
+        if _debug():
+            raise
+        # Messages may quote a guest (serial log, cloud-init output): shown, not obeyed.
+        console.err.print(f"[bold red]error:[/] {console.markup_safe(exc.message)}",
+                          markup=True, highlight=False)  # fmt: skip
+        if exc.hint:
+            console.err.print(f"[bold]hint:[/] {console.markup_safe(exc.hint)}")
+        raise Exit(code=1) from None
+    except _Terminated:
+        console.err.print("terminated (SIGTERM); cleaned up")
+        raise Exit(code=143) from None
+    except KeyboardInterrupt:
+        console.err.print("interrupted; cleaned up")
+        raise Exit(code=130) from None
+
+
+def _config(c: Context, **cli: Any) -> config.Resolved:
+    section = c.config.get("sandbox_image", None)
+    file_values = dict(section) if section else {}
+    return config.load(cli, file_values)
+
+
+# Config flags explain themselves from the config's own field table.
+CONFIG_HELP = {
+    **config.flag_help(
+        *(n for n in config.FIELDS if n not in ("boot_timeout", "provision_timeout", "skills"))
+    ),
+    "json": "print a JSON result as the last line",
+}
+
+
+EGRESS_HELP = {
+    "policy": "egress policy file (docs/proxy.md); flags below add to it",
+    "allow": "also allow this name or *.suffix (repeatable)",
+    "deny": "also deny this name or *.suffix (repeatable)",
+    "allow_address": "also allow connecting to this address/CIDR (repeatable)",
+    "allow_port": "also allow this port besides 80 and 443 (repeatable)",
+    "audit_log": "append the egress audit log (JSON lines) here",
+}
+
+
+def _policy_choice(
+    policy: str | None, default: Path, allow: list[str] | None, deny: list[str] | None,
+    allow_address: list[str] | None, allow_port: list[str] | None,
+) -> Any:  # fmt: skip
+    from image.egress import guestnet
+
+    return guestnet.PolicyChoice(
+        Path(policy) if policy else default, tuple(allow or ()), tuple(deny or ()),
+        tuple(allow_address or ()), tuple(allow_port or ()),
+    )  # fmt: skip
+
+
+def _remainder(c: Context) -> list[str]:
+    # invoke joins the words after "--" with spaces, losing their quoting
+    # ("sh -c 'a b'"); the process's own argv still has them intact.
+    if "--" in sys.argv:
+        return sys.argv[sys.argv.index("--") + 1 :]
+    return shlex.split(c.remainder)
+
+
+def _user_path(text: str) -> Path:
+    # ./inv changes into the checkout; relative paths are the user's, from PWD.
+    return (Path(os.environ.get("PWD") or Path.cwd()) / Path(text).expanduser()).resolve()

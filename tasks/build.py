@@ -1,0 +1,316 @@
+"""Building an image: package profiles, cloud-init, the seed, the build, locks, caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke.context import Context
+from invoke.tasks import task
+
+from image import config, console
+from image.errors import ImageError
+from tasks._common import (
+    CONFIG_HELP,
+    EGRESS_HELP,
+    _config,
+    _policy_choice,
+    _user_errors,
+    _user_path,
+)
+
+
+@task(help={"profile": CONFIG_HELP["profile"], "json": CONFIG_HELP["json"]})
+def packages(c: Context, profile: str | None = None, json: bool = False) -> None:
+    """Show a package profile: groups, explicit counts, expected installed count."""
+    from image.build import packages as package_lists
+
+    with _user_errors():
+        cfg = _config(c, profile=profile).config
+        loaded = package_lists.load_profile(cfg.profile)
+        if json:
+            console.print_json(loaded.summary())
+        else:
+            print(package_lists.format_summary(loaded))
+
+
+RENDER_HELP = {
+    "profile": CONFIG_HELP["profile"],
+    "arch": CONFIG_HELP["arch"],
+    "distro": "ubuntu (jammy, default) or debian (the offline stand-in: smoke profile only)",
+    "ssh_key": "OpenSSH public key file authorized for the 'build' user (none: no build user)",
+    "hostname": "guest host name (default sandbox)",
+    "apt_mirror": "archive mirror URL for the guest (default: the image's own sources)",
+    "apt_proxy": "HTTP proxy URL apt uses in the guest during the build",
+    "apt_snapshot": "pin the Ubuntu archive to a snapshot.ubuntu.com time, YYYYMMDDTHHMMSSZ",
+    **config.flag_help("skills"),
+    "skills_url": "download the skills folder as a .tar.gz from this URL instead",
+    "skills_sha256": "SHA-256 the --skills-url download must have",
+    "no_validate": "skip 'cloud-init schema' (it needs cloud-init on this host)",
+    "json": CONFIG_HELP["json"],
+}
+
+
+# Long flags only: with this many options invoke's automatic short flags
+# collide (one would even shadow -h, --help).
+@task(
+    auto_shortflags=False,
+    help={
+        **RENDER_HELP,
+        "out": "directory for user-data, meta-data, network-config (default OUTPUT_DIR/cloud-init)",
+    },
+)
+def render(
+    c: Context,
+    profile: str | None = None,
+    arch: str | None = None,
+    distro: str = "ubuntu",
+    out: str | None = None,
+    ssh_key: str | None = None,
+    hostname: str = "sandbox",
+    apt_mirror: str | None = None,
+    apt_proxy: str | None = None,
+    apt_snapshot: str | None = None,
+    skills: str | None = None,
+    skills_url: str | None = None,
+    skills_sha256: str | None = None,
+    no_validate: bool = False,
+    json: bool = False,
+) -> None:
+    """Render cloud-init user-data, meta-data and network-config."""
+    from image.build import cloudinit
+    from image.build import inputs as build_inputs
+
+    with _user_errors():
+        cfg = _config(c, profile=profile, arch=arch, skills=skills).config
+        inputs = build_inputs.render_inputs(
+            cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot,
+            skills_url, skills_sha256,
+        )  # fmt: skip
+        files = build_inputs.rendered(inputs, validate=not no_validate)
+        out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
+        written = cloudinit.write_rendered(files, out_dir)
+        if json:
+            console.print_json(
+                {
+                    "profile": cfg.profile,
+                    "arch": cfg.arch,
+                    "distro": distro,
+                    "files": [str(p) for p in written],
+                    "schema_validated": not no_validate,
+                }
+            )
+        else:
+            for path in written:
+                print(path)
+
+
+@task(
+    auto_shortflags=False,
+    help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"},
+)
+def seed(
+    c: Context,
+    profile: str | None = None,
+    arch: str | None = None,
+    distro: str = "ubuntu",
+    out: str | None = None,
+    ssh_key: str | None = None,
+    hostname: str = "sandbox",
+    apt_mirror: str | None = None,
+    apt_proxy: str | None = None,
+    apt_snapshot: str | None = None,
+    skills: str | None = None,
+    skills_url: str | None = None,
+    skills_sha256: str | None = None,
+    no_validate: bool = False,
+    json: bool = False,
+) -> None:
+    """Pack the NoCloud seed ISO (CIDATA)."""
+    import hashlib
+
+    from image.build import cloudinit
+    from image.build import inputs as build_inputs
+
+    with _user_errors():
+        cfg = _config(c, profile=profile, arch=arch, skills=skills).config
+        inputs = build_inputs.render_inputs(
+            cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot,
+            skills_url, skills_sha256,
+        )  # fmt: skip
+        files = build_inputs.rendered(inputs, validate=not no_validate)
+        target = Path(out) if out else cfg.output_dir / "seed.iso"
+        cloudinit.write_seed_iso(files, target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        if json:
+            console.print_json(
+                {
+                    "seed": str(target),
+                    "sha256": digest,
+                    "profile": cfg.profile,
+                    "arch": cfg.arch,
+                    "distro": distro,
+                    "schema_validated": not no_validate,
+                }
+            )
+        else:
+            print(f"{target}  sha256 {digest}")
+
+
+BUILD_HELP = {
+    **{k: v for k, v in CONFIG_HELP.items() if k not in ("output_dir",)},
+    "out": "output directory (default: out/)",
+    **config.flag_help("boot_timeout", "provision_timeout", "skills"),
+    "distro": "ubuntu (the real image) or debian (only for the offline stand-in)",
+    "offline": "use only cached SHA256SUMS and images",
+    "insecure_skip_signature": "do NOT check the SHA256SUMS signature (loud, recorded)",
+    "raw": "also write a raw image (Apple Virtualization.framework)",
+    "package_lists": "a package-lists directory of your own (default: the project's)",
+    "lock": "install exactly the versions of this lock (from ./inv lock) on its base image",
+    "cache": "use and fill the build caches: apt, pip, npm and provisioned layers "
+    "(--no-cache: off)",
+    **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
+}
+
+
+@task(
+    name="build-image", help=BUILD_HELP,
+    iterable=["allow", "deny", "allow_address", "allow_port"],
+)  # fmt: skip
+def build_image(
+    c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
+    mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
+    profile: str | None = None, cpus: int | None = None, memory: str | None = None,
+    disk_size: str | None = None, cache_dir: str | None = None, out: str | None = None,
+    accel: str | None = None, boot_timeout: float | None = None,
+    provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
+    offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
+    package_lists: str | None = None, lock: str | None = None, cache: bool = True,
+    json: bool = False, policy: str | None = None,
+    allow: list[str] | None = None, deny: list[str] | None = None,
+    allow_address: list[str] | None = None, allow_port: list[str] | None = None,
+) -> None:  # fmt: skip
+    """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
+
+    The build VM reaches the network only through an egress proxy with the build
+    policy (proxy-policies/build.policy); its log is published as egress.jsonl.
+    """
+    from image.build import lockfile, pipeline
+    from image.build.packages import PACKAGE_LISTS
+    from image.egress import guestnet
+
+    with _user_errors():
+        cfg = _config(
+            c, arch=arch, release=release, serial=serial, mirror=mirror, keyring=keyring,
+            fingerprints=fingerprint, profile=profile, cpus=cpus, memory=memory,
+            disk_size=disk_size, cache_dir=cache_dir, output_dir=out, accel=accel,
+            boot_timeout=boot_timeout, provision_timeout=provision_timeout, skills=skills,
+        ).config  # fmt: skip
+        result = pipeline.build_image(
+            cfg, distro=distro, offline=offline,
+            insecure_skip_signature=insecure_skip_signature, raw=raw,
+            package_lists=Path(package_lists).resolve() if package_lists else PACKAGE_LISTS,
+            egress_policy=_policy_choice(
+                policy, guestnet.BUILD_POLICY, allow, deny, allow_address, allow_port
+            ),
+            lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
+        )  # fmt: skip
+        console.print_summary("build-image", result.timings)
+        if json:
+            console.print_json(result.to_json())
+        else:
+            print(result.image)
+
+
+@task(
+    name="lock",
+    help={
+        "output": "a build-image output directory (holds manifest.json and build-info.json)",
+        "out": "where to write the lock (default: OUTPUT/sandbox-image.lock)",
+        "snapshot_timestamp": "also pin jammy's archive to snapshot.ubuntu.com at YYYYMMDDTHHMMSSZ",
+        "json": CONFIG_HELP["json"],
+    },
+)
+def lock(
+    c: Context,
+    output: str,
+    out: str | None = None,
+    snapshot_timestamp: str | None = None,
+    json: bool = False,
+) -> None:
+    """Write a lock (exact apt/pip/npm versions, base serial and sha256) from a build's output."""
+    from image.build import lockfile
+    from image.source import imagecache
+
+    with _user_errors():
+        where = _user_path(output)
+        made = lockfile.from_output(where, snapshot=snapshot_timestamp)
+        target = _user_path(out) if out else where / "sandbox-image.lock"
+        imagecache.atomic_write(target, lockfile.render(made).encode())
+        summary = {
+            "lock": str(target),
+            "apt": len(made.apt),
+            "pip": len(made.pip),
+            "npm": len(made.npm),
+            "base_serial": made.base_serial,
+            "base_sha256": made.base_sha256,
+            "snapshot": made.snapshot,
+        }
+        if json:
+            console.print_json(summary)
+        else:
+            print(target)
+
+
+@task(
+    help={
+        "stats": "show files and bytes per cache (the default)",
+        "prune": "delete cached files: with --older-than and/or --max-size",
+        "max_size": "with --prune: keep at most this much (e.g. 5G), least recently used go first",
+        "older_than": "with --prune: delete what no build used for this long (e.g. 30d, 12h)",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "json": CONFIG_HELP["json"],
+    }
+)
+def cache(
+    c: Context,
+    stats: bool = False,
+    prune: bool = False,
+    max_size: str | None = None,
+    older_than: str | None = None,
+    cache_dir: str | None = None,
+    json: bool = False,
+) -> None:
+    """Show (--stats) or trim (--prune) the build caches: apt, pip, npm, provisioned layers."""
+    import time
+
+    from image.build import caches
+
+    with _user_errors():
+        cfg = _config(c, cache_dir=cache_dir).config
+        pruned = caches.Pruned()
+        if prune:
+            pruned = caches.prune(cfg.cache_dir, max_size, older_than, now=time.time())
+        elif max_size is not None or older_than is not None:
+            raise ImageError("--max-size and --older-than go with --prune")
+        rows = caches.stats(cfg.cache_dir)
+        removed, freed = pruned.items, pruned.bytes
+        if json:
+            console.print_json(
+                {
+                    "cache_dir": str(cfg.cache_dir),
+                    "caches": [r.to_json() for r in rows],
+                    "pruned": {"files": len(removed), "bytes": freed},
+                }
+            )
+            return
+        if prune:
+            print(
+                f"pruned {len(removed)} item(s), {config.format_size(freed) if freed else 0} bytes"
+            )
+        if not rows:
+            print(f"no build caches under {cfg.cache_dir}")
+        for r in rows:
+            print(
+                f"{r.key:<28} {r.kind:<5} {r.files:>6} file(s) {r.bytes / (1 << 20):>10.1f} MiB  "
+                f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.newest))}"
+            )

@@ -1,0 +1,123 @@
+"""Releasing: publish and pull OCI artifacts, compare builds, report, a local registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke.context import Context
+from invoke.tasks import task
+
+from image import console
+from image.errors import ImageError
+from tasks._common import (
+    CONFIG_HELP,
+    _config,
+    _user_errors,
+)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "out": "the build output to publish (build-image's --out)",
+        "to": "REGISTRY/REPOSITORY:TAG to push to",
+        "snapshot": "also push this snapshot directory (./inv snapshot's OUT)",
+        "insecure": "allow plain HTTP to a registry that is not on this machine",
+        "source": "org.opencontainers.image.source annotation (e.g. the repository URL)",
+        "revision": "org.opencontainers.image.revision annotation (e.g. the commit)",
+        "json": CONFIG_HELP["json"],
+    },
+)
+def publish(
+    c: Context, out: str, to: str | None = None, snapshot: str | None = None,
+    insecure: bool = False, source: str | None = None, revision: str | None = None,
+    json: bool = False,
+) -> None:  # fmt: skip
+    """Push a build output (and optionally its snapshot) to an OCI registry as one artifact."""
+    from image.release import oci
+
+    with _user_errors():
+        if not to:
+            raise ImageError("no destination", hint="./inv publish OUT --to REGISTRY/REPO:TAG")
+        result = oci.publish(Path(out), to, snapshot=Path(snapshot) if snapshot else None,
+                             insecure=insecure, source=source, revision=revision)  # fmt: skip
+        if json:
+            console.print_json(result.to_json())
+        else:
+            print(f"{result.reference}@{result.digest}")
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "ref": "REGISTRY/REPOSITORY:TAG (or @sha256:...) to pull",
+        "out": "directory to create with the verified build output",
+        "insecure": "allow plain HTTP to a registry that is not on this machine",
+        "json": CONFIG_HELP["json"],
+    },
+)
+def pull(c: Context, ref: str, out: str, insecure: bool = False, json: bool = False) -> None:
+    """Pull a published build output; every file is checked before OUT appears."""
+    from image.release import oci
+
+    with _user_errors():
+        result = oci.pull(ref, Path(out), insecure=insecure)
+        if json:
+            console.print_json(result.to_json())
+        else:
+            print(result.out)
+
+
+@task(help={"a": "the older build output", "b": "the newer build output",
+            "json": CONFIG_HELP["json"]})  # fmt: skip
+def diff(c: Context, a: str, b: str, json: bool = False) -> None:
+    """Compare two build outputs: packages, image size, step times."""
+    from image.release import builddiff
+
+    with _user_errors():
+        result = builddiff.diff_outputs(Path(a), Path(b))
+        if json:
+            console.print_json(result.to_json())
+        else:
+            print(builddiff.format_text(result))
+
+
+@task(
+    help={
+        "out": "the build output to report on",
+        "html": "where to write the page (default: OUT/report.html)",
+        "json": CONFIG_HELP["json"],
+    }
+)
+def report(c: Context, out: str, html: str | None = None, json: bool = False) -> None:
+    """Write the build's self-contained HTML report (inputs, checks, packages, timeline)."""
+    from image.release import report as build_report
+
+    with _user_errors():
+        path = build_report.write_report(Path(out), Path(html) if html else None)
+        if json:
+            console.print_json({"report": str(path)})
+        else:
+            print(path)
+
+
+@task(
+    help={
+        "port": "port on 127.0.0.1 (0: any free port)",
+        "storage": "directory for the registry's blobs, config and log (default: CACHE/registry)",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+    }
+)
+def registry(
+    c: Context, port: int = 5000, storage: str | None = None, cache_dir: str | None = None
+) -> None:
+    """Serve a local OCI registry on 127.0.0.1 (for publish/pull), until Ctrl-C."""
+    from image.release import localregistry
+    from image.source import mirror as local_mirror
+
+    with _user_errors():
+        cfg = _config(c, cache_dir=cache_dir).config
+        where = Path(storage) if storage else cfg.cache_dir / "registry"
+        with localregistry.serve_registry(where, port) as served:
+            print(served.host, flush=True)
+            local_mirror.wait_for_stop_signal()

@@ -1,0 +1,176 @@
+"""Using an image: snapshot it, run the egress proxy, launch, the demo, the resume bench."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from image import console, run
+from image.errors import ImageError
+from tasks._common import (
+    CONFIG_HELP,
+    EGRESS_HELP,
+    ROOT,
+    _config,
+    _policy_choice,
+    _remainder,
+    _user_errors,
+)
+
+
+@task(
+    help={
+        "image": "the built image (qcow2) to snapshot",
+        "out": "the snapshot directory to create (must not exist)",
+        "cpus": CONFIG_HELP["cpus"],
+        "memory": CONFIG_HELP["memory"],
+        "arch": CONFIG_HELP["arch"],
+        "accel": CONFIG_HELP["accel"],
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "timeout": "seconds until the guest must be ready",
+        "json": CONFIG_HELP["json"],
+    }
+)
+def snapshot(
+    c: Context, image: str, out: str, cpus: int | None = None, memory: str | None = None,
+    arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
+    timeout: float | None = None, json: bool = False,
+) -> None:  # fmt: skip
+    """Boot a built image in the runtime shape until ready, and save the VM."""
+    from image.runtime import snapshot as snap
+
+    with _user_errors():
+        cfg = _config(c, cpus=cpus, memory=memory, arch=arch, accel=accel,
+                      cache_dir=cache_dir).config  # fmt: skip
+        path, meta = snap.snapshot(cfg, Path(image), Path(out), timeout=timeout)
+        console.log.info("snapshot: %s", snap.format_meta(meta))
+        if json:
+            console.print_json({"snapshot": str(path), **meta.__dict__})
+        else:
+            print(path)
+
+
+@task(
+    iterable=["allow", "deny", "allow_address", "allow_port"],
+    help={
+        "policy": "policy file (see proxy-policies/build.policy); flags add to it",
+        "allow": "allow this name or *.suffix (repeatable)",
+        "deny": "deny this name or *.suffix, checked before allow (repeatable)",
+        "allow_address": "allow this address or CIDR, literal or resolved (repeatable)",
+        "allow_port": "allow this port besides 80 and 443 (repeatable)",
+        "http_port": "HTTP proxy port on 127.0.0.1 (0: any free port)",
+        "socks_port": "SOCKS5 proxy port on 127.0.0.1 (0: any free port)",
+        "audit_log": "append the JSON-lines audit log here (default: stderr)",
+    },
+)
+def proxy(
+    c: Context, policy: str | None = None, allow: list[str] | None = None,
+    deny: list[str] | None = None, allow_address: list[str] | None = None,
+    allow_port: list[str] | None = None, http_port: int = 3128, socks_port: int = 1080,
+    audit_log: str | None = None,
+) -> None:  # fmt: skip
+    """Run the egress proxy (HTTP + SOCKS5) with a domain allowlist until SIGTERM/Ctrl-C."""
+    from image.egress import proxy as egress
+    from image.source import mirror as local_mirror
+
+    with _user_errors():
+        rules = egress.load_policy(Path(policy)) if policy else egress.Policy()
+        rules = rules.extended(allow or (), deny or (), allow_address or (), allow_port or ())
+        with egress.serve_proxy(
+            rules, http_port, socks_port, Path(audit_log) if audit_log else None,
+            audit_stream=None if audit_log else sys.stderr,
+        ) as served:  # fmt: skip
+            print(f"http {served.http_url.removeprefix('http://')}", flush=True)
+            print(f"socks5 {served.socks_url.removeprefix('socks5h://')}", flush=True)
+            local_mirror.wait_for_stop_signal()
+
+
+@task(
+    iterable=["allow", "deny", "allow_address", "allow_port"],
+    help={
+        "snapshot": "the snapshot directory (from ./inv snapshot)",
+        "share": "HOSTDIR[:ro] to mount at /mnt/share in the guest",
+        "session_disk": "size of this launch's session disk at /sessions (default 10G)",
+        "hostname": "the launch's host name (default: sandbox-<random>)",
+        "timeout": "seconds the command may run",
+        "cache_dir": CONFIG_HELP["cache_dir"],
+        "json": "print timings and the exit status as JSON (last line)",
+        **EGRESS_HELP,
+    },
+)
+def launch(
+    c: Context, snapshot: str, share: str | None = None, session_disk: str = "10G",
+    hostname: str | None = None, timeout: float = 3600.0, cache_dir: str | None = None,
+    json: bool = False, policy: str | None = None, allow: list[str] | None = None,
+    deny: list[str] | None = None, allow_address: list[str] | None = None,
+    allow_port: list[str] | None = None, audit_log: str | None = None,
+) -> None:  # fmt: skip
+    """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user.
+
+    The VM's only network is the egress proxy this launch runs (default policy:
+    proxy-policies/launch.policy); every connection is logged to --audit-log.
+    """
+    from image.egress import guestnet
+    from image.runtime import snapshot as snap
+
+    with _user_errors():
+        cfg = _config(c, cache_dir=cache_dir).config
+        choice = _policy_choice(
+            policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port
+        )
+        options = snap.parse_launch_options(
+            share, session_disk, hostname, _remainder(c), timeout, choice, audit_log
+        )
+        code = snap.launch_and_run(Path(snapshot), cfg, options, json_result=json)
+    raise Exit(code=code)
+
+
+@task(
+    help={
+        "arch": "stand-in architecture (default amd64: fast under TCG)",
+        "out": "where the demo's outputs go (default: out/demo)",
+        "json": "print each step's seconds and the output paths as JSON (last line)",
+    }
+)
+def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = False) -> None:
+    """The whole pipeline, offline: stand-in -> mirror -> build-image -> snapshot -> launch."""
+    from image.runtime import demo as demo_module
+
+    with _user_errors():
+        cfg = _config(c, arch=arch, profile="smoke", output_dir=out or "out/demo").config
+        result = demo_module.run_demo(cfg)
+        console.print_summary("demo", result["timings"])
+        if json:
+            console.print_json(result)
+
+
+@task(
+    name="bench-resume",
+    help={
+        "image": "a built image (default: the demo's; built through ./inv demo if missing)",
+        "runs": "cold boots and resumes to measure (each at least 3)",
+    },
+)
+def bench_resume(c: Context, image: str | None = None, runs: int = 3) -> None:
+    """Measure cold boot vs resume, 1 vs 4 GiB RAM, and PSS of concurrent launches."""
+    from image.runtime import demo as demo_module
+
+    with _user_errors():
+        path = (
+            Path(image)
+            if image
+            else ROOT / "out" / "demo" / "image" / ("sandbox-image-jammy-amd64-smoke.qcow2")
+        )
+        if not path.is_file():
+            if image:
+                raise ImageError(f"no image at {path}", hint="build one with ./inv build-image")
+            cfg = _config(c, arch="amd64", profile="smoke", output_dir="out/demo").config
+            demo_module.run_demo(cfg)
+        argv = [sys.executable, str(ROOT / "bench" / "resume.py"), "--image", str(path),
+                "--runs", str(max(runs, 3))]  # fmt: skip
+        result = run.run(argv, check=False, capture=False, cwd=ROOT)
+    raise Exit(code=result.returncode)
