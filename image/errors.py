@@ -14,12 +14,3 @@ class ImageError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
 
-
-class NotBuiltYet(ImageError):
-    """A task whose stage does not exist yet. Tasks exit 2 for it, never pretend."""
-
-    def __init__(self, stage: str, issue: int) -> None:
-        super().__init__(
-            f"'{stage}' is not built yet",
-            hint=f"this stage lands with issue #{issue}; see README.md for what works today",
-        )

@@ -138,7 +138,7 @@ def test_a_serial_tail_shows_what_it_does_not_strip(tmp_path: Path) -> None:
 def test_an_error_message_printed_by_a_task_is_shown_not_obeyed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # tasks.py prints an ImageError through console.err (rich, markup on): a message
+    # tasks/ prints an ImageError through console.err (rich, markup on): a message
     # quoting a guest must neither reach the terminal raw nor be read as markup.
     from invoke.exceptions import Exit
     from rich.console import Console
