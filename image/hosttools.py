@@ -183,13 +183,27 @@ def install_command(tools: Sequence[Tool]) -> list[str]:
 
 
 def require(names: Iterable[str], for_what: str) -> None:
-    """Raise with the exact install command when a needed tool is missing."""
+    """Make sure these tools are here: as root, apt-get install what is missing (as
+    ``./inv test`` does, so ``./inv demo`` works on a fresh machine); otherwise raise
+    with the exact install command."""
+    names = list(names)
     absent = missing(names)
+    if absent and os.geteuid() == 0 and shutil.which("apt-get"):
+        log.info("%s needs %s: installing (as root)", for_what, ", ".join(t.name for t in absent))
+        install_missing(names)
+        absent = missing(names)
     if absent:
         raise ImageError(
             f"{for_what} needs host tools that are missing: {', '.join(t.name for t in absent)}",
-            hint=" ".join(install_command(absent)) + "   (or: ./inv doctor --install)",
+            hint=" ".join(install_command(absent)) + "   (or, as root: ./inv doctor --install)",
         )
+
+
+def vm_tools(arch: str) -> list[str]:
+    """What booting a guest of ``arch`` (arm64, amd64) needs on this host."""
+    if arch == "arm64":
+        return ["qemu-system-aarch64", "qemu-img", "AAVMF", "socat"]
+    return ["qemu-system-x86_64", "qemu-img", "OVMF", "socat"]
 
 
 def enable_binfmt() -> None:
@@ -200,9 +214,10 @@ def enable_binfmt() -> None:
     run.run(["update-binfmts", "--enable"], check=False)
 
 
-def install_missing() -> list[Tool]:
-    """apt-get install what is missing (root only). Returns what was installed."""
-    absent = missing()
+def install_missing(names: Iterable[str] | None = None) -> list[Tool]:
+    """apt-get install what is missing of ``names`` (default: every tool; root only).
+    Returns what was installed."""
+    absent = missing(names)
     if not absent:
         return []
     if os.geteuid() != 0:
@@ -216,6 +231,6 @@ def install_missing() -> list[Tool]:
     packages = [t for t in absent if t.check is None or not shutil.which("update-binfmts")]
     if packages:
         run.run(install_command(packages), env=env, timeout=1800)
-    if not _binfmt_aarch64():
+    if any(t.name == "binfmt aarch64" for t in absent) and not _binfmt_aarch64():
         enable_binfmt()
     return absent

@@ -128,5 +128,5 @@ def mirror(
         with local_mirror.serve_mirror(
             images, cfg.cache_dir, cfg.release, published, port
         ) as served:
-            print(served.cli_args(), flush=True)
+            print(served.build_args(), flush=True)
             local_mirror.wait_for_stop_signal()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import image
-from image import run
+from image import hosttools, run
 from image.build import cloudinit, layercache, lockfile, manifest, packagecache, packages
 from image.config import BuildConfig, format_size
 from image.console import step
@@ -121,6 +121,7 @@ def build_image(
     host with the build policy (package archives, PyPI, npm); its audit log is
     published as egress.jsonl.
     """
+    hosttools.require([*hosttools.vm_tools(cfg.arch), "gpgv"], "build-image")
     if lock is not None:
         cfg = _locked_config(cfg, lock, distro)
     if distro == "debian":

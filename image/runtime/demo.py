@@ -12,6 +12,7 @@ import logging
 import shutil
 from typing import Any
 
+from image import hosttools
 from image.build import pipeline
 from image.config import BuildConfig
 from image.console import step
@@ -27,6 +28,8 @@ DEMO_COMMAND = ("python3", "-c", "import platform; print('hello from', platform.
 def run_demo(cfg: BuildConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     out = cfg.output_dir.resolve()
+    # A fresh machine: as root, everything the demo runs is installed up front.
+    hosttools.require([*standin.TOOLS, *hosttools.vm_tools(cfg.arch), "gpgv"], "the demo")
     with step("stand-in image", timings):
         base = standin.ensure(cfg.cache_dir, cfg.arch)
     with mirror.serve_mirror({cfg.arch: base.path}, cfg.cache_dir) as served:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from image import run
+from image import hosttools, run
 from image.build import cloudinit
 from image.config import BuildConfig, format_size
 from image.console import guest_output, print_json, step
@@ -219,6 +219,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
     if out.exists():
         raise ImageError(f"{out} exists; a snapshot is never overwritten",
                          hint="choose another --out or remove the old snapshot")  # fmt: skip
+    hosttools.require(hosttools.vm_tools(cfg.arch), "snapshot")
     timeout = timeout or cfg.boot_timeout
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:6]}")

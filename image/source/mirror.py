@@ -282,6 +282,11 @@ class Mirror:
     def cli_args(self) -> str:
         return f"--mirror {self.url} --keyring {self.keyring} --fingerprint {self.fingerprint}"
 
+    def build_args(self) -> str:
+        """What ``./inv build-image`` needs to build from this mirror: the stand-ins it
+        serves are Debian, so the line says --distro debian too."""
+        return f"{self.cli_args()} --distro debian"
+
 
 @contextlib.contextmanager
 def serve_mirror(

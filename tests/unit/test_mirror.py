@@ -93,3 +93,5 @@ def test_mirror_cli_args_are_one_pasteable_line() -> None:
     assert served.cli_args() == (
         f"--mirror http://127.0.0.1:8080 --keyring /c/k.gpg --fingerprint {'AB' * 20}"
     )
+    # What ./inv mirror prints: pasted after build-image it builds the Debian stand-in.
+    assert served.build_args() == f"{served.cli_args()} --distro debian"
