@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from image import config, console
-from image.build import packagecache, pipeline
+from image.build import output, packagecache, pipeline
 from image.source import fetch, mirror, standin
 
 GOAL = 0.35
@@ -99,7 +99,9 @@ def main() -> None:
                       f"package changes cold -> warm: {len(diff)}")  # fmt: skip
                 for line in diff[:40]:
                     print(f"  {line}")
-                reused = json.loads(warm.build_info.read_text())["provisioned_layer"]["reused"]
+                reused = output.BuildOutput.read(warm.build_info.parent).info.raw[
+                    "provisioned_layer"
+                ]["reused"]
                 print(f"  warm rebuild resumed the cold build's provisioned layer: {reused}")
                 rounds.append({"cold_s": round(cold_s, 1), "warm_s": round(warm_s, 1),
                                "warm_reused_layer": reused,

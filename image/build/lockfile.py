@@ -28,14 +28,13 @@ Pure parsing and rendering; the caller reads and writes the files.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image.build import manifest, packages
+from image.build import manifest, output, packages
 from image.errors import ImageError
 
 FORMAT = "1"
@@ -178,16 +177,8 @@ def from_build(
 
 def from_output(where: Path, snapshot: str | None = None) -> Lock:
     """A lock from a build-image output directory (its manifest.json and build-info.json)."""
-    documents = {}
-    for name in ("manifest.json", "build-info.json"):
-        try:
-            documents[name] = json.loads((where / name).read_text())
-        except (OSError, ValueError) as exc:
-            raise ImageError(
-                f"cannot read {where / name}: {exc}",
-                hint="pass the output directory of a finished build-image",
-            ) from None
-    return from_build(documents["manifest.json"], documents["build-info.json"], snapshot=snapshot)
+    built = output.BuildOutput.read(where)
+    return from_build(built.manifest, built.info.raw, snapshot=snapshot)
 
 
 def render(lock: Lock) -> str:

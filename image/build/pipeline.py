@@ -28,7 +28,15 @@ from typing import Any
 
 import image
 from image import hosttools, run
-from image.build import cloudinit, layercache, lockfile, manifest, packagecache, packages
+from image.build import (
+    cloudinit,
+    layercache,
+    lockfile,
+    manifest,
+    output,
+    packagecache,
+    packages,
+)
 from image.config import BuildConfig, format_size
 from image.console import step
 from image.egress import guestnet
@@ -97,7 +105,7 @@ class BuildResult:
 
 
 def output_name(cfg: BuildConfig) -> str:
-    return f"sandbox-image-{cfg.release}-{cfg.arch}-{cfg.profile}"
+    return output.output_name(cfg.release, cfg.arch, cfg.profile)
 
 
 def build_image(
@@ -749,6 +757,7 @@ def _publish(
     sums = {p.name: _sha256(p) for p in artifacts}
     ctx.info["outputs"] = sums
     ctx.info["timings"] = ctx.timings
+    ctx.info["steps"] = output.steps_record(ctx.timings)
     # The report shows the hashes above, so it is made after them and listed last.
     (staging / report.REPORT).write_text(report.render_output(staging, ctx.info), "utf-8")
     sums[report.REPORT] = _sha256(staging / report.REPORT)

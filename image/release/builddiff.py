@@ -7,15 +7,13 @@ files; comparing is pure.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image.errors import ImageError
-from image.release import report
+from image.build import output
 
 ECOSYSTEMS = ("dpkg", "pip", "npm")
 
@@ -49,22 +47,14 @@ def package_index(manifest: Mapping[str, Any]) -> dict[str, dict[str, str]]:
 
 
 def load(out: Path) -> BuildSummary:
-    try:
-        info = json.loads((out / "build-info.json").read_text())
-        manifest = json.loads((out / "manifest.json").read_text())
-    except FileNotFoundError as exc:
-        raise ImageError(
-            f"{out} is not a build output: {Path(str(exc.filename)).name} is missing",
-            hint="pass two directories written by ./inv build-image (or ./inv pull)",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{out}: unreadable JSON: {exc}") from None
+    built = output.BuildOutput.read(out)
+    info, manifest = built.info.raw, built.manifest
     images = sorted(n for n in info.get("outputs") or {} if n.endswith(".qcow2"))
     image = images[0] if images else None
     size = (out / image).stat().st_size if image and (out / image).is_file() else None
     return BuildSummary(
         path=str(out), build_id=str(info.get("build_id", "")), packages=package_index(manifest),
-        image=image, image_size=size, steps=report.ordered_steps(info.get("timings") or {}),
+        image=image, image_size=size, steps=built.info.steps,
     )  # fmt: skip
 
 

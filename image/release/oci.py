@@ -35,6 +35,7 @@ import oras.container
 import oras.provider
 import requests
 
+from image.build import output
 from image.errors import ImageError
 from image.source.checksums import parse_sha256sums
 
@@ -122,9 +123,10 @@ def manifest_annotations(
     info: Mapping[str, Any], *, source: str | None = None, revision: str | None = None
 ) -> dict[str, str]:
     """Manifest annotations from build-info.json: the standard keys, then our own."""
-    cfg = info.get("config") or {}
-    base = info.get("base") or {}
-    name = f"sandbox-image-{cfg.get('release', '')}-{cfg.get('arch', '')}-{cfg.get('profile', '')}"
+    typed = output.BuildInfo(info)
+    cfg = typed.config
+    base = typed.base
+    name = typed.name
     found = {
         "org.opencontainers.image.title": name,
         "org.opencontainers.image.description": "sandbox-image build output (disk, SBOM, logs)",
@@ -411,7 +413,7 @@ def publish(
     meta = (snapshot / "snapshot.json").read_text() if snapshot else None
     # Never publish a damaged output: the same check pull will make.
     check_output(hashes, (out / "SHA256SUMS").read_text(), meta)
-    info = json.loads((out / "build-info.json").read_text())
+    info = output.BuildOutput.read(out).info.raw
     manifest = artifact_manifest(
         layers, manifest_annotations(info, source=source, revision=revision)
     )

@@ -21,25 +21,13 @@ from typing import Any
 
 import jinja2
 
+from image.build import output
 from image.config import format_size
 from image.errors import ImageError
 from image.source.checksums import parse_sha256sums
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-REPORT = "report.html"
-# build_image's step order. build-info.json stores timings as a key-sorted object,
-# so the order comes from here; a test checks it against pipeline.build_image.
-PIPELINE_STEPS = (
-    "fetch", "render", "disk", "layer", "boot", "provision", "checkpoint", "resume", "verify",
-    "manifest", "generalize", "shutdown", "compact", "publish", "cache",
-)  # fmt: skip
-
-
-def ordered_steps(timings: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """(step, seconds) in build order; steps this toolkit does not know go last, by name."""
-    known = [s for s in PIPELINE_STEPS if s in timings]
-    rest = sorted(s for s in timings if s not in PIPELINE_STEPS)
-    return [(s, float(timings[s])) for s in (*known, *rest)]
+REPORT = output.REPORT
 
 
 @dataclass(frozen=True)
@@ -148,12 +136,11 @@ def render_html(
         {"name": n, "sha256": h, "bytes": sizes.get(n)} for n, h in sorted(sums.items())
         if n != REPORT  # a report does not list itself: re-rendering gives the same bytes
     ]  # fmt: skip
-    steps = ordered_steps(info.get("timings") or {})
+    typed = output.BuildInfo(info)
+    steps = typed.steps
     checks = _checks(info.get("verify") or {})
     cfg = info.get("config") or {}
-    name = (
-        f"sandbox-image-{cfg.get('release', '?')}-{cfg.get('arch', '?')}-{cfg.get('profile', '?')}"
-    )
+    name = typed.name
     return _environment().get_template("report.html.j2").render(
         name=name, info=info, cfg=cfg, base=info.get("base") or {}, outputs=outputs,
         checks=checks, all_ok=all(c["ok"] for c in checks), counts=counts,
@@ -163,21 +150,10 @@ def render_html(
 
 def render_output(out: Path, info: Mapping[str, Any] | None = None) -> str:
     """The report of the build output in ``out`` (``info``: build-info.json not yet written)."""
-    try:
-        if info is None:
-            info = json.loads((out / "build-info.json").read_text())
-        manifest = json.loads((out / "manifest.json").read_text())
-        sums = parse_sha256sums((out / "SHA256SUMS").read_text()) if (
-            out / "SHA256SUMS").is_file() else dict(info.get("outputs") or {})  # fmt: skip
-    except FileNotFoundError as exc:
-        raise ImageError(
-            f"{out} is not a build output: {Path(str(exc.filename)).name} is missing",
-            hint="pass the directory ./inv build-image wrote",
-        ) from None
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise ImageError(f"{out}: unreadable build output: {exc}") from None
+    built = output.BuildOutput.read(out, info)
+    sums = built.sums()
     sizes = {n: (out / n).stat().st_size if (out / n).is_file() else None for n in sums}
-    return render_html(info, manifest, sums, sizes)
+    return render_html(built.info.raw, built.manifest, sums, sizes)
 
 
 def write_report(out: Path, dest: Path | None = None) -> Path:
