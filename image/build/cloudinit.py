@@ -40,6 +40,7 @@ import yaml
 from image import run
 from image.build import lockfile, packagecache, packages
 from image.build.skills import pack as skills_pack
+from image.contract import guest
 from image.egress import guestnet
 from image.errors import ImageError
 
@@ -108,7 +109,7 @@ class RenderInputs:
     skills_dir: Path | None = None  # put read-only at /opt/skills
     # Extensions beyond the pipeline's interface; the defaults are what it expects.
     guest_file_modes: Mapping[str, int] = field(default_factory=dict)  # path -> mode override
-    agent_uid: int = 1001
+    agent_uid: int = guest.AGENT_UID
     mac_address: str = QEMU_DEFAULT_MAC
     interface: str = "eth0"
     package_lists: Path = packages.PACKAGE_LISTS

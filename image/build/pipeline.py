@@ -39,10 +39,10 @@ from image.build import (
 )
 from image.config import BuildConfig, format_size
 from image.console import step
+from image.contract import vmstate
 from image.egress import guestnet
 from image.errors import ImageError
 from image.release import report
-from image.runtime import snapshot
 from image.sandbox import guestfiles
 from image.source import fetch, standin
 from image.vm import accel, qemu, ssh
@@ -353,7 +353,7 @@ def _layer_inputs(
         "seed": seed_digests(inputs),
         "lock_sha256": hashlib.sha256(lockfile.render(lock).encode()).hexdigest() if lock else None,
         "egress_policy": policy,
-        "qemu": snapshot.qemu_version(cfg.arch), "device_hash": snapshot.device_hash(spec),
+        "qemu": vmstate.qemu_version(cfg.arch), "device_hash": vmstate.device_hash(spec),
         "firmware_sha256": _sha256(firmware_code),
     }  # fmt: skip
 
@@ -367,7 +367,7 @@ def _resume(
         spec, disk=ctx.work / "disk.qcow2", firmware_vars=ctx.work / "VARS.fd",
         serial_log=ctx.serial_log, incoming="defer",
     )  # fmt: skip
-    layercache.check_resumable(layer.meta, snapshot.device_hash(run_spec))
+    layercache.check_resumable(layer.meta, vmstate.device_hash(run_spec))
     qemu.create_overlay(layer.path / layercache.DISK, run_spec.disk)
     qemu.copy_vars(layer.path / layercache.VARS, run_spec.firmware_vars)
     run_spec.firmware_vars.chmod(0o600)
@@ -404,7 +404,7 @@ def resume_script(build_public_key: str, now_ns: int) -> str:
     keys = f"/home/{BUILD_USER}/.ssh/authorized_keys"
     return " && ".join([
         # A layer may be resumed by many builds: each mixes in the host's bytes.
-        snapshot.RESEED_RNG,
+        vmstate.RESEED_RNG,
         # The clock is about to jump by as long as the layer was kept: apt's
         # daily timers would fire and could upgrade packages mid-build. Stopped
         # for this boot only (the image's units stay enabled).

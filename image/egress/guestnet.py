@@ -24,16 +24,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from image.contract import guest
 from image.egress import proxy
 from image.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-# Inside QEMU's user network (10.0.2.0/24): .2 is the host/gateway and .3 DNS,
-# which guestfwd may not take; .100 is free and is what the guest is told.
-GUEST_PROXY_IP = "10.0.2.100"
-GUEST_HTTP_PORT = 3128
-GUEST_SOCKS_PORT = 1080
+GUEST_PROXY_IP = guest.GUEST_PROXY_IP
+GUEST_HTTP_PORT = guest.GUEST_HTTP_PORT
+GUEST_SOCKS_PORT = guest.GUEST_SOCKS_PORT
 GUEST_HTTP_PROXY = f"http://{GUEST_PROXY_IP}:{GUEST_HTTP_PORT}"
 GUEST_SOCKS_PROXY = f"socks5h://{GUEST_PROXY_IP}:{GUEST_SOCKS_PORT}"
 GUEST_NO_PROXY = "localhost,127.0.0.1,::1"

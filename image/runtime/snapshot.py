@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from image import hosttools, run
-from image.build import cloudinit
 from image.config import BuildConfig, format_size
 from image.console import guest_output, print_json, step
+from image.contract import guest
+from image.contract.vmstate import RESEED_RNG, device_hash, qemu_version
 from image.egress import guestnet, proxy
 from image.errors import ImageError
 from image.vm import accel, qemu
@@ -49,9 +50,6 @@ from image.vm.guestagent import GuestAgent
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-AGENT_USER = "agent"
-AGENT_UID = cloudinit.RenderInputs.agent_uid  # the uid the image's agent user was made with
-SANDBOX_EXEC = "/usr/local/bin/sandbox-exec"
 SHARE_TAG = "share"
 SHARE_MOUNT = "/mnt/share"
 SESSION_MOUNT = "/sessions"
@@ -81,12 +79,6 @@ class SnapshotMeta:
     files_sha256: dict[str, str] = field(default_factory=dict)
 
 
-def qemu_version(arch: str) -> str:
-    out = run.run([qemu.QEMU_BINARY[arch], "--version"]).stdout.decode()
-    m = re.search(r"version (\S+)", out)
-    return m.group(1) if m else out.strip().splitlines()[0]
-
-
 def runtime_spec(
     arch: str, cpus: int, memory: int, accel_args: Sequence[str], work: Path, snapdir: Path,
     *, share: qemu.Share, session_disk: Path, disk: Path, vars_file: Path, firmware_code: Path,
@@ -105,43 +97,6 @@ def runtime_spec(
     )  # fmt: skip
 
 
-def device_hash(spec: qemu.VMSpec) -> str:
-    """What must match between snapshot and launch: the device set, not the file paths."""
-    argv = qemu.qemu_argv(replace(spec, incoming=None, memory_private=False))
-    paths = {
-        str(p)
-        for p in (
-            spec.disk,
-            spec.firmware_code,
-            spec.firmware_vars,
-            spec.serial_log,
-            spec.qmp_socket,
-            spec.qga_socket,
-            spec.session_disk,
-            spec.memory_file,
-            spec.share.path if spec.share else None,
-            spec.seed_iso,
-            *(shared.path for shared in spec.shares),
-            *guestnet.forwarded_sockets(spec.guestfwd),
-        )
-        if p
-    }
-    # The host end of the SSH forward (a build VM's) is not guest-visible state.
-    normalized = [re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", "hostfwd=tcp:127.0.0.1:<port>-",
-                         _strip_paths(a, paths)) for a in argv]  # fmt: skip
-    return hashlib.sha256("\0".join(normalized).encode()).hexdigest()
-
-
-def _strip_paths(arg: str, paths: set[str]) -> str:
-    for p in sorted(paths, key=len, reverse=True):
-        arg = arg.replace(p, "<path>")
-    if not arg.startswith("local,id=fs"):
-        return arg
-    # A launch may share read-only what the snapshot VM had writable: the 9p
-    # access mode and security model are host-side, not guest device state.
-    return re.sub(r",readonly=on|,security_model=[a-z-]+", "", arg)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -158,7 +113,7 @@ def make_session_disk(path: Path, size: int) -> None:
     with tempfile.TemporaryDirectory(prefix="session-root-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
-        os.chown(work, AGENT_UID, AGENT_UID)
+        os.chown(work, guest.AGENT_UID, guest.AGENT_UID)
         with path.open("wb") as f:
             f.truncate(size)
         run.run(["mkfs.ext4", "-q", "-F", "-L", "sessions", "-E", "lazy_itable_init=1",
@@ -195,8 +150,7 @@ def _guest_ready(agent: GuestAgent, timeout: float, alive: Any) -> float:
     start = time.monotonic()
     agent.wait_ready(timeout, alive)
     _wait_boot_finished(agent, max(1.0, timeout - (time.monotonic() - start)))
-    argv = ["/usr/sbin/runuser", "-u", AGENT_USER, "--", SANDBOX_EXEC, "--profile", "agent",
-            "--workspace", f"/home/{AGENT_USER}", "--", "true"]  # fmt: skip
+    argv = guest.sandboxed_argv(["true"], workspace=f"/home/{guest.AGENT_USER}")
     for attempt in range(READY_ATTEMPTS):
         result = agent.exec(argv, timeout=120)
         if result.exit_code == 0:
@@ -204,7 +158,7 @@ def _guest_ready(agent: GuestAgent, timeout: float, alive: Any) -> float:
         if attempt + 1 < READY_ATTEMPTS:
             time.sleep(2)
     raise ImageError(
-        f"the sandbox launcher did not run `true` as {AGENT_USER} "
+        f"the sandbox launcher did not run `true` as {guest.AGENT_USER} "
         f"(exit {result.exit_code}): {result.stderr.decode(errors='replace')[-500:].strip()}",
         hint="the image needs bwrap, socat, python3 and /usr/local/bin/sandbox-exec "
         "(built by ./inv build-image)",
@@ -342,9 +296,8 @@ class Launch:
 
     def sandboxed(self, command: Sequence[str], timeout: float = 3600.0) -> Any:
         return self.agent.exec(
-            ["/usr/sbin/runuser", "-u", AGENT_USER, "--", SANDBOX_EXEC, "--profile", "agent",
-             "--workspace", f"{SESSION_MOUNT}/work", "--", *command], timeout=timeout,
-        )  # fmt: skip
+            guest.sandboxed_argv(command, workspace=f"{SESSION_MOUNT}/work"), timeout=timeout
+        )
 
 
 def check_compatible(meta: SnapshotMeta, snapdir: Path, spec: qemu.VMSpec) -> None:
@@ -417,18 +370,6 @@ def launch(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
-
-
-# A write to /dev/urandom only mixes into the kernel's input pool: the resumed,
-# shared ChaCha state keeps serving reads until the next scheduled reseed, up to
-# 60 s later. RNDRESEEDCRNG (_IO('R', 7), root) reseeds at once from the pool
-# that now holds the host's bytes. amd64 launches also get this from vmgenid on
-# kernels >= 5.18; -machine virt has no vmgenid device (QEMU 7.2) and jammy's
-# 5.15 kernel no vmgenid driver, so the launch does it itself.
-RESEED_RNG = (
-    'python3 -I -S -c \'import fcntl, os, sys; f = os.open("/dev/urandom", os.O_WRONLY); '
-    "os.write(f, sys.stdin.buffer.read(64)); fcntl.ioctl(f, 0x5207)'"
-)
 
 
 def personalize_script(hostname: str, share_readonly: bool, now_ns: int) -> str:

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from image.contract import guest
 from image.sandbox import bwrap, seccomp
 
 GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
 
-LAUNCHER = "/usr/local/bin/sandbox-exec"
+LAUNCHER = guest.LAUNCHER
 LIB_DIR = "/usr/local/lib/sandbox-image"
 SECCOMP_DIR = f"{LIB_DIR}/seccomp"
 PROFILE_DIR = "/etc/sandbox-image/bwrap"
 EXECUTABLES = frozenset({LAUNCHER})
-SELF_TEST_COMMAND = ("sandbox-exec", "--self-test")
+SELF_TEST_COMMAND = guest.SELF_TEST_COMMAND
 # Tells the launcher it runs in the VM, where 10.0.2.100 is QEMU's way to the host's
 # proxy; without it the launcher leads bridges to loopback only.
-IN_VM_MARKER = "/etc/sandbox-image/in-vm"
+IN_VM_MARKER = guest.IN_VM_MARKER
 _IN_VM_TEXT = b"""This file tells sandbox-exec it runs inside a sandbox-image VM, where the
 bridges' 10.0.2.100 is QEMU's forward to the host's egress proxy. Do not copy it to a host.
 """

@@ -18,7 +18,7 @@ import pytest
 
 from image import config
 from image.build import cloudinit, layercache, packages, pipeline
-from image.runtime import snapshot
+from image.contract import vmstate
 from image.vm import qemu, ssh
 
 SLOT = "debian-jammy-amd64-smoke"
@@ -215,17 +215,17 @@ def test_a_build_vm_resumes_with_other_paths_and_port_but_not_other_devices(
     cold = _build_spec(tmp_path / "one")
     resumed = _build_spec(tmp_path / "two", ssh_port=41234,
                           incoming="defer")  # fmt: skip
-    assert snapshot.device_hash(cold) == snapshot.device_hash(resumed)
-    assert snapshot.device_hash(_build_spec(tmp_path, cpus=4)) != snapshot.device_hash(cold)
-    assert snapshot.device_hash(_build_spec(tmp_path, shares=())) != snapshot.device_hash(cold)
-    assert snapshot.device_hash(_build_spec(tmp_path, seed_iso=None)) != snapshot.device_hash(cold)
+    assert vmstate.device_hash(cold) == vmstate.device_hash(resumed)
+    assert vmstate.device_hash(_build_spec(tmp_path, cpus=4)) != vmstate.device_hash(cold)
+    assert vmstate.device_hash(_build_spec(tmp_path, shares=())) != vmstate.device_hash(cold)
+    assert vmstate.device_hash(_build_spec(tmp_path, seed_iso=None)) != vmstate.device_hash(cold)
 
 
 def test_resume_script_reseeds_sets_the_clock_and_installs_only_this_builds_key() -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE build@sandbox-image-x"
     script = pipeline.resume_script(key, 1_700_000_000_000_000_001)
     steps = script.split(" && ")
-    assert steps[0] == snapshot.RESEED_RNG
+    assert steps[0] == vmstate.RESEED_RNG
     # apt's timers stop before the clock jumps, so nothing upgrades mid-build.
     assert steps[1] == ("{ systemctl stop apt-daily.timer apt-daily-upgrade.timer "
                         "2>/dev/null || true; }")  # fmt: skip

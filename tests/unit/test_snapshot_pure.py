@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from image.contract import vmstate
 from image.errors import ImageError
 from image.runtime import snapshot
 from image.vm import qemu
@@ -41,21 +42,21 @@ def test_device_hash_ignores_paths_and_launch_only_options(tmp_path: Path) -> No
     snap = _spec(tmp_path)
     launch = _spec(tmp_path / "elsewhere", memory_private=True, incoming="defer",
                    share=qemu.Share(tmp_path / "other", "share", readonly=True))  # fmt: skip
-    assert snapshot.device_hash(snap) == snapshot.device_hash(launch)
+    assert vmstate.device_hash(snap) == vmstate.device_hash(launch)
 
 
 def test_device_hash_sees_a_different_device_set(tmp_path: Path) -> None:
-    base = snapshot.device_hash(_spec(tmp_path))
-    assert snapshot.device_hash(_spec(tmp_path, cpus=2)) != base
-    assert snapshot.device_hash(_spec(tmp_path, memory=1 << 30)) != base
-    assert snapshot.device_hash(_spec(tmp_path, net_restrict=False)) != base
-    assert snapshot.device_hash(_spec(tmp_path, guestfwd=())) != base
+    base = vmstate.device_hash(_spec(tmp_path))
+    assert vmstate.device_hash(_spec(tmp_path, cpus=2)) != base
+    assert vmstate.device_hash(_spec(tmp_path, memory=1 << 30)) != base
+    assert vmstate.device_hash(_spec(tmp_path, net_restrict=False)) != base
+    assert vmstate.device_hash(_spec(tmp_path, guestfwd=())) != base
 
 
 def test_personalize_is_one_script_with_entropy_first() -> None:
     script = snapshot.personalize_script("sandbox-1", True, 1_700_000_000_123_456_789)
     steps = script.split(" && ")
-    assert steps[0] == snapshot.RESEED_RNG
+    assert steps[0] == vmstate.RESEED_RNG
     assert "os.write(f, sys.stdin.buffer.read(64))" in steps[0]  # the host's bytes, then
     assert steps[0].endswith("fcntl.ioctl(f, 0x5207)'")  # RNDRESEEDCRNG
     assert "date -u -s @1700000000.123456789 > /dev/null" in steps

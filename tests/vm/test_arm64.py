@@ -24,6 +24,7 @@ import pytest
 
 from image import run
 from image.config import BuildConfig
+from image.contract import vmstate
 from image.runtime import snapshot
 from image.sandbox import bwrap, seccomp
 from tests.fixtures import escape_cases
@@ -80,7 +81,7 @@ def test_snapshot_is_of_the_virt_machine(outputs: dict[str, Path]) -> None:
     meta = snapshot.load_meta(outputs["snapshot"])
     assert meta.arch == "arm64"
     assert meta.machine[:2] == ["-machine", "virt"]
-    assert meta.qemu_version == snapshot.qemu_version("arm64")
+    assert meta.qemu_version == vmstate.qemu_version("arm64")
     assert meta.sizes["state"] < 256 << 20  # device state + firmware flash; RAM is the file
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from image import config
+from image.contract import vmstate
 from image.errors import ImageError
 from image.runtime import snapshot
 from tests.vm.conftest import qemu_processes
@@ -62,7 +63,7 @@ def launch_two(
 def test_snapshot_metadata(snapdir: Path) -> None:
     meta = snapshot.load_meta(snapdir)
     assert meta.arch == "amd64"
-    assert meta.qemu_version == snapshot.qemu_version("amd64")
+    assert meta.qemu_version == vmstate.qemu_version("amd64")
     assert meta.sizes["state"] < 64 << 20  # device state only: RAM is the memory file
     assert {p.name for p in snapdir.iterdir()} == {
         "memory", "state", "disk.qcow2", "base.qcow2", "vars.fd", "snapshot.json"}  # fmt: skip

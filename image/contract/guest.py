@@ -1,0 +1,29 @@
+"""The guest contract: what the image provides and the host relies on.
+
+The build writes these (cloud-init's users, the launcher and its marker, the proxy
+settings); snapshots and launches use them. Change one here and both sides follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The unprivileged user commands run as, and the uid cloud-init creates it with.
+AGENT_USER = "agent"
+AGENT_UID = 1001
+# The in-guest sandbox launcher and the file that tells it it runs in the VM, where
+# GUEST_PROXY_IP is QEMU's forward to the host's egress proxy.
+LAUNCHER = "/usr/local/bin/sandbox-exec"
+IN_VM_MARKER = "/etc/sandbox-image/in-vm"
+SELF_TEST_COMMAND = ("sandbox-exec", "--self-test")
+# Inside QEMU's user network (10.0.2.0/24): .2 is the host/gateway and .3 DNS,
+# which guestfwd may not take; .100 is free and is what the guest is told.
+GUEST_PROXY_IP = "10.0.2.100"
+GUEST_HTTP_PORT = 3128
+GUEST_SOCKS_PORT = 1080
+
+
+def sandboxed_argv(command: Sequence[str], workspace: str, profile: str = "agent") -> list[str]:
+    """What the host asks the guest agent to run: COMMAND in the sandbox, as the agent."""
+    return ["/usr/sbin/runuser", "-u", AGENT_USER, "--", LAUNCHER, "--profile", profile,
+            "--workspace", workspace, "--", *command]  # fmt: skip
