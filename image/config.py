@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,8 +235,13 @@ def resolve(
     cli: Mapping[str, object | None],
     env: Mapping[str, str],
     file_values: Mapping[str, object] | None,
+    only: Collection[str] | None = None,
 ) -> Resolved:
-    """The only place where precedence is decided. Pure: the caller passes os.environ."""
+    """The only place where precedence is decided. Pure: the caller passes os.environ.
+
+    ``only``: the fields the caller uses (a launch needs the cache, not the mirror);
+    the rest keep their defaults and are not read, so a bad value there cannot stop
+    a task that never looks at it. Unknown names are still errors (typos)."""
     file_values = file_values or {}
     unknown_file = sorted(set(file_values) - set(FIELDS))
     if unknown_file:
@@ -263,6 +268,9 @@ def resolve(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, f in FIELDS.items():
+        if only is not None and name not in only and cli.get(name) is None:
+            sources[name] = "default (not used here)"
+            continue
         layers: list[tuple[str, object]] = []
         if name in file_values:
             layers.append(("invoke.yaml", file_values[name]))
@@ -285,7 +293,9 @@ def resolve(
     # A private keyring without its own fingerprints would silently accept
     # nothing (pinned Canonical keys are not in it): ask for them explicitly.
     config = BuildConfig(**values)
-    if sources["keyring"] != "default" and sources["fingerprints"] == "default":
+    if sources["keyring"] not in ("default", "default (not used here)") and sources[
+        "fingerprints"
+    ].startswith("default"):
         raise ImageError(
             "a custom keyring needs the fingerprints it may sign with",
             hint="pass --fingerprint FPR (or SANDBOX_IMAGE_FINGERPRINTS) with --keyring",
@@ -293,5 +303,9 @@ def resolve(
     return Resolved(config, sources)
 
 
-def load(cli: Mapping[str, object | None], file_values: Mapping[str, object] | None) -> Resolved:
-    return resolve(cli, os.environ, file_values)
+def load(
+    cli: Mapping[str, object | None],
+    file_values: Mapping[str, object] | None,
+    only: Collection[str] | None = None,
+) -> Resolved:
+    return resolve(cli, os.environ, file_values, only)

@@ -64,10 +64,12 @@ def _user_errors() -> Iterator[None]:
         raise Exit(code=130) from None
 
 
-def _config(c: Context, **cli: Any) -> config.Resolved:
+def _config(c: Context, only: tuple[str, ...] | None = None, **cli: Any) -> config.Resolved:
+    """The config from flags, environment and invoke.yaml; ``only``: the fields this task
+    uses, so a bad setting it never reads (a build's mirror, for a launch) cannot fail it."""
     section = c.config.get("sandbox_image", None)
     file_values = dict(section) if section else {}
-    return config.load(cli, file_values)
+    return config.load(cli, file_values, only)
 
 
 # Config flags explain themselves from the config's own field table.

@@ -25,7 +25,7 @@ def packages(c: Context, profile: str | None = None, json: bool = False) -> None
     from image.build import packages as package_lists
 
     with _user_errors():
-        cfg = _config(c, profile=profile).config
+        cfg = _config(c, only=("profile",), profile=profile).config
         loaded = package_lists.load_profile(cfg.profile)
         if json:
             console.print_json(loaded.summary())
@@ -286,7 +286,7 @@ def cache(
     from image.build import caches
 
     with _user_errors():
-        cfg = _config(c, cache_dir=cache_dir).config
+        cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
         pruned = caches.Pruned()
         if prune:
             pruned = caches.prune(cfg.cache_dir, max_size, older_than, now=time.time())

@@ -116,7 +116,7 @@ def registry(
     from image.source import mirror as local_mirror
 
     with _user_errors():
-        cfg = _config(c, cache_dir=cache_dir).config
+        cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
         where = Path(storage) if storage else cfg.cache_dir / "registry"
         with localregistry.serve_registry(where, port) as served:
             print(served.host, flush=True)

@@ -21,6 +21,9 @@ from tasks._common import (
     _user_errors,
 )
 
+# What snapshot() reads of the config; nothing a build alone needs can fail it.
+SNAPSHOT_FIELDS = ("cpus", "memory", "arch", "accel", "cache_dir", "boot_timeout")
+
 
 @task(
     help={
@@ -44,7 +47,7 @@ def snapshot(
     from image.runtime import snapshot as snap
 
     with _user_errors():
-        cfg = _config(c, cpus=cpus, memory=memory, arch=arch, accel=accel,
+        cfg = _config(c, only=SNAPSHOT_FIELDS, cpus=cpus, memory=memory, arch=arch, accel=accel,
                       cache_dir=cache_dir).config  # fmt: skip
         path, meta = snap.snapshot(cfg, Path(image), Path(out), timeout=timeout)
         console.log.info("snapshot: %s", snap.format_meta(meta))
@@ -118,7 +121,7 @@ def launch(
     from image.runtime import snapshot as snap
 
     with _user_errors():
-        cfg = _config(c, cache_dir=cache_dir).config
+        cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
         choice = _policy_choice(
             policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port
         )

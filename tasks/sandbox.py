@@ -40,7 +40,9 @@ def compile_seccomp(
     from image.sandbox import seccomp
 
     with _user_errors():
-        out_dir = Path(out) if out else _config(c).config.output_dir / "seccomp"
+        out_dir = (
+            Path(out) if out else _config(c, only=("output_dir",)).config.output_dir / "seccomp"
+        )
         arches = [seccomp.target_arch(a) for a in arch.split(",")] if arch else seccomp.ARCHES
         names = profile.split(",") if profile else None
         results = seccomp.write_all(out_dir, names, arches)
@@ -96,7 +98,7 @@ def sandbox_run(
         cmd = _remainder(c)
         if not cmd and not self_test:
             raise ImageError("no command given", hint="./inv sandbox-run -- CMD [ARG...]")
-        base = _config(c).config.output_dir / "sandbox-run"
+        base = _config(c, only=("output_dir",)).config.output_dir / "sandbox-run"
         prepared = hostrun.prepare(base, profile)
         rules = egress.load_policy(Path(policy) if policy else guestnet.LAUNCH_POLICY)
         log = Path(audit_log) if audit_log else base / "egress.jsonl"

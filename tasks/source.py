@@ -84,7 +84,7 @@ def standin(
     from image.source import standin as standin_image
 
     with _user_errors():
-        cfg = _config(c, arch=arch, cache_dir=cache_dir).config
+        cfg = _config(c, only=("arch", "cache_dir"), arch=arch, cache_dir=cache_dir).config
         image = standin_image.ensure(cfg.cache_dir, cfg.arch)
         if json:
             console.print_json(
@@ -122,7 +122,10 @@ def mirror(
     from image.source import standin as standin_image
 
     with _user_errors():
-        cfg = _config(c, release=release, serial=serial, cache_dir=cache_dir).config
+        cfg = _config(
+            c, only=("release", "serial", "cache_dir"), release=release, serial=serial,
+            cache_dir=cache_dir,
+        ).config  # fmt: skip
         images = standin_image.images_for(cfg.cache_dir, arch.split(",") if arch else None)
         published = local_mirror.DEFAULT_SERIAL if cfg.serial == "latest" else cfg.serial
         with local_mirror.serve_mirror(

@@ -115,3 +115,16 @@ def test_to_json_is_plain() -> None:
     assert data["arch"] == "arm64"
     assert isinstance(data["keyring"], str)
     assert isinstance(data["fingerprints"], list)
+
+
+def test_a_task_reads_only_the_fields_it_uses() -> None:
+    env = {"SANDBOX_IMAGE_MIRROR": "not-a-url", "SANDBOX_IMAGE_CACHE_DIR": "/tmp/c"}
+    with pytest.raises(ImageError, match="bad value for mirror"):
+        resolve({}, env, {})
+    got = resolve({}, env, {}, only=("cache_dir",))  # what a launch reads
+    assert got.config.cache_dir == Path("/tmp/c")
+    assert got.sources["mirror"] == "default (not used here)"
+    # A flag the task passes is always read, and typos stay errors.
+    assert resolve({"arch": "amd64"}, env, {}, only=("cache_dir",)).config.arch == "amd64"
+    with pytest.raises(ImageError, match="unknown environment"):
+        resolve({}, {**env, "SANDBOX_IMAGE_MIROR": "x"}, {}, only=("cache_dir",))
