@@ -1,17 +1,47 @@
 """What ``./inv render``, ``./inv seed`` and ``build-image`` are asked to render.
 
-One builder of cloud-init's RenderInputs from the user's flags: the skills folder
-(given, or downloaded and checked by SHA-256), the build user's SSH key, host name
-and apt settings.
+``build_inputs`` is the one builder of cloud-init's RenderInputs: build-image calls
+it with the keys it made; ``render_inputs`` resolves the user's flags (the skills
+folder, given or downloaded and checked by SHA-256; the build user's SSH key) and
+calls it too, so ``./inv render`` shows exactly what a build renders: the sandbox's
+guest files, the apt proxy, a fresh SSH host key.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from image.build import cloudinit, skills
+from image.build import cloudinit, packages, skills
 from image.config import BuildConfig
+from image.egress import guestnet
 from image.errors import ImageError
+from image.sandbox import guestfiles
+from image.vm import ssh
+
+
+def build_inputs(
+    cfg: BuildConfig,
+    distro: str,
+    *,
+    host_key: ssh.KeyPair,
+    build_ssh_public_key: str = "",
+    hostname: str = "sandbox",
+    apt_mirror: str | None = None,
+    apt_proxy: str | None = guestnet.GUEST_HTTP_PROXY,
+    apt_snapshot: str | None = None,
+    skills_dir: Path | None = None,
+    package_lists: Path = packages.PACKAGE_LISTS,
+) -> cloudinit.RenderInputs:
+    """RenderInputs as build-image renders them (``skills_dir``: default cfg.skills)."""
+    return cloudinit.RenderInputs(
+        profile=cfg.profile, arch=cfg.arch, distro=distro,
+        build_ssh_public_key=build_ssh_public_key,
+        ssh_host_ed25519=(host_key.private_openssh, host_key.public_openssh),
+        hostname=hostname, apt_mirror=apt_mirror, apt_proxy=apt_proxy,
+        apt_snapshot=apt_snapshot, guest_files=guestfiles.guest_files(cfg.arch),
+        skills_dir=skills_dir if skills_dir is not None else cfg.skills,
+        package_lists=package_lists,
+    )  # fmt: skip
 
 
 def render_inputs(
@@ -41,17 +71,12 @@ def render_inputs(
                 f"cannot read the SSH public key {ssh_key}: {exc.strerror}",
                 hint="pass the path of a .pub file",
             ) from None
-    return cloudinit.RenderInputs(
-        profile=cfg.profile,
-        arch=cfg.arch,
-        distro=distro,
-        build_ssh_public_key=key,
-        hostname=hostname,
-        apt_mirror=apt_mirror,
-        apt_proxy=apt_proxy,
-        apt_snapshot=apt_snapshot,
+    return build_inputs(
+        cfg, distro, host_key=ssh.KeyPair.generate("host@sandbox-image-render"),
+        build_ssh_public_key=key, hostname=hostname, apt_mirror=apt_mirror,
+        apt_proxy=apt_proxy or guestnet.GUEST_HTTP_PROXY, apt_snapshot=apt_snapshot,
         skills_dir=skills_dir,
-    )
+    )  # fmt: skip
 
 
 def rendered(inputs: cloudinit.RenderInputs, validate: bool) -> dict[str, bytes]:

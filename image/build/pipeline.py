@@ -37,6 +37,7 @@ from image.build import (
     packagecache,
     packages,
 )
+from image.build import inputs as build_inputs
 from image.config import BuildConfig, format_size
 from image.console import step
 from image.contract import vmstate
@@ -163,7 +164,13 @@ def build_image(
             client_key = ssh.KeyPair.generate(f"{BUILD_USER}@sandbox-image-{ctx.build_id}")
             host_key = ssh.KeyPair.generate(f"host@sandbox-image-{ctx.build_id}")
             inputs = dataclasses.replace(
-                _render_inputs(cfg, distro, client_key, host_key, package_lists),
+                build_inputs.build_inputs(
+                    cfg,
+                    distro,
+                    host_key=host_key,
+                    package_lists=package_lists,
+                    build_ssh_public_key=client_key.public_openssh,
+                ),
                 lock=lock,
                 apt_snapshot=lock.snapshot if lock else None,
                 package_cache=package_cache,
@@ -489,19 +496,6 @@ def _fill_cache(
         ", ".join(f"{k} {n}" for k, n in filled.added.items()),
         filled.bytes_added,
     )
-
-
-def _render_inputs(
-    cfg: BuildConfig, distro: str, client_key: ssh.KeyPair, host_key: ssh.KeyPair,
-    package_lists: Path,
-) -> cloudinit.RenderInputs:  # fmt: skip
-    return cloudinit.RenderInputs(
-        profile=cfg.profile, arch=cfg.arch, distro=distro,
-        build_ssh_public_key=client_key.public_openssh,
-        ssh_host_ed25519=(host_key.private_openssh, host_key.public_openssh),
-        guest_files=guestfiles.guest_files(cfg.arch), skills_dir=cfg.skills,
-        package_lists=package_lists, apt_proxy=guestnet.GUEST_HTTP_PROXY,
-    )  # fmt: skip
 
 
 def _new_context(cfg: BuildConfig) -> BuildContext:

@@ -18,6 +18,7 @@ import pytest
 
 from image import config
 from image.build import cloudinit, layercache, packages, pipeline
+from image.build.inputs import build_inputs
 from image.contract import vmstate
 from image.vm import qemu, ssh
 
@@ -241,7 +242,10 @@ def _inputs(**kw: object) -> cloudinit.RenderInputs:
     cfg = config.resolve({"arch": "amd64", "profile": "smoke"}, {}, {}).config
     client = ssh.KeyPair.generate("build@x")
     host = ssh.KeyPair.generate("host@x")
-    inputs = pipeline._render_inputs(cfg, "debian", client, host, packages.PACKAGE_LISTS)
+    inputs = build_inputs(
+        cfg, "debian", host_key=host, build_ssh_public_key=client.public_openssh,
+        package_lists=packages.PACKAGE_LISTS,
+    )  # fmt: skip
     return replace(inputs, **kw)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,24 @@
+"""./inv render and ./inv seed render what build-image renders: one builder of inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from image import config
+from image.build import cloudinit, inputs
+from image.egress import guestnet
+from image.sandbox import guestfiles
+from image.vm import ssh
+
+
+def test_render_inputs_are_a_builds_but_for_the_per_build_keys() -> None:
+    cfg = config.resolve({"arch": "amd64", "profile": "smoke"}, {}, {}).config
+    rendered = inputs.render_inputs(cfg, "debian", None, "sandbox", None, None, None, None, None)
+    built = inputs.build_inputs(cfg, "debian", host_key=ssh.KeyPair.generate("host@x"))
+    assert rendered.guest_files == guestfiles.guest_files("amd64")
+    assert rendered.apt_proxy == guestnet.GUEST_HTTP_PROXY
+    assert rendered.ssh_host_ed25519 is not None
+    keys = {"ssh_host_ed25519": None}
+    assert dataclasses.replace(rendered, **keys) == dataclasses.replace(built, **keys)
+    user_data = cloudinit.render(rendered)["user-data"].decode()
+    assert guestfiles.LAUNCHER in user_data  # the launcher is written by cloud-init
