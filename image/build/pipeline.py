@@ -64,9 +64,47 @@ EGRESS_LOG = "egress.jsonl"
 PROVISION_SERIAL = "serial-provision.log"
 
 
+@dataclass(frozen=True)
+class BuildRequest:
+    """What one build is asked to make, resolved once (``resolve``): the config and
+    the options that are not config (they do not come from the environment)."""
+
+    cfg: BuildConfig
+    distro: str = "ubuntu"
+    offline: bool = False
+    insecure_skip_signature: bool = False
+    raw: bool = False
+    package_lists: Path = packages.PACKAGE_LISTS
+    egress_policy: guestnet.PolicyChoice = guestnet.DEFAULT_BUILD
+    lock: lockfile.Lock | None = None
+    package_cache: bool = True
+
+    @classmethod
+    def resolve(cls, cfg: BuildConfig, **options: Any) -> BuildRequest:
+        """Apply what follows from the options: a lock pins the release, arch and
+        profile; the Debian stand-in may install from a local mirror."""
+        request = cls(cfg, **options)
+        if request.lock is not None:
+            request = dataclasses.replace(
+                request, cfg=_locked_config(cfg, request.lock, request.distro)
+            )
+        if request.distro == "debian":
+            # The offline stand-in installs from Debian's archive, which this host's
+            # resolver may send to a local mirror (a non-public address).
+            policy = guestnet.with_local_addresses(request.egress_policy, [standin.ARCHIVE_HOST])
+            request = dataclasses.replace(request, egress_policy=policy)
+        return request
+
+    @property
+    def cache_key(self) -> str:
+        return packagecache.key(self.distro, self.cfg.release, self.cfg.arch)
+
+
 @dataclass
 class BuildContext:
-    cfg: BuildConfig
+    """One build's state as its steps fill it in; ``info`` is build-info.json in the making."""
+
+    request: BuildRequest
     build_id: str
     work: Path  # scratch: overlay disk, the new layer, seed, logs
     sockets: Path  # the VM's sockets: proxy, QMP, guest agent (guestnet.make_socket_dir)
@@ -74,6 +112,16 @@ class BuildContext:
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # Filled in by the steps, in this order.
+    base: fetch.FetchResult | None = None
+    client_key: ssh.KeyPair | None = None
+    host_key: ssh.KeyPair | None = None
+    inputs: cloudinit.RenderInputs | None = None
+    plan: VMPlan | None = None
+
+    @property
+    def cfg(self) -> BuildConfig:
+        return self.request.cfg
 
     @property
     def serial_log(self) -> Path:
@@ -82,6 +130,19 @@ class BuildContext:
     @property
     def egress_log(self) -> Path:
         return self.work / EGRESS_LOG
+
+
+@dataclass(frozen=True)
+class VMPlan:
+    """The build VM to boot, and the provisioned layer that would stand for it."""
+
+    spec: qemu.VMSpec
+    firmware: Any  # image.vm.firmware.Firmware
+    shares: packagecache.BuildShares | None
+    profile: packages.Profile
+    layer_inputs: dict[str, Any]
+    slot: str
+    layer_key: str
 
 
 @dataclass(frozen=True)
@@ -99,9 +160,8 @@ class BuildResult:
         return {
             "image": str(self.image), "raw": str(self.raw) if self.raw else None,
             "manifest": str(self.manifest), "sbom": str(self.sbom),
-            "egress_log": str(self.egress_log),
             "build_info": str(self.build_info), "sha256sums": str(self.sha256sums),
-            "timings": self.timings,
+            "timings": self.timings, "egress_log": str(self.egress_log),
         }  # fmt: skip
 
 
@@ -109,18 +169,12 @@ def output_name(cfg: BuildConfig) -> str:
     return output.output_name(cfg.release, cfg.arch, cfg.profile)
 
 
-def build_image(
-    cfg: BuildConfig,
-    *,
-    distro: str = "ubuntu",
-    offline: bool = False,
-    insecure_skip_signature: bool = False,
-    raw: bool = False,
-    package_lists: Path = packages.PACKAGE_LISTS,
-    egress_policy: guestnet.PolicyChoice = guestnet.DEFAULT_BUILD,
-    lock: lockfile.Lock | None = None,
-    package_cache: bool = True,
-) -> BuildResult:
+def build_image(cfg: BuildConfig, **options: Any) -> BuildResult:
+    """``build(BuildRequest.resolve(cfg, **options))``: options as in BuildRequest."""
+    return build(BuildRequest.resolve(cfg, **options))
+
+
+def build(request: BuildRequest) -> BuildResult:
     """Fetch, render, provision (or find a provisioned layer), resume, verify,
     describe, generalize, compact, publish.
 
@@ -130,123 +184,30 @@ def build_image(
     host with the build policy (package archives, PyPI, npm); its audit log is
     published as egress.jsonl.
     """
+    cfg = request.cfg
     hosttools.require([*hosttools.vm_tools(cfg.arch), "gpgv"], "build-image")
-    if lock is not None:
-        cfg = _locked_config(cfg, lock, distro)
-    if distro == "debian":
-        # The offline stand-in installs from Debian's archive, which this host's
-        # resolver may send to a local mirror (a non-public address).
-        egress_policy = guestnet.with_local_addresses(egress_policy, [standin.ARCHIVE_HOST])
-    policy = egress_policy.load()  # a bad policy fails before anything is fetched
-    ctx = _new_context(cfg)
-    ctx.info["egress_policy"] = {
-        "file": str(egress_policy.file), "sha256": _sha256(egress_policy.file),
-        "allow": list(egress_policy.allow), "deny": list(egress_policy.deny),
-        "allow_addresses": list(egress_policy.allow_addresses),
-        "allow_ports": list(egress_policy.allow_ports),
-    }  # fmt: skip
-    cache_key = packagecache.key(distro, cfg.release, cfg.arch)
-    ctx.info["package_cache"] = {"enabled": package_cache, "key": cache_key}
+    policy = request.egress_policy.load()  # a bad policy fails before anything is fetched
+    ctx = _new_context(request)
     with _build_scope(ctx):
         with step("fetch", ctx.timings):
-            base = fetch.fetch(cfg, offline=offline,
-                               insecure_skip_signature=insecure_skip_signature)  # fmt: skip
-            ctx.info["base"] = base.to_json()
-            if lock is not None:
-                lockfile.check_base(lock, base.sha256)
-                ctx.info["lock"] = {
-                    "apt": len(lock.apt),
-                    "pip": len(lock.pip),
-                    "npm": len(lock.npm),
-                    "snapshot": lock.snapshot,
-                }
+            _fetch(ctx)
         with step("render", ctx.timings):
-            client_key = ssh.KeyPair.generate(f"{BUILD_USER}@sandbox-image-{ctx.build_id}")
-            host_key = ssh.KeyPair.generate(f"host@sandbox-image-{ctx.build_id}")
-            inputs = dataclasses.replace(
-                build_inputs.build_inputs(
-                    cfg,
-                    distro,
-                    host_key=host_key,
-                    package_lists=package_lists,
-                    build_ssh_public_key=client_key.public_openssh,
-                ),
-                lock=lock,
-                apt_snapshot=lock.snapshot if lock else None,
-                package_cache=package_cache,
-            )
-            files = cloudinit.render(inputs)
-            cloudinit.validate_schema(files["user-data"])
-            seed_iso = ctx.work / "seed.iso"
-            cloudinit.write_seed_iso(files, seed_iso)
-            ctx.info["seed_sha256"] = _sha256(seed_iso)
+            seed_iso = _render(ctx)
         with step("disk", ctx.timings):
-            firmware = find_firmware(cfg.arch)
-            accel_args, accel_reason = accel.accel_argv(cfg.accel, cfg.arch, cfg.cache_dir)
-            ctx.info["accel"] = accel_reason
-            log.info("accelerator: %s", accel_reason)
-            shares = (
-                packagecache.prepare(cfg.cache_dir, cache_key, ctx.work) if package_cache else None
-            )
-            new_layer = ctx.work / "layer"
-            new_layer.mkdir()
-            # The VM that provisions writes straight into a new layer (see layercache).
-            spec = qemu.VMSpec(
-                arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=new_layer / layercache.DISK,
-                firmware_code=firmware.code, firmware_vars=new_layer / layercache.VARS,
-                accel=tuple(accel_args), serial_log=ctx.work / PROVISION_SERIAL,
-                qmp_socket=ctx.sockets / "qmp.sock", qga_socket=ctx.sockets / "qga.sock",
-                seed_iso=seed_iso, ssh_port=qemu.free_port(), net_restrict=True,
-                guestfwd=guestnet.guest_forwards(ctx.sockets),
-                # The build VM is thrown away if anything fails: no need to make
-                # every guest write durable, and TCG builds spend less time in I/O.
-                disk_cache="unsafe",
-                shares=(shares.cache, shares.new) if shares else (),
-            )  # fmt: skip
-            profile = packages.load_profile(cfg.profile, package_lists)
-            layer_inputs = _layer_inputs(ctx, distro, inputs, spec, firmware.code, lock)
-            slot = layercache.slot(distro, cfg.release, cfg.arch, cfg.profile)
-            layer_key = layercache.make_key(layer_inputs)
+            plan = ctx.plan = _plan_vm(ctx, seed_iso)
         layer = None
-        if package_cache:
+        if request.package_cache:
             with step("layer", ctx.timings):
-                layer = layercache.lookup(cfg.cache_dir, slot, layer_key)
+                layer = layercache.lookup(cfg.cache_dir, plan.slot, plan.layer_key)
         try:
             with guestnet.serve_for_vm(policy, ctx.sockets, ctx.egress_log):
                 running = contextlib.ExitStack()
-                for _attempt in range(2):
-                    if layer is None:
-                        layer = _provision(ctx, spec, base.path, firmware.vars_template,
-                                           client_key, host_key, lock, slot, layer_key,
-                                           layer_inputs)  # fmt: skip
-                    try:
-                        with step("resume", ctx.timings):
-                            vm, session = _resume(ctx, running, spec, layer, client_key)
-                        break
-                    except ImageError as exc:
-                        running.close()
-                        if not layer.cached:
-                            raise
-                        # A cached layer that does not load is removed, and this
-                        # build provisions from scratch instead of failing.
-                        log.warning("provisioned layer %s did not resume: %s; removed, "
-                                    "provisioning from scratch", layer.meta.key[:12],
-                                    exc)  # fmt: skip
-                        layer.release()
-                        layercache.remove(layer.path)
-                        layer = None
-                assert layer is not None  # the loop either resumed or raised
+                layer, vm, session = _provision_or_resume(ctx, running, layer)
                 with running:
                     with step("verify", ctx.timings):
-                        ctx.info["verify"] = _verify(ctx, session, profile)
+                        ctx.info["verify"] = _verify(ctx, session, plan.profile)
                     with step("manifest", ctx.timings):
-                        found = _collect_manifest(ctx, session)
-                        if lock is not None:
-                            _check_against_lock(lock, found)
-                        _write_json(ctx.staging / "manifest.json", found.to_json())
-                        (ctx.staging / "sbom.json").write_text(
-                            manifest.sbom(found, output_name(cfg), image.__version__)
-                        )
+                        found = _describe(ctx, session)
                     _save_guest_logs(ctx, session)
                     with step("generalize", ctx.timings):
                         _generalize(session)
@@ -254,25 +215,148 @@ def build_image(
                     with step("shutdown", ctx.timings):
                         vm.shutdown(timeout=300)
             with step("compact", ctx.timings):
-                name = output_name(cfg)
-                image_path = ctx.staging / f"{name}.qcow2"
-                _run_qemu_img(compact_argv(ctx.work / "disk.qcow2", image_path))
-                raw_path = None
-                if raw:
-                    raw_path = ctx.staging / f"{name}.raw"
-                    _run_qemu_img(["convert", "-O", "raw", str(ctx.work / "disk.qcow2"),
-                                   str(raw_path)])  # fmt: skip
+                image_path, raw_path = _compact(ctx)
             with step("publish", ctx.timings):
                 result = _publish(ctx, layer, image_path, raw_path)
-            if package_cache:
+            if request.package_cache:
                 with step("cache", ctx.timings):
-                    if shares is not None:
-                        _fill_cache(cfg.cache_dir, cache_key, shares, found)
-                    _keep_layer(cfg.cache_dir, layer, profile)
+                    if plan.shares is not None:
+                        _fill_cache(cfg.cache_dir, request.cache_key, plan.shares, found)
+                    _keep_layer(cfg.cache_dir, layer, plan.profile)
         finally:
             if layer is not None:
                 layer.release()
         return result
+
+
+def _fetch(ctx: BuildContext) -> None:
+    request = ctx.request
+    ctx.base = base = fetch.fetch(
+        request.cfg, offline=request.offline,
+        insecure_skip_signature=request.insecure_skip_signature,
+    )  # fmt: skip
+    ctx.info["base"] = base.to_json()
+    lock = request.lock
+    if lock is not None:
+        lockfile.check_base(lock, base.sha256)
+        ctx.info["lock"] = {
+            "apt": len(lock.apt), "pip": len(lock.pip), "npm": len(lock.npm),
+            "snapshot": lock.snapshot,
+        }  # fmt: skip
+
+
+def _render(ctx: BuildContext) -> Path:
+    """This build's keys, the cloud-init documents, and the seed ISO holding them."""
+    request = ctx.request
+    ctx.client_key = ssh.KeyPair.generate(f"{BUILD_USER}@sandbox-image-{ctx.build_id}")
+    ctx.host_key = ssh.KeyPair.generate(f"host@sandbox-image-{ctx.build_id}")
+    ctx.inputs = dataclasses.replace(
+        build_inputs.build_inputs(
+            request.cfg, request.distro, host_key=ctx.host_key,
+            package_lists=request.package_lists,
+            build_ssh_public_key=ctx.client_key.public_openssh,
+        ),
+        lock=request.lock,
+        apt_snapshot=request.lock.snapshot if request.lock else None,
+        package_cache=request.package_cache,
+    )  # fmt: skip
+    files = cloudinit.render(ctx.inputs)
+    cloudinit.validate_schema(files["user-data"])
+    seed_iso = ctx.work / "seed.iso"
+    cloudinit.write_seed_iso(files, seed_iso)
+    ctx.info["seed_sha256"] = _sha256(seed_iso)
+    return seed_iso
+
+
+def _plan_vm(ctx: BuildContext, seed_iso: Path) -> VMPlan:
+    """The provisioning VM (writing straight into a new layer) and that layer's key."""
+    request, cfg = ctx.request, ctx.cfg
+    assert ctx.inputs is not None
+    firmware = find_firmware(cfg.arch)
+    accel_args, accel_reason = accel.accel_argv(cfg.accel, cfg.arch, cfg.cache_dir)
+    ctx.info["accel"] = accel_reason
+    log.info("accelerator: %s", accel_reason)
+    shares = (
+        packagecache.prepare(cfg.cache_dir, request.cache_key, ctx.work)
+        if request.package_cache
+        else None
+    )
+    new_layer = ctx.work / "layer"
+    new_layer.mkdir()
+    spec = qemu.VMSpec(
+        arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=new_layer / layercache.DISK,
+        firmware_code=firmware.code, firmware_vars=new_layer / layercache.VARS,
+        accel=tuple(accel_args), serial_log=ctx.work / PROVISION_SERIAL,
+        qmp_socket=ctx.sockets / "qmp.sock", qga_socket=ctx.sockets / "qga.sock",
+        seed_iso=seed_iso, ssh_port=qemu.free_port(), net_restrict=True,
+        guestfwd=guestnet.guest_forwards(ctx.sockets),
+        # The build VM is thrown away if anything fails: no need to make
+        # every guest write durable, and TCG builds spend less time in I/O.
+        disk_cache="unsafe",
+        shares=(shares.cache, shares.new) if shares else (),
+    )  # fmt: skip
+    layer_inputs = _layer_inputs(ctx, ctx.inputs, spec, firmware.code)
+    return VMPlan(
+        spec=spec, firmware=firmware, shares=shares,
+        profile=packages.load_profile(cfg.profile, request.package_lists),
+        layer_inputs=layer_inputs,
+        slot=layercache.slot(request.distro, cfg.release, cfg.arch, cfg.profile),
+        layer_key=layercache.make_key(layer_inputs),
+    )  # fmt: skip
+
+
+def _provision_or_resume(
+    ctx: BuildContext, running: contextlib.ExitStack, layer: layercache.Layer | None
+) -> tuple[layercache.Layer, qemu.VM, ssh.Session]:
+    """Resume the build VM from ``layer``, provisioning one first if there is none.
+
+    A cached layer that does not load is removed, and this build provisions from
+    scratch instead of failing.
+    """
+    plan, base = ctx.plan, ctx.base
+    assert plan is not None and base is not None and ctx.client_key and ctx.host_key
+    for _attempt in range(2):
+        if layer is None:
+            layer = _provision(ctx, plan.spec, base.path, plan.firmware.vars_template,
+                               ctx.client_key, ctx.host_key, ctx.request.lock, plan.slot,
+                               plan.layer_key, plan.layer_inputs)  # fmt: skip
+        try:
+            with step("resume", ctx.timings):
+                vm, session = _resume(ctx, running, plan.spec, layer, ctx.client_key)
+            return layer, vm, session
+        except ImageError as exc:
+            running.close()
+            if not layer.cached:
+                raise
+            log.warning("provisioned layer %s did not resume: %s; removed, "
+                        "provisioning from scratch", layer.meta.key[:12], exc)  # fmt: skip
+            layer.release()
+            layercache.remove(layer.path)
+            layer = None
+    raise AssertionError("unreachable: the second attempt provisions a fresh layer")
+
+
+def _describe(ctx: BuildContext, session: ssh.Session) -> manifest.Manifest:
+    """manifest.json and the SBOM from what the guest holds (checked against a lock)."""
+    found = _collect_manifest(ctx, session)
+    if ctx.request.lock is not None:
+        _check_against_lock(ctx.request.lock, found)
+    _write_json(ctx.staging / "manifest.json", found.to_json())
+    (ctx.staging / "sbom.json").write_text(
+        manifest.sbom(found, output_name(ctx.cfg), image.__version__)
+    )
+    return found
+
+
+def _compact(ctx: BuildContext) -> tuple[Path, Path | None]:
+    name = output_name(ctx.cfg)
+    image_path = ctx.staging / f"{name}.qcow2"
+    _run_qemu_img(compact_argv(ctx.work / "disk.qcow2", image_path))
+    raw_path = None
+    if ctx.request.raw:
+        raw_path = ctx.staging / f"{name}.raw"
+        _run_qemu_img(["convert", "-O", "raw", str(ctx.work / "disk.qcow2"), str(raw_path)])
+    return image_path, raw_path
 
 
 def _provision(
@@ -347,21 +431,31 @@ def seed_digests(inputs: cloudinit.RenderInputs) -> dict[str, str]:
 
 
 def _layer_inputs(
-    ctx: BuildContext, distro: str, inputs: cloudinit.RenderInputs, spec: qemu.VMSpec,
-    firmware_code: Path, lock: lockfile.Lock | None,
-) -> dict[str, Any]:  # fmt: skip
+    ctx: BuildContext, inputs: cloudinit.RenderInputs, spec: qemu.VMSpec, firmware_code: Path
+) -> dict[str, Any]:
     """Everything that decides what a provisioned guest holds, or whether its state loads."""
-    cfg = ctx.cfg
-    policy = {k: v for k, v in ctx.info["egress_policy"].items() if k != "file"}
+    request, cfg, lock = ctx.request, ctx.cfg, ctx.request.lock
+    assert ctx.base is not None
+    policy = {k: v for k, v in _policy_record(request.egress_policy).items() if k != "file"}
     return {
         "format": layercache.FORMAT, "toolkit": image.__version__,
-        "distro": distro, "release": cfg.release, "arch": cfg.arch, "profile": cfg.profile,
-        "base_sha256": ctx.info["base"]["sha256"], "disk_size": cfg.disk_size,
+        "distro": request.distro, "release": cfg.release, "arch": cfg.arch,
+        "profile": cfg.profile, "base_sha256": ctx.base.sha256, "disk_size": cfg.disk_size,
         "seed": seed_digests(inputs),
         "lock_sha256": hashlib.sha256(lockfile.render(lock).encode()).hexdigest() if lock else None,
         "egress_policy": policy,
         "qemu": vmstate.qemu_version(cfg.arch), "device_hash": vmstate.device_hash(spec),
         "firmware_sha256": _sha256(firmware_code),
+    }  # fmt: skip
+
+
+def _policy_record(choice: guestnet.PolicyChoice) -> dict[str, Any]:
+    """The egress policy as build-info.json records it."""
+    return {
+        "file": str(choice.file), "sha256": _sha256(choice.file),
+        "allow": list(choice.allow), "deny": list(choice.deny),
+        "allow_addresses": list(choice.allow_addresses),
+        "allow_ports": list(choice.allow_ports),
     }  # fmt: skip
 
 
@@ -498,7 +592,8 @@ def _fill_cache(
     )
 
 
-def _new_context(cfg: BuildConfig) -> BuildContext:
+def _new_context(request: BuildRequest) -> BuildContext:
+    cfg = request.cfg
     build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     out = cfg.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -506,9 +601,11 @@ def _new_context(cfg: BuildConfig) -> BuildContext:
     work.mkdir(parents=True)
     staging = out / f".staging-{build_id}"
     staging.mkdir()
-    ctx = BuildContext(cfg, build_id, work, guestnet.make_socket_dir(), staging, out)
+    ctx = BuildContext(request, build_id, work, guestnet.make_socket_dir(), staging, out)
     ctx.info.update(build_id=build_id, toolkit_version=image.__version__,
-                    config=cfg.to_json())  # fmt: skip
+                    config=cfg.to_json(), egress_policy=_policy_record(request.egress_policy),
+                    package_cache={"enabled": request.package_cache,
+                                   "key": request.cache_key})  # fmt: skip
     return ctx
 
 

@@ -18,7 +18,8 @@ def test_render_inputs_are_a_builds_but_for_the_per_build_keys() -> None:
     assert rendered.guest_files == guestfiles.guest_files("amd64")
     assert rendered.apt_proxy == guestnet.GUEST_HTTP_PROXY
     assert rendered.ssh_host_ed25519 is not None
-    keys = {"ssh_host_ed25519": None}
-    assert dataclasses.replace(rendered, **keys) == dataclasses.replace(built, **keys)
+    assert dataclasses.replace(rendered, ssh_host_ed25519=None) == dataclasses.replace(
+        built, ssh_host_ed25519=None
+    )
     user_data = cloudinit.render(rendered)["user-data"].decode()
     assert guestfiles.LAUNCHER in user_data  # the launcher is written by cloud-init
