@@ -242,6 +242,7 @@ def _b64_lines(lines: tuple[str, ...]) -> str:
     return base64.b64encode(text.encode()).decode("ascii") if lines else ""
 
 
+# Long on purpose: one flat mapping of every name the templates use, built in one place.
 def template_context(
     inputs: RenderInputs, profile: packages.Profile, skills: bytes | None
 ) -> dict[str, Any]:

@@ -316,6 +316,7 @@ def _parse_tolerance(path: Path, line: int, value: str) -> float:
     return float(m[1]) / 100
 
 
+# Long on purpose: it checks a profile's fields in file order, each error naming its line.
 def load_profile(name: str, root: Path = PACKAGE_LISTS) -> Profile:
     """Read a profile and every list and source it names; all errors name file and line."""
     if not _GROUP_NAME.fullmatch(name):

@@ -1158,6 +1158,8 @@ async def _listen_unix(
     return server
 
 
+# Long on purpose: the listeners, the audit stream and the thread are set up and torn
+# down in one ExitStack, so a failure halfway leaves nothing listening.
 @contextlib.contextmanager
 def serve_proxy(
     policy: Policy,

@@ -165,6 +165,8 @@ def _guest_ready(agent: GuestAgent, timeout: float, alive: Any) -> float:
     )
 
 
+# Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
+# and any failure removes the staging directory before the work folder goes.
 def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
              ) -> tuple[Path, SnapshotMeta]:  # fmt: skip
     """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``."""

@@ -398,6 +398,7 @@ TOOLS = ("mmdebstrap", "grub-mkstandalone", "sfdisk", "mkfs.ext4", "mkfs.vfat", 
 FOREIGN_TOOLS = ("qemu-aarch64-static", "binfmt aarch64", "arch-test")
 
 
+# Long on purpose: the stand-in recipe as one readable sequence of tool calls.
 def build(cache_dir: Path, arch: str, *, timeout: float = BUILD_TIMEOUT) -> StandinImage:
     rec = recipe(arch)
     spec = arch_spec(arch)
