@@ -50,6 +50,23 @@ RENDER_HELP = {
 }
 
 
+def _render_files(
+    c: Context, profile: str | None, arch: str | None, skills: str | None, distro: str,
+    ssh_key: str | None, hostname: str, apt_mirror: str | None, apt_proxy: str | None,
+    apt_snapshot: str | None, skills_url: str | None, skills_sha256: str | None,
+    *, validate: bool,
+) -> tuple[config.BuildConfig, dict[str, bytes]]:  # fmt: skip
+    """render's and seed's shared part: the config, and the documents a build would render."""
+    from image.build import inputs as build_inputs
+
+    cfg = _config(c, profile=profile, arch=arch, skills=skills).config
+    inputs = build_inputs.render_inputs(
+        cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot, skills_url,
+        skills_sha256,
+    )  # fmt: skip
+    return cfg, build_inputs.rendered(inputs, validate=validate)
+
+
 # Long flags only: with this many options invoke's automatic short flags
 # collide (one would even shadow -h, --help).
 @task(
@@ -78,15 +95,12 @@ def render(
 ) -> None:
     """Render cloud-init user-data, meta-data and network-config."""
     from image.build import cloudinit
-    from image.build import inputs as build_inputs
 
     with _user_errors():
-        cfg = _config(c, profile=profile, arch=arch, skills=skills).config
-        inputs = build_inputs.render_inputs(
-            cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot,
-            skills_url, skills_sha256,
+        cfg, files = _render_files(
+            c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
+            apt_snapshot, skills_url, skills_sha256, validate=not no_validate,
         )  # fmt: skip
-        files = build_inputs.rendered(inputs, validate=not no_validate)
         out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
         written = cloudinit.write_rendered(files, out_dir)
         if json:
@@ -129,15 +143,12 @@ def seed(
     import hashlib
 
     from image.build import cloudinit
-    from image.build import inputs as build_inputs
 
     with _user_errors():
-        cfg = _config(c, profile=profile, arch=arch, skills=skills).config
-        inputs = build_inputs.render_inputs(
-            cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot,
-            skills_url, skills_sha256,
+        cfg, files = _render_files(
+            c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
+            apt_snapshot, skills_url, skills_sha256, validate=not no_validate,
         )  # fmt: skip
-        files = build_inputs.rendered(inputs, validate=not no_validate)
         target = Path(out) if out else cfg.output_dir / "seed.iso"
         cloudinit.write_seed_iso(files, target)
         digest = hashlib.sha256(target.read_bytes()).hexdigest()

@@ -933,6 +933,12 @@ class _ProxyServer:
         raise NotImplementedError
 
 
+def _note_request(conn: Connection, head: bytes) -> None:
+    """What the audit log says of a request, from as much of its head as arrived."""
+    conn.method, conn.host, conn.port, conn.path = request_summary(head)
+    conn.protocol = "connect" if conn.method == "CONNECT" else "http"
+
+
 class _HttpProxy(_ProxyServer):
     protocol = "http"
 
@@ -948,8 +954,7 @@ class _HttpProxy(_ProxyServer):
             partial, rule, status = exc.partial, "incomplete-request", 400
         if not partial and not first:
             raise _Idle
-        conn.method, conn.host, conn.port, conn.path = request_summary(partial)
-        conn.protocol = "connect" if conn.method == "CONNECT" else "http"
+        _note_request(conn, partial)
         raise _Refused(rule, status=status)
 
     async def serve(
@@ -960,8 +965,7 @@ class _HttpProxy(_ProxyServer):
         writer: asyncio.StreamWriter,
     ) -> bool:
         head = await self._head(conn, reader, first=number == 1)
-        conn.method, conn.host, conn.port, conn.path = request_summary(head)
-        conn.protocol = "connect" if conn.method == "CONNECT" else "http"
+        _note_request(conn, head)
         if len(head) > MAX_HEADER_BYTES:
             raise _Refused("header-too-large", status=431)
         request = parse_http_request(head)
