@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from image import run  # noqa: E402
 from image.config import BuildConfig  # noqa: E402
+from image.files import sha256_file  # noqa: E402
 from image.source import signing  # noqa: E402
 from image.source.fetch import fetch, image_name  # noqa: E402
-from image.source.imagecache import sha256_file  # noqa: E402
 
 SERIAL = "20240912"
 RELEASE = "jammy"

@@ -140,9 +140,8 @@ def seed(
     json: bool = False,
 ) -> None:
     """Pack the NoCloud seed ISO (CIDATA)."""
-    import hashlib
-
     from image.build import cloudinit
+    from image.files import sha256_file
 
     with _user_errors():
         cfg, files = _render_files(
@@ -151,7 +150,7 @@ def seed(
         )  # fmt: skip
         target = Path(out) if out else cfg.output_dir / "seed.iso"
         cloudinit.write_seed_iso(files, target)
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        digest = sha256_file(target)
         if json:
             console.print_json(
                 {
@@ -250,13 +249,13 @@ def lock(
 ) -> None:
     """Write a lock (exact apt/pip/npm versions, base serial and sha256) from a build's output."""
     from image.build import lockfile
-    from image.source import imagecache
+    from image.files import atomic_write_text
 
     with _user_errors():
         where = _user_path(output)
         made = lockfile.from_output(where, snapshot=snapshot_timestamp)
         target = _user_path(out) if out else where / "sandbox-image.lock"
-        imagecache.atomic_write(target, lockfile.render(made).encode())
+        atomic_write_text(target, lockfile.render(made))
         summary = {
             "lock": str(target),
             "apt": len(made.apt),
@@ -295,6 +294,7 @@ def cache(
     import time
 
     from image.build import caches
+    from image.files import format_size
 
     with _user_errors():
         cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
@@ -315,13 +315,11 @@ def cache(
             )
             return
         if prune:
-            print(
-                f"pruned {len(removed)} item(s), {config.format_size(freed) if freed else 0} bytes"
-            )
+            print(f"pruned {len(removed)} item(s), {format_size(freed)}")
         if not rows:
             print(f"no build caches under {cfg.cache_dir}")
         for r in rows:
             print(
-                f"{r.key:<28} {r.kind:<5} {r.files:>6} file(s) {r.bytes / (1 << 20):>10.1f} MiB  "
+                f"{r.key:<28} {r.kind:<5} {r.files:>6} file(s) {format_size(r.bytes, 'MiB'):>14}  "
                 f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.newest))}"
             )

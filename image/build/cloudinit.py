@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import posixpath
 import re
 import shlex
@@ -43,6 +42,7 @@ from image.build.skills import pack as skills_pack
 from image.contract import guest
 from image.egress import guestnet
 from image.errors import ImageError
+from image.files import atomic_path, atomic_write_bytes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_ROOT / "cloud-init"
@@ -460,8 +460,7 @@ def write_rendered(files: Mapping[str, bytes], out_dir: Path) -> list[Path]:
     written = []
     for name in sorted(files):
         target = out_dir / name
-        with _atomic_output(target) as f:
-            f.write(files[name])
+        atomic_write_bytes(target, files[name])
         written.append(target)
     return written
 
@@ -630,7 +629,7 @@ def write_seed_iso(files: Mapping[str, bytes], out: Path) -> None:
                     rr_name=name,
                     joliet_path=f"/{name}",
                 )
-            with _atomic_output(out) as f:
+            with atomic_path(out) as tmp, tmp.open("wb") as f:
                 iso.write_fp(f)
         finally:
             iso.close()
@@ -657,21 +656,3 @@ def read_seed_iso(path: Path) -> dict[str, bytes]:
         return out
     finally:
         iso.close()
-
-
-@contextlib.contextmanager
-def _atomic_output(target: Path) -> Iterator[io.BufferedWriter]:
-    """A file in target's directory that becomes target only when complete and synced."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(0o644)
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -43,6 +43,7 @@ from image.console import step
 from image.contract import vmstate
 from image.egress import guestnet
 from image.errors import ImageError
+from image.files import sha256_file
 from image.release import report
 from image.sandbox import guestfiles
 from image.source import fetch, standin
@@ -264,7 +265,7 @@ def _render(ctx: BuildContext) -> Path:
     cloudinit.validate_schema(files["user-data"])
     seed_iso = ctx.work / "seed.iso"
     cloudinit.write_seed_iso(files, seed_iso)
-    ctx.info["seed_sha256"] = _sha256(seed_iso)
+    ctx.info["seed_sha256"] = sha256_file(seed_iso)
     return seed_iso
 
 
@@ -445,14 +446,14 @@ def _layer_inputs(
         "lock_sha256": hashlib.sha256(lockfile.render(lock).encode()).hexdigest() if lock else None,
         "egress_policy": policy,
         "qemu": vmstate.qemu_version(cfg.arch), "device_hash": vmstate.device_hash(spec),
-        "firmware_sha256": _sha256(firmware_code),
+        "firmware_sha256": sha256_file(firmware_code),
     }  # fmt: skip
 
 
 def _policy_record(choice: guestnet.PolicyChoice) -> dict[str, Any]:
     """The egress policy as build-info.json records it."""
     return {
-        "file": str(choice.file), "sha256": _sha256(choice.file),
+        "file": str(choice.file), "sha256": sha256_file(choice.file),
         "allow": list(choice.allow), "deny": list(choice.deny),
         "allow_addresses": list(choice.allow_addresses),
         "allow_ports": list(choice.allow_ports),
@@ -808,14 +809,6 @@ def _run_qemu_img(args: list[str]) -> None:
     run.run(["qemu-img", *args], timeout=3600)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -845,13 +838,13 @@ def _publish(
     ctx.info["egress"] = guestnet.summarize(staging / EGRESS_LOG).to_json()
     artifacts = [p for p in (image_path, raw_path) if p is not None]
     artifacts += [staging / "manifest.json", staging / "sbom.json", staging / EGRESS_LOG]
-    sums = {p.name: _sha256(p) for p in artifacts}
+    sums = {p.name: sha256_file(p) for p in artifacts}
     ctx.info["outputs"] = sums
     ctx.info["timings"] = ctx.timings
     ctx.info["steps"] = output.steps_record(ctx.timings)
     # The report shows the hashes above, so it is made after them and listed last.
     (staging / report.REPORT).write_text(report.render_output(staging, ctx.info), "utf-8")
-    sums[report.REPORT] = _sha256(staging / report.REPORT)
+    sums[report.REPORT] = sha256_file(staging / report.REPORT)
     (staging / "SHA256SUMS").write_text("".join(f"{h} *{n}\n" for n, h in sums.items()))
     _write_json(staging / "build-info.json", ctx.info)
     for path in staging.rglob("*"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from image.build import output
+from image.files import format_size
 
 ECOSYSTEMS = ("dpkg", "pip", "npm")
 
@@ -116,11 +117,7 @@ def compare(a: BuildSummary, b: BuildSummary) -> BuildDiff:
 
 
 def _size(n: int | None) -> str:
-    return "?" if n is None else f"{n / (1 << 20):.1f} MiB"
-
-
-def _signed(n: float, unit: str) -> str:
-    return f"{n:+.1f} {unit}"
+    return "?" if n is None else format_size(n, "MiB")
 
 
 def format_text(diff: BuildDiff) -> str:
@@ -131,7 +128,7 @@ def format_text(diff: BuildDiff) -> str:
     lines += [f"  - {e:<4} {n} {v}" for e, n, v in diff.removed]
     lines += [f"  ~ {e:<4} {n} {o} -> {v}" for e, n, o, v in diff.changed]
     change = diff.size_change
-    shown = "" if change is None else f" ({_signed(change / (1 << 20), 'MiB')})"
+    shown = "" if change is None else f" ({format_size(change, 'MiB', signed=True)})"
     lines += ["", f"image: {_size(diff.a.image_size)} -> {_size(diff.b.image_size)}{shown}", ""]
     lines.append("steps (seconds): a -> b")
     lines += [_step_line(s, x, y) for s, x, y in diff.steps]
@@ -141,7 +138,7 @@ def format_text(diff: BuildDiff) -> str:
 def _step_line(step: str, a: float | None, b: float | None) -> str:
     fa = "-" if a is None else f"{a:.1f}"
     fb = "-" if b is None else f"{b:.1f}"
-    change = "" if a is None or b is None else f"  ({_signed(b - a, 's')})"
+    change = "" if a is None or b is None else f"  ({b - a:+.1f} s)"
     return f"  {step:<12} {fa:>8} -> {fb:>8}{change}"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import Any
 
 import jinja2
 
+from image import config
 from image.build import output
-from image.config import format_size
 from image.errors import ImageError
+from image.files import atomic_write_bytes, format_size
 from image.source.checksums import parse_sha256sums
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -87,18 +87,9 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["size"] = human_size
-    env.filters["config_size"] = lambda n: format_size(int(n)) if isinstance(n, int) else n
+    env.filters["size"] = lambda n: "?" if n is None else format_size(n)
+    env.filters["config_size"] = lambda n: config.format_size(int(n)) if isinstance(n, int) else n
     return env
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{n} B"
 
 
 def _checks(verify: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -171,11 +162,5 @@ def write_report(out: Path, dest: Path | None = None) -> Path:
                 f"{out}/SHA256SUMS lists a different report.html than this toolkit renders",
                 hint="keep the build's own report; write a new one elsewhere with --html PATH",
             )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(html)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(dest)
+    atomic_write_bytes(dest, html)
     return dest

@@ -19,7 +19,6 @@ version, machine or device set differs: device state is not portable across them
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from image.contract import guest
 from image.contract.vmstate import RESEED_RNG, device_hash, qemu_version
 from image.egress import guestnet, proxy
 from image.errors import ImageError
+from image.files import sha256_file
 from image.vm import accel, qemu
 from image.vm.firmware import find_firmware
 from image.vm.guestagent import GuestAgent
@@ -95,14 +95,6 @@ def runtime_spec(
         memory_file=snapdir / MEMORY, memory_private=memory_private,
         extra=("-device", "vmgenid,guid=auto") if arch == "amd64" else (),
     )  # fmt: skip
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def make_session_disk(path: Path, size: int) -> None:
@@ -231,11 +223,11 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
             cpus=cfg.cpus,
             memory=cfg.memory,
             device_hash=device_hash(spec),
-            image_sha256=_sha256(image_path),
+            image_sha256=sha256_file(image_path),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             ready_seconds=round(ready, 2),
             sizes={p.name: p.stat().st_size for p in staging.iterdir()},
-            files_sha256={n: _sha256(staging / n) for n in (STATE, DISK, VARS)},
+            files_sha256={n: sha256_file(staging / n) for n in (STATE, DISK, VARS)},
         )
         log.info("snapshot of QEMU %s (%s), accelerator %s", meta.qemu_version,
                  version.get("package", ""), reason)  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from image import hosttools
 from image.errors import ImageError
+from image.files import atomic_write_bytes
 from image.sandbox import bwrap, seccomp
 
 LAUNCHER = Path(__file__).resolve().parents[1] / "guest" / "sandbox_exec.py"
@@ -35,10 +36,7 @@ def prepare(base: Path, profile: str) -> Prepared:
     host_arch = seccomp.target_arch(os.uname().machine)
     seccomp.write_all(base / "seccomp", arches=[host_arch])
     profile_json = base / "bwrap" / f"{profile}.json"
-    profile_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = profile_json.with_name(f".{profile_json.name}.{os.getpid()}")
-    tmp.write_bytes(bwrap.compile_named(profile))
-    tmp.replace(profile_json)
+    atomic_write_bytes(profile_json, bwrap.compile_named(profile))
     bridges = tuple(b.name for b in bwrap.load(bwrap.shipped()[profile]).bridges)
     return Prepared(profile, profile_json, base / "seccomp" / host_arch, bridges)
 

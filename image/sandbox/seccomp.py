@@ -13,13 +13,11 @@ version, so two compilations compare equal.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
-import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import pyseccomp
 
 from image.errors import ImageError
+from image.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = ROOT / "seccomp-profiles"
@@ -382,22 +381,6 @@ def compile_named(name: str, arch: str) -> Compiled:
     return compile_profile(load(profiles[name]), arch)
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.chmod(0o644)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def outputs(compiled: Compiled) -> dict[str, bytes]:
     """File name -> bytes for one compiled profile (pure: the caller decides where)."""
     return {
@@ -415,6 +398,5 @@ def write_all(
     results = [compile_named(n, a) for a in arches for n in wanted]  # all or nothing
     for compiled in results:
         for file_name, data in outputs(compiled).items():
-            with _atomic(out / compiled.arch / file_name) as tmp:
-                tmp.write_bytes(data)
+            atomic_write_bytes(out / compiled.arch / file_name, data)
     return results

@@ -34,6 +34,7 @@ import requests
 import urllib3.exceptions
 
 from image.errors import ImageError
+from image.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +343,7 @@ def _save_validator(part: Path, validator: Validator | None) -> None:
     if validator is None or not validator.if_range:
         meta.unlink(missing_ok=True)
         return
-    tmp = meta.with_name(meta.name + ".tmp")
-    tmp.write_text(json.dumps(validator.to_json()))
-    tmp.replace(meta)
+    atomic_write_text(meta, json.dumps(validator.to_json()))
 
 
 def discard_part(part: Path) -> None:

@@ -21,55 +21,19 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from image.errors import ImageError
+from image.files import atomic_write_bytes, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1 << 20
 LOCK_TIMEOUT = 3 * 3600.0  # a slow link may take long; a stuck peer must not hang us forever
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.chmod(mode)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(HASH_CHUNK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def mirror_key(mirror: str) -> str:
@@ -147,7 +111,7 @@ class ImageCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         part.chmod(0o444)  # the pipeline reads it as a backing file; nothing writes it
         part.replace(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         part.with_name(part.name + ".json").unlink(missing_ok=True)
         self.record_source(sha256, source)
         return path
@@ -165,7 +129,7 @@ class ImageCache:
             return
         sources.append(dict(source))
         doc = {"sha256": sha256, "size": self.image_path(sha256).stat().st_size, "sources": sources}
-        atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
     # --- signed sums, per (mirror, release, directory) ---
 
@@ -184,9 +148,9 @@ class ImageCache:
         where = self.sums_dir(mirror, release, directory)
         # Signature before sums: a reader that finds SHA256SUMS finds its signature
         # (a stale pair still fails verification, which is re-done on every use).
-        atomic_write(where / "SHA256SUMS.gpg", signature)
-        atomic_write(where / "SHA256SUMS", sums)
-        atomic_write(
+        atomic_write_bytes(where / "SHA256SUMS.gpg", signature)
+        atomic_write_bytes(where / "SHA256SUMS", sums)
+        atomic_write_bytes(
             where / "source.json",
             (json.dumps(dict(source), indent=2, sort_keys=True) + "\n").encode(),
         )
@@ -198,7 +162,7 @@ class ImageCache:
 
     def remember_latest(self, mirror: str, release: str, serial: str) -> None:
         path = self.sums / mirror_key(mirror) / release / "latest.json"
-        atomic_write(path, (json.dumps({"serial": serial}) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps({"serial": serial}) + "\n").encode())
 
     def latest_serial(self, mirror: str, release: str) -> str | None:
         path = self.sums / mirror_key(mirror) / release / "latest.json"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import hashlib
 import html
 import logging
 import shutil
@@ -34,14 +33,15 @@ from pathlib import Path
 from types import FrameType
 
 from image.errors import ImageError
+from image.files import sha256_file
 from image.source import signing
+from image.source.fetch import image_name  # the names the pipeline fetches
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RELEASE = "jammy"
 # Far in the future so it is plainly not a real Canonical serial.
 DEFAULT_SERIAL = "20990101"
-RELEASE_VERSIONS = {"focal": "20.04", "jammy": "22.04", "noble": "24.04"}
 KEY_DIR = "mirror-key"
 CHUNK = 1 << 20
 
@@ -49,17 +49,6 @@ Content = Path | bytes  # a file to stream, or a small document held in memory
 
 
 # --- pure builders -------------------------------------------------------------------------
-
-
-def image_name(release: str, arch: str) -> str:
-    try:
-        version = RELEASE_VERSIONS[release]
-    except KeyError:
-        raise ImageError(
-            f"the stand-in mirror does not know release {release!r}",
-            hint=f"use one of: {', '.join(RELEASE_VERSIONS)}",
-        ) from None
-    return f"ubuntu-{version}-server-cloudimg-{arch}.img"
 
 
 def sha256sums(digests: Mapping[str, str]) -> bytes:
@@ -175,14 +164,6 @@ def sign(key: signing.SigningKey, document: bytes) -> bytes:
         path = Path(tmp) / "SHA256SUMS"
         path.write_bytes(document)
         return signing.sign_detached(key, path).read_bytes()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -306,7 +287,7 @@ def serve_mirror(
         if not path.is_file():
             raise ImageError(f"no image at {path}", hint="sudo ./inv standin --arch amd64")
     key = mirror_key(cache_dir)
-    digests = {image_name(release, arch): file_sha256(path) for arch, path in images.items()}
+    digests = {image_name(release, arch): sha256_file(path) for arch, path in images.items()}
     sums = sha256sums(digests)
     files = mirror_files(release, serial, images, sums, sign(key, sums))
     try:

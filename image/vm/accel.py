@@ -23,6 +23,7 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from image import run
+from image.files import atomic_write_text
 from image.vm.firmware import find_firmware
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,7 @@ def probe_cached(arch: str, cache_dir: Path) -> ProbeResult:
         data = json.loads(path.read_text())
         return ProbeResult(data["accel"], Verdict(data["verdict"]), data["detail"], data["seconds"])
     result = probe(arch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(result)))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(asdict(result)))
     return result
 
 
