@@ -180,8 +180,10 @@ def test_mirror_task_prints_one_line_and_stops_on_sigterm(tmp_path: Path) -> Non
         if not words:
             proc.wait(30)
             pytest.fail(f"./inv mirror exited {proc.returncode}: {errors.read_text()}")
-        assert words[0::2] == ["--mirror", "--keyring", "--fingerprint"], line
-        url, keyring, fingerprint = words[1::2]
+        # The whole build-image line: the stand-in is Debian, so --distro debian too.
+        assert words[0::2] == ["--mirror", "--keyring", "--fingerprint", "--distro"], line
+        url, keyring, fingerprint, distro = words[1::2]
+        assert distro == "debian"
         assert url.startswith("http://127.0.0.1:")
         assert Path(keyring) == cache / "mirror-key" / "public.gpg"
         assert len(fingerprint) == 40

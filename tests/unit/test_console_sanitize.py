@@ -150,12 +150,17 @@ def test_an_error_message_printed_by_a_task_is_shown_not_obeyed(
         monkeypatch.setattr(console, "err", Console(file=stream, force_terminal=True,
                                                     highlight=False, width=200))  # fmt: skip
         previous = signal.getsignal(signal.SIGTERM)
+        # _user_errors() sets up logging on this terminal; the terminal closes at the
+        # end of the test, so later tests must not inherit a handler that writes to it.
+        image_log = logging.getLogger("image")
+        handlers = image_log.handlers[:]
         try:
             with pytest.raises(Exit), tasks._user_errors():
                 raise ImageError("cloud-init: \x1b]0;pwned\x07 [link=file:///etc]x[/link] [/]",
                                  hint="\x1b[8mhidden")  # fmt: skip
         finally:
             signal.signal(signal.SIGTERM, previous)
+            image_log.handlers[:] = handlers
         seen = read_all(master).decode()
     assert "\x1b]" not in seen and "\x1b[8m" not in seen  # rich's own styling aside
     assert "\\x1b]0;pwned\\x07 [link=file:///etc]x[/link] [/]" in seen
