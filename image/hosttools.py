@@ -157,6 +157,15 @@ TOOLS: tuple[Tool, ...] = (
         command="docker-registry",
     ),
     Tool("chromium", "chromium", "report rendering test (headless)", command="chromium"),
+    Tool("curl", "curl", "apt-source key script tests (it runs as in the guest)", command="curl"),
+    Tool("dpkg-deb", "dpkg", "offline third-party repository (nodejs .deb)", command="dpkg-deb"),
+    Tool(
+        "apt-ftparchive",
+        "apt-utils",
+        "offline third-party repository (Packages, Release)",
+        command="apt-ftparchive",
+        version_argv=(),
+    ),
     Tool(
         "binfmt aarch64",
         "binfmt-support",

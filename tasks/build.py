@@ -46,6 +46,8 @@ RENDER_HELP = {
     "skills_url": "download the skills folder as a .tar.gz from this URL instead",
     "skills_sha256": "SHA-256 the --skills-url download must have",
     "no_validate": "skip 'cloud-init schema' (it needs cloud-init on this host)",
+    "source_file": "a NAME.source that replaces the profile's apt source NAME (repeatable; "
+    "./inv mirror writes one for its NodeSource stand-in)",
     "json": CONFIG_HELP["json"],
 }
 
@@ -54,7 +56,7 @@ def _render_files(
     c: Context, profile: str | None, arch: str | None, skills: str | None, distro: str,
     ssh_key: str | None, hostname: str, apt_mirror: str | None, apt_proxy: str | None,
     apt_snapshot: str | None, skills_url: str | None, skills_sha256: str | None,
-    *, validate: bool,
+    source_file: list[str] | None, *, validate: bool,
 ) -> tuple[config.BuildConfig, dict[str, bytes]]:  # fmt: skip
     """render's and seed's shared part: the config, and the documents a build would render."""
     from image.build import inputs as build_inputs
@@ -62,7 +64,7 @@ def _render_files(
     cfg = _config(c, profile=profile, arch=arch, skills=skills).config
     inputs = build_inputs.render_inputs(
         cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot, skills_url,
-        skills_sha256,
+        skills_sha256, [str(_user_path(f)) for f in source_file or ()],
     )  # fmt: skip
     return cfg, build_inputs.rendered(inputs, validate=validate)
 
@@ -71,6 +73,7 @@ def _render_files(
 # collide (one would even shadow -h, --help).
 @task(
     auto_shortflags=False,
+    iterable=["source_file"],
     help={
         **RENDER_HELP,
         "out": "directory for user-data, meta-data, network-config (default OUTPUT_DIR/cloud-init)",
@@ -90,6 +93,7 @@ def render(
     skills: str | None = None,
     skills_url: str | None = None,
     skills_sha256: str | None = None,
+    source_file: list[str] | None = None,
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
@@ -99,7 +103,7 @@ def render(
     with _user_errors():
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
-            apt_snapshot, skills_url, skills_sha256, validate=not no_validate,
+            apt_snapshot, skills_url, skills_sha256, source_file, validate=not no_validate,
         )  # fmt: skip
         out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
         written = cloudinit.write_rendered(files, out_dir)
@@ -120,6 +124,7 @@ def render(
 
 @task(
     auto_shortflags=False,
+    iterable=["source_file"],
     help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"},
 )
 def seed(
@@ -136,6 +141,7 @@ def seed(
     skills: str | None = None,
     skills_url: str | None = None,
     skills_sha256: str | None = None,
+    source_file: list[str] | None = None,
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
@@ -146,7 +152,7 @@ def seed(
     with _user_errors():
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
-            apt_snapshot, skills_url, skills_sha256, validate=not no_validate,
+            apt_snapshot, skills_url, skills_sha256, source_file, validate=not no_validate,
         )  # fmt: skip
         target = Path(out) if out else cfg.output_dir / "seed.iso"
         cloudinit.write_seed_iso(files, target)
@@ -178,13 +184,14 @@ BUILD_HELP = {
     "lock": "install exactly the versions of this lock (from ./inv lock) on its base image",
     "cache": "use and fill the build caches: apt, pip, npm and provisioned layers "
     "(--no-cache: off)",
+    "source_file": RENDER_HELP["source_file"],
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
 
 @task(
     name="build-image", help=BUILD_HELP,
-    iterable=["allow", "deny", "allow_address", "allow_port"],
+    iterable=["allow", "deny", "allow_address", "allow_port", "source_file"],
 )  # fmt: skip
 def build_image(
     c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
@@ -198,6 +205,7 @@ def build_image(
     json: bool = False, policy: str | None = None,
     allow: list[str] | None = None, deny: list[str] | None = None,
     allow_address: list[str] | None = None, allow_port: list[str] | None = None,
+    source_file: list[str] | None = None,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
 
@@ -205,7 +213,7 @@ def build_image(
     policy (proxy-policies/build.policy); its log is published as egress.jsonl.
     """
     from image.build import lockfile, pipeline
-    from image.build.packages import PACKAGE_LISTS
+    from image.build.packages import PACKAGE_LISTS, load_source_file
     from image.egress import guestnet
 
     with _user_errors():
@@ -223,6 +231,7 @@ def build_image(
                 policy, guestnet.BUILD_POLICY, allow, deny, allow_address, allow_port
             ),
             lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
+            sources=tuple(load_source_file(_user_path(f)) for f in source_file or ()),
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

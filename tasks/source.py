@@ -107,6 +107,9 @@ def standin(
         "release": CONFIG_HELP["release"],
         "serial": "serial the mirror publishes (default 20990101)",
         "cache_dir": CONFIG_HELP["cache_dir"],
+        "thirdparty": "also serve the stand-in for NodeSource: a signed apt repository with "
+        "nodejs 22 (made once from the npm registry's Node.js binaries, then cached) and "
+        "a .source for build-image --source-file (default on; --no-thirdparty: images only)",
     }
 )
 def mirror(
@@ -116,10 +119,12 @@ def mirror(
     release: str | None = None,
     serial: str | None = None,
     cache_dir: str | None = None,
+    thirdparty: bool = True,
 ) -> None:
     """Serve the stand-in image(s) on 127.0.0.1 like cloud-images.ubuntu.com, until Ctrl-C."""
     from image.source import mirror as local_mirror
     from image.source import standin as standin_image
+    from image.source import thirdparty as thirdparty_repo
 
     with _user_errors():
         cfg = _config(
@@ -128,8 +133,9 @@ def mirror(
         ).config  # fmt: skip
         images = standin_image.images_for(cfg.cache_dir, arch.split(",") if arch else None)
         published = local_mirror.DEFAULT_SERIAL if cfg.serial == "latest" else cfg.serial
+        repo = thirdparty_repo.ensure(cfg.cache_dir, tuple(sorted(images))) if thirdparty else None
         with local_mirror.serve_mirror(
-            images, cfg.cache_dir, cfg.release, published, port
+            images, cfg.cache_dir, cfg.release, published, port, repo
         ) as served:
             print(served.build_args(), flush=True)
             local_mirror.wait_for_stop_signal()

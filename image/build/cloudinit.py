@@ -118,6 +118,8 @@ class RenderInputs:
     lock: lockfile.Lock | None = None
     # The package caches, shared over 9p (see image/build/packagecache.py); off: no shares.
     package_cache: bool = False
+    # Sources that replace the profile's of the same name (build-image --source-file).
+    sources: tuple[packages.AptSource, ...] = ()
 
 
 # --- pure pieces -------------------------------------------------------------
@@ -212,6 +214,26 @@ def _guest_files(inputs: RenderInputs) -> list[dict[str, str]]:
     if unknown_modes:
         raise ImageError(f"modes given for files that are not guest files: {unknown_modes}")
     return out
+
+
+# A bootcmd item (cloud-init runs bootcmd as one sh script, lines as given, before
+# its apt module adds the sources): the key comes over HTTP(S) through the egress
+# proxy and is trusted only if it holds the pinned fingerprint; only that key is
+# exported to the keyring the source line names. It exits the script on any
+# failure, naming the source, so the build stops before apt reads a source it
+# cannot check. It runs on every boot but does nothing once the keyring is there.
+SOURCE_KEY_TEMPLATE = "apt-source-key.sh.j2"
+
+
+def source_key_script(
+    source: packages.AptSource, proxy: str | None, *, keyring: str | None = None,
+    templates_dir: Path = TEMPLATES_DIR,
+) -> str:  # fmt: skip
+    """The bootcmd item that fetches and checks one source's key (``keyring``: tests)."""
+    return render_template(templates_dir, SOURCE_KEY_TEMPLATE, {
+        "name": source.name, "url": source.key_url, "fingerprint": source.fingerprint,
+        "keyring": keyring or source.keyring, "proxy": proxy,
+    })  # fmt: skip
 
 
 def verify_packages_command() -> str:
@@ -309,9 +331,10 @@ def template_context(
         "apt_sources": [
             {
                 "name": s.name,
-                "fingerprint": s.fingerprint,
-                "keyserver": s.keyserver,
-                "line": f"deb [signed-by=$KEY_FILE] {s.uri} {s.suite} {' '.join(s.components)}",
+                "line": f"deb [signed-by={s.keyring}] {s.uri} {s.suite} {' '.join(s.components)}",
+                "key_script": source_key_script(
+                    s, inputs.apt_proxy, templates_dir=inputs.templates_dir
+                ),
             }
             for s in profile.sources
         ],
@@ -385,6 +408,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["yaml"] = _yaml_scalar
+    env.filters["sh"] = shlex.quote
     return env
 
 
@@ -420,7 +444,9 @@ def _template_line(exc: BaseException, path: Path) -> int | None:
 
 def render(inputs: RenderInputs) -> dict[str, bytes]:
     """RenderInputs -> {'user-data', 'meta-data', 'network-config'}: bytes, deterministic."""
-    profile = packages.load_profile(inputs.profile, inputs.package_lists)
+    profile = packages.resolve_profile(
+        inputs.profile, inputs.package_lists, inputs.distro, inputs.sources
+    )
     skills = skills_pack(inputs.skills_dir) if inputs.skills_dir is not None else None
     context = template_context(inputs, profile, skills)
     user_data = render_template(inputs.templates_dir, TEMPLATES["user-data"], context)

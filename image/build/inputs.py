@@ -31,6 +31,7 @@ def build_inputs(
     apt_snapshot: str | None = None,
     skills_dir: Path | None = None,
     package_lists: Path = packages.PACKAGE_LISTS,
+    sources: tuple[packages.AptSource, ...] = (),
 ) -> cloudinit.RenderInputs:
     """RenderInputs as build-image renders them (``skills_dir``: default cfg.skills)."""
     return cloudinit.RenderInputs(
@@ -40,7 +41,7 @@ def build_inputs(
         hostname=hostname, apt_mirror=apt_mirror, apt_proxy=apt_proxy,
         apt_snapshot=apt_snapshot, guest_files=guestfiles.guest_files(cfg.arch),
         skills_dir=skills_dir if skills_dir is not None else cfg.skills,
-        package_lists=package_lists,
+        package_lists=package_lists, sources=sources,
     )  # fmt: skip
 
 
@@ -54,6 +55,7 @@ def render_inputs(
     apt_snapshot: str | None,
     skills_url: str | None,
     skills_sha256: str | None,
+    source_files: list[str] | None = None,
 ) -> cloudinit.RenderInputs:
     skills_dir = cfg.skills
     if skills_url or skills_sha256:
@@ -76,6 +78,7 @@ def render_inputs(
         build_ssh_public_key=key, hostname=hostname, apt_mirror=apt_mirror,
         apt_proxy=apt_proxy or guestnet.GUEST_HTTP_PROXY, apt_snapshot=apt_snapshot,
         skills_dir=skills_dir,
+        sources=tuple(packages.load_source_file(Path(f)) for f in source_files or ()),
     )  # fmt: skip
 
 

@@ -8,6 +8,8 @@ Layout of ``package-lists/`` (data only; code never edits it):
     sources/<name>.source   an extra apt repository: ``key: value`` lines
     profiles/<name>.profile which groups and sources a profile picks, and the
                             dpkg count it is expected to end with
+    distros/<distro>.map    the names that differ on another distribution than
+                            jammy (the Debian stand-in): apt names, checks
 
 ``#`` starts a comment anywhere on a line. Every parse error names the file
 and the line, so a broken list is fixed where it is, not guessed at.
@@ -16,6 +18,7 @@ and the line, so a broken list is fixed where it is, not guessed at.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image.errors import ImageError
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_LISTS = PROJECT_ROOT / "package-lists"
@@ -72,6 +77,8 @@ class Entry:
     key: str
     path: Path
     line: int
+    # pip only: why this package may install from an sdist ("# sdist: REASON" on its line).
+    sdist: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,11 @@ class Group:
 
 @dataclass(frozen=True)
 class AptSource:
-    """An extra apt repository, its signing key pinned by full fingerprint."""
+    """An extra apt repository, its signing key pinned by full fingerprint.
+
+    The build VM downloads the key from ``key_url`` (through the egress proxy) and
+    trusts it only if its fingerprint is ``fingerprint``: no keyserver, no dirmngr.
+    """
 
     name: str
     path: Path
@@ -95,7 +106,19 @@ class AptSource:
     suite: str
     components: tuple[str, ...]
     fingerprint: str
-    keyserver: str
+    key_url: str
+
+    @property
+    def keyring(self) -> str:
+        """Where the guest keeps the checked key; the source line's signed-by."""
+        return f"/etc/apt/keyrings/sandbox-image-{self.name}.gpg"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name, "uri": self.uri, "suite": self.suite,
+            "components": list(self.components), "fingerprint": self.fingerprint,
+            "key_url": self.key_url, "file": _shown(self.path),
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,14 @@ def _content_lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, content
 
 
+_SDIST_NOTE = re.compile(r"#\s*sdist:\s*(?P<reason>\S.*)$")
+
+
+def _sdist_reason(text: str, line: int) -> str | None:
+    m = _SDIST_NOTE.search(text.splitlines()[line - 1])
+    return m["reason"].strip() if m else None
+
+
 def _parse_entry(kind: str, content: str, path: Path, line: int) -> Entry:
     if kind == "apt":
         if not _APT_NAME.fullmatch(content):
@@ -226,6 +257,11 @@ def parse_group(kind: str, name: str, path: Path, text: str) -> Group:
                 "put each package on its own line; comments start with #",
             )
         entry = _parse_entry(kind, content, path, line)
+        reason = _sdist_reason(text, line)
+        if reason is not None:
+            if kind != "pip":
+                raise ListError(path, line, "only pip packages can come from an sdist")
+            entry = dataclasses.replace(entry, sdist=reason)
         if entry.key in seen:
             raise ListError(
                 path,
@@ -283,12 +319,23 @@ def _require(path: Path, fields: dict[str, tuple[int, str]], *keys: str) -> None
 
 
 def parse_source(name: str, path: Path, text: str) -> AptSource:
-    keys = ("uri", "suite", "components", "fingerprint", "keyserver")
-    fields = _parse_fields(path, text, keys)
+    keys = ("uri", "suite", "components", "key_url", "fingerprint")
+    fields = _parse_fields(path, text, (*keys, "keyserver"))
+    if "keyserver" in fields:
+        raise ListError(
+            path, fields["keyserver"][0], "keyserver is no longer read",
+            "give key_url: the HTTPS URL the repository publishes its key at; the "
+            "build fetches it through the egress proxy and checks the fingerprint",
+        )  # fmt: skip
     _require(path, fields, *keys)
-    line, uri = fields["uri"]
-    if not re.fullmatch(r"https?://\S+", uri):
-        raise ListError(path, line, f"uri must be http(s)://..., got {uri!r}")
+    for key in ("uri", "key_url"):
+        line, value = fields[key]
+        if not re.fullmatch(r"https?://[^\s'\"\\]+", value):
+            raise ListError(path, line, f"{key} must be an http(s):// URL, got {value!r}")
+    for key in ("suite", "components"):
+        line, value = fields[key]
+        if not re.fullmatch(r"[A-Za-z0-9._/-]+( [A-Za-z0-9._/-]+)*", value):
+            raise ListError(path, line, f"{key}: unexpected characters in {value!r}")
     line, fpr = fields["fingerprint"]
     fpr = fpr.replace(" ", "").upper()
     if not _FINGERPRINT.fullmatch(fpr):
@@ -301,12 +348,26 @@ def parse_source(name: str, path: Path, text: str) -> AptSource:
     return AptSource(
         name=name,
         path=path,
-        uri=uri,
+        uri=fields["uri"][1],
         suite=fields["suite"][1],
         components=tuple(fields["components"][1].split()),
         fingerprint=fpr,
-        keyserver=fields["keyserver"][1],
+        key_url=fields["key_url"][1],
     )
+
+
+def load_source_file(path: Path) -> AptSource:
+    """A ``.source`` given on the command line; its file name (without .source) is its name."""
+    if path.suffix != ".source" or not _GROUP_NAME.fullmatch(path.stem):
+        raise ImageError(
+            f"{path}: a source file is named NAME.source (NAME: a-z, 0-9, - and _)",
+            hint="the name says which of the profile's sources it replaces, e.g. nodesource.source",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ImageError(f"cannot read source file {path}: {exc.strerror}") from None
+    return parse_source(path.stem, path, text)
 
 
 def _parse_tolerance(path: Path, line: int, value: str) -> float:
@@ -446,6 +507,122 @@ def parse_checks(path: Path, text: str) -> tuple[Check, ...]:
             raise ListError(path, line, f"check {name!r} given twice")
         checks.append(Check(name, expect, command, path, line))
     return tuple(checks)
+
+
+@dataclass(frozen=True)
+class DistroMap:
+    """``distros/<distro>.map``: what a profile becomes on a distribution other than jammy.
+
+    Lines (``#`` comments; say why on each):
+        apt NAME NEW            install NEW where the lists say NAME (``-``: leave it out)
+        check NAME REGEX        the check NAME expects REGEX instead
+        expected PROFILE N T    the dpkg count PROFILE is expected to reach, ± T (e.g. 3%)
+    """
+
+    distro: str
+    path: Path
+    apt: dict[str, str | None]
+    checks: dict[str, str]
+    expected: dict[str, tuple[int, float]]
+
+
+# Long on purpose: three line kinds, each checked where it stands.
+def parse_distro_map(distro: str, path: Path, text: str) -> DistroMap:
+    apt: dict[str, str | None] = {}
+    checks: dict[str, str] = {}
+    expected: dict[str, tuple[int, float]] = {}
+    for line, content in _content_lines(text):
+        kind, _, rest = content.partition(" ")
+        words = rest.split()
+        if kind == "apt" and len(words) == 2:
+            name, new = words
+            for value in (name, new):
+                if value != "-" and not _APT_NAME.fullmatch(value):
+                    raise ListError(path, line, f"not a Debian package name: {value!r}")
+            if name in apt:
+                raise ListError(path, line, f"{name!r} mapped twice")
+            apt[name] = None if new == "-" else new
+        elif kind == "check" and len(words) >= 2:
+            name, regex = words[0], rest.strip()[len(words[0]) :].strip()
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ListError(path, line, f"bad regular expression {regex!r}: {exc}") from None
+            checks[name] = regex
+        elif kind == "expected" and len(words) == 3:
+            profile, count, tolerance = words
+            if not count.isdigit() or int(count) <= 0:
+                raise ListError(path, line, f"not a positive count: {count!r}")
+            expected[profile] = (int(count), _parse_tolerance(path, line, tolerance))
+        else:
+            raise ListError(
+                path, line, f"cannot read {content!r}",
+                "lines are 'apt NAME NEW', 'check NAME REGEX' or 'expected PROFILE N T%'",
+            )  # fmt: skip
+    return DistroMap(distro, path, apt, checks, expected)
+
+
+def load_distro_map(distro: str, root: Path = PACKAGE_LISTS) -> DistroMap | None:
+    path = root / "distros" / f"{distro}.map"
+    if not path.is_file():
+        return None
+    return parse_distro_map(distro, path, path.read_text(encoding="utf-8"))
+
+
+def for_distro(profile: Profile, mapping: DistroMap) -> Profile:
+    """The profile with the map's names, checks and expected count."""
+    groups = []
+    for group in profile.groups:
+        if group.kind != "apt":
+            groups.append(group)
+            continue
+        entries = []
+        for entry in group.entries:
+            if entry.name not in mapping.apt:
+                entries.append(entry)
+            elif (new := mapping.apt[entry.name]) is not None:
+                entries.append(dataclasses.replace(entry, name=new, spec=new, key=new))
+        groups.append(dataclasses.replace(group, entries=tuple(entries)))
+    checks = tuple(
+        dataclasses.replace(c, expect=mapping.checks[c.name]) if c.name in mapping.checks else c
+        for c in profile.checks
+    )
+    count, tolerance = mapping.expected.get(
+        profile.name, (profile.expected_installed, profile.tolerance)
+    )
+    return dataclasses.replace(
+        profile, groups=tuple(groups), checks=checks, expected_installed=count,
+        tolerance=tolerance,
+    )  # fmt: skip
+
+
+def with_sources(profile: Profile, overrides: Iterable[AptSource]) -> Profile:
+    """The profile with some of its sources replaced (``build-image --source-file``).
+
+    A source file for a source the profile does not use changes nothing (the
+    mirror's line names its NodeSource stand-in for every profile); it is logged.
+    """
+    sources = {s.name: s for s in profile.sources}
+    for source in overrides:
+        if source.name not in sources:
+            log.info("%s: profile %s uses no source %r; not used", source.path, profile.name,
+                     source.name)  # fmt: skip
+            continue
+        sources[source.name] = source
+    return dataclasses.replace(profile, sources=tuple(sources.values()))
+
+
+def resolve_profile(
+    name: str, root: Path = PACKAGE_LISTS, distro: str = "ubuntu",
+    sources: Iterable[AptSource] = (),
+) -> Profile:  # fmt: skip
+    """The profile as a build on ``distro`` installs it: mapped names, given sources."""
+    profile = load_profile(name, root)
+    if distro != "ubuntu":
+        mapping = load_distro_map(distro, root)
+        if mapping is not None:
+            profile = for_distro(profile, mapping)
+    return with_sources(profile, sources)
 
 
 def list_profiles(root: Path = PACKAGE_LISTS) -> list[str]:

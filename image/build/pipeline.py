@@ -79,11 +79,14 @@ class BuildRequest:
     egress_policy: guestnet.PolicyChoice = guestnet.DEFAULT_BUILD
     lock: lockfile.Lock | None = None
     package_cache: bool = True
+    # Replacements for the profile's third-party apt sources (--source-file).
+    sources: tuple[packages.AptSource, ...] = ()
 
     @classmethod
     def resolve(cls, cfg: BuildConfig, **options: Any) -> BuildRequest:
         """Apply what follows from the options: a lock pins the release, arch and
-        profile; the Debian stand-in may install from a local mirror."""
+        profile; the Debian stand-in may install from a local mirror; the egress
+        policy admits the source files' hosts (of the ones the profile uses)."""
         request = cls(cfg, **options)
         if request.lock is not None:
             request = dataclasses.replace(
@@ -94,7 +97,19 @@ class BuildRequest:
             # resolver may send to a local mirror (a non-public address).
             policy = guestnet.with_local_addresses(request.egress_policy, [standin.ARCHIVE_HOST])
             request = dataclasses.replace(request, egress_policy=policy)
+        if request.sources:
+            used = [s for s in request.profile().sources if s in request.sources]
+            policy = guestnet.with_urls(
+                request.egress_policy, [url for s in used for url in (s.uri, s.key_url)]
+            )
+            request = dataclasses.replace(request, sources=tuple(used), egress_policy=policy)
         return request
+
+    def profile(self) -> packages.Profile:
+        """The profile as this build installs it (the distro's names, the given sources)."""
+        return packages.resolve_profile(
+            self.cfg.profile, self.package_lists, self.distro, self.sources
+        )
 
     @property
     def cache_key(self) -> str:
@@ -206,6 +221,7 @@ def build(request: BuildRequest) -> BuildResult:
                 layer, vm, session = _provision_or_resume(ctx, running, layer)
                 with running:
                     with step("verify", ctx.timings):
+                        ctx.info["guest"] = _guest_facts(session)
                         ctx.info["verify"] = _verify(ctx, session, plan.profile)
                     with step("manifest", ctx.timings):
                         found = _describe(ctx, session)
@@ -254,7 +270,7 @@ def _render(ctx: BuildContext) -> Path:
     ctx.inputs = dataclasses.replace(
         build_inputs.build_inputs(
             request.cfg, request.distro, host_key=ctx.host_key,
-            package_lists=request.package_lists,
+            package_lists=request.package_lists, sources=request.sources,
             build_ssh_public_key=ctx.client_key.public_openssh,
         ),
         lock=request.lock,
@@ -297,9 +313,11 @@ def _plan_vm(ctx: BuildContext, seed_iso: Path) -> VMPlan:
         shares=(shares.cache, shares.new) if shares else (),
     )  # fmt: skip
     layer_inputs = _layer_inputs(ctx, ctx.inputs, spec, firmware.code)
+    profile = request.profile()
+    ctx.info["apt_sources"] = [s.to_json() for s in profile.sources]
     return VMPlan(
         spec=spec, firmware=firmware, shares=shares,
-        profile=packages.load_profile(cfg.profile, request.package_lists),
+        profile=profile,
         layer_inputs=layer_inputs,
         slot=layercache.slot(request.distro, cfg.release, cfg.arch, cfg.profile),
         layer_key=layercache.make_key(layer_inputs),
@@ -739,6 +757,22 @@ def parse_self_test(stdout: str) -> dict[str, Any]:
     if not isinstance(outcome, dict) or "ok" not in outcome:
         return {"ok": False, "output": stdout[-500:]}
     return outcome
+
+
+# What build-info records of the provisioned guest: the cloud-init that ran the
+# seed (behaviour differs across 22.x/24.x/25.x), the system and its kernel.
+GUEST_FACTS = {
+    "cloud_init": "cloud-init --version 2>&1 | sed 's/^[^0-9]*//'",
+    "os": '. /etc/os-release && echo "$PRETTY_NAME"',
+    "kernel": "uname -r",
+}
+
+
+def _guest_facts(session: ssh.Session) -> dict[str, str]:
+    return {
+        name: session.run(command, check=False).stdout.strip()[:200]
+        for name, command in GUEST_FACTS.items()
+    }
 
 
 def _guest_distro(session: ssh.Session) -> str:

@@ -20,6 +20,7 @@ import json
 import logging
 import socket
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -145,6 +146,37 @@ def with_local_addresses(choice: PolicyChoice, names: Sequence[str]) -> PolicyCh
                             "for this VM", name, address)  # fmt: skip
                 extra.append(network)
     return replace(choice, allow_addresses=choice.allow_addresses + tuple(extra))
+
+
+def with_urls(choice: PolicyChoice, urls: Sequence[str]) -> PolicyChoice:
+    """`choice` plus exactly what these URLs need: their host names (an IP literal
+    as its one address) and any port other than 80 and 443. For the third-party
+    sources a build is pointed at (build-image --source-file). Logged."""
+    allow, addresses, ports = (
+        list(choice.allow),
+        list(choice.allow_addresses),
+        list(choice.allow_ports),
+    )
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            entry, kind = f"{literal}/{literal.max_prefixlen}", addresses
+        else:
+            entry, kind = host, allow
+        if entry not in kind:
+            kind.append(entry)
+            log.info("egress: allowing %s for %s", entry, url)
+        if port not in (80, 443) and str(port) not in ports:
+            ports.append(str(port))
+            log.info("egress: allowing port %d for %s", port, url)
+    return replace(choice, allow=tuple(allow), allow_addresses=tuple(addresses),
+                   allow_ports=tuple(ports))  # fmt: skip
 
 
 @contextlib.contextmanager

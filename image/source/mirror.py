@@ -33,8 +33,8 @@ from pathlib import Path
 from types import FrameType
 
 from image.errors import ImageError
-from image.files import sha256_file
-from image.source import signing
+from image.files import atomic_write_text, sha256_file
+from image.source import signing, thirdparty
 from image.source.fetch import image_name  # the names the pipeline fetches
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ DEFAULT_RELEASE = "jammy"
 # Far in the future so it is plainly not a real Canonical serial.
 DEFAULT_SERIAL = "20990101"
 KEY_DIR = "mirror-key"
+# Where the stand-in for NodeSource lives under the mirror URL.
+THIRDPARTY_PREFIX = "nodesource"
 CHUNK = 1 << 20
 
 Content = Path | bytes  # a file to stream, or a small document held in memory
@@ -134,29 +136,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
 
 def mirror_key(cache_dir: Path) -> signing.SigningKey:
-    """The throwaway key in the cache, made on first use (atomically: no half key dir)."""
-    home = cache_dir / KEY_DIR
-    key = signing.load_key(home)
-    if key is not None:
-        return key
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # A short name: gpg-agent's sockets live in the home and a socket path has a
-    # 108-byte limit.
-    staging = Path(tempfile.mkdtemp(prefix=".mk-", dir=cache_dir))
-    try:
-        signing.create_key(staging, "sandbox-image offline mirror (throwaway)")
-        # If another process made one first, the rename fails and we use theirs.
-        with contextlib.suppress(OSError):
-            staging.rename(home)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    key = signing.load_key(home)
-    if key is None:
-        raise ImageError(
-            f"no usable signing key in {home}",
-            hint=f"remove {home} and run again to make a new one",
-        )
-    return key
+    """The mirror's throwaway key in the cache, made on first use."""
+    return signing.cached_key(cache_dir / KEY_DIR, "sandbox-image offline mirror (throwaway)")
 
 
 def sign(key: signing.SigningKey, document: bytes) -> bytes:
@@ -259,14 +240,27 @@ class Mirror:
     fingerprint: str  # --fingerprint
     release: str
     serial: str
+    # The third-party repository's .source (--source-file), when one is served.
+    source_file: Path | None = None
 
     def cli_args(self) -> str:
         return f"--mirror {self.url} --keyring {self.keyring} --fingerprint {self.fingerprint}"
 
     def build_args(self) -> str:
         """What ``./inv build-image`` needs to build from this mirror: the stand-ins it
-        serves are Debian, so the line says --distro debian too."""
-        return f"{self.cli_args()} --distro debian"
+        serves are Debian, so the line says --distro debian too, and it names the
+        stand-in for NodeSource when the mirror serves one."""
+        line = f"{self.cli_args()} --distro debian"
+        return f"{line} --source-file {self.source_file}" if self.source_file else line
+
+
+def thirdparty_files(repo: thirdparty.Repository) -> dict[str, Content]:
+    """The repository's files under THIRDPARTY_PREFIX (its .complete stamp aside)."""
+    files: dict[str, Content] = {}
+    for path in sorted(repo.root.rglob("*")):
+        if path.is_file() and path.name != ".complete":
+            files[f"{THIRDPARTY_PREFIX}/{path.relative_to(repo.root).as_posix()}"] = path
+    return files
 
 
 @contextlib.contextmanager
@@ -276,8 +270,10 @@ def serve_mirror(
     release: str = DEFAULT_RELEASE,
     serial: str = DEFAULT_SERIAL,
     port: int = 0,
+    repo: thirdparty.Repository | None = None,
 ) -> Iterator[Mirror]:
-    """Serve ``images`` ({arch: qcow2}) on 127.0.0.1 in a thread until the block ends."""
+    """Serve ``images`` ({arch: qcow2}) on 127.0.0.1 in a thread until the block ends,
+    and ``repo``, the stand-in for NodeSource, with a .source file pointing at it."""
     if not images:
         raise ImageError(
             "the mirror has no image to serve",
@@ -290,6 +286,8 @@ def serve_mirror(
     digests = {image_name(release, arch): sha256_file(path) for arch, path in images.items()}
     sums = sha256sums(digests)
     files = mirror_files(release, serial, images, sums, sign(key, sums))
+    if repo is not None:
+        files.update(thirdparty_files(repo))
     try:
         server = _MirrorServer(port, files)
     except OSError as exc:
@@ -301,12 +299,21 @@ def serve_mirror(
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     log.info("mirror: serving %s on %s", ", ".join(sorted(images)), url)
+    source_file = None
     try:
-        yield Mirror(url, key.public_keyring, key.fingerprint, release, serial)
+        if repo is not None:
+            source_file = cache_dir / "mirror-sources" / str(server.server_address[1])
+            source_file /= f"{thirdparty.NAME}.source"
+            text = thirdparty.source_file_text(f"{url}/{THIRDPARTY_PREFIX}", repo.fingerprint)
+            atomic_write_text(source_file, text)
+            log.info("mirror: serving the %s stand-in (%s)", thirdparty.NAME, source_file)
+        yield Mirror(url, key.public_keyring, key.fingerprint, release, serial, source_file)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+        if source_file is not None:
+            shutil.rmtree(source_file.parent, ignore_errors=True)
 
 
 def wait_for_stop_signal(poll: float = 1.0) -> None:

@@ -5,12 +5,16 @@ Never used for anything a user trusts: the real trust root is keys/ (Canonical's
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from image import run
+from image.errors import ImageError
 
 
 @dataclass(frozen=True)
@@ -82,17 +86,55 @@ def load_key(home: Path) -> SigningKey | None:
     return SigningKey(home, fprs[0], keyring) if fprs else None
 
 
-def sign_detached(key: SigningKey, path: Path, signature: Path | None = None) -> Path:
-    """Binary detached signature, as cloud-images.ubuntu.com's SHA256SUMS.gpg."""
+def cached_key(home: Path, name: str) -> SigningKey:
+    """The throwaway key kept in ``home``, made on first use (atomically: no half key dir).
+
+    ``home`` should have a short path: gpg-agent's sockets live in it, and a
+    socket path has a 108-byte limit.
+    """
+    key = load_key(home)
+    if key is not None:
+        return key
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".mk-", dir=home.parent))
+    try:
+        create_key(staging, name)
+        # If another process made one first, the rename fails and we use theirs.
+        with contextlib.suppress(OSError):
+            staging.rename(home)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    key = load_key(home)
+    if key is None:
+        raise ImageError(
+            f"no usable signing key in {home}",
+            hint=f"remove {home} and run again to make a new one",
+        )
+    return key
+
+
+def sign_detached(
+    key: SigningKey, path: Path, signature: Path | None = None, *, armor: bool = False
+) -> Path:
+    """Detached signature: binary, as cloud-images.ubuntu.com's SHA256SUMS.gpg, or
+    ASCII-armoured, as an apt repository's Release.gpg."""
     signature = signature or path.with_name(path.name + ".gpg")
     signature.unlink(missing_ok=True)
     _gpg(
-        key.home,
-        "--local-user",
-        key.fingerprint,
-        "--output",
-        str(signature),
-        "--detach-sign",
-        str(path),
-    )
+        key.home, "--local-user", key.fingerprint, *(["--armor"] if armor else []),
+        "--output", str(signature), "--detach-sign", str(path),
+    )  # fmt: skip
     return signature
+
+
+def clearsign(key: SigningKey, path: Path, signed: Path) -> Path:
+    """An inline-signed copy of ``path``, as an apt repository's InRelease."""
+    signed.unlink(missing_ok=True)
+    _gpg(key.home, "--local-user", key.fingerprint, "--digest-algo", "SHA512",
+         "--output", str(signed), "--clearsign", str(path))  # fmt: skip
+    return signed
+
+
+def export_armored(key: SigningKey) -> bytes:
+    """The public key as a repository publishes it for download (``gpg --armor --export``)."""
+    return _gpg(key.home, "--armor", "--export", key.fingerprint)

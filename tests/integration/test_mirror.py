@@ -163,7 +163,7 @@ def test_mirror_task_prints_one_line_and_stops_on_sigterm(tmp_path: Path) -> Non
     env = {**os.environ, "SANDBOX_IMAGE_CACHE_DIR": str(cache)}
     errors = tmp_path / "stderr.log"
     proc = subprocess.Popen(
-        [str(ROOT / "inv"), "mirror", "--port", "0"],
+        [str(ROOT / "inv"), "mirror", "--port", "0", "--no-thirdparty"],
         stdout=subprocess.PIPE,
         stderr=errors.open("wb"),
         stdin=subprocess.DEVNULL,

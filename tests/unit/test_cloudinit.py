@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import random
 import shutil
 import tarfile
@@ -77,10 +78,11 @@ def test_packages_are_exactly_the_profile() -> None:
 def test_full_has_nodesource_pip_and_npm() -> None:
     doc = _doc(FULL)
     source = doc["apt"]["sources"]["nodesource"]
-    assert source["keyid"] == "6F71F525282841EEDAF851B42F59B5F99B1BE0B4"
-    assert source["source"] == (
-        "deb [signed-by=$KEY_FILE] https://deb.nodesource.com/node_22.x nodistro main"
-    )
+    # No key, keyid or keyserver for cloud-init: bootcmd puts the checked key in place.
+    assert source == {
+        "source": "deb [signed-by=/etc/apt/keyrings/sandbox-image-nodesource.gpg] "
+        "https://deb.nodesource.com/node_22.x nodistro main"
+    }
     profile = packages.load_profile("full")
     pip = next(
         c for c in doc["runcmd"] if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
@@ -212,12 +214,19 @@ def test_runcmd_exports_the_proxy_before_pip_and_npm() -> None:
     assert export < pip and export < npm
 
 
-def test_dirmngr_gets_the_proxy_only_for_extra_sources_and_is_removed() -> None:
+def test_source_keys_come_through_the_proxy_before_apt_and_no_dirmngr() -> None:
     proxied = dataclasses.replace(FULL, apt_proxy="http://10.0.2.100:3128")
-    files = _write_files(_doc(proxied))
-    assert files["/root/.gnupg/dirmngr.conf"]["content"] == "http-proxy http://10.0.2.100:3128\n"
-    assert ["rm", "-f", "/root/.gnupg/dirmngr.conf"] in _doc(proxied)["runcmd"]
-    assert "/root/.gnupg/dirmngr.conf" not in _write_files(_doc(SMOKE))
+    doc = _doc(proxied)
+    scripts = [c for c in doc["bootcmd"] if isinstance(c, str) and "apt source" in c]
+    assert len(scripts) == 1
+    script = scripts[0]
+    assert "--proxy http://10.0.2.100:3128" in script
+    assert "https://deb.nodesource.com/gpgkey/nodesource-repo.gpg.key" in script
+    assert "fpr=6F71F525282841EEDAF851B42F59B5F99B1BE0B4" in script
+    assert "ring=/etc/apt/keyrings/sandbox-image-nodesource.gpg" in script
+    assert script.rstrip().endswith("|| exit 1")  # a refused key stops bootcmd
+    assert "dirmngr" not in json.dumps(doc) and "keyserver" not in json.dumps(doc)
+    assert "bootcmd" not in _doc(dataclasses.replace(SMOKE, package_cache=False))
 
 
 def test_guest_files_modes_and_exact_bytes() -> None:
@@ -411,6 +420,7 @@ def test_user_data_top_level_keys_are_exactly_these() -> None:
         "locale",
         "manage_etc_hosts",
         "apt",
+        "bootcmd",  # the NodeSource key, fetched and checked
         "package_update",
         "package_upgrade",
         "package_reboot_if_required",
@@ -434,3 +444,15 @@ def test_seeded_ssh_host_key_is_rendered_verbatim() -> None:
 def test_a_host_key_that_is_not_ed25519_openssh_is_refused() -> None:
     with pytest.raises(ImageError, match="ed25519"):
         render(dataclasses.replace(SMOKE, ssh_host_ed25519=("not a key", "ssh-rsa AAAA")))
+
+
+def test_imagemagick_may_read_pdf_and_pip_may_install_beside_a_managed_python() -> None:
+    runcmd = _doc(FULL)["runcmd"]
+    policy = next(c for c in runcmd if isinstance(c, str) and "ImageMagick" in c)
+    assert 'pattern="(PDF|PS|EPS|XPS)"' in policy and "read|write" in policy
+    assert "export PIP_BREAK_SYSTEM_PACKAGES=1" in runcmd
+    pip = next(
+        i for i, c in enumerate(runcmd) if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
+    )
+    assert runcmd.index("export PIP_BREAK_SYSTEM_PACKAGES=1") < pip
+    assert "export PIP_BREAK_SYSTEM_PACKAGES=1" not in _doc(SMOKE)["runcmd"]

@@ -59,7 +59,7 @@ def test_shipped_policies_load_and_allow_the_package_registries() -> None:
             assert proxy.check_name(policy, name, 443).allowed, (choice.file, name)
         assert not proxy.check_name(policy, "example.com", 443).allowed
     build = guestnet.DEFAULT_BUILD.load()
-    for name in ("keyserver.ubuntu.com", "snapshot.ubuntu.com", "deb.nodesource.com"):
+    for name in ("snapshot.ubuntu.com", "deb.nodesource.com"):
         assert proxy.check_name(build, name, 443).allowed, name
 
 
@@ -109,3 +109,18 @@ def test_build_vm_network_is_restricted_to_the_proxy(tmp_path: Path) -> None:
         f"guestfwd=tcp:10.0.2.100:3128-cmd:socat - UNIX-CONNECT:{tmp_path}/http.sock,"
         f"guestfwd=tcp:10.0.2.100:1080-cmd:socat - UNIX-CONNECT:{tmp_path}/socks.sock"
     )
+
+
+def test_source_urls_add_exactly_their_hosts_and_ports(tmp_path: Path) -> None:
+    choice = guestnet.with_urls(guestnet.DEFAULT_BUILD, [
+        "http://127.0.0.1:38519/nodesource/node_22.x",
+        "http://127.0.0.1:38519/nodesource/gpgkey/nodesource-repo.gpg.key",
+        "https://apt.corp.test/repo", "http://[::1]:8080/x",
+    ])  # fmt: skip
+    assert choice.allow[-1:] == ("apt.corp.test",)
+    assert choice.allow_addresses == ("127.0.0.1/32", "::1/128")
+    assert choice.allow_ports == ("38519", "8080")
+    policy = choice.load()
+    assert proxy.decide(policy, "127.0.0.1", 38519, []).allowed
+    assert not proxy.decide(policy, "127.0.0.2", 38519, []).allowed
+    assert proxy.check_name(policy, "apt.corp.test", 443).allowed

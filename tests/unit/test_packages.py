@@ -264,10 +264,30 @@ def test_empty_list_is_an_error(tmp_path: Path) -> None:
 def test_source_needs_a_full_fingerprint(tmp_path: Path) -> None:
     text = (
         "uri: https://example.org/repo\nsuite: s\ncomponents: main\n"
-        "fingerprint: 9B1BE0B4\nkeyserver: keys.example.org\n"
+        "fingerprint: 9B1BE0B4\nkey_url: https://example.org/key.asc\n"
     )
     with pytest.raises(ListError, match=r"s.source:4: not a 40-hex-digit"):
         packages.parse_source("s", tmp_path / "s.source", text)
+
+
+def test_source_with_a_keyserver_says_what_replaced_it(tmp_path: Path) -> None:
+    text = (
+        "uri: https://example.org/repo\nsuite: s\ncomponents: main\n"
+        f"fingerprint: {'A' * 40}\nkeyserver: hkps://keys.example.org\n"
+    )
+    with pytest.raises(ListError, match=r"s.source:5: keyserver is no longer read") as err:
+        packages.parse_source("s", tmp_path / "s.source", text)
+    assert "key_url" in (err.value.hint or "")
+
+
+def test_source_urls_cannot_carry_shell_or_spaces(tmp_path: Path) -> None:
+    for bad in ("https://x.org/k$(id)'", "ftp://x.org/k", "https://x.org/a b"):
+        text = (
+            "uri: https://example.org/repo\nsuite: s\ncomponents: main\n"
+            f"fingerprint: {'A' * 40}\nkey_url: {bad}\n"
+        )
+        with pytest.raises(ListError, match="key_url must be an http"):
+            packages.parse_source("s", tmp_path / "s.source", text)
 
 
 def test_unknown_source_names_profile_line(tmp_path: Path) -> None:
@@ -310,3 +330,74 @@ def test_constraints_load_with_their_group(tmp_path: Path) -> None:
     loaded = load_profile("p", root)
     assert loaded.pip_packages == ("pypdf==7.1.1",)
     assert loaded.pip_constraints == ("six==1.17.0",)
+
+
+def _source_text(**overrides: str) -> str:
+    fields = {
+        "uri": "https://example.org/repo", "suite": "nodistro", "components": "main",
+        "key_url": "https://example.org/key.asc", "fingerprint": "A" * 40, **overrides,
+    }  # fmt: skip
+    return "".join(f"{k}: {v}\n" for k, v in fields.items())
+
+
+def test_a_source_file_is_named_by_its_file_and_replaces_that_source(tmp_path: Path) -> None:
+    path = tmp_path / "nodesource.source"
+    path.write_text(_source_text(uri="http://127.0.0.1:8080/node_22.x"))
+    source = packages.load_source_file(path)
+    full = packages.resolve_profile("full", sources=[source])
+    assert [s.uri for s in full.sources] == ["http://127.0.0.1:8080/node_22.x"]
+    assert full.sources[0].keyring == "/etc/apt/keyrings/sandbox-image-nodesource.gpg"
+    # A profile without that source: nothing changes (the mirror's line is the same for all).
+    assert packages.resolve_profile("smoke", sources=[source]).sources == ()
+    bad = tmp_path / "node source.txt"
+    bad.write_text(_source_text())
+    with pytest.raises(ImageError, match=r"a source file is named NAME\.source"):
+        packages.load_source_file(bad)
+    with pytest.raises(ImageError, match="cannot read source file"):
+        packages.load_source_file(tmp_path / "absent.source")
+
+
+def test_distro_map_lines_and_their_errors(tmp_path: Path) -> None:
+    path = tmp_path / "debian.map"
+    text = (
+        "apt gcc-11 gcc-14  # why\napt wkhtmltopdf -\n"
+        'check java version "21\\.\nexpected full 1040 3%\n'
+    )
+    mapping = packages.parse_distro_map("debian", path, text)
+    assert mapping.apt == {"gcc-11": "gcc-14", "wkhtmltopdf": None}
+    assert mapping.checks == {"java": 'version "21\\.'}
+    assert mapping.expected == {"full": (1040, 0.03)}
+    for bad, message in (
+        ("apt gcc-11\n", "cannot read"), ("apt GCC gcc\n", "not a Debian package name"),
+        ("apt a1 b1\napt a1 c1\n", "mapped twice"), ("check x (\n", "bad regular expression"),
+        ("expected full many 3%\n", "not a positive count"), ("rename a b\n", "cannot read"),
+    ):  # fmt: skip
+        with pytest.raises(ListError, match=message):
+            packages.parse_distro_map("debian", path, bad)
+
+
+def test_the_shipped_debian_map_is_used_by_the_full_profile() -> None:
+    """Every line of the reviewed map changes something: no stale mapping."""
+    mapping = packages.load_distro_map("debian")
+    assert mapping is not None
+    names = {e.name for name in SHIPPED for g in load_profile(name).groups
+             if g.kind == "apt" for e in g.entries}  # fmt: skip
+    assert set(mapping.apt) <= names, set(mapping.apt) - names
+    checks = {c.name for name in SHIPPED for c in load_profile(name).checks}
+    assert set(mapping.checks) <= checks
+    assert set(mapping.expected) <= set(SHIPPED)
+    full = packages.resolve_profile("full", distro="debian")
+    for old, new in mapping.apt.items():
+        assert old not in full.apt_packages
+        assert new is None or new in full.apt_packages
+
+
+def test_an_sdist_is_allowed_only_where_a_line_says_why(tmp_path: Path) -> None:
+    text = "a==1  # sdist: pure Python, no wheel\nb==2  # plain comment\n"
+    group = parse_group("pip", "x", tmp_path / "x.list", text)
+    assert [(e.name, e.sdist) for e in group.entries] == [("a", "pure Python, no wheel"),
+                                                          ("b", None)]  # fmt: skip
+    with pytest.raises(ListError, match=r"x\.list:1: only pip packages"):
+        parse_group("apt", "x", tmp_path / "x.list", "jq  # sdist: nonsense\n")
+    full = load_profile("full")
+    assert [e.name for g in full.groups_of("pip") for e in g.entries if e.sdist] == ["odfpy"]
