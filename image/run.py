@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 # Enough for a person to see why a tool failed, without flooding the screen.
 STDERR_TAIL_LINES = 20
-_KEEP_ENV = ("PATH", "HOME", "TERM", "TMPDIR", "USER", "http_proxy", "https_proxy", "no_proxy")
+_KEEP_ENV = (
+    "PATH", "HOME", "TERM", "TMPDIR", "USER", "http_proxy", "https_proxy", "no_proxy",
+    # How this host trusts TLS (a company CA): without them Node.js, curl or
+    # requests in a child cannot reach a registry the host itself reaches.
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
+)  # fmt: skip
 
 
 class CommandError(ImageError):

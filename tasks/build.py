@@ -19,18 +19,44 @@ from tasks._common import (
 )
 
 
-@task(help={"profile": CONFIG_HELP["profile"], "json": CONFIG_HELP["json"]})
-def packages(c: Context, profile: str | None = None, json: bool = False) -> None:
+@task(
+    help={
+        "profile": CONFIG_HELP["profile"],
+        "distro": "show the profile as it installs on ubuntu (jammy, default) or debian "
+        "(the offline stand-in: package-lists/distros/debian.map applied)",
+        "resolve": "prove the pip set resolves (wheels only, CPython 3.10, manylinux x86_64 "
+        "and aarch64, every package pinned) and every npm pin installs on the image's "
+        "Node.js 22; asks PyPI and the npm registry",
+        "json": CONFIG_HELP["json"],
+    }
+)
+def packages(
+    c: Context, profile: str | None = None, distro: str = "ubuntu", resolve: bool = False,
+    json: bool = False,
+) -> None:  # fmt: skip
     """Show a package profile: groups, explicit counts, expected installed count."""
     from image.build import packages as package_lists
+    from image.build import resolve as resolver
 
     with _user_errors():
-        cfg = _config(c, only=("profile",), profile=profile).config
-        loaded = package_lists.load_profile(cfg.profile)
+        cfg = _config(c, only=("profile", "cache_dir"), profile=profile).config
+        if distro not in package_lists.DISTROS:
+            raise ImageError(f"unknown distro {distro!r}",
+                             hint=f"use one of: {', '.join(package_lists.DISTROS)}")  # fmt: skip
+        loaded = package_lists.resolve_profile(cfg.profile, distro=distro)
+        outcomes: list[resolver.Outcome] = []
+        if resolve:
+            from image.source import thirdparty
+
+            outcomes = resolver.resolve_pip(loaded)
+            outcomes += resolver.resolve_npm(loaded, *thirdparty.host_node(cfg.cache_dir))
         if json:
-            console.print_json(loaded.summary())
+            console.print_json({**loaded.summary(), "resolve": [o.to_json() for o in outcomes]})
         else:
             print(package_lists.format_summary(loaded))
+            if outcomes:
+                print(resolver.summary(outcomes))
+        resolver.require_all(outcomes)
 
 
 RENDER_HELP = {

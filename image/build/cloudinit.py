@@ -96,7 +96,7 @@ _SSH_KEY = re.compile(
 class RenderInputs:
     profile: str  # 'full' | 'minimal' | 'smoke'
     arch: str  # 'arm64' | 'amd64'
-    distro: str = "ubuntu"  # 'ubuntu' (jammy) or 'debian' (the offline stand-in, Debian 12)
+    distro: str = "ubuntu"  # 'ubuntu' (jammy) or 'debian' (the offline stand-in, Debian 13)
     # The guest's ed25519 SSH host key (private OpenSSH PEM, public line), made by
     # the build so its very first SSH connection is verified, not trusted on first use.
     ssh_host_ed25519: tuple[str, str] | None = None

@@ -1,4 +1,4 @@
-"""The stand-in base image: a Debian 12 cloud image laid out like Ubuntu's, for offline runs.
+"""The stand-in base image: a Debian 13 cloud image laid out like Ubuntu's, for offline runs.
 
 Ubuntu's servers are not always reachable (CI, air-gapped hosts, this project's own
 tests), so the pipeline runs against a local mirror serving this image instead. It is
@@ -11,6 +11,12 @@ Built without loop mounts or privileges beyond what mmdebstrap needs: the root f
 system is made from a directory (``mkfs.ext4 -d``), the ESP with mtools, the
 partition table with sfdisk on a plain file, and the pieces are placed with
 ``dd conv=notrunc``. The result is cached by the SHA-256 of its recipe.
+
+Debian 13 (trixie), not 12: its cloud-init (25.1) is of the generation today's
+jammy images ship (24.x and later: gpg with a throwaway home, a stricter
+schema, deprecation warnings as "degraded" status), so the stand-in exercises
+what a jammy build meets. Its Python is 3.13 and its GCC 14; the full profile's
+names that differ are mapped in package-lists/distros/debian.map.
 """
 
 from __future__ import annotations
@@ -33,14 +39,14 @@ from image.errors import ImageError
 log = logging.getLogger(__name__)
 
 # Bump when the build changes in a way the recipe fields below do not capture.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
-SUITE = "bookworm"
+SUITE = "trixie"
 ARCHIVE_HOST = "deb.debian.org"  # what the stand-in's apt (and so the build VM) downloads from
 SOURCES = (
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
+    "deb http://deb.debian.org/debian trixie main",
+    "deb http://deb.debian.org/debian trixie-updates main",
+    "deb http://deb.debian.org/debian-security trixie-security main",
 )
 ROOT_LABEL = "cloudimg-rootfs"
 ESP_LABEL = "UEFI"
@@ -67,6 +73,10 @@ COMMON_PACKAGES = (
     "sudo",
     "locales",  # for cloud-init's locale module
     "ca-certificates",
+    # In every jammy cloud image, and what a build needs before its packages: the
+    # key script of a third-party apt source downloads with curl and checks with gpg.
+    "curl",
+    "gpg",
     "python3",
     "bubblewrap",
     "socat",

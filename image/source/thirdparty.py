@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
@@ -241,6 +242,25 @@ def fetch_tarball(cache_dir: Path, tarball: Tarball) -> Path:
     part.replace(target)
     part.with_name(part.name + ".json").unlink(missing_ok=True)  # download's resume record
     return target
+
+
+def host_node(cache_dir: Path) -> tuple[Path, Path]:
+    """(node, npm-cli.js) of the Node.js the image installs, runnable on this host:
+    what ``./inv packages --resolve`` checks the npm pins with. Unpacked once."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine)
+    if arch is None:
+        raise ImageError(f"no Node.js {NODE_VERSION} binary for this host ({os.uname().machine})")
+    home = cache_dir / "thirdparty" / f"node-{NODE_VERSION}-npm-{NPM_VERSION}-{arch}"
+    node, npm_cli = home / "node" / "bin" / "node", home / "npm" / "bin" / "npm-cli.js"
+    if not (node.is_file() and npm_cli.is_file()):
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(home.parent, ".node-") as work:
+            (work / "new").mkdir()
+            _unpacked(cache_dir, NODE_TARBALLS[arch], work / "n").rename(work / "new" / "node")
+            _unpacked(cache_dir, NPM_TARBALL, work / "m").rename(work / "new" / "npm")
+            shutil.rmtree(home, ignore_errors=True)
+            (work / "new").rename(home)
+    return node, npm_cli
 
 
 def _unpacked(cache_dir: Path, tarball: Tarball, dest: Path) -> Path:

@@ -150,7 +150,7 @@ def test_debian_mirror_leaves_security_alone() -> None:
     apt = _doc(dataclasses.replace(SMOKE, apt_mirror="http://deb.example/debian"))["apt"]
     assert apt["primary"][0]["uri"] == "http://deb.example/debian"
     assert "security" not in apt
-    # cloud-init's own Debian template would ask the mirror for bookworm-security
+    # cloud-init's own Debian template would ask the mirror for RELEASE-security
     assert apt["sources_list"] == "deb $MIRROR $RELEASE main\n"
 
 

@@ -50,7 +50,7 @@ def test_recipe_hash_is_stable_and_covers_every_field() -> None:
     assert rec.digest() != standin.recipe("arm64").digest()
     changes: dict[str, Any] = {
         "version": rec.version + 1,
-        "suite": "trixie",
+        "suite": "forky",
         "sources": rec.sources[:1],
         "packages": (*rec.packages, "vim"),
         "customize_sh": rec.customize_sh + "true\n",
@@ -121,11 +121,11 @@ def test_mmdebstrap_argv() -> None:
         "--include=" + ",".join(rec.packages),
         "--dpkgopt=force-unsafe-io",
         "--customize-hook=/w/customize.sh",
-        "bookworm",
+        "trixie",
         "/w/rootfs",
-        "deb http://deb.debian.org/debian bookworm main",
-        "deb http://deb.debian.org/debian bookworm-updates main",
-        "deb http://deb.debian.org/debian-security bookworm-security main",
+        "deb http://deb.debian.org/debian trixie main",
+        "deb http://deb.debian.org/debian trixie-updates main",
+        "deb http://deb.debian.org/debian-security trixie-security main",
     ]
 
 
