@@ -135,17 +135,31 @@ def doctor(c: Context, install: bool = False, json: bool = False) -> None:
     help={
         "fast": "unit tier only",
         "arm64": "the arm64 end-to-end tier only (slow under TCG)",
+        "full": "the full-profile tier only: builds the Cowork set on the stand-in (hours "
+        "under TCG)",
         "k": "only tests matching this pytest -k expression",
     }
 )
-def test(c: Context, fast: bool = False, arm64: bool = False, k: str | None = None) -> None:
+def test(
+    c: Context, fast: bool = False, arm64: bool = False, full: bool = False, k: str | None = None
+) -> None:
     """Run the test tiers: unit, integration, vm (installs missing host tools as root)."""
     with _user_errors():
+        if sum((fast, arm64, full)) > 1:
+            raise ImageError(
+                "--fast, --arm64 and --full each pick one tier: give one",
+                hint="./inv test runs the default tiers; the others by hand",
+            )
         if not fast and os.geteuid() == 0 and hosttools.missing():
             hosttools.install_missing()
         tiers = ["tests/unit"] if fast else ["tests/unit", "tests/integration", "tests/vm"]
         argv = [sys.executable, "-m", "pytest", *tiers]
-        argv += ["-m", "arm64"] if arm64 else ["-m", "not arm64"]
+        if arm64:
+            argv += ["-m", "arm64"]
+        elif full:
+            argv += ["-m", "full"]
+        else:
+            argv += ["-m", "not arm64 and not full"]
         if k:
             argv += ["-k", k]
         result = run.run(argv, check=False, capture=False, cwd=ROOT)

@@ -278,8 +278,8 @@ def template_context(
     if inputs.distro not in profile.distros:
         raise ImageError(
             f"profile {profile.name!r} is for {', '.join(profile.distros)}, not {inputs.distro}",
-            hint="the Debian stand-in builds the smoke profile; the others need jammy "
-            "(NodeSource, openjdk-11)",
+            hint="see the profile's distros: line; the Debian stand-in takes names that "
+            "differ from jammy's from package-lists/distros/debian.map",
         )
     if not _HOSTNAME.fullmatch(inputs.hostname):
         raise ImageError(

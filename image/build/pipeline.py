@@ -663,6 +663,8 @@ def _serial_report(serial_log: Path) -> str:
     return f"--- serial console (tail) ---\n{qemu.serial_tail(serial_log)}"
 
 
+# How the seed's own shell steps start a line they print (the apt-source key script).
+OWN_NOTE = "sandbox-image: "
 _MODULE_IN_ERROR = re.compile(r"\('([a-z0-9_]+)'")
 
 
@@ -690,6 +692,10 @@ def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
     except json.JSONDecodeError:
         modules = []
     output_tail = session.sudo("tail -n 40 /var/log/cloud-init-output.log", check=False).stdout
+    # What the seed's own steps said (e.g. a third-party key refused) may lie further up.
+    said = session.sudo(
+        f"grep -h '^{OWN_NOTE}' /var/log/cloud-init-output.log | tail -n 10", check=False
+    ).stdout.strip()
     _save_guest_logs(ctx, session)
     what = f"module(s) {', '.join(modules)} failed" if modules else "provisioning did not finish"
     if result.exit_status == 0 and not marker:
@@ -700,8 +706,9 @@ def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
         hint = (f"the build proxy denied {'; '.join(denied)}: if the build needs it, add "
                 "it with --allow NAME, or --allow-address CIDR for an internal-address "
                 f"rule (or --policy FILE); {hint}")  # fmt: skip
+    notes = f"--- what the build's steps said ---\n{said}\n" if said else ""
     raise ImageError(
-        f"cloud-init: {what}\n{result.stdout.strip()}\n"
+        f"cloud-init: {what}\n{result.stdout.strip()}\n{notes}"
         f"--- /var/log/cloud-init-output.log (tail) ---\n{output_tail.strip()}",
         hint=hint,
     )

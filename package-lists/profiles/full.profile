@@ -15,7 +15,7 @@
 # Recommends are off in the image (APT::Install-Recommends "false"), which is
 # why the closure ignores them. The builder compares the real dpkg count.
 description: the Cowork set - runtimes, toolchain, document stack, skills libraries
-distros: ubuntu
+distros: ubuntu debian
 apt: guest sandbox base toolchain python java nodejs documents fonts network-dev
 pip: skills
 npm: skills

@@ -6,7 +6,7 @@
 # (apt-cache depends --recurse, no recommends). Wider tolerance: the base
 # image's own share weighs more here.
 description: runtimes only - Python, Node.js, Java and the sandbox plumbing
-distros: ubuntu
+distros: ubuntu debian
 apt: guest sandbox base python java nodejs
 sources: nodesource
 expected_installed: 680
