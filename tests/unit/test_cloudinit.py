@@ -173,7 +173,7 @@ def test_snapshot_pin(arch: str, archive: str) -> None:
         ({"hostname": "Sand_box"}, "not a host name"),
         ({"build_ssh_public_key": "not a key"}, "not an OpenSSH public key"),
         ({"arch": "riscv64"}, "unknown arch"),
-        ({"distro": "debian"}, "profile 'full' is for ubuntu, not debian"),
+        ({"distro": "fedora"}, "unknown distro 'fedora'"),
         ({"mac_address": "52-54-00-12-34-56"}, "not a MAC address"),
         ({"agent_uid": 0}, "outside the regular user range"),
         ({"interface": "eth0: x"}, "not a network interface name"),
@@ -456,3 +456,13 @@ def test_imagemagick_may_read_pdf_and_pip_may_install_beside_a_managed_python() 
     )
     assert runcmd.index("export PIP_BREAK_SYSTEM_PACKAGES=1") < pip
     assert "export PIP_BREAK_SYSTEM_PACKAGES=1" not in _doc(SMOKE)["runcmd"]
+
+
+def test_a_profile_builds_only_on_its_distros(tmp_path: Path) -> None:
+    lists = tmp_path / "package-lists"
+    shutil.copytree(packages.PACKAGE_LISTS, lists)
+    profile = lists / "profiles" / "full.profile"
+    profile.write_text(profile.read_text().replace("distros: ubuntu debian", "distros: ubuntu"))
+    inputs = dataclasses.replace(FULL, distro="debian", package_lists=lists)
+    with pytest.raises(ImageError, match="profile 'full' is for ubuntu, not debian"):
+        render(inputs)
