@@ -1,0 +1,155 @@
+"""The full profile (the Cowork set), built end to end on the stand-in: ./inv test --full.
+
+Not in the default run: under TCG on two cores the build alone takes well over
+an hour (docs/packages.md has the figures). One build per session: the mirror
+serves the stand-in and the NodeSource stand-in, the build verifies every check
+of full.checks (mapped for Debian 13), then the image is snapshotted and a
+launch does real document work inside the sandbox, as the agent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image import config
+from image.build import packages, pipeline
+from image.runtime import snapshot
+from image.source import mirror, standin, thirdparty
+from tests.vm.conftest import attach_logs, qemu_processes
+
+pytestmark = pytest.mark.full
+
+# Distribution name -> the module a script imports (where they differ).
+IMPORT_NAMES = {
+    "pdfminer.six": "pdfminer", "pikepdf": "pikepdf", "python-docx": "docx",
+    "python-pptx": "pptx", "odfpy": "odf", "markitdown": "markitdown", "pillow": "PIL",
+    "opencv-python-headless": "cv2", "beautifulsoup4": "bs4", "camelot-py": "camelot",
+    "tabula-py": "tabula", "imageio-ffmpeg": "imageio_ffmpeg", "wand": "wand.image",
+    "freetype-py": "freetype", "pyyaml": "yaml", "python-dotenv": "dotenv",
+    "pypdfium2": "pypdfium2", "xlsxwriter": "xlsxwriter",
+}  # fmt: skip
+
+
+def import_name(distribution: str) -> str:
+    return IMPORT_NAMES.get(distribution, distribution.replace("-", "_"))
+
+
+@pytest.fixture(scope="module")
+def full_build(vm_config: config.BuildConfig) -> Iterator[dict[str, Any]]:
+    user_cache = config.resolve({}, os.environ, {}).config.cache_dir
+    repo = thirdparty.ensure(user_cache, ("amd64",))
+    base = standin.ensure(vm_config.cache_dir, "amd64")
+    out = vm_config.output_dir / "full"
+    with mirror.serve_mirror({"amd64": base.path}, vm_config.cache_dir, repo=repo) as served:
+        assert served.source_file is not None
+        cfg = dataclasses.replace(
+            vm_config, mirror=served.url, keyring=served.keyring,
+            fingerprints=(served.fingerprint,), serial="latest", profile="full",
+            memory=4 << 30, output_dir=out, provision_timeout=6 * 3600,
+        )  # fmt: skip
+        attach_logs(out / "logs" / "cloud-init-output.log", out / "logs" / "serial.log")
+        result = pipeline.build_image(
+            cfg, distro="debian", sources=(packages.load_source_file(served.source_file),)
+        )
+    snapdir = vm_config.output_dir / "full-snapshot"
+    _, meta = snapshot.snapshot(dataclasses.replace(vm_config, memory=4 << 30), result.image,
+                                snapdir)  # fmt: skip
+    yield {"result": result, "snapshot": snapdir, "meta": meta,
+           "info": json.loads(result.build_info.read_text())}  # fmt: skip
+    assert qemu_processes() == []
+
+
+def test_every_check_of_the_full_profile_passed(full_build: dict[str, Any]) -> None:
+    profile = packages.resolve_profile("full", distro="debian")
+    verify = full_build["info"]["verify"]
+    for check in profile.checks:
+        assert verify[check.name]["ok"], (check.name, verify[check.name])
+    low, high = profile.expected_range
+    assert low <= verify["installed_count"]["count"] <= high
+    assert verify["sandbox_self_test"]["ok"]
+    manifest = json.loads(full_build["result"].manifest.read_text())
+    pip = {p["name"].lower().replace("_", "-") for p in manifest["pip"]}
+    for entry in (e for g in profile.groups_of("pip") for e in g.entries):
+        assert entry.key in pip, entry.name
+    npm = {p["name"] for p in manifest["npm"]}
+    assert {e.name for g in profile.groups_of("npm") for e in g.entries} <= npm
+
+
+# The work an agent does, run inside the sandbox (bwrap, both filters) as the agent:
+# a DOCX made with python-docx, converted by LibreOffice headless, read back from
+# the PDF; a word drawn into an image and read by tesseract; a PDF page rendered by
+# ImageMagick (its PDF policy opened); Java; every pip module; every npm module.
+WORK = r"""
+set -eu
+cd "$(mktemp -d)"
+python3 -c 'import docx; d = docx.Document(); d.add_paragraph("Sandbox document 42")
+d.save("in.docx")'
+timeout 600 soffice -env:UserInstallation=file://$PWD/lo --headless --convert-to pdf \
+  in.docx >/dev/null
+pdftotext in.pdf - | grep -q "Sandbox document 42" && echo "docx->pdf ok"
+python3 - <<'PY'
+from PIL import Image, ImageDraw, ImageFont
+image = Image.new("L", (900, 200), 255)
+font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 96)
+ImageDraw.Draw(image).text((30, 40), "SANDBOX", font=font, fill=0)
+image.save("word.png")
+PY
+tesseract word.png - 2>/dev/null | grep -q SANDBOX && echo "ocr ok"
+$(command -v magick || command -v convert) -density 50 in.pdf page.png
+test -s page.png && echo "pdf->png ok"
+java -version 2>&1 | head -1
+python3 -c "$PY_IMPORTS" && echo "pip imports ok"
+NODE_PATH=$(npm root -g) node -e "$JS_REQUIRES" && echo "npm requires ok"
+"""
+
+
+def test_document_work_inside_the_sandbox_of_a_resumed_launch(
+    full_build: dict[str, Any], vm_config: config.BuildConfig
+) -> None:
+    profile = packages.resolve_profile("full", distro="debian")
+    modules = [import_name(e.name.lower()) for g in profile.groups_of("pip") for e in g.entries]
+    requires = [e.name for g in profile.groups_of("npm") for e in g.entries
+                if e.name not in ("typescript", "tsx", "ts-node", "markdown-toc")]  # fmt: skip
+    script = (
+        f"PY_IMPORTS={shlex.quote('; '.join(f'import {m}' for m in modules))}\n"
+        f"JS_REQUIRES={shlex.quote('; '.join(f'require({json.dumps(r)})' for r in requires))}\n"
+        + WORK
+    )
+    cfg = dataclasses.replace(vm_config, memory=4 << 30)
+    with snapshot.launch(full_build["snapshot"], cfg, snapshot.LaunchOptions()) as sandbox:
+        done = sandbox.sandboxed(["/bin/sh", "-c", script], timeout=1800)
+        resume = sandbox.timings
+        used = sandbox.exec(["df", "-B1", "--output=used", "/"]).stdout.decode().split()[-1]
+    out = done.stdout.decode(errors="replace")
+    assert done.exit_code == 0, out + done.stderr.decode(errors="replace")
+    for line in ("docx->pdf ok", "ocr ok", "pdf->png ok", "pip imports ok", "npm requires ok"):
+        assert line in out, out
+    assert 'version "21.' in out
+    print(
+        f"resume to ready {resume['ready']:.2f} s; cold boot to ready "
+        f"{full_build['meta'].ready_seconds:.1f} s; root fs used {int(used) >> 20} MiB"
+    )
+
+
+def test_figures_for_the_docs(full_build: dict[str, Any]) -> None:
+    """Prints what docs/packages.md records: step times, count, sizes."""
+    info, result = full_build["info"], full_build["result"]
+    snapdir: Path = full_build["snapshot"]
+    figures = {
+        "steps": dict(info["steps"]),
+        "installed": info["verify"]["installed_count"]["count"],
+        "qcow2_bytes": result.image.stat().st_size,
+        "snapshot_bytes": sum(p.stat().st_blocks * 512 for p in snapdir.iterdir()),
+        "cold_ready_s": full_build["meta"].ready_seconds,
+        "cloud_init": info["guest"]["cloud_init"],
+    }
+    print(json.dumps(figures))
+    assert figures["installed"] > 0
