@@ -190,7 +190,12 @@ class BuildConfig:
         default=5400.0, metadata=_meta(_seconds, "seconds for cloud-init to finish")
     )
     skills: Path | None = field(
-        default=None, metadata=_meta(_optional_path, "skills folder put read-only at /opt/skills")
+        default=None,
+        metadata=_meta(
+            _optional_path,
+            "a skills folder added to the project's skills/ at /opt/skills (a skill of the "
+            "same name replaces the project's)",
+        ),
     )
 
     @property

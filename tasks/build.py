@@ -74,6 +74,7 @@ RENDER_HELP = {
     "no_validate": "skip 'cloud-init schema' (it needs cloud-init on this host)",
     "source_file": "a NAME.source that replaces the profile's apt source NAME (repeatable; "
     "./inv mirror writes one for its NodeSource stand-in)",
+    "default_skills": "ship the project's skills/ (default; --no-default-skills: only --skills)",
     "json": CONFIG_HELP["json"],
 }
 
@@ -82,7 +83,7 @@ def _render_files(
     c: Context, profile: str | None, arch: str | None, skills: str | None, distro: str,
     ssh_key: str | None, hostname: str, apt_mirror: str | None, apt_proxy: str | None,
     apt_snapshot: str | None, skills_url: str | None, skills_sha256: str | None,
-    source_file: list[str] | None, *, validate: bool,
+    source_file: list[str] | None, default_skills: bool, *, validate: bool,
 ) -> tuple[config.BuildConfig, dict[str, bytes]]:  # fmt: skip
     """render's and seed's shared part: the config, and the documents a build would render."""
     from image.build import inputs as build_inputs
@@ -90,7 +91,7 @@ def _render_files(
     cfg = _config(c, profile=profile, arch=arch, skills=skills).config
     inputs = build_inputs.render_inputs(
         cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot, skills_url,
-        skills_sha256, [str(_user_path(f)) for f in source_file or ()],
+        skills_sha256, [str(_user_path(f)) for f in source_file or ()], default_skills,
     )  # fmt: skip
     return cfg, build_inputs.rendered(inputs, validate=validate)
 
@@ -120,6 +121,7 @@ def render(
     skills_url: str | None = None,
     skills_sha256: str | None = None,
     source_file: list[str] | None = None,
+    default_skills: bool = True,
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
@@ -129,7 +131,8 @@ def render(
     with _user_errors():
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
-            apt_snapshot, skills_url, skills_sha256, source_file, validate=not no_validate,
+            apt_snapshot, skills_url, skills_sha256, source_file, default_skills,
+            validate=not no_validate,
         )  # fmt: skip
         out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
         written = cloudinit.write_rendered(files, out_dir)
@@ -168,6 +171,7 @@ def seed(
     skills_url: str | None = None,
     skills_sha256: str | None = None,
     source_file: list[str] | None = None,
+    default_skills: bool = True,
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
@@ -178,7 +182,8 @@ def seed(
     with _user_errors():
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
-            apt_snapshot, skills_url, skills_sha256, source_file, validate=not no_validate,
+            apt_snapshot, skills_url, skills_sha256, source_file, default_skills,
+            validate=not no_validate,
         )  # fmt: skip
         target = Path(out) if out else cfg.output_dir / "seed.iso"
         cloudinit.write_seed_iso(files, target)
@@ -211,6 +216,7 @@ BUILD_HELP = {
     "cache": "use and fill the build caches: apt, pip, npm and provisioned layers "
     "(--no-cache: off)",
     "source_file": RENDER_HELP["source_file"],
+    "default_skills": RENDER_HELP["default_skills"],
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
@@ -231,7 +237,7 @@ def build_image(
     json: bool = False, policy: str | None = None,
     allow: list[str] | None = None, deny: list[str] | None = None,
     allow_address: list[str] | None = None, allow_port: list[str] | None = None,
-    source_file: list[str] | None = None,
+    source_file: list[str] | None = None, default_skills: bool = True,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
 
@@ -258,6 +264,7 @@ def build_image(
             ),
             lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
             sources=tuple(load_source_file(_user_path(f)) for f in source_file or ()),
+            default_skills=default_skills,
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

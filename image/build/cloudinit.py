@@ -9,7 +9,7 @@ cloud-init's own ``cloud-init schema`` on a rendered user-data.
 What the guest ends up with (paths other stages rely on):
     MARKER_PATH      written as the very last runcmd step; exists only if every
                      step before it succeeded (runcmd runs under ``set -eu``)
-    /opt/skills      the skills folder, root-owned, 0755/0644
+    /opt/skills      the skills (skills.GUEST_DIR), root-owned, 0755/0644, with their index
     agent (uid 1001) unprivileged, no sudo; build: SSH key, NOPASSWD sudo
 """
 
@@ -38,7 +38,7 @@ import yaml
 
 from image import run
 from image.build import lockfile, packagecache, packages
-from image.build.skills import pack as skills_pack
+from image.build import skills as skills_folder
 from image.contract import guest
 from image.egress import guestnet
 from image.errors import ImageError
@@ -56,8 +56,11 @@ STATE_DIR = "/var/lib/sandbox-image"
 MARKER_PATH = f"{STATE_DIR}/provisioned"
 APT_LIST_PATH = f"{STATE_DIR}/apt-packages"
 PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
-SKILLS_ARCHIVE_PATH = f"{STATE_DIR}/skills.tar.gz"
-SKILLS_GUEST_DIR = "/opt/skills"
+# The skills travel as their own file on the seed ISO (no size limit of user-data);
+# runcmd mounts the seed read-only here, checks the file's SHA-256 and unpacks it.
+SKILLS_SEED_FILE = "skills.tar.gz"
+SEED_MOUNT = "/run/sandbox-image-seed"
+SKILLS_GUEST_DIR = guest.SKILLS_DIR
 UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/90-sandbox-image-unsafe-io"
 # A locked build holds every package at its locked version; removed once installed.
 APT_LOCK_PREFERENCES_PATH = "/etc/apt/preferences.d/90-sandbox-image-lock"
@@ -77,7 +80,6 @@ _OWN_PATHS = frozenset(
         MARKER_PATH,
         APT_LIST_PATH,
         PIP_CONSTRAINTS_PATH,
-        SKILLS_ARCHIVE_PATH,
         UNSAFE_IO_PATH,
         APT_LOCK_PREFERENCES_PATH,
         "/etc/environment",
@@ -106,7 +108,9 @@ class RenderInputs:
     apt_proxy: str | None = None
     apt_snapshot: str | None = None  # snapshot.ubuntu.com timestamp, e.g. 20240301T000000Z
     guest_files: Mapping[str, bytes] = field(default_factory=dict)
-    skills_dir: Path | None = None  # put read-only at /opt/skills
+    # Skills folders, merged in order (a later one's skill replaces an earlier one's of
+    # the same name), put read-only at /opt/skills with their index.
+    skills_dirs: tuple[Path, ...] = ()
     # Extensions beyond the pipeline's interface; the defaults are what it expects.
     guest_file_modes: Mapping[str, int] = field(default_factory=dict)  # path -> mode override
     agent_uid: int = guest.AGENT_UID
@@ -266,7 +270,7 @@ def _b64_lines(lines: tuple[str, ...]) -> str:
 
 # Long on purpose: one flat mapping of every name the templates use, built in one place.
 def template_context(
-    inputs: RenderInputs, profile: packages.Profile, skills: bytes | None
+    inputs: RenderInputs, profile: packages.Profile, skills_archive: bytes | None
 ) -> dict[str, Any]:
     """Everything the templates see. Pure; every value already validated."""
     if inputs.arch not in ("arm64", "amd64"):
@@ -348,9 +352,14 @@ def template_context(
         "verify_packages_command": verify_packages_command(),
         "unsafe_io_path": UNSAFE_IO_PATH,
         "guest_files": _guest_files(inputs),
-        "skills_b64": base64.b64encode(skills).decode("ascii") if skills else "",
-        "skills_archive_path": SKILLS_ARCHIVE_PATH,
+        "skills_sha256": hashlib.sha256(skills_archive).hexdigest() if skills_archive else "",
+        "skills_seed_file": SKILLS_SEED_FILE,
+        "seed_mount": SEED_MOUNT,
         "skills_dir": SKILLS_GUEST_DIR,
+        "guest_environment": [
+            f"{guest.SKILLS_ENV}={guest.SKILLS_DIR}",
+            f"NODE_PATH={guest.NODE_PATH}",
+        ],
         "proxy_environment": guestnet.guest_environment(),
         "state_dir": STATE_DIR,
         "marker_command": marker_command(inputs),
@@ -447,7 +456,7 @@ def render(inputs: RenderInputs) -> dict[str, bytes]:
     profile = packages.resolve_profile(
         inputs.profile, inputs.package_lists, inputs.distro, inputs.sources
     )
-    skills = skills_pack(inputs.skills_dir) if inputs.skills_dir is not None else None
+    skills = skills_folder.pack(inputs.skills_dirs) if inputs.skills_dirs else None
     context = template_context(inputs, profile, skills)
     user_data = render_template(inputs.templates_dir, TEMPLATES["user-data"], context)
     # The instance id follows the content: a changed seed is a new instance to
@@ -464,6 +473,8 @@ def render(inputs: RenderInputs) -> dict[str, bytes]:
             "rendered user-data does not start with '#cloud-config'",
             hint="cloud-init ignores user-data without that first line",
         )
+    if skills is not None:
+        out[SKILLS_SEED_FILE] = skills
     return out
 
 
@@ -557,6 +568,7 @@ SEED_VOLUME_ID = "CIDATA"
 # ISO 9660 level-1 names (8.3, upper case); Joliet and Rock Ridge carry the
 # real names, which are what cloud-init's NoCloud reader looks up.
 _ISO9660_NAMES = {
+    SKILLS_SEED_FILE: "SKILLS.TGZ;1",
     "user-data": "USERDATA.;1",
     "meta-data": "METADATA.;1",
     "network-config": "NETWORKC.;1",

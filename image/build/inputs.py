@@ -32,17 +32,25 @@ def build_inputs(
     skills_dir: Path | None = None,
     package_lists: Path = packages.PACKAGE_LISTS,
     sources: tuple[packages.AptSource, ...] = (),
+    default_skills: bool = True,
 ) -> cloudinit.RenderInputs:
-    """RenderInputs as build-image renders them (``skills_dir``: default cfg.skills)."""
+    """RenderInputs as build-image renders them: the project's skills (unless not
+    ``default_skills``) and ``skills_dir`` (default cfg.skills) on top."""
+    extra = skills_dir if skills_dir is not None else cfg.skills
     return cloudinit.RenderInputs(
         profile=cfg.profile, arch=cfg.arch, distro=distro,
         build_ssh_public_key=build_ssh_public_key,
         ssh_host_ed25519=(host_key.private_openssh, host_key.public_openssh),
         hostname=hostname, apt_mirror=apt_mirror, apt_proxy=apt_proxy,
         apt_snapshot=apt_snapshot, guest_files=guestfiles.guest_files(cfg.arch),
-        skills_dir=skills_dir if skills_dir is not None else cfg.skills,
+        skills_dirs=skills_dirs(default_skills, extra),
         package_lists=package_lists, sources=sources,
     )  # fmt: skip
+
+
+def skills_dirs(default_skills: bool, extra: Path | None) -> tuple[Path, ...]:
+    """The skills folders a build merges, in order: the project's, then the user's."""
+    return (*([skills.PROJECT_SKILLS] if default_skills else []), *([extra] if extra else []))
 
 
 def render_inputs(
@@ -56,6 +64,7 @@ def render_inputs(
     skills_url: str | None,
     skills_sha256: str | None,
     source_files: list[str] | None = None,
+    default_skills: bool = True,
 ) -> cloudinit.RenderInputs:
     skills_dir = cfg.skills
     if skills_url or skills_sha256:
@@ -79,6 +88,7 @@ def render_inputs(
         apt_proxy=apt_proxy or guestnet.GUEST_HTTP_PROXY, apt_snapshot=apt_snapshot,
         skills_dir=skills_dir,
         sources=tuple(packages.load_source_file(Path(f)) for f in source_files or ()),
+        default_skills=default_skills,
     )  # fmt: skip
 
 

@@ -36,11 +36,12 @@ from image.build import (
     output,
     packagecache,
     packages,
+    skills,
 )
 from image.build import inputs as build_inputs
 from image.config import BuildConfig, format_size
 from image.console import step
-from image.contract import vmstate
+from image.contract import guest, vmstate
 from image.egress import guestnet
 from image.errors import ImageError
 from image.files import sha256_file
@@ -81,6 +82,8 @@ class BuildRequest:
     package_cache: bool = True
     # Replacements for the profile's third-party apt sources (--source-file).
     sources: tuple[packages.AptSource, ...] = ()
+    # Ship the project's skills/ (cfg.skills adds a folder on top).
+    default_skills: bool = True
 
     @classmethod
     def resolve(cls, cfg: BuildConfig, **options: Any) -> BuildRequest:
@@ -271,6 +274,7 @@ def _render(ctx: BuildContext) -> Path:
         build_inputs.build_inputs(
             request.cfg, request.distro, host_key=ctx.host_key,
             package_lists=request.package_lists, sources=request.sources,
+            default_skills=request.default_skills,
             build_ssh_public_key=ctx.client_key.public_openssh,
         ),
         lock=request.lock,
@@ -279,6 +283,7 @@ def _render(ctx: BuildContext) -> Path:
     )  # fmt: skip
     files = cloudinit.render(ctx.inputs)
     cloudinit.validate_schema(files["user-data"])
+    ctx.info["skills"] = [s.to_json() for s in skills.describe(ctx.inputs.skills_dirs)]
     seed_iso = ctx.work / "seed.iso"
     cloudinit.write_seed_iso(files, seed_iso)
     ctx.info["seed_sha256"] = sha256_file(seed_iso)
@@ -360,7 +365,7 @@ def _describe(ctx: BuildContext, session: ssh.Session) -> manifest.Manifest:
     found = _collect_manifest(ctx, session)
     if ctx.request.lock is not None:
         _check_against_lock(ctx.request.lock, found)
-    _write_json(ctx.staging / "manifest.json", found.to_json())
+    _write_json(ctx.staging / "manifest.json", {**found.to_json(), "skills": ctx.info["skills"]})
     (ctx.staging / "sbom.json").write_text(
         manifest.sbom(found, output_name(ctx.cfg), image.__version__)
     )
@@ -748,10 +753,39 @@ def _verify(ctx: BuildContext, session: ssh.Session, profile: packages.Profile) 
             f"{self_test.stdout[-2000:]}{self_test.stderr[-2000:]}",
             hint="see docs/sandbox.md; the guest needs bwrap, socat, python3 and user namespaces",
         )
-    if ctx.cfg.skills is not None:
-        session.run("test -d /opt/skills && ! test -w /opt/skills")
-        results["skills"] = {"ok": True}
+    results["skills"] = _verify_skills(session, [s["name"] for s in ctx.info["skills"]])
     return results
+
+
+# Run as the agent inside the sandbox: the variable is set there, the index lists
+# the skills, each SKILL.md is readable, and nothing under the folder is writable.
+SKILLS_CHECK = (
+    'd="${SKILLS_DIR:?SKILLS_DIR is not set}"; cat "$d/index.json"; '
+    'for f in "$d"/*/SKILL.md; do test -r "$f" || exit 3; done; '
+    'if touch "$d/.w" 2>/dev/null || touch "$d/pdf/.w" 2>/dev/null; then exit 4; fi'
+)
+
+
+def _verify_skills(session: ssh.Session, expected: list[str]) -> dict[str, Any]:
+    """The skills are in place, indexed, read-only, and found from inside the sandbox."""
+    agent = guest.AGENT_USER
+    done = session.sudo(
+        f"w=$(runuser -u {agent} -- mktemp -d) && runuser -u {agent} -- {guest.LAUNCHER} "
+        f'--profile agent --workspace "$w" -- sh -c {shlex.quote(SKILLS_CHECK)}',
+        check=False,
+    )
+    try:
+        index = json.loads(done.stdout)
+        listed = [s["name"] for s in index["skills"]]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        listed = None
+    if done.exit_status != 0 or listed != expected:
+        raise ImageError(
+            f"verify: skills: expected {expected} indexed and read-only in the sandbox "
+            f"(exit {done.exit_status}), index lists {listed}: {done.stderr.strip()[-300:]}",
+            hint="see docs/skills.md; the seed carries them as skills.tar.gz",
+        )
+    return {"ok": True, "skills": listed, "index": f"{skills.GUEST_DIR}/{skills.INDEX_JSON}"}
 
 
 def parse_self_test(stdout: str) -> dict[str, Any]:

@@ -1,9 +1,20 @@
-"""The skills folder: packed for the seed, or fetched by URL and checksum first.
+"""The skills: folders of instructions and scripts the agent reads at /opt/skills.
 
-The guest gets the folder at /opt/skills, root-owned, directories and
-executables 0755, files 0644: ``pack()`` makes a deterministic tar.gz of it
-that the user-data carries; ``fetch()`` turns a published tarball (URL +
-SHA-256) into such a folder, cached by its checksum.
+Every build ships the project's ``skills/``; ``--skills DIR`` adds a folder of
+one's own (a skill of the same name replaces the project's), and
+``--no-default-skills`` leaves the project's out. ``pack()`` merges them into
+one deterministic tar.gz (sorted, mtime 0, root-owned, directories and
+executables 0755, files 0644) holding, besides the skills, ``index.json`` and
+``INDEX.md``: each skill's name, description and path, so an agent finds them
+from ``$SKILLS_DIR`` alone. The archive travels as its own file on the seed
+medium (not inside user-data), so its size is no seed limit.
+
+A skill is a top-level folder with a ``SKILL.md`` whose YAML front matter
+names it (``name`` equal to the folder's name) and says when to use it
+(``description``). Folders whose name starts with ``_`` hold what several
+skills share (``_lib/soffice.py``) and are shipped but not indexed. ``fetch()``
+turns a published tarball (URL + SHA-256) into such a folder, cached by its
+checksum.
 """
 
 from __future__ import annotations
@@ -11,82 +22,221 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
+import logging
 import re
 import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
+import yaml
 
+from image.contract import guest
 from image.errors import ImageError
 
-# The seed travels inside user-data as base64 (4/3 of its size) and cloud-init
-# holds all of it in memory: keep it to something a seed can reasonably carry.
-MAX_ARCHIVE = 4 << 20
-# A published tarball may carry more than the seed will take (pack() then
-# says so); this only bounds what a wrong URL can make us download.
-MAX_DOWNLOAD = 64 << 20
+log = logging.getLogger(__name__)
+
+PROJECT_SKILLS = Path(__file__).resolve().parents[2] / "skills"
+GUEST_DIR = guest.SKILLS_DIR
+ENV_VAR = guest.SKILLS_ENV
+INDEX_JSON = "index.json"
+INDEX_MD = "INDEX.md"
+# Carried as its own file on the seed ISO, not inside user-data: generous, but
+# bounded so a wrong folder (a home directory) fails here, not in the guest.
+MAX_ARCHIVE = 512 << 20
+MAX_DOWNLOAD = 512 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-def pack(skills_dir: Path, limit: int = MAX_ARCHIVE) -> bytes:
-    """A deterministic tar.gz of the skills folder: sorted, mtime 0, root-owned, 0755/0644.
+@dataclass(frozen=True)
+class Skill:
+    name: str
+    description: str
+    folder: Path  # where it comes from on the host
+    sha256: str  # of its files: names, executable bits and contents
+    files: int
+
+    @property
+    def path(self) -> str:
+        return f"{GUEST_DIR}/{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "path": self.path,
+                "sha256": self.sha256, "files": self.files}  # fmt: skip
+
+
+def merged(dirs: Sequence[Path]) -> dict[str, Path]:
+    """Top-level name -> folder, the later ``dirs`` winning for a name they share."""
+    entries: dict[str, Path] = {}
+    for root in dirs:
+        if not root.is_dir():
+            raise ImageError(f"skills folder {root} is not a directory",
+                             hint="pass --skills DIR with an existing folder")  # fmt: skip
+        for child in sorted(root.iterdir(), key=lambda p: p.name):
+            if child.name.startswith("."):
+                continue
+            if not child.is_dir() or child.is_symlink():
+                raise ImageError(
+                    f"{child}: a skills folder holds only folders (one per skill, or "
+                    "_name for what skills share)",
+                    hint="move the file into the skill it belongs to",
+                )  # fmt: skip
+            if not _NAME.fullmatch(child.name.lstrip("_")):
+                raise ImageError(f"{child}: not a skill name (a-z, 0-9, - and _)")
+            if child.name in entries:
+                log.info("skill %s: %s replaces %s", child.name, child, entries[child.name])
+            entries[child.name] = child
+    return entries
+
+
+def front_matter(skill_md: Path) -> dict[str, Any]:
+    """The YAML between the first two ``---`` lines of a SKILL.md."""
+    try:
+        text = skill_md.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ImageError(f"{skill_md}: {exc.strerror}",
+                         hint="every skill folder needs a SKILL.md") from None  # fmt: skip
+    m = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
+    if not m:
+        raise ImageError(
+            f"{skill_md}: no front matter",
+            hint="start it with ---, name: and description: lines, then ---",
+        )
+    try:
+        data = yaml.safe_load(m.group(1))
+    except yaml.YAMLError as exc:
+        raise ImageError(f"{skill_md}: front matter is not YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ImageError(f"{skill_md}: front matter is not a mapping")
+    return data
+
+
+def tree_sha256(folder: Path) -> tuple[str, int]:
+    """SHA-256 over each file's relative path, executable bit and content; file count."""
+    digest = hashlib.sha256()
+    count = 0
+    for path in _walk_sorted(folder):
+        if path.is_file() and not path.is_symlink():
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+            mode = "x" if path.stat().st_mode & 0o111 else "-"
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{mode}\0{content}\n".encode())
+            count += 1
+    return digest.hexdigest(), count
+
+
+def describe(dirs: Sequence[Path]) -> list[Skill]:
+    """The skills the merged folders hold, checked: each has its SKILL.md, named right."""
+    found = []
+    for name, folder in merged(dirs).items():
+        if name.startswith("_"):
+            continue
+        meta = front_matter(folder / "SKILL.md")
+        if meta.get("name") != name:
+            raise ImageError(
+                f"{folder}/SKILL.md: name is {meta.get('name')!r}, the folder {name!r}",
+                hint="the front matter's name is the folder's name",
+            )
+        description = meta.get("description")
+        if not isinstance(description, str) or not description.strip():
+            raise ImageError(
+                f"{folder}/SKILL.md: no description",
+                hint="say in a sentence what the skill does and when to use it",
+            )
+        sha, count = tree_sha256(folder)
+        found.append(Skill(name, " ".join(description.split()), folder, sha, count))
+    return found
+
+
+def index_files(found: Sequence[Skill]) -> dict[str, bytes]:
+    """index.json and INDEX.md, as the guest sees them at the top of GUEST_DIR."""
+    doc = {"skills_dir": GUEST_DIR, "skills": [
+        {"name": s.name, "description": s.description, "path": s.path,
+         "skill_md": f"{s.path}/SKILL.md"} for s in found]}  # fmt: skip
+    lines = [
+        "# Skills", "",
+        f"Each folder under {GUEST_DIR} (also ${ENV_VAR}) is a skill: read its SKILL.md,",
+        "then run the scripts it names. Read-only; write your files in the workspace.", "",
+        *(f"- **{s.name}** ({s.path}/SKILL.md): {s.description}" for s in found), "",
+    ]  # fmt: skip
+    return {
+        INDEX_JSON: (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
+        INDEX_MD: "\n".join(lines).encode(),
+    }
+
+
+def pack(dirs: Path | Sequence[Path], limit: int = MAX_ARCHIVE) -> bytes:
+    """The deterministic tar.gz of the merged skills folders plus their index.
 
     Symlinks and special files are refused: the folder is data the sandbox
     reads, and a link could point it anywhere in the guest.
     """
-    if not skills_dir.is_dir():
-        raise ImageError(
-            f"skills folder {skills_dir} is not a directory",
-            hint="pass --skills DIR with an existing folder",
-        )
+    roots = [dirs] if isinstance(dirs, Path) else list(dirs)
+    found = describe(roots)
     buffer = io.BytesIO()
     # mtime=0 and no file name in the gzip header: same input, same bytes.
     with (
         gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
     ):
-        for path in _walk_sorted(skills_dir):
-            rel = path.relative_to(skills_dir).as_posix()
-            st = path.lstat()
-            info = tarfile.TarInfo(rel)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mtime = 0
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                info.mode = 0o755 if st.st_mode & 0o111 else 0o644
-                info.size = st.st_size
-                with path.open("rb") as f:
-                    tar.addfile(info, f)
-            else:
-                raise ImageError(
-                    f"skills folder holds something that is not a file or directory: {path}",
-                    hint="replace symlinks and special files by plain files",
-                )
-            if buffer.tell() > limit:
-                raise _too_large(skills_dir, f"more than {limit} bytes compressed")
+        for name, content in index_files(found).items():
+            tar.addfile(_info(name, 0o644, len(content)), io.BytesIO(content))
+        for name, folder in merged(roots).items():
+            tar.addfile(_info(name, 0o755))
+            for path in _walk_sorted(folder):
+                _add(tar, path, f"{name}/{path.relative_to(folder).as_posix()}")
+                if buffer.tell() > limit:
+                    raise _too_large(roots, f"more than {limit} bytes compressed")
     data = buffer.getvalue()
     if len(data) > limit:
-        raise _too_large(skills_dir, f"{len(data)} bytes compressed, limit {limit}")
+        raise _too_large(roots, f"{len(data)} bytes compressed, limit {limit}")
     return data
 
 
-def _too_large(skills_dir: Path, detail: str) -> ImageError:
+def _info(name: str, mode: int, size: int | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mtime = 0
+    info.mode = mode
+    if size is None:
+        info.type = tarfile.DIRTYPE
+    else:
+        info.size = size
+    return info
+
+
+def _add(tar: tarfile.TarFile, path: Path, name: str) -> None:
+    st = path.lstat()
+    if stat.S_ISDIR(st.st_mode):
+        tar.addfile(_info(name, 0o755))
+    elif stat.S_ISREG(st.st_mode):
+        with path.open("rb") as f:
+            tar.addfile(_info(name, 0o755 if st.st_mode & 0o111 else 0o644, st.st_size), f)
+    else:
+        raise ImageError(
+            f"skills folder holds something that is not a file or directory: {path}",
+            hint="replace symlinks and special files by plain files",
+        )
+
+
+def _too_large(roots: Sequence[Path], detail: str) -> ImageError:
     return ImageError(
-        f"skills folder {skills_dir} is too large for the seed ({detail})",
+        f"skills folder(s) {', '.join(map(str, roots))} too large ({detail})",
         hint="keep large assets out of the skills folder, or install them from a package",
     )
 
 
 def _walk_sorted(root: Path) -> Iterator[Path]:
     for child in sorted(root.iterdir(), key=lambda p: p.name):
+        if child.name == "__pycache__" or child.name.startswith("."):
+            continue  # what running the scripts here left behind
         yield child
         if child.is_dir() and not child.is_symlink():
             yield from _walk_sorted(child)

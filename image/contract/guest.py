@@ -21,6 +21,13 @@ SELF_TEST_COMMAND = ("sandbox-exec", "--self-test")
 GUEST_PROXY_IP = "10.0.2.100"
 GUEST_HTTP_PORT = 3128
 GUEST_SOCKS_PORT = 1080
+# The skills, read-only, and the variable that points at them (in /etc/environment
+# and in the sandbox's own environment, bwrap-profiles/agent.yaml).
+SKILLS_DIR = "/opt/skills"
+SKILLS_ENV = "SKILLS_DIR"
+# Where npm's global packages are (NodeSource's layout): require() finds them in
+# and out of the sandbox through NODE_PATH.
+NODE_PATH = "/usr/lib/node_modules"
 
 
 def sandboxed_argv(command: Sequence[str], workspace: str, profile: str = "agent") -> list[str]:

@@ -34,8 +34,14 @@ def soffice_binary() -> str:
     raise OfficeError("LibreOffice (soffice) is not installed")
 
 
-def convert(source: Path, target_format: str, out_dir: Path, *,
-            timeout: float = DEFAULT_TIMEOUT, filter_options: str | None = None) -> Path:
+def convert(
+    source: Path,
+    target_format: str,
+    out_dir: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    filter_options: str | None = None,
+) -> Path:
     """Convert ``source`` with ``soffice --convert-to``; return the file it wrote.
 
     ``target_format`` is what --convert-to takes (``pdf``, ``xlsx``, ``csv``...);
@@ -48,20 +54,37 @@ def convert(source: Path, target_format: str, out_dir: Path, *,
     spec = f"{target_format}:{filter_options}" if filter_options else target_format
     with tempfile.TemporaryDirectory(prefix="soffice-profile-") as profile:
         argv = [
-            soffice_binary(), f"-env:UserInstallation={Path(profile).as_uri()}",
-            "--headless", "--invisible", "--nologo", "--norestore", "--nodefault",
-            "--nolockcheck", "--convert-to", spec, "--outdir", str(out_dir), str(source),
+            soffice_binary(),
+            f"-env:UserInstallation={Path(profile).as_uri()}",
+            "--headless",
+            "--invisible",
+            "--nologo",
+            "--norestore",
+            "--nodefault",
+            "--nolockcheck",
+            "--convert-to",
+            spec,
+            "--outdir",
+            str(out_dir),
+            str(source),
         ]
         env = {**os.environ, "HOME": profile}
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise OfficeError(f"LibreOffice did not finish converting {source.name} "
-                              f"within {timeout:.0f} s") from None
+            raise OfficeError(
+                f"LibreOffice did not finish converting {source.name} within {timeout:.0f} s"
+            ) from None
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

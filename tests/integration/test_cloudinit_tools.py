@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -30,7 +29,7 @@ EVERYTHING: dict[str, Any] = {
         "/usr/local/bin/sandbox-run": b"#!/bin/sh\nexit 0\n",
         "/etc/sandbox/seccomp.bpf": bytes(range(256)),
     },
-    "skills_dir": cloudinit.PROJECT_ROOT / "skills",
+    "skills_dirs": (cloudinit.PROJECT_ROOT / "tests" / "fixtures" / "skills",),
 }
 CASES = [
     RenderInputs(profile="full", arch="arm64", build_ssh_public_key=KEY),
@@ -172,7 +171,7 @@ def test_seed_read_back_with_pycdlib(seed_files: dict[str, bytes], tmp_path: Pat
             for c in iso.list_children(rr_path="/")
             if not (c.is_dot() or c.is_dotdot())
         )
-        assert rr_names == ["/meta-data", "/network-config", "/user-data"]
+        assert rr_names == ["/meta-data", "/network-config", "/skills.tar.gz", "/user-data"]
     finally:
         iso.close()
     assert cloudinit.read_seed_iso(out) == seed_files
@@ -189,28 +188,26 @@ def test_seed_read_back_with_isoinfo(seed_files: dict[str, bytes], tmp_path: Pat
     for flag in ("-J", "-R"):
         listing = run.run(["isoinfo", flag, "-l", "-i", str(out)]).stdout.decode()
         names = sorted(line.split()[-1] for line in listing.splitlines() if line.startswith("-"))
-        assert names == ["meta-data", "network-config", "user-data"], flag
+        assert names == ["meta-data", "network-config", "skills.tar.gz", "user-data"], flag
     for name, content in seed_files.items():
         extracted = run.run(["isoinfo", "-J", "-x", f"/{name}", "-i", str(out)]).stdout
         assert extracted == content, name
 
 
 def test_skills_archive_lists_root_owned_with_real_tar(tmp_path: Path) -> None:
-    doc = yaml.safe_load(render(CASES[4])["user-data"])
-    entry = next(f for f in doc["write_files"] if f["path"] == cloudinit.SKILLS_ARCHIVE_PATH)
     archive = tmp_path / "skills.tar.gz"
-    archive.write_bytes(base64.b64decode(entry["content"]))
+    archive.write_bytes(render(CASES[4])[cloudinit.SKILLS_SEED_FILE])
     listing = (
         run.run(["tar", "--list", "--verbose", "--numeric-owner", "--gzip", "--file", str(archive)])
         .stdout.decode()
         .splitlines()
     )
     seen = {line.split()[-1]: (line.split()[0], line.split()[1]) for line in listing}
-    assert seen == {
-        "example/": ("drwxr-xr-x", "0/0"),
-        "example/SKILL.md": ("-rw-r--r--", "0/0"),
-        "example/pdf_pages.py": ("-rwxr-xr-x", "0/0"),
-    }
+    assert seen["alpha/"] == ("drwxr-xr-x", "0/0")
+    assert seen["alpha/SKILL.md"] == ("-rw-r--r--", "0/0")
+    assert seen["alpha/scripts/count.py"] == ("-rwxr-xr-x", "0/0")
+    assert seen["index.json"] == ("-rw-r--r--", "0/0")
+    assert {owner for _, owner in seen.values()} == {"0/0"}
 
 
 def test_tasks_render_and_seed_end_to_end(tmp_path: Path) -> None:
@@ -234,9 +231,11 @@ def test_tasks_render_and_seed_end_to_end(tmp_path: Path) -> None:
         cwd=cloudinit.PROJECT_ROOT,
     ).stdout.decode()
     assert '"schema_validated": true' in out.strip().splitlines()[-1]
+    # What a build renders: the project's skills travel beside user-data.
     assert sorted(p.name for p in (tmp_path / "ci").iterdir()) == [
         "meta-data",
         "network-config",
+        "skills.tar.gz",
         "user-data",
     ]
     out = run.run(

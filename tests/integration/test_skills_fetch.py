@@ -70,18 +70,21 @@ def _tarball(members: dict[str, bytes], symlink: tuple[str, str] | None = None) 
 
 def test_fetch_checks_unpacks_and_caches(server: tuple[_Server, str], tmp_path: Path) -> None:
     state, base = server
-    data = _tarball({"pdf/SKILL.md": b"# pdf\n", "pdf/run.py": b"print(1)\n"})
+    skill_md = b"---\nname: pdf\ndescription: PDFs.\n---\n# pdf\n"
+    data = _tarball({"pdf/SKILL.md": skill_md, "pdf/run.py": b"print(1)\n"})
     state.files["/skills.tar.gz"] = data
     digest = hashlib.sha256(data).hexdigest()
     folder = skills.fetch(f"{base}/skills.tar.gz", digest, tmp_path)
     assert folder == tmp_path / "skills" / digest
-    assert (folder / "pdf" / "SKILL.md").read_bytes() == b"# pdf\n"
+    assert (folder / "pdf" / "SKILL.md").read_bytes() == skill_md
     assert skills.fetch(f"{base}/skills.tar.gz", digest.upper(), tmp_path) == folder
     assert state.hits == ["/skills.tar.gz"]  # the second call came from the cache
     # and what the seed carries is normalized whatever the tarball said
     with tarfile.open(fileobj=io.BytesIO(skills.pack(folder)), mode="r:gz") as packed:
         modes = {m.name: m.mode for m in packed.getmembers()}
     assert modes == {
+        "INDEX.md": 0o644,
+        "index.json": 0o644,
         "pdf": 0o755,
         "pdf/SKILL.md": 0o644,
         "pdf/run.py": 0o644,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import io
 import json
 import random
@@ -20,7 +21,7 @@ from image.build.cloudinit import RenderInputs, render
 from image.errors import ImageError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
-EXAMPLE_SKILLS = cloudinit.PROJECT_ROOT / "skills"
+SAMPLE_SKILLS = cloudinit.PROJECT_ROOT / "tests" / "fixtures" / "skills"
 
 
 def _doc(inputs: RenderInputs, name: str = "user-data") -> Any:
@@ -284,34 +285,81 @@ def _members(archive: bytes) -> dict[str, tarfile.TarInfo]:
         return {m.name: m for m in tar.getmembers()}
 
 
-def test_skills_archive_is_deterministic_and_normalized(tmp_path: Path) -> None:
+def test_skills_archive_is_deterministic_normalized_and_indexed(tmp_path: Path) -> None:
     src = tmp_path / "skills"
-    shutil.copytree(EXAMPLE_SKILLS, src)
-    (src / "example" / "SKILL.md").chmod(0o600)
-    (src / "example" / "pdf_pages.py").chmod(0o700)
+    shutil.copytree(SAMPLE_SKILLS, src)
+    (src / "alpha" / "SKILL.md").chmod(0o600)
+    (src / "alpha" / "scripts" / "count.py").chmod(0o700)
+    (src / "alpha" / "scripts" / "__pycache__").mkdir()  # left by running it: not shipped
     first = skills.pack(src)
     assert skills.pack(src) == first
     members = _members(first)
-    assert sorted(members) == ["example", "example/SKILL.md", "example/pdf_pages.py"]
+    assert sorted(members) == [
+        "INDEX.md", "_lib", "_lib/shared.py", "alpha", "alpha/SKILL.md", "alpha/scripts",
+        "alpha/scripts/count.py", "beta", "beta/SKILL.md", "index.json",
+    ]  # fmt: skip
     modes = {name: (m.mode, m.uid, m.gid, m.uname, m.mtime) for name, m in members.items()}
-    assert modes == {
-        "example": (0o755, 0, 0, "root", 0),
-        "example/SKILL.md": (0o644, 0, 0, "root", 0),
-        "example/pdf_pages.py": (0o755, 0, 0, "root", 0),
-    }
+    assert modes["alpha"] == (0o755, 0, 0, "root", 0)
+    assert modes["alpha/SKILL.md"] == (0o644, 0, 0, "root", 0)
+    assert modes["alpha/scripts/count.py"] == (0o755, 0, 0, "root", 0)
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert index == {"skills_dir": "/opt/skills", "skills": [
+        {"name": "alpha",
+         "description": "A sample skill for the tests; counts the lines of a file.",
+         "path": "/opt/skills/alpha", "skill_md": "/opt/skills/alpha/SKILL.md"},
+        {"name": "beta", "description": "A second sample skill, with a folded description over "
+         "two lines.", "path": "/opt/skills/beta", "skill_md": "/opt/skills/beta/SKILL.md"},
+    ]}  # fmt: skip
+
+
+def test_a_later_skills_folder_adds_and_replaces(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    (mine / "alpha").mkdir(parents=True)
+    (mine / "alpha" / "SKILL.md").write_text("---\nname: alpha\ndescription: Mine.\n---\n")
+    (mine / "gamma").mkdir()
+    (mine / "gamma" / "SKILL.md").write_text("---\nname: gamma\ndescription: New.\n---\n")
+    found = {s.name: s for s in skills.describe([SAMPLE_SKILLS, mine])}
+    assert sorted(found) == ["alpha", "beta", "gamma"]
+    assert found["alpha"].description == "Mine." and found["alpha"].files == 1
+    members = _members(skills.pack([SAMPLE_SKILLS, mine]))
+    assert "alpha/scripts/count.py" not in members  # the whole folder was replaced
+    assert found["beta"].sha256 == skills.describe([SAMPLE_SKILLS])[1].sha256
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"x/SKILL.md": "no front matter\n"}, "no front matter"),
+        ({"x/SKILL.md": "---\nname: y\ndescription: d\n---\n"}, "name is 'y', the folder 'x'"),
+        ({"x/SKILL.md": "---\nname: x\n---\n"}, "no description"),
+        ({"x/run.py": "print(1)\n"}, "every skill folder needs a SKILL.md"),
+        ({"README.md": "hi\n"}, "holds only folders"),
+        ({"Bad Name/SKILL.md": "x"}, "not a skill name"),
+    ],
+)
+def test_a_malformed_skill_is_refused_naming_it(
+    tmp_path: Path, layout: dict[str, str], message: str
+) -> None:
+    for name, text in layout.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ImageError) as err:
+        skills.pack(tmp_path)
+    assert message in f"{err.value.message} {err.value.hint}"
 
 
 def test_skills_refuse_symlinks(tmp_path: Path) -> None:
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "link").symlink_to("/etc/shadow")
+    shutil.copytree(SAMPLE_SKILLS, tmp_path / "s")
+    (tmp_path / "s" / "alpha" / "link").symlink_to("/etc/shadow")
     with pytest.raises(ImageError, match=r"not a file or directory: .*link"):
         skills.pack(tmp_path / "s")
 
 
-def test_skills_too_large_for_a_seed(tmp_path: Path) -> None:
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "blob").write_bytes(random.Random(1).randbytes(16384))  # incompressible
-    with pytest.raises(ImageError, match="too large for the seed"):
+def test_skills_too_large(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_SKILLS, tmp_path / "s")
+    (tmp_path / "s" / "alpha" / "blob").write_bytes(random.Random(1).randbytes(16384))
+    with pytest.raises(ImageError, match="too large"):
         skills.pack(tmp_path / "s", limit=1024)
 
 
@@ -320,16 +368,26 @@ def test_skills_dir_missing(tmp_path: Path) -> None:
         skills.pack(tmp_path / "absent")
 
 
-def test_render_ships_skills_read_only_at_opt_skills() -> None:
-    doc = _doc(dataclasses.replace(SMOKE, skills_dir=EXAMPLE_SKILLS))
-    archive = _write_files(doc)[cloudinit.SKILLS_ARCHIVE_PATH]
-    assert archive["permissions"] == "0600"
-    assert "example/SKILL.md" in _members(base64.b64decode(archive["content"]))
+def test_skills_travel_on_the_seed_checked_and_unpacked_read_only() -> None:
+    inputs = dataclasses.replace(SMOKE, skills_dirs=(SAMPLE_SKILLS,))
+    files = render(inputs)
+    archive = files[cloudinit.SKILLS_SEED_FILE]
+    assert archive == skills.pack([SAMPLE_SKILLS])
+    doc = yaml.safe_load(files["user-data"])
+    assert not any("skills" in f["path"] for f in doc["write_files"])  # not in user-data
     texts = _runcmd_text(doc)
+    digest = hashlib.sha256(archive).hexdigest()
+    check = next(t for t in texts if "sha256sum --check" in t)
+    assert f"{digest}  {cloudinit.SEED_MOUNT}/skills.tar.gz" in check
+    mount = f"mount -o ro -L CIDATA {cloudinit.SEED_MOUNT}"
     extract = next(t for t in texts if t.startswith("tar --extract"))
+    assert texts.index(mount) < texts.index(check) < texts.index(extract)
     assert "--directory /opt/skills" in extract and "--same-owner" in extract
-    assert texts.index(extract) < len(texts) - 1  # before the marker
-    assert f"rm -f {cloudinit.SKILLS_ARCHIVE_PATH}" in texts
+    assert texts.index(extract) < texts.index(f"umount {cloudinit.SEED_MOUNT}") < len(texts) - 1
+    environment = next(f for f in doc["write_files"] if f["path"] == "/etc/environment")
+    assert "SKILLS_DIR=/opt/skills" in environment["content"].split()
+    assert "NODE_PATH=/usr/lib/node_modules" in environment["content"].split()
+    assert cloudinit.SKILLS_SEED_FILE not in render(SMOKE)
 
 
 # --- meta-data and network-config -------------------------------------------------

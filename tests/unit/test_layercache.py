@@ -252,7 +252,8 @@ def _inputs(**kw: object) -> cloudinit.RenderInputs:
 def test_the_seed_part_of_a_key_ignores_the_per_build_keys_only() -> None:
     one, two = pipeline.seed_digests(_inputs()), pipeline.seed_digests(_inputs())
     assert one == two  # two builds: other SSH keys, same layer key
-    assert set(one) == {"user-data", "meta-data", "network-config"}
+    # The skills archive is part of the seed: a changed skill is another layer.
+    assert set(one) == {"user-data", "meta-data", "network-config", "skills.tar.gz"}
     assert pipeline.seed_digests(_inputs(package_cache=True)) != one
     assert pipeline.seed_digests(_inputs(apt_proxy="http://10.0.2.100:3129")) != one
 
