@@ -75,6 +75,8 @@ RENDER_HELP = {
     "source_file": "a NAME.source that replaces the profile's apt source NAME (repeatable; "
     "./inv mirror writes one for its NodeSource stand-in)",
     "default_skills": "ship the project's skills/ (default; --no-default-skills: only --skills)",
+    "ca_cert": "a CA certificate (PEM file, or a folder of *.crt) the guest trusts besides its "
+    "own, for a proxy that inspects TLS (repeatable; kept in the image)",
     "json": CONFIG_HELP["json"],
 }
 
@@ -83,7 +85,8 @@ def _render_files(
     c: Context, profile: str | None, arch: str | None, skills: str | None, distro: str,
     ssh_key: str | None, hostname: str, apt_mirror: str | None, apt_proxy: str | None,
     apt_snapshot: str | None, skills_url: str | None, skills_sha256: str | None,
-    source_file: list[str] | None, default_skills: bool, *, validate: bool,
+    source_file: list[str] | None, default_skills: bool, ca_cert: list[str] | None,
+    *, validate: bool,
 ) -> tuple[config.BuildConfig, dict[str, bytes]]:  # fmt: skip
     """render's and seed's shared part: the config, and the documents a build would render."""
     from image.build import inputs as build_inputs
@@ -92,6 +95,7 @@ def _render_files(
     inputs = build_inputs.render_inputs(
         cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot, skills_url,
         skills_sha256, [str(_user_path(f)) for f in source_file or ()], default_skills,
+        [str(_user_path(f)) for f in ca_cert or ()],
     )  # fmt: skip
     return cfg, build_inputs.rendered(inputs, validate=validate)
 
@@ -100,7 +104,7 @@ def _render_files(
 # collide (one would even shadow -h, --help).
 @task(
     auto_shortflags=False,
-    iterable=["source_file"],
+    iterable=["source_file", "ca_cert"],
     help={
         **RENDER_HELP,
         "out": "directory for user-data, meta-data, network-config (default OUTPUT_DIR/cloud-init)",
@@ -122,6 +126,7 @@ def render(
     skills_sha256: str | None = None,
     source_file: list[str] | None = None,
     default_skills: bool = True,
+    ca_cert: list[str] | None = None,
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
@@ -131,7 +136,7 @@ def render(
     with _user_errors():
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
-            apt_snapshot, skills_url, skills_sha256, source_file, default_skills,
+            apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
             validate=not no_validate,
         )  # fmt: skip
         out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
@@ -153,7 +158,7 @@ def render(
 
 @task(
     auto_shortflags=False,
-    iterable=["source_file"],
+    iterable=["source_file", "ca_cert"],
     help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"},
 )
 def seed(
@@ -172,6 +177,7 @@ def seed(
     skills_sha256: str | None = None,
     source_file: list[str] | None = None,
     default_skills: bool = True,
+    ca_cert: list[str] | None = None,
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
@@ -182,7 +188,7 @@ def seed(
     with _user_errors():
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
-            apt_snapshot, skills_url, skills_sha256, source_file, default_skills,
+            apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
             validate=not no_validate,
         )  # fmt: skip
         target = Path(out) if out else cfg.output_dir / "seed.iso"
@@ -217,13 +223,14 @@ BUILD_HELP = {
     "(--no-cache: off)",
     "source_file": RENDER_HELP["source_file"],
     "default_skills": RENDER_HELP["default_skills"],
+    "ca_cert": RENDER_HELP["ca_cert"],
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
 
 @task(
     name="build-image", help=BUILD_HELP,
-    iterable=["allow", "deny", "allow_address", "allow_port", "source_file"],
+    iterable=["allow", "deny", "allow_address", "allow_port", "source_file", "ca_cert"],
 )  # fmt: skip
 def build_image(
     c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
@@ -238,13 +245,14 @@ def build_image(
     allow: list[str] | None = None, deny: list[str] | None = None,
     allow_address: list[str] | None = None, allow_port: list[str] | None = None,
     source_file: list[str] | None = None, default_skills: bool = True,
+    ca_cert: list[str] | None = None,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
 
     The build VM reaches the network only through an egress proxy with the build
     policy (proxy-policies/build.policy); its log is published as egress.jsonl.
     """
-    from image.build import lockfile, pipeline
+    from image.build import lockfile, pipeline, trust
     from image.build.packages import PACKAGE_LISTS, load_source_file
     from image.egress import guestnet
 
@@ -265,6 +273,7 @@ def build_image(
             lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
             sources=tuple(load_source_file(_user_path(f)) for f in source_file or ()),
             default_skills=default_skills,
+            ca_certs=trust.load([_user_path(f) for f in ca_cert or ()]),
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

@@ -37,7 +37,7 @@ import jinja2
 import yaml
 
 from image import run
-from image.build import lockfile, packagecache, packages
+from image.build import lockfile, packagecache, packages, trust
 from image.build import skills as skills_folder
 from image.contract import guest
 from image.egress import guestnet
@@ -124,6 +124,8 @@ class RenderInputs:
     package_cache: bool = False
     # Sources that replace the profile's of the same name (build-image --source-file).
     sources: tuple[packages.AptSource, ...] = ()
+    # CA certificates the guest trusts besides its own (a TLS-inspecting proxy).
+    ca_certs: tuple[trust.CACert, ...] = ()
 
 
 # --- pure pieces -------------------------------------------------------------
@@ -332,6 +334,8 @@ def template_context(
         "ssh_host_ed25519_public": inputs.ssh_host_ed25519[1] if inputs.ssh_host_ed25519 else "",
         **_apt_config(inputs),
         "apt_proxy": inputs.apt_proxy,
+        "ca_script": trust.bootcmd_script(inputs.ca_certs) if inputs.ca_certs else "",
+        "ca_bundle": trust.SYSTEM_BUNDLE,
         "apt_sources": [
             {
                 "name": s.name,

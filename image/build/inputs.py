@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image.build import cloudinit, packages, skills
+from image.build import cloudinit, packages, skills, trust
 from image.config import BuildConfig
 from image.egress import guestnet
 from image.errors import ImageError
@@ -33,6 +33,7 @@ def build_inputs(
     package_lists: Path = packages.PACKAGE_LISTS,
     sources: tuple[packages.AptSource, ...] = (),
     default_skills: bool = True,
+    ca_certs: tuple[trust.CACert, ...] = (),
 ) -> cloudinit.RenderInputs:
     """RenderInputs as build-image renders them: the project's skills (unless not
     ``default_skills``) and ``skills_dir`` (default cfg.skills) on top."""
@@ -44,7 +45,7 @@ def build_inputs(
         hostname=hostname, apt_mirror=apt_mirror, apt_proxy=apt_proxy,
         apt_snapshot=apt_snapshot, guest_files=guestfiles.guest_files(cfg.arch),
         skills_dirs=skills_dirs(default_skills, extra),
-        package_lists=package_lists, sources=sources,
+        package_lists=package_lists, sources=sources, ca_certs=ca_certs,
     )  # fmt: skip
 
 
@@ -65,6 +66,7 @@ def render_inputs(
     skills_sha256: str | None,
     source_files: list[str] | None = None,
     default_skills: bool = True,
+    ca_cert_files: list[str] | None = None,
 ) -> cloudinit.RenderInputs:
     skills_dir = cfg.skills
     if skills_url or skills_sha256:
@@ -89,6 +91,7 @@ def render_inputs(
         skills_dir=skills_dir,
         sources=tuple(packages.load_source_file(Path(f)) for f in source_files or ()),
         default_skills=default_skills,
+        ca_certs=trust.load([Path(f) for f in ca_cert_files or ()]),
     )  # fmt: skip
 
 

@@ -37,6 +37,7 @@ from image.build import (
     packagecache,
     packages,
     skills,
+    trust,
 )
 from image.build import inputs as build_inputs
 from image.config import BuildConfig, format_size
@@ -84,6 +85,8 @@ class BuildRequest:
     sources: tuple[packages.AptSource, ...] = ()
     # Ship the project's skills/ (cfg.skills adds a folder on top).
     default_skills: bool = True
+    # CA certificates the build VM trusts besides its own (--ca-cert).
+    ca_certs: tuple[trust.CACert, ...] = ()
 
     @classmethod
     def resolve(cls, cfg: BuildConfig, **options: Any) -> BuildRequest:
@@ -274,7 +277,7 @@ def _render(ctx: BuildContext) -> Path:
         build_inputs.build_inputs(
             request.cfg, request.distro, host_key=ctx.host_key,
             package_lists=request.package_lists, sources=request.sources,
-            default_skills=request.default_skills,
+            default_skills=request.default_skills, ca_certs=request.ca_certs,
             build_ssh_public_key=ctx.client_key.public_openssh,
         ),
         lock=request.lock,
@@ -284,6 +287,7 @@ def _render(ctx: BuildContext) -> Path:
     files = cloudinit.render(ctx.inputs)
     cloudinit.validate_schema(files["user-data"])
     ctx.info["skills"] = [s.to_json() for s in skills.describe(ctx.inputs.skills_dirs)]
+    ctx.info["ca_certs"] = [c.to_json() for c in request.ca_certs]
     seed_iso = ctx.work / "seed.iso"
     cloudinit.write_seed_iso(files, seed_iso)
     ctx.info["seed_sha256"] = sha256_file(seed_iso)

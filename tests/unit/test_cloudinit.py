@@ -9,6 +9,7 @@ import io
 import json
 import random
 import shutil
+import ssl
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from image.build import cloudinit, packages, skills
+from image.build import cloudinit, packages, skills, trust
 from image.build.cloudinit import RenderInputs, render
 from image.errors import ImageError
 
@@ -524,3 +525,52 @@ def test_a_profile_builds_only_on_its_distros(tmp_path: Path) -> None:
     inputs = dataclasses.replace(FULL, distro="debian", package_lists=lists)
     with pytest.raises(ImageError, match="profile 'full' is for ubuntu, not debian"):
         render(inputs)
+
+
+TEST_CA = cloudinit.PROJECT_ROOT / "tests" / "fixtures" / "test-ca.pem"
+
+
+def test_ca_certificates_are_trusted_before_anything_is_downloaded(tmp_path: Path) -> None:
+    certs = trust.load([TEST_CA])
+    assert [c.name for c in certs] == ["sandbox-image-1-test-ca.crt"]
+    # what `openssl x509 -fingerprint -sha256` prints for the file, without the colons
+    assert certs[0].sha256 == hashlib.sha256(
+        ssl.PEM_cert_to_DER_cert(TEST_CA.read_text())).hexdigest()  # fmt: skip
+    doc = _doc(dataclasses.replace(FULL, ca_certs=certs))
+    script = doc["bootcmd"][0]  # first: the key script may need it already
+    assert "update-ca-certificates" in script and script.endswith(") || exit 1")
+    encoded = base64.b64encode(certs[0].pem.encode()).decode()
+    assert (
+        f"echo {encoded} | base64 -d > /usr/local/share/ca-certificates/{certs[0].name}" in script
+    )
+    runcmd = doc["runcmd"]
+    export = "export PIP_CERT=/etc/ssl/certs/ca-certificates.crt " \
+             "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt"  # fmt: skip
+    pip = next(
+        i for i, c in enumerate(runcmd) if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
+    )
+    assert runcmd.index(export) < pip
+    assert "PIP_CERT" not in json.dumps(_doc(FULL))
+    folder = tmp_path / "cas"
+    folder.mkdir()
+    (folder / "a.crt").write_text(TEST_CA.read_text() * 2)  # a bundle of two
+    assert [c.name for c in trust.load([folder])] == [
+        "sandbox-image-1-a.crt",
+        "sandbox-image-2-a.crt",
+    ]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("not a certificate\n", "no PEM certificate"),
+    ("-----BEGIN CERTIFICATE-----\nAAAA!!\n-----END CERTIFICATE-----\n", "no PEM certificate"),
+    ("-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n", "not valid PEM"),
+])  # fmt: skip
+def test_a_ca_file_that_holds_no_certificate_is_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "x.pem"
+    path.write_text(text)
+    with pytest.raises(ImageError, match=message):
+        trust.load([path])
+    with pytest.raises(ImageError, match="no CA certificate at"):
+        trust.load([tmp_path / "absent.pem"])

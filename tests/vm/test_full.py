@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from image import config
-from image.build import packages, pipeline
+from image.build import packages, pipeline, trust
 from image.runtime import snapshot
 from image.source import mirror, standin, thirdparty
 from tests.vm.conftest import attach_logs, qemu_processes
@@ -42,6 +42,15 @@ def import_name(distribution: str) -> str:
     return IMPORT_NAMES.get(distribution, distribution.replace("-", "_"))
 
 
+# Where Debian and Ubuntu keep the CAs a host adds to its store: on a network whose
+# proxy inspects TLS (this one), the build VM's pip and npm need them too.
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+
+def host_cas() -> tuple[trust.CACert, ...]:
+    return trust.load([LOCAL_CAS]) if any(LOCAL_CAS.glob("*.crt")) else ()
+
+
 @pytest.fixture(scope="module")
 def full_build(vm_config: config.BuildConfig) -> Iterator[dict[str, Any]]:
     user_cache = config.resolve({}, os.environ, {}).config.cache_dir
@@ -57,8 +66,9 @@ def full_build(vm_config: config.BuildConfig) -> Iterator[dict[str, Any]]:
         )  # fmt: skip
         attach_logs(out / "logs" / "cloud-init-output.log", out / "logs" / "serial.log")
         result = pipeline.build_image(
-            cfg, distro="debian", sources=(packages.load_source_file(served.source_file),)
-        )
+            cfg, distro="debian", sources=(packages.load_source_file(served.source_file),),
+            ca_certs=host_cas(),
+        )  # fmt: skip
     snapdir = vm_config.output_dir / "full-snapshot"
     _, meta = snapshot.snapshot(dataclasses.replace(vm_config, memory=4 << 30), result.image,
                                 snapdir)  # fmt: skip
@@ -83,31 +93,47 @@ def test_every_check_of_the_full_profile_passed(full_build: dict[str, Any]) -> N
     assert {e.name for g in profile.groups_of("npm") for e in g.entries} <= npm
 
 
-# The work an agent does, run inside the sandbox (bwrap, both filters) as the agent:
-# a DOCX made with python-docx, converted by LibreOffice headless, read back from
-# the PDF; a word drawn into an image and read by tesseract; a PDF page rendered by
-# ImageMagick (its PDF policy opened); Java; every pip module; every npm module.
+# The work an agent does, run inside the sandbox (bwrap, both filters) as the agent,
+# one real task per skill, found through $SKILLS_DIR: a Markdown report to DOCX to PDF
+# (LibreOffice headless), its text read back; that PDF as a scan, OCR'd back to
+# text; a workbook with a formula error, recalculated and the error found by cell; a
+# deck from an outline and its thumbnail grid; an HTML page rendered at 96 DPI. Then
+# ImageMagick reads a PDF (its policy opened), Java, every pip module, every npm module.
 WORK = r"""
 set -eu
 cd "$(mktemp -d)"
-python3 -c 'import docx; d = docx.Document(); d.add_paragraph("Sandbox document 42")
-d.save("in.docx")'
-timeout 600 soffice -env:UserInstallation=file://$PWD/lo --headless --convert-to pdf \
-  in.docx >/dev/null
-pdftotext in.pdf - | grep -q "Sandbox document 42" && echo "docx->pdf ok"
-python3 - <<'PY'
-from PIL import Image, ImageDraw, ImageFont
-image = Image.new("L", (900, 200), 255)
-font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 96)
-ImageDraw.Draw(image).text((30, 40), "SANDBOX", font=font, fill=0)
-image.save("word.png")
-PY
-tesseract word.png - 2>/dev/null | grep -q SANDBOX && echo "ocr ok"
-$(command -v magick || command -v convert) -density 50 in.pdf page.png
-test -s page.png && echo "pdf->png ok"
+S="$SKILLS_DIR"
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$S/index.json"
+printf '# Report\n\nSandbox document 42\n\n- one\n- two\n' > in.md
+python3 "$S/docx/scripts/md_to_docx.py" in.md in.docx
+python3 "$S/docx/scripts/docx_to_pdf.py" in.docx in.pdf
+python3 "$S/pdf/scripts/extract_text.py" in.pdf | grep -q "Sandbox document 42" && echo "docx ok"
+python3 "$S/pdf/scripts/render_pages.py" in.pdf --out-dir pages --dpi 150
+python3 -c 'import img2pdf, glob
+open("scan.pdf", "wb").write(img2pdf.convert(sorted(glob.glob("pages/*.png"))))'
+python3 "$S/pdf/scripts/ocr.py" scan.pdf -o ocr.pdf
+pdftotext ocr.pdf - | grep -qi "document" && echo "pdf ok"
+printf '{"sheets": {"Data": {"A1": 4, "A2": 0, "A3": "=A1/A2", "A4": "=SUM(A1:A2)"}}}' > book.json
+python3 "$S/xlsx/scripts/create.py" book.json book.xlsx
+set +e
+python3 "$S/xlsx/scripts/recalc.py" book.xlsx > recalc.txt
+status=$?
+set -e
+[ "$status" = 3 ] && grep -q 'Data!A3: #DIV/0!' recalc.txt && echo "xlsx ok"
+printf '# Deck\n\n## First\n- alpha\n- beta\n\n## Second\n- gamma\n' > outline.md
+python3 "$S/pptx/scripts/outline_to_pptx.py" outline.md deck.pptx
+python3 "$S/pptx/scripts/thumbnails.py" deck.pptx grid.png --columns 3
+test -s grid.png && echo "pptx ok"
+printf '<html><body style="font-family: DejaVu Sans"><h1>Poster</h1></body></html>' > page.html
+python3 "$S/design/scripts/render_html.py" page.html --pdf page.pdf --png page.png \
+  --size 400x300px --dpi 96
+python3 -c 'import struct; d = open("page.png", "rb").read(24)
+print("design", *struct.unpack(">II", d[16:24]))'
+$(command -v magick || command -v convert) -density 50 in.pdf page-im.png
+test -s page-im.png && echo "imagemagick ok"
 java -version 2>&1 | head -1
 python3 -c "$PY_IMPORTS" && echo "pip imports ok"
-NODE_PATH=$(npm root -g) node -e "$JS_REQUIRES" && echo "npm requires ok"
+node -e "$JS_REQUIRES" && echo "npm requires ok"
 """
 
 
@@ -130,8 +156,10 @@ def test_document_work_inside_the_sandbox_of_a_resumed_launch(
         used = sandbox.exec(["df", "-B1", "--output=used", "/"]).stdout.decode().split()[-1]
     out = done.stdout.decode(errors="replace")
     assert done.exit_code == 0, out + done.stderr.decode(errors="replace")
-    for line in ("docx->pdf ok", "ocr ok", "pdf->png ok", "pip imports ok", "npm requires ok"):
+    for line in ("docx ok", "pdf ok", "xlsx ok", "pptx ok", "imagemagick ok", "pip imports ok",
+                 "npm requires ok"):  # fmt: skip
         assert line in out, out
+    assert "design 400 300" in out  # 400x300 CSS px at 96 DPI
     assert 'version "21.' in out
     print(
         f"resume to ready {resume['ready']:.2f} s; cold boot to ready "
