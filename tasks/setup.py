@@ -152,12 +152,10 @@ def test(
             )
         if not fast and os.geteuid() == 0 and hosttools.missing():
             hosttools.install_missing()
-        if not fast and not arm64:
+        if not fast and not arm64 and not full:
             # The skills' scripts run in the integration tier with the image's pip set:
             # a venv made once per pin set (from PyPI) before any test starts.
-            from tests.fixtures import skillsenv
-
-            skillsenv.ensure()
+            run.run([sys.executable, "-m", "tests.fixtures.skillsenv"], capture=False, cwd=ROOT)
         tiers = ["tests/unit"] if fast else ["tests/unit", "tests/integration", "tests/vm"]
         argv = [sys.executable, "-m", "pytest", *tiers]
         if arm64:
