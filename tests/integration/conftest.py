@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import skillsenv
+from tests.fixtures.skillcheck import run_script
 from tests.hosttools import need
 
-SKILLS = Path(__file__).resolve().parents[2] / "skills"
 SKILL_TOOLS = ("swriter", "scalc", "simpress", "pdftoppm", "qpdf", "tesseract", "tesseract eng",
                "gs", "convert", "pandoc", "rsvg-convert", "DejaVu fonts")  # fmt: skip
 
@@ -37,11 +37,7 @@ def run_skill(skills_python: Path, tmp_path: Path) -> RunSkill:
 
     def run(skill: str, script: str, *args: str | Path, timeout: float = 600,
             input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        path = SKILLS / skill / "scripts" / script
-        assert path.is_file(), path
-        return subprocess.run(
-            [str(skills_python), str(path), *map(str, args)], cwd=tmp_path, text=True,
-            capture_output=True, timeout=timeout, input=input, check=False,
-        )  # fmt: skip
+        return run_script(skills_python, tmp_path, skill, script, *args, timeout=timeout,
+                          input=input)  # fmt: skip
 
     return run

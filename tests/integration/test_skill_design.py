@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SKILLS, RunSkill
+from tests.fixtures.skillcheck import assert_error, last_json, ok, pdftotext, png_size, run_script
+from tests.integration.conftest import RunSkill
 
 pytestmark = pytest.mark.integration
 
@@ -49,48 +49,6 @@ SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="100" height="50" viewBox
 """
 
 
-def run(
-    python: Path, cwd: Path, script: str, *args: str | Path
-) -> subprocess.CompletedProcess[str]:
-    """A design script outside a test's own tmp_path (for module-scoped outputs)."""
-    path = SKILLS / "design" / "scripts" / script
-    return subprocess.run(
-        [str(python), str(path), *map(str, args)],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    data = json.loads(ok(proc).stdout.strip().splitlines()[-1])
-    assert isinstance(data, dict)
-    return data
-
-
-def assert_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()[:24]
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
 def pixels(python: Path, path: Path, points: list[tuple[int, int]]) -> list[tuple[int, ...]]:
     """RGBA of the PNG at each (x, y), read with Pillow in the skills' Python."""
     code = (
@@ -120,13 +78,6 @@ def page_size(path: Path, page: int = 1) -> str:
     return match.group(1)
 
 
-def pdftext(path: Path, page: int | None = None) -> str:
-    pages = ["-f", str(page), "-l", str(page)] if page else []
-    return subprocess.run(
-        ["pdftotext", *pages, str(path), "-"], capture_output=True, text=True, check=True
-    ).stdout
-
-
 def pdffonts(path: Path) -> list[str]:
     out = subprocess.run(["pdffonts", str(path)], capture_output=True, text=True, check=True)
     return [line.split()[0].split("+", 1)[-1] for line in out.stdout.splitlines()[2:] if line]
@@ -137,9 +88,10 @@ def card(skills_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """card.html rendered once: 1200x630px, no margin, PDF and PNG at 48 dpi."""
     folder = tmp_path_factory.mktemp("design")
     (folder / "card.html").write_text(CARD)
-    proc = run(
+    proc = run_script(
         skills_python,
         folder,
+        "design",
         "render_html.py",
         "card.html",
         "--size",
@@ -165,7 +117,7 @@ def test_html_to_pdf_at_a_pixel_size(card: dict[str, Any]) -> None:
     pdf = card["dir"] / "card.pdf"
     assert page_size(pdf) == "900 x 472.5"  # 1200x630 CSS px at 0.75 pt each
     assert "Pages:           1" in pdfinfo(pdf)
-    text = pdftext(pdf)
+    text = pdftotext(pdf)
     assert "Quarterly Harvest" in text and "Orchard yields rose by twelve percent." in text
     fonts = pdffonts(pdf)
     assert any(f.startswith("DejaVu-Serif") for f in fonts), fonts
@@ -207,9 +159,9 @@ def test_html_pages_at_a4_and_page_selection(run_skill: RunSkill, tmp_path: Path
     pdf = tmp_path / "report.pdf"
     assert "Pages:           2" in pdfinfo(pdf)
     assert page_size(pdf, 1) == "595.276 x 841.89" == page_size(pdf, 2)
-    assert "First page about granite." in pdftext(pdf, 1)
-    assert "Second page about basalt." in pdftext(pdf, 2)
-    assert "basalt" not in pdftext(pdf, 1)
+    assert "First page about granite." in pdftotext(pdf, 1)
+    assert "Second page about basalt." in pdftotext(pdf, 2)
+    assert "basalt" not in pdftotext(pdf, 1)
     assert [p["path"] for p in report["png"]] == ["page-1.png", "page-2.png"]
     assert png_size(tmp_path / "page-1.png") == png_size(tmp_path / "page-2.png") == (595, 842)
     assert not (tmp_path / "page.png").exists()

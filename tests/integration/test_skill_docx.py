@@ -3,7 +3,6 @@ replacement across runs, tracked changes, and every bad-input path."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SKILLS, RunSkill
+from tests.fixtures.skillcheck import assert_error, last_json, ok, page_count, pdftotext, run_script
+from tests.integration.conftest import RunSkill
 
 pytestmark = pytest.mark.integration
 
@@ -51,35 +51,6 @@ print("hello quartz")
 
 Closing words about basalt.
 """
-
-
-def run(
-    python: Path, cwd: Path, script: str, *args: str | Path
-) -> subprocess.CompletedProcess[str]:
-    """A docx script outside a test's own tmp_path (for module-scoped outputs)."""
-    path = SKILLS / "docx" / "scripts" / script
-    return subprocess.run([str(python), str(path), *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=600, check=False)  # fmt: skip
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    data = json.loads(ok(proc).stdout.strip().splitlines()[-1])
-    assert isinstance(data, dict)
-    return data
-
-
-def assert_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
 
 
 def part(path: Path, name: str = "word/document.xml") -> ET.Element:
@@ -127,14 +98,18 @@ def make_docx(python: Path, cwd: Path, code: str) -> None:
 def report(skills_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("docx-report")
     (folder / "report.md").write_text(MARKDOWN)
-    proc = run(skills_python, folder, "md_to_docx.py", "report.md", "report.docx", "--json")
+    proc = run_script(
+        skills_python, folder, "docx", "md_to_docx.py", "report.md", "report.docx", "--json"
+    )
     assert last_json(proc)["output"] == "report.docx"
     return folder / "report.docx"
 
 
 @pytest.fixture(scope="module")
 def report_pdf(skills_python: Path, report: Path) -> tuple[Path, dict[str, object]]:
-    proc = run(skills_python, report.parent, "docx_to_pdf.py", report.name, "out.pdf", "--json")
+    proc = run_script(
+        skills_python, report.parent, "docx", "docx_to_pdf.py", report.name, "out.pdf", "--json"
+    )
     return report.parent / "out.pdf", last_json(proc)
 
 
@@ -181,13 +156,8 @@ def test_docx_reads_back_as_markdown(run_skill: RunSkill, report: Path, tmp_path
 def test_pdf_has_the_words_and_the_page_break(report_pdf: tuple[Path, dict[str, object]]) -> None:
     pdf, summary = report_pdf
     assert summary["pages"] == 2
-    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True)
-    assert re.search(r"^Pages:\s+2$", info.stdout, re.M)
-    pages = [
-        subprocess.run(["pdftotext", "-f", str(n), "-l", str(n), str(pdf), "-"],
-                       capture_output=True, text=True, check=True).stdout
-        for n in (1, 2)
-    ]  # fmt: skip
+    assert page_count(pdf) == 2
+    pages = [pdftotext(pdf, n) for n in (1, 2)]
     for word in ("Field Report", "Overview", "granite outcrops", "Aster", "1450", "quartz"):
         assert word in pages[0], word
     assert "Closing words about basalt." in pages[1] and "granite" not in pages[1]

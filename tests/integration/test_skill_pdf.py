@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SKILLS, RunSkill
+from tests.fixtures.skillcheck import (
+    SKILLS,
+    error_line,
+    last_json,
+    page_count,
+    pdftotext,
+    png_size,
+    quiet,
+)
+from tests.integration.conftest import RunSkill
 
 SKILL = SKILLS / "pdf"
 SCRIPTS = sorted(p.name for p in (SKILL / "scripts").glob("*.py") if p.stat().st_mode & 0o111)
@@ -126,53 +133,12 @@ def work(inputs: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""  # no warnings leaking past the scripts
-    return proc.stdout
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(ok(proc).strip().splitlines()[-1])
-
-
-def failed(proc: subprocess.CompletedProcess[str]) -> str:
-    """The one ``error:`` line of a script that refused its input."""
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert "Traceback" not in proc.stderr
-    return lines[0]
-
-
-def page_count(path: Path) -> int:
-    out = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True)
-    found = re.search(r"^Pages:\s+(\d+)", out.stdout, re.M)
-    assert found, out.stdout
-    return int(found.group(1))
-
-
 def rotations(path: Path) -> list[int]:
     n = page_count(path)
     out = subprocess.run(
         ["pdfinfo", "-f", "1", "-l", str(n), str(path)], capture_output=True, text=True, check=True
     ).stdout
     return [int(r) for r in re.findall(r"^Page\s+\d+ rot:\s+(\d+)", out, re.M)]
-
-
-def pdftotext(path: Path, page: int | None = None) -> str:
-    where = ["-f", str(page), "-l", str(page)] if page else []
-    return subprocess.run(
-        ["pdftotext", *where, str(path), "-"], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()[:24]
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
 
 
 # --- SKILL.md ---------------------------------------------------------------------
@@ -190,14 +156,14 @@ def test_skill_md_front_matter_and_commands() -> None:
 def test_scripts_help(run_skill: RunSkill, script: str) -> None:
     path = SKILL / "scripts" / script
     assert path.read_text().startswith("#!/usr/bin/env python3\n")
-    assert "usage:" in ok(run_skill("pdf", script, "--help"))
+    assert "usage:" in quiet(run_skill("pdf", script, "--help"))
 
 
 # --- text -------------------------------------------------------------------------
 
 
 def test_text_marks_every_page(run_skill: RunSkill, work: Path) -> None:
-    out = ok(run_skill("pdf", "extract_text.py", "doc.pdf"))
+    out = quiet(run_skill("pdf", "extract_text.py", "doc.pdf"))
     one, two, three = (out.index(f"=== page {n} of 3 ===") for n in (1, 2, 3))
     assert one < out.index("Alpha page one") < two < out.index("Bravo second page") < three
     assert three < out.index("Charlie third page")
@@ -205,7 +171,9 @@ def test_text_marks_every_page(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_text_pages_and_json(run_skill: RunSkill, work: Path) -> None:
-    result = last_json(run_skill("pdf", "extract_text.py", "doc.pdf", "--pages", "3,2", "--json"))
+    result = last_json(
+        run_skill("pdf", "extract_text.py", "doc.pdf", "--pages", "3,2", "--json"), quiet=True
+    )
     assert result["page_count"] == 3
     assert [p["page"] for p in result["pages"]] == [3, 2]
     assert "Charlie third page" in result["pages"][0]["text"]
@@ -216,7 +184,7 @@ def test_text_pages_and_json(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_text_layout_and_output_file(run_skill: RunSkill, work: Path) -> None:
-    out = ok(
+    out = quiet(
         run_skill(
             "pdf", "extract_text.py", "doc.pdf", "--pages", "2", "--layout", "-o", "page2.txt"
         )
@@ -228,9 +196,9 @@ def test_text_layout_and_output_file(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_text_names_pages_without_text(run_skill: RunSkill, work: Path) -> None:
-    result = last_json(run_skill("pdf", "extract_text.py", "scan.pdf", "--json"))
+    result = last_json(run_skill("pdf", "extract_text.py", "scan.pdf", "--json"), quiet=True)
     assert result["pages_without_text"] == [1, 2]
-    out = ok(run_skill("pdf", "extract_text.py", "scan.pdf"))
+    out = quiet(run_skill("pdf", "extract_text.py", "scan.pdf"))
     assert "note: no text on page(s) 1, 2" in out and "ocr.py" in out
 
 
@@ -238,7 +206,7 @@ def test_text_names_pages_without_text(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_tables_markdown(run_skill: RunSkill, work: Path) -> None:
-    out = ok(run_skill("pdf", "extract_tables.py", "doc.pdf"))
+    out = quiet(run_skill("pdf", "extract_tables.py", "doc.pdf"))
     first = out.index("=== page 2, table 1 (3 rows x 3 columns) ===")
     second = out.index("=== page 2, table 2 (2 rows x 2 columns) ===")
     assert first < out.index("| Item | Qty | Price |\n|---|---|---|\n| Apple | 3 | 1.50 |") < second
@@ -258,7 +226,8 @@ def test_tables_csv_files_and_json(run_skill: RunSkill, work: Path) -> None:
             "--out-dir",
             "tables",
             "--json",
-        )
+        ),
+        quiet=True,
     )
     found = [(t["page"], t["index"], t["rows"], t["columns"]) for t in result["tables"]]
     assert found == [(2, 1, 3, 3), (2, 2, 2, 2)]
@@ -271,9 +240,12 @@ def test_tables_csv_files_and_json(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_tables_none_found(run_skill: RunSkill, work: Path) -> None:
-    out = ok(run_skill("pdf", "extract_tables.py", "doc.pdf", "--pages", "1,3"))
+    out = quiet(run_skill("pdf", "extract_tables.py", "doc.pdf", "--pages", "1,3"))
     assert out.startswith("no tables found on page(s) 1,3")
-    assert last_json(run_skill("pdf", "extract_tables.py", "scan.pdf", "--json"))["tables"] == []
+    assert (
+        last_json(run_skill("pdf", "extract_tables.py", "scan.pdf", "--json"), quiet=True)["tables"]
+        == []
+    )
 
 
 # --- merge, split, rotate ----------------------------------------------------------
@@ -283,7 +255,8 @@ def test_merge_whole_files_and_page_selections(run_skill: RunSkill, work: Path) 
     result = last_json(
         run_skill(
             "pdf", "merge.py", "doc.pdf", "form.pdf:2", "clean.pdf:1", "-o", "merged.pdf", "--json"
-        )
+        ),
+        quiet=True,
     )
     assert result["page_count"] == 5
     assert result["sources"] == [
@@ -299,7 +272,7 @@ def test_merge_whole_files_and_page_selections(run_skill: RunSkill, work: Path) 
 
 
 def test_split_each_page(run_skill: RunSkill, work: Path) -> None:
-    out = ok(run_skill("pdf", "split.py", "doc.pdf", "--out-dir", "parts"))
+    out = quiet(run_skill("pdf", "split.py", "doc.pdf", "--out-dir", "parts"))
     names = sorted(p.name for p in (work / "parts").iterdir())
     assert names == ["doc-p001.pdf", "doc-p002.pdf", "doc-p003.pdf"]
     assert "parts/doc-p002.pdf: page 2" in out
@@ -322,7 +295,8 @@ def test_split_ranges(run_skill: RunSkill, work: Path) -> None:
             "--prefix",
             "part",
             "--json",
-        )
+        ),
+        quiet=True,
     )
     assert [(f["path"], f["pages"]) for f in result["files"]] == [
         ("parts/part-p001-002.pdf", 2),
@@ -334,7 +308,7 @@ def test_split_ranges(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_rotate_adds_and_sets(run_skill: RunSkill, work: Path) -> None:
-    out = ok(
+    out = quiet(
         run_skill("pdf", "rotate.py", "doc.pdf", "-o", "r1.pdf", "--angle", "90", "--pages", "1,3")
     )
     assert "page 1: 0 -> 90 degrees" in out and "page 2:" not in out
@@ -351,14 +325,15 @@ def test_rotate_adds_and_sets(run_skill: RunSkill, work: Path) -> None:
             "--pages",
             "1-2",
             "--json",
-        )
+        ),
+        quiet=True,
     )
     assert result["pages"] == [
         {"page": 1, "before": 90, "after": 0},
         {"page": 2, "before": 0, "after": 270},
     ]
     assert rotations(work / "r2.pdf") == [0, 270, 90]
-    ok(run_skill("pdf", "rotate.py", "r2.pdf", "-o", "r3.pdf", "--angle", "180", "--absolute"))
+    quiet(run_skill("pdf", "rotate.py", "r2.pdf", "-o", "r3.pdf", "--angle", "180", "--absolute"))
     assert rotations(work / "r3.pdf") == [180, 180, 180]
     assert "Charlie third page" in pdftotext(work / "r3.pdf", 3)
     assert rotations(work / "doc.pdf") == [0, 0, 0]  # the input is left alone
@@ -368,7 +343,7 @@ def test_rotate_adds_and_sets(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_form_fields_listed(run_skill: RunSkill, work: Path) -> None:
-    result = last_json(run_skill("pdf", "form_fields.py", "form.pdf", "--json"))
+    result = last_json(run_skill("pdf", "form_fields.py", "form.pdf", "--json"), quiet=True)
     fields = {f["name"]: f for f in result["fields"]}
     assert list(fields) == ["name", "city", "agree", "color", "size", "notes"]
     summary = {n: (f["type"], f["value"], f["options"], f["pages"]) for n, f in fields.items()}
@@ -380,16 +355,17 @@ def test_form_fields_listed(run_skill: RunSkill, work: Path) -> None:
         "size": ("radio", "S", ["S", "L"], [1]),
         "notes": ("text", "", [], [2]),
     }
-    out = ok(run_skill("pdf", "form_fields.py", "form.pdf"))
+    out = quiet(run_skill("pdf", "form_fields.py", "form.pdf"))
     assert '- city [text] value="Paris" page(s) 1' in out
-    assert "no form fields" in ok(run_skill("pdf", "form_fields.py", "doc.pdf"))
+    assert "no form fields" in quiet(run_skill("pdf", "form_fields.py", "doc.pdf"))
 
 
 def test_fill_form(run_skill: RunSkill, work: Path, skills_python: Path) -> None:
     values = {"name": "Ada Lovelace", "agree": True, "color": "Green", "size": "L", "notes": 42}
     (work / "values.json").write_text(json.dumps(values))
     result = last_json(
-        run_skill("pdf", "fill_form.py", "form.pdf", "values.json", "-o", "filled.pdf", "--json")
+        run_skill("pdf", "fill_form.py", "form.pdf", "values.json", "-o", "filled.pdf", "--json"),
+        quiet=True,
     )
     assert result["filled"] == {
         "name": "Ada Lovelace",
@@ -398,7 +374,7 @@ def test_fill_form(run_skill: RunSkill, work: Path, skills_python: Path) -> None
         "size": "L",
         "notes": "42",
     }
-    listed = last_json(run_skill("pdf", "form_fields.py", "filled.pdf", "--json"))
+    listed = last_json(run_skill("pdf", "form_fields.py", "filled.pdf", "--json"), quiet=True)
     now = {f["name"]: f["value"] for f in listed["fields"]}
     assert now == {**result["filled"], "city": "Paris"}
     # pypdf's own reading of the file: values and the widgets' shown states
@@ -420,18 +396,18 @@ def test_fill_form(run_skill: RunSkill, work: Path, skills_python: Path) -> None
         "notes": "42",
     }
     assert raw["states"] == ["/Yes", "/Off", "/L"]  # checkbox on; radio S off, L on
-    before = last_json(run_skill("pdf", "form_fields.py", "form.pdf", "--json"))
+    before = last_json(run_skill("pdf", "form_fields.py", "form.pdf", "--json"), quiet=True)
     assert {f["name"]: f["value"] for f in before["fields"]}["name"] == ""  # input unchanged
 
 
 def test_fill_form_nested_field_names(run_skill: RunSkill, work: Path, skills_python: Path) -> None:
-    listed = last_json(run_skill("pdf", "form_fields.py", "nested.pdf", "--json"))
+    listed = last_json(run_skill("pdf", "form_fields.py", "nested.pdf", "--json"), quiet=True)
     assert [(f["name"], f["type"]) for f in listed["fields"]] == [
         ("person.first", "text"),
         ("person.last", "text"),
     ]
     (work / "values.json").write_text('{"person.first": "Ada", "person.last": "Lovelace"}')
-    ok(run_skill("pdf", "fill_form.py", "nested.pdf", "values.json", "-o", "filled.pdf"))
+    quiet(run_skill("pdf", "fill_form.py", "nested.pdf", "values.json", "-o", "filled.pdf"))
     raw = json.loads(
         subprocess.run(
             [str(skills_python), "-c", READ_FORM, "filled.pdf"],
@@ -440,15 +416,17 @@ def test_fill_form_nested_field_names(run_skill: RunSkill, work: Path, skills_py
     )  # fmt: skip
     assert raw["values"] == {"person": "None", "person.first": "Ada", "person.last": "Lovelace"}
     (work / "values.json").write_text('{"first": "Ada"}')  # the short name is not the name
-    line = failed(run_skill("pdf", "fill_form.py", "nested.pdf", "values.json", "-o", "x.pdf"))
+    line = error_line(run_skill("pdf", "fill_form.py", "nested.pdf", "values.json", "-o", "x.pdf"))
     assert line == "error: unknown field(s): first (the form has: person.first, person.last)"
 
 
 def test_fill_form_fills_every_field_of_a_name(run_skill: RunSkill, work: Path) -> None:
-    ok(run_skill("pdf", "merge.py", "form.pdf", "form.pdf", "-o", "twice.pdf"))
+    quiet(run_skill("pdf", "merge.py", "form.pdf", "form.pdf", "-o", "twice.pdf"))
     (work / "values.json").write_text('{"name": "Bo", "agree": true, "size": "L"}')
-    ok(run_skill("pdf", "fill_form.py", "twice.pdf", "values.json", "-o", "filled.pdf"))
-    listed = last_json(run_skill("pdf", "form_fields.py", "filled.pdf", "--json"))["fields"]
+    quiet(run_skill("pdf", "fill_form.py", "twice.pdf", "values.json", "-o", "filled.pdf"))
+    listed = last_json(run_skill("pdf", "form_fields.py", "filled.pdf", "--json"), quiet=True)[
+        "fields"
+    ]
     for name, value in (("name", "Bo"), ("agree", True), ("size", "L")):
         found = [(f["value"], f["pages"]) for f in listed if f["name"] == name]
         assert found == [(value, [1]), (value, [3])]
@@ -456,11 +434,11 @@ def test_fill_form_fills_every_field_of_a_name(run_skill: RunSkill, work: Path) 
 
 def test_fill_form_unchecks_and_clears(run_skill: RunSkill, work: Path) -> None:
     (work / "on.json").write_text('{"agree": "Yes", "city": "Rome"}')
-    ok(run_skill("pdf", "fill_form.py", "form.pdf", "on.json", "-o", "on.pdf"))
+    quiet(run_skill("pdf", "fill_form.py", "form.pdf", "on.json", "-o", "on.pdf"))
     (work / "off.json").write_text('{"agree": false, "size": "Off", "city": ""}')
-    out = ok(run_skill("pdf", "fill_form.py", "on.pdf", "off.json", "-o", "off.pdf"))
+    out = quiet(run_skill("pdf", "fill_form.py", "on.pdf", "off.json", "-o", "off.pdf"))
     assert "wrote off.pdf (3 field(s) filled)" in out
-    listed = last_json(run_skill("pdf", "form_fields.py", "off.pdf", "--json"))
+    listed = last_json(run_skill("pdf", "form_fields.py", "off.pdf", "--json"), quiet=True)
     now = {f["name"]: f["value"] for f in listed["fields"]}
     assert (now["agree"], now["size"], now["city"]) == (False, "Off", "")
 
@@ -485,16 +463,16 @@ def test_fill_form_refuses_bad_values(
     run_skill: RunSkill, work: Path, values: str, message: str
 ) -> None:
     (work / "values.json").write_text(values)
-    line = failed(run_skill("pdf", "fill_form.py", "form.pdf", "values.json", "-o", "out.pdf"))
+    line = error_line(run_skill("pdf", "fill_form.py", "form.pdf", "values.json", "-o", "out.pdf"))
     assert message in line
     assert not (work / "out.pdf").exists()
 
 
 def test_fill_form_needs_a_form_and_values(run_skill: RunSkill, work: Path) -> None:
     (work / "values.json").write_text('{"name": "x"}')
-    line = failed(run_skill("pdf", "fill_form.py", "doc.pdf", "values.json", "-o", "o.pdf"))
+    line = error_line(run_skill("pdf", "fill_form.py", "doc.pdf", "values.json", "-o", "o.pdf"))
     assert line == "error: doc.pdf: the PDF has no form fields"
-    line = failed(run_skill("pdf", "fill_form.py", "form.pdf", "nothere.json", "-o", "o.pdf"))
+    line = error_line(run_skill("pdf", "fill_form.py", "form.pdf", "nothere.json", "-o", "o.pdf"))
     assert line == "error: nothere.json: no such file"
 
 
@@ -502,7 +480,7 @@ def test_fill_form_needs_a_form_and_values(run_skill: RunSkill, work: Path) -> N
 
 
 def test_render_sizes_follow_dpi(run_skill: RunSkill, work: Path) -> None:
-    out = ok(run_skill("pdf", "render_pages.py", "doc.pdf", "--out-dir", "png", "--dpi", "100"))
+    out = quiet(run_skill("pdf", "render_pages.py", "doc.pdf", "--out-dir", "png", "--dpi", "100"))
     names = sorted(p.name for p in (work / "png").iterdir())
     assert names == ["doc-p001.png", "doc-p002.png", "doc-p003.png"]
     assert "page 2: png/doc-p002.png (850x1100)" in out
@@ -522,7 +500,8 @@ def test_render_sizes_follow_dpi(run_skill: RunSkill, work: Path) -> None:
             "--prefix",
             "pg",
             "--json",
-        )
+        ),
+        quiet=True,
     )
     assert result["files"] == [
         {"page": 3, "path": "small/pg-p003.png", "width": 306, "height": 396}
@@ -531,12 +510,12 @@ def test_render_sizes_follow_dpi(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_render_applies_rotation(run_skill: RunSkill, work: Path) -> None:
-    ok(
+    quiet(
         run_skill(
             "pdf", "rotate.py", "doc.pdf", "-o", "turned.pdf", "--angle", "90", "--pages", "2"
         )
     )
-    ok(
+    quiet(
         run_skill(
             "pdf", "render_pages.py", "turned.pdf", "--out-dir", "png", "--dpi", "72", "--gray"
         )
@@ -563,7 +542,8 @@ def test_ocr_makes_a_searchable_pdf(run_skill: RunSkill, work: Path) -> None:
             "--lang",
             "eng",
             "--json",
-        )
+        ),
+        quiet=True,
     )
     assert [p["page"] for p in result["pages"]] == [1, 2]
     assert all(p["chars"] > 10 for p in result["pages"]) and result["pages_without_text"] == []
@@ -576,12 +556,12 @@ def test_ocr_makes_a_searchable_pdf(run_skill: RunSkill, work: Path) -> None:
     info = subprocess.run(["pdfinfo", str(out)], capture_output=True, text=True).stdout
     size = re.search(r"Page size:\s+([\d.]+) x ([\d.]+) pts", info)
     assert size and abs(float(size.group(1)) - 612) < 2 and abs(float(size.group(2)) - 792) < 2
-    text = last_json(run_skill("pdf", "extract_text.py", "searchable.pdf", "--json"))
+    text = last_json(run_skill("pdf", "extract_text.py", "searchable.pdf", "--json"), quiet=True)
     assert text["pages_without_text"] == [] and "Giraffe" in text["pages"][0]["text"]
 
 
 def test_ocr_selected_pages_only(run_skill: RunSkill, work: Path) -> None:
-    out = ok(
+    out = quiet(
         run_skill(
             "pdf", "ocr.py", "scan.pdf", "-o", "p2.pdf", "--pages", "2", "--dpi", "150", "--gray"
         )
@@ -595,12 +575,14 @@ def test_ocr_selected_pages_only(run_skill: RunSkill, work: Path) -> None:
 
 
 def test_info(run_skill: RunSkill, work: Path) -> None:
-    doc = last_json(run_skill("pdf", "info.py", "doc.pdf", "--json"))
+    doc = last_json(run_skill("pdf", "info.py", "doc.pdf", "--json"), quiet=True)
     assert doc["page_count"] == 3 and doc["form_fields"] == 0 and not doc["encrypted"]
     assert doc["pages"][0]["width"] == 612 and doc["pages"][0]["height"] == 792
     assert all(p["text_chars"] > 0 for p in doc["pages"])
-    assert last_json(run_skill("pdf", "info.py", "form.pdf", "--json"))["form_fields"] == 6
-    scan = ok(run_skill("pdf", "info.py", "scan.pdf"))
+    assert (
+        last_json(run_skill("pdf", "info.py", "form.pdf", "--json"), quiet=True)["form_fields"] == 6
+    )
+    scan = quiet(run_skill("pdf", "info.py", "scan.pdf"))
     assert "scan.pdf: 2 page(s)" in scan and "no text layer on page(s) 1, 2" in scan
 
 
@@ -632,14 +614,16 @@ def test_bad_input_files(
     run_skill: RunSkill, work: Path, script: str, rest: list[str], name: str, message: str
 ) -> None:
     (work / "values.json").write_text('{"name": "x"}')
-    line = failed(run_skill("pdf", script, name, *rest))
+    line = error_line(run_skill("pdf", script, name, *rest))
     assert line.startswith(message)
     assert not (work / "out.pdf").exists()
 
 
 @pytest.mark.parametrize(("name", "message"), BAD_FILES)
 def test_merge_bad_input_files(run_skill: RunSkill, work: Path, name: str, message: str) -> None:
-    assert failed(run_skill("pdf", "merge.py", "doc.pdf", name, "-o", "m.pdf")).startswith(message)
+    assert error_line(run_skill("pdf", "merge.py", "doc.pdf", name, "-o", "m.pdf")).startswith(
+        message
+    )
     assert not (work / "m.pdf").exists()
 
 
@@ -707,7 +691,7 @@ def test_merge_bad_input_files(run_skill: RunSkill, work: Path, name: str, messa
 def test_bad_arguments(
     run_skill: RunSkill, work: Path, script: str, args: list[str], message: str
 ) -> None:
-    line = failed(run_skill("pdf", script, *args))
+    line = error_line(run_skill("pdf", script, *args))
     assert message in line
     assert not (work / "o.pdf").exists() and not (work / "p").exists()
     assert page_count(work / "doc.pdf") == 3

@@ -4,7 +4,6 @@ text extraction, the thumbnail grid, and every bad-input path."""
 from __future__ import annotations
 
 import json
-import re
 import struct
 import subprocess
 import zipfile
@@ -13,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SKILLS, RunSkill
+from tests.fixtures.skillcheck import (
+    PNG_SIGNATURE,
+    assert_error,
+    last_json,
+    ok,
+    page_count,
+    pdftotext,
+    png_size,
+    run_script,
+)
+from tests.integration.conftest import RunSkill
 
 pytestmark = pytest.mark.integration
 
@@ -93,44 +102,8 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
     raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+    return (PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))  # fmt: skip
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()[:24]
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
-def run(
-    python: Path, cwd: Path, script: str, *args: str | Path
-) -> subprocess.CompletedProcess[str]:
-    """A pptx script outside a test's own tmp_path (for module-scoped outputs)."""
-    path = SKILLS / "pptx" / "scripts" / script
-    return subprocess.run([str(python), str(path), *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=600, check=False)  # fmt: skip
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    data = json.loads(ok(proc).stdout.strip().splitlines()[-1])
-    assert isinstance(data, dict)
-    return data
-
-
-def assert_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
 
 
 def inspect(python: Path, deck: Path) -> dict[str, object]:
@@ -162,7 +135,9 @@ def outlines(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def deck(skills_python: Path, outlines: Path) -> Path:
-    proc = run(skills_python, outlines, "outline_to_pptx.py", "deck.yaml", "deck.pptx", "--json")
+    proc = run_script(
+        skills_python, outlines, "pptx", "outline_to_pptx.py", "deck.yaml", "deck.pptx", "--json"
+    )
     summary = last_json(proc)
     assert summary["slides"] == 4
     assert summary["titles"] == ["Quarterly Review", "Results", "Chart", "Only a picture"]
@@ -235,8 +210,9 @@ def test_extract_text_as_text(run_skill: RunSkill, deck: Path) -> None:
 
 @pytest.fixture(scope="module")
 def grid(skills_python: Path, deck: Path) -> tuple[Path, dict[str, object]]:
-    proc = run(skills_python, deck.parent, "thumbnails.py", deck.name, "grid.png",
-               "--columns", "3", "--width", "240", "--pdf", "deck.pdf", "--json")  # fmt: skip
+    proc = run_script(skills_python, deck.parent, "pptx", "thumbnails.py", deck.name,
+                      "grid.png", "--columns", "3", "--width", "240", "--pdf", "deck.pdf",
+                      "--json")  # fmt: skip
     return deck.parent / "grid.png", last_json(proc)
 
 
@@ -283,10 +259,8 @@ def test_thumbnail_grid_size_and_content(
 
 def test_thumbnails_keep_the_pdf(grid: tuple[Path, dict[str, object]]) -> None:
     pdf = grid[0].parent / "deck.pdf"
-    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True)
-    assert re.search(r"^Pages:\s+4$", info.stdout, re.M)
-    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
+    assert page_count(pdf) == 4
+    text = pdftotext(pdf)
     assert "Quarterly Review" in text and "Deep point" in text
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SKILLS, RunSkill
+from tests.fixtures.skillcheck import assert_error, last_json, ok, run_script
+from tests.integration.conftest import RunSkill
 
 pytestmark = pytest.mark.integration
 
@@ -54,42 +55,6 @@ EXPECTED_LINES = [
 ]
 
 
-def run(
-    python: Path, cwd: Path, script: str, *args: str | Path
-) -> subprocess.CompletedProcess[str]:
-    """An xlsx script outside a test's own tmp_path (for module-scoped outputs)."""
-    path = SKILLS / "xlsx" / "scripts" / script
-    return subprocess.run(
-        [str(python), str(path), *map(str, args)],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert "Traceback" not in proc.stderr
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert isinstance(data, dict)
-    return data
-
-
-def assert_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
-
-
 def openpyxl_dump(python: Path, book: Path, data_only: bool = False) -> dict[str, Any]:
     """{sheet: {cell: value}} (values via repr for dates), widths and formats, read by openpyxl."""
     code = f"""
@@ -116,9 +81,19 @@ def made(skills_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """book.json -> book.xlsx (create.py) -> rec.xlsx (recalc.py, once for the module)."""
     folder = tmp_path_factory.mktemp("xlsx")
     (folder / "book.json").write_text(json.dumps(BOOK))
-    created = run(skills_python, folder, "create.py", "book.json", "book.xlsx", "--json")
-    checked = run(
-        skills_python, folder, "recalc.py", "book.xlsx", "--out", "rec.xlsx", "--values", "--json"
+    created = run_script(
+        skills_python, folder, "xlsx", "create.py", "book.json", "book.xlsx", "--json"
+    )
+    checked = run_script(
+        skills_python,
+        folder,
+        "xlsx",
+        "recalc.py",
+        "book.xlsx",
+        "--out",
+        "rec.xlsx",
+        "--values",
+        "--json",
     )
     return {"dir": folder, "created": created, "checked": checked}
 
@@ -153,9 +128,7 @@ def test_create_writes_values_formulas_and_formats(
 
 def test_recalc_lists_every_formula_error_by_cell(made: dict[str, Any]) -> None:
     proc = made["checked"]
-    assert proc.returncode == 3, (proc.stdout, proc.stderr)
-    assert proc.stderr == ""
-    report = last_json(proc)
+    report = last_json(proc, returncode=3, quiet=True)
     found = [(e["sheet"], e["cell"], e["error"], e["formula"]) for e in report["errors"]]
     assert found == EXPECTED_ERRORS
     assert report["error_count"] == 5 and report["formulas"] == 8
@@ -165,7 +138,7 @@ def test_recalc_lists_every_formula_error_by_cell(made: dict[str, Any]) -> None:
 
 
 def test_recalc_computes_values_and_stores_them(made: dict[str, Any], skills_python: Path) -> None:
-    values = {v["ref"]: v["value"] for v in last_json(made["checked"])["values"]}
+    values = {v["ref"]: v["value"] for v in last_json(made["checked"], returncode=3)["values"]}
     assert values["Data!A3"] == 3.5
     assert values["Data!A4"] == "big"
     assert values["'My Report'!B2"] == 7
@@ -179,10 +152,10 @@ def test_recalc_computes_values_and_stores_them(made: dict[str, Any], skills_pyt
 
 def test_export_of_the_recalculated_book(made: dict[str, Any], skills_python: Path) -> None:
     folder = made["dir"]
-    csv = ok(run(skills_python, folder, "export.py", "rec.xlsx", "--sheet", "Data"))
+    csv = ok(run_script(skills_python, folder, "xlsx", "export.py", "rec.xlsx", "--sheet", "Data"))
     assert csv.stdout == "1,#DIV/0!,a|b\n2.5,#NAME?,\n3.5,#REF!,\nbig,#NAME?,\n"
     assert csv.stderr == ""
-    md = ok(run(skills_python, folder, "export.py", "rec.xlsx", "--format", "md"))
+    md = ok(run_script(skills_python, folder, "xlsx", "export.py", "rec.xlsx", "--format", "md"))
     assert md.stdout == (
         "## Data\n\n"
         "| 1 | #DIV/0! | a\\|b |\n|---|---|---|\n"
@@ -196,7 +169,9 @@ def test_export_of_the_recalculated_book(made: dict[str, Any], skills_python: Pa
 def test_export_without_results_warns_and_leaves_formulas_empty(
     made: dict[str, Any], skills_python: Path
 ) -> None:
-    proc = ok(run(skills_python, made["dir"], "export.py", "book.xlsx", "--sheet", "data"))
+    proc = ok(
+        run_script(skills_python, made["dir"], "xlsx", "export.py", "book.xlsx", "--sheet", "data")
+    )
     assert proc.stdout == "1,,a|b\n2.5,,\n"
     assert proc.stderr.strip() == (
         "warning: 6 formula cell(s) have no stored result and export empty; rerun with --recalc"

@@ -1,6 +1,7 @@
 """The font families fontconfig knows (fc-list), and lookups by name (shared by design scripts).
 
-fontconfig compares family names ignoring case and spaces; so do these lookups.
+fontconfig compares family names ignoring case and spaces; so do these lookups. The
+renderers' output and DPI checks and the one ``error:`` line live here too.
 """
 
 from __future__ import annotations
@@ -8,13 +9,45 @@ from __future__ import annotations
 import difflib
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _FORMAT = "%{family}\t%{style}\t%{file}\n"
 
 
 class FontError(Exception):
     """fc-list missing or failing, or a font family that is not installed."""
+
+
+class RenderError(Exception):
+    """Bad input or a failed rendering; the message is printed as one ``error:`` line."""
+
+
+def fail(exc: Exception) -> int:
+    """Print ``exc`` as one ``error:`` line to stderr; return the exit status 1."""
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    return 1
+
+
+def check_outputs(*outputs: tuple[str | None, str]) -> None:
+    """RenderError unless each given output (OPTION, SUFFIX) ends in SUFFIX and its folder exists.
+
+    Checked in the order given; an option left out (None or empty) is skipped.
+    """
+    for option, suffix in outputs:
+        if option:
+            out = Path(option)
+            if out.suffix.lower() != suffix:
+                raise RenderError(f"{out}: must end in {suffix}")
+            if not out.parent.is_dir():
+                raise RenderError(f"{out.parent}: no such directory")
+
+
+def check_dpi(dpi: float) -> None:
+    """RenderError unless ``dpi`` is 1 to 2400."""
+    if not 1 <= dpi <= 2400:
+        raise RenderError(f"bad --dpi {dpi:g}: use 1 to 2400")
 
 
 @dataclass

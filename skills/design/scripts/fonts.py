@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from fontlist import FontError, installed_families, key, require
+from fontlist import FontError, fail, installed_families, key, require
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         families = installed_families()
         checked = [require(name, families) for name in args.check]
     except FontError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        return fail(exc)
     if checked:
         shown = checked
     else:

@@ -14,7 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fontlist import Family, FontError, family_of_pdf_font, installed_families, key, require
+from fontlist import (
+    Family,
+    FontError,
+    RenderError,
+    check_dpi,
+    check_outputs,
+    fail,
+    family_of_pdf_font,
+    installed_families,
+    key,
+    require,
+)
 
 MM_PER = {"mm": 1.0, "cm": 10.0, "in": 25.4, "pt": 25.4 / 72, "px": 25.4 / 96}
 NAMED_SIZES_MM = {
@@ -36,10 +47,6 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*[x×]\s*(\d+(?:\.\d+)?)\s*(mm|cm|in|pt|p
 _LENGTH = r"(?:0|\d+(?:\.\d+)?(?:mm|cm|in|pt|px))"
 _MARGIN = re.compile(rf"^{_LENGTH}(?:\s+{_LENGTH}){{0,3}}$")
 MAX_PIXELS = 80_000_000
-
-
-class RenderError(Exception):
-    """Bad input or a failed rendering; the message is printed as one ``error:`` line."""
 
 
 def page_size_css(size: str, landscape: bool) -> str:
@@ -185,15 +192,8 @@ def check_args(args: argparse.Namespace) -> tuple[Path, list[Path]]:
         raise RenderError(f"{source}: expected an .html file")
     if not args.pdf and not args.png:
         raise RenderError("nothing to write: give --pdf OUT.pdf and/or --png OUT.png")
-    for option, suffix in ((args.pdf, ".pdf"), (args.png, ".png")):
-        if option:
-            out = Path(option)
-            if out.suffix.lower() != suffix:
-                raise RenderError(f"{out}: must end in {suffix}")
-            if not out.parent.is_dir():
-                raise RenderError(f"{out.parent}: no such directory")
-    if not 1 <= args.dpi <= 2400:
-        raise RenderError(f"bad --dpi {args.dpi:g}: use 1 to 2400")
+    check_outputs((args.pdf, ".pdf"), (args.png, ".png"))
+    check_dpi(args.dpi)
     if args.page is not None and not args.png:
         raise RenderError("--page selects the page for --png")
     stylesheets = [Path(s) for s in args.stylesheet]
@@ -298,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except (RenderError, FontError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        return fail(exc)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     width, height = result["page_size_pt"]

@@ -12,11 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fontlist import RenderError, check_dpi, check_outputs, fail
+
 TIMEOUT = 300
-
-
-class RenderError(Exception):
-    """Bad input or a failed rendering; the message is printed as one ``error:`` line."""
 
 
 def check_svg(path: Path) -> None:
@@ -75,15 +73,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     source = Path(args.svg)
     if not args.png and not args.pdf:
         raise RenderError("nothing to write: give --png OUT.png and/or --pdf OUT.pdf")
-    for option, suffix in ((args.png, ".png"), (args.pdf, ".pdf")):
-        if option:
-            out = Path(option)
-            if out.suffix.lower() != suffix:
-                raise RenderError(f"{out}: must end in {suffix}")
-            if not out.parent.is_dir():
-                raise RenderError(f"{out.parent}: no such directory")
-    if args.dpi is not None and not 1 <= args.dpi <= 2400:
-        raise RenderError(f"bad --dpi {args.dpi:g}: use 1 to 2400")
+    check_outputs((args.png, ".png"), (args.pdf, ".pdf"))
+    if args.dpi is not None:
+        check_dpi(args.dpi)
     if args.width is not None and not 1 <= args.width <= 20000:
         raise RenderError(f"bad --width {args.width}: use 1 to 20000 pixels")
     check_svg(source)
@@ -131,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except RenderError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        return fail(exc)
     if result["png"]:
         png = result["png"]
         print(f"wrote {png['path']}: {png['width']} x {png['height']} px")

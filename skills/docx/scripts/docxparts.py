@@ -10,13 +10,16 @@ python-docx keeps only as bytes.
 from __future__ import annotations
 
 import sys
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lxml import etree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_lib"))
+from officefile import check_package
+from officefile import fail as fail  # the scripts' one ``error:`` line, re-exported
 
 W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 MC_NS = "http://schemas.openxmlformats.org/markup-compatibility/2006"
@@ -43,28 +46,11 @@ class DocxError(Exception):
     """Bad input: the message is the whole reason, one line."""
 
 
-def fail(message: object) -> int:
-    """Print one ``error:`` line to stderr; return the exit status 1."""
-    text = " ".join(str(message).split()) or "unknown error"
-    print(f"error: {text}", file=sys.stderr)
-    return 1
-
-
 def check_docx(path: Path) -> None:
     """Raise DocxError unless ``path`` is a Word (.docx/.docm/.dotx) package."""
-    if not path.exists():
-        raise DocxError(f"{path}: no such file")
-    if not path.is_file():
-        raise DocxError(f"{path}: not a file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            types = archive.read("[Content_Types].xml")
-    except KeyError:
-        raise DocxError(f"{path}: not a .docx file (a ZIP without [Content_Types].xml)") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DocxError(f"{path}: not a .docx file ({exc})") from None
-    if not any(main.encode() in types for main in STORY_TYPES if STORY_TYPES[main] == "body"):
-        raise DocxError(f"{path}: not a .docx file (no Word document part)")
+    body_types = [main for main, kind in STORY_TYPES.items() if kind == "body"]
+    check_package(path, suffix=".docx", main_types=body_types, missing="no Word document part",
+                  error=DocxError)  # fmt: skip
 
 
 def open_docx(path: Path) -> Any:

@@ -6,9 +6,12 @@ Shared by the pptx skill's scripts.
 from __future__ import annotations
 
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_lib"))
+from officefile import check_package
+from officefile import fail as fail  # the scripts' one ``error:`` line, re-exported
 
 _CT = "application/vnd.openxmlformats-officedocument.presentationml."
 MAIN_TYPES = (_CT + "presentation.main+xml", _CT + "template.main+xml",
@@ -20,28 +23,10 @@ class DeckError(Exception):
     """Bad input: the message is the whole reason, one line."""
 
 
-def fail(message: object) -> int:
-    """Print one ``error:`` line to stderr; return the exit status 1."""
-    text = " ".join(str(message).split()) or "unknown error"
-    print(f"error: {text}", file=sys.stderr)
-    return 1
-
-
 def check_pptx(path: Path) -> None:
     """Raise DeckError unless ``path`` is a PowerPoint (.pptx/.pptm/.potx) package."""
-    if not path.exists():
-        raise DeckError(f"{path}: no such file")
-    if not path.is_file():
-        raise DeckError(f"{path}: not a file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            types = archive.read("[Content_Types].xml")
-    except KeyError:
-        raise DeckError(f"{path}: not a .pptx file (a ZIP without [Content_Types].xml)") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DeckError(f"{path}: not a .pptx file ({exc})") from None
-    if not any(main.encode() in types for main in MAIN_TYPES):
-        raise DeckError(f"{path}: not a .pptx file (no presentation part)")
+    check_package(path, suffix=".pptx", main_types=MAIN_TYPES, missing="no presentation part",
+                  error=DeckError)  # fmt: skip
 
 
 def open_pptx(path: Path) -> Any:
