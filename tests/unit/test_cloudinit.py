@@ -90,6 +90,7 @@ def test_full_has_nodesource_pip_and_npm() -> None:
         c for c in doc["runcmd"] if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
     )
     assert pip[-len(profile.pip_packages) :] == list(profile.pip_packages)
+    assert "--ignore-installed" in pip  # apt's Python packages are never uninstalled
     constraint = pip.index("--constraint")
     assert pip[constraint + 1] == cloudinit.PIP_CONSTRAINTS_PATH
     pins = _write_files(doc)[cloudinit.PIP_CONSTRAINTS_PATH]

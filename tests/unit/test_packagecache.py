@@ -239,7 +239,8 @@ def test_with_the_cache_pip_installs_offline_from_what_it_gathered() -> None:
     install = next(i for i in lists if i[:4] == ["python3", "-m", "pip", "install"])
     assert download[4:8] == ["--wheel-dir", cloudinit.PIP_DOWNLOAD_DIR, "--find-links",
                              f"{packagecache.GUEST_CACHE}/pip"]  # fmt: skip
-    assert install[4:7] == ["--no-index", "--find-links", cloudinit.PIP_DOWNLOAD_DIR]
+    assert install[4:8] == ["--ignore-installed", "--no-index", "--find-links",
+                            cloudinit.PIP_DOWNLOAD_DIR]  # fmt: skip
     assert download[download.index("--constraint") :] == install[install.index("--constraint") :]
     npm = next(i for i in lists if i[:2] == ["npm", "install"])
     assert npm[npm.index("--cache") + 1] == cloudinit.NPM_CACHE_DIR
