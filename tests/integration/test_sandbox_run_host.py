@@ -105,3 +105,32 @@ def test_the_launcher_refuses_a_non_loopback_bridge_outside_the_vm(workspace: Pa
     assert "--bridge http=tcp:127.0.0.1:PORT" in message
     bad = run.run([*argv[:-2], "--bridge", "web=tcp:127.0.0.1:1", "--", "true"], check=False)
     assert bad.returncode == 125 and b"has no bridge 'web'" in bad.stderr
+
+
+def test_the_skills_libreoffice_runner_converts_inside_the_sandbox(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """LibreOffice's command line exits 1 in the sandbox (its single-instance pipe is a
+    Unix socket, which the second filter refuses): the skills convert through
+    LibreOfficeKit (skills/_lib/soffice.py), which needs none. Both filters are on."""
+    need("bwrap", "socat", "libseccomp", "swriter")
+    shutil.copy(ROOT / "skills" / "_lib" / "soffice.py", workspace)
+    (workspace / "in.rtf").write_text(r"{\rtf1 Converted inside the sandbox 42}")
+    (workspace / "convert.py").write_text(
+        "import sys\nfrom pathlib import Path\nsys.path.insert(0, '.')\n"
+        "from soffice import convert\nprint(convert(Path('in.rtf'), 'pdf', Path('out')))\n"
+    )
+    for path in workspace.iterdir():
+        os.chown(path, NOBODY, NOBODY)
+    script = (
+        "python3 -c 'import socket; socket.socket(socket.AF_UNIX)' 2>/dev/null "
+        "&& echo unix-allowed || echo unix-refused; python3 convert.py"
+    )
+    result = _in_loopback_only_netns(
+        ["sandbox-run", "--workspace", str(workspace), "--", "sh", "-c", script], tmp_path
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, (out, result.stderr.decode()[-2000:])
+    assert "unix-refused" in out  # the filter the conversion has to live with
+    text = run.run(["pdftotext", str(workspace / "out" / "in.pdf"), "-"]).stdout.decode()
+    assert "Converted inside the sandbox 42" in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_every_check_of_the_full_profile_passed(full_build: dict[str, Any]) -> N
     assert low <= verify["installed_count"]["count"] <= high
     assert verify["sandbox_self_test"]["ok"]
     manifest = json.loads(full_build["result"].manifest.read_text())
-    pip = {p["name"].lower().replace("_", "-") for p in manifest["pip"]}
+    pip = {re.sub(r"[-_.]+", "-", p["name"]).lower() for p in manifest["pip"]}  # PEP 503
     for entry in (e for g in profile.groups_of("pip") for e in g.entries):
         assert entry.key in pip, entry.name
     npm = {p["name"] for p in manifest["npm"]}
