@@ -84,7 +84,7 @@ def test_cached_pip_flow_installs_offline_and_hands_back_what_it_used(tmp_path: 
         return out
 
     steps = [local(i) for i in runcmd if isinstance(i, list) and cloudinit.PIP_DOWNLOAD_DIR in i]
-    gather = next(s for s in steps if s[:4] == ["python3", "-m", "pip", "download"])
+    gather = next(s for s in steps if s[:4] == ["python3", "-m", "pip", "wheel"])
     install = next(s for s in steps if s[:4] == ["python3", "-m", "pip", "install"])
     copy_out = next(s for s in steps if s[0] == "find")
     # No index reachable: everything must come from the cache.

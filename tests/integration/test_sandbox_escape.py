@@ -288,16 +288,19 @@ def test_environment_is_explicit_and_the_hostname_fixed(sbx: Sandbox) -> None:
     result = sbx.run(["env"])
     names = {line.split("=", 1)[0] for line in result.stdout.decode().splitlines()}
     # bwrap sets PWD for --chdir; run.run passes TERM when the test has one, and the
-    # profile passes it through. Nothing else of the caller's environment gets in.
+    # profile passes it through; the profile itself sets NODE_PATH and SKILLS_DIR.
+    # Nothing else of the caller's environment gets in.
     assert names == {
         "ALL_PROXY",
         "HOME",
         "HTTPS_PROXY",
         "HTTP_PROXY",
         "LANG",
+        "NODE_PATH",
         "NO_PROXY",
         "PATH",
         "PWD",
+        "SKILLS_DIR",
         "all_proxy",
         "http_proxy",
         "https_proxy",

@@ -23,7 +23,7 @@ from image.source import mirror, standin
 from tests.vm.conftest import attach_logs, qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-# cloud-init 22.4 on Debian warns about these on every boot; they say nothing about us.
+# cloud-init on the Debian stand-in warns about these on every boot; they say nothing about us.
 BENIGN_WARNINGS = ("Used fallback datasource",)
 
 

@@ -166,9 +166,10 @@ def test_rebuild_from_the_demo_lock_changes_no_package_and_downloads_no_deb(
     lock = lockfile.load(lock_path)
     demo_manifest = json.loads((demo_out / "manifest.json").read_text())
     assert len(lock.apt) == demo_manifest["counts"]["dpkg"]  # every installed package
-    # The demo build filled the package cache this build shares.
+    # The demo build filled the package cache this build shares (on Debian 13's
+    # stand-in smoke fetches only a few .debs: the base already has the rest).
     cached = packagecache.stats(packagecache.items(fresh_config.cache_dir))
-    assert any(row.kind == "apt" and row.files >= 10 for row in cached), cached
+    assert any(row.kind == "apt" and row.files >= 1 for row in cached), cached
     base = standin.ensure(fresh_config.cache_dir, "amd64")
     with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
         result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian",
@@ -194,6 +195,8 @@ def test_a_locked_version_the_archive_lacks_fails_naming_it_and_caches_nothing(
     lock_path = tmp_path / "bogus.lock"
     _write_lock(built["image"].parent, lock_path)
     text = lock_path.read_text()
+    installed = re.search(r"^libonig5:amd64=(.*)$", text, re.MULTILINE)
+    assert installed, text
     # A dependency, not a listed package: apt would quietly take another version.
     text, count = re.subn(r"^libonig5:amd64=.*$", "libonig5:amd64=9.9-bogus", text,
                           flags=re.MULTILINE)  # fmt: skip
@@ -209,7 +212,7 @@ def test_a_locked_version_the_archive_lacks_fails_naming_it_and_caches_nothing(
         pipeline.build_image(_mirror_config(cfg, served), distro="debian",
                              lock=lockfile.load(lock_path))  # fmt: skip
     message = info.value.message
-    assert "apt libonig5: locked 9.9-bogus, installed 6.9.8-1" in message, message
+    assert f"apt libonig5: locked 9.9-bogus, installed {installed[1]}" in message, message
     assert "does not match the lock" in message
     assert "snapshot" in (info.value.hint or "")
     assert "build logs:" in message
