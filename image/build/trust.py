@@ -69,7 +69,13 @@ def load(paths: list[Path]) -> tuple[CACert, ...]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(path.glob("*.crt"))
+            found = sorted(path.glob("*.crt"))
+            if not found:
+                raise ImageError(
+                    f"no *.crt file in {path}",
+                    hint="a folder passed to --ca-cert holds PEM certificates named *.crt",
+                )
+            files += found
         elif path.is_file():
             files.append(path)
         else:

@@ -575,3 +575,8 @@ def test_a_ca_file_that_holds_no_certificate_is_refused(
         trust.load([path])
     with pytest.raises(ImageError, match="no CA certificate at"):
         trust.load([tmp_path / "absent.pem"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.pem").write_text(text)  # not *.crt: the folder gives nothing
+    with pytest.raises(ImageError, match=r"no \*\.crt file in"):
+        trust.load([empty])
