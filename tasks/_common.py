@@ -114,3 +114,15 @@ def _remainder(c: Context) -> list[str]:
 def _user_path(text: str) -> Path:
     # ./inv changes into the checkout; relative paths are the user's, from PWD.
     return (Path(os.environ.get("PWD") or Path.cwd()) / Path(text).expanduser()).resolve()
+
+
+def _seconds(text: object, flag: str) -> float:
+    """A flag's number of seconds (invoke hands it over as text): positive and finite."""
+    try:
+        value = float(str(text))
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ImageError(f"{flag}: not a positive number of seconds: {text!r}",
+                         hint=f"for example {flag} 900")  # fmt: skip
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from tasks._common import (
     _config,
     _policy_choice,
     _remainder,
+    _seconds,
     _user_errors,
+    _user_path,
 )
 
 # What snapshot() reads of the config; nothing a build alone needs can fail it.
@@ -41,15 +44,21 @@ SNAPSHOT_FIELDS = ("cpus", "memory", "arch", "accel", "cache_dir", "boot_timeout
 def snapshot(
     c: Context, image: str, out: str, cpus: int | None = None, memory: str | None = None,
     arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
-    timeout: float | None = None, json: bool = False,
+    timeout: str | None = None, json: bool = False,
 ) -> None:  # fmt: skip
     """Boot a built image in the runtime shape until ready, and save the VM."""
     from image.runtime import snapshot as snap
 
     with _user_errors():
-        cfg = _config(c, only=SNAPSHOT_FIELDS, cpus=cpus, memory=memory, arch=arch, accel=accel,
-                      cache_dir=cache_dir).config  # fmt: skip
-        path, meta = snap.snapshot(cfg, Path(image), Path(out), timeout=timeout)
+        resolved = _config(c, only=SNAPSHOT_FIELDS, cpus=cpus, memory=memory, arch=arch,
+                           accel=accel, cache_dir=cache_dir)  # fmt: skip
+        seconds = _seconds(timeout, "--timeout") if timeout is not None else None
+        image_path = _user_path(image)
+        # The image's own build output says its architecture; checked before any boot.
+        built_for = snap.image_arch(image_path, resolved.config.arch,
+                                    explicit=resolved.sources["arch"] != "default")  # fmt: skip
+        cfg = dataclasses.replace(resolved.config, arch=built_for)
+        path, meta = snap.snapshot(cfg, image_path, _user_path(out), timeout=seconds)
         console.log.info("snapshot: %s", snap.format_meta(meta))
         if json:
             console.print_json({"snapshot": str(path), **meta.__dict__})

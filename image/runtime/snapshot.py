@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from image import hosttools, run
+from image.build.output import BUILD_INFO, BuildOutput
 from image.config import BuildConfig, format_size
 from image.console import guest_output, print_json, step
 from image.contract import guest
@@ -159,6 +160,47 @@ def _guest_ready(agent: GuestAgent, timeout: float, alive: Any) -> float:
 
 # Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
 # and any failure removes the staging directory before the work folder goes.
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def image_arch(image_path: Path, arch: str, *, explicit: bool) -> str:
+    """The architecture to boot ``image_path`` as, decided before anything boots.
+
+    A built image's folder says what it is (``build-info.json``, when it lists the
+    image among its outputs): that architecture is taken, and one given explicitly
+    (flag, environment, invoke.yaml) that differs is refused. An image on its own
+    boots as ``arch``. A file that is not a qcow2 image is refused.
+    """
+    try:
+        with image_path.open("rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise ImageError(
+            f"no image at {image_path}", hint="build one with ./inv build-image"
+        ) from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {image_path}: {exc.strerror}") from None
+    if magic != QCOW2_MAGIC:
+        raise ImageError(
+            f"{image_path} is not a qcow2 image",
+            hint="pass the .qcow2 file that ./inv build-image wrote (or ./inv pull fetched)",
+        )
+    try:
+        info = BuildOutput.read(image_path.parent).info
+    except ImageError:
+        return arch  # not in a build output's folder: nothing says otherwise
+    built_for = str(info.config.get("arch") or "")
+    if image_path.name not in info.outputs or built_for not in ("amd64", "arm64"):
+        return arch
+    if built_for != arch and explicit:
+        raise ImageError(
+            f"{image_path.name} was built for {built_for}, not {arch}",
+            hint=f"leave out --arch (the image's own {BUILD_INFO} decides) or pass "
+            f"--arch {built_for}",
+        )
+    return built_for
+
+
 def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
              ) -> tuple[Path, SnapshotMeta]:  # fmt: skip
     """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``."""

@@ -99,3 +99,55 @@ def test_a_directory_without_snapshot_json_is_not_a_snapshot(tmp_path: Path) -> 
     (tmp_path / "snapshot.json").write_text("{not json")
     with pytest.raises(ImageError, match="damaged"):
         snapshot.load_meta(tmp_path)
+
+
+# --- which architecture an image boots as --------------------------------------------
+
+NAME = "sandbox-image-jammy-amd64-smoke.qcow2"
+
+
+def _built(folder: Path, arch: str = "amd64", listed: bool = True) -> Path:
+    """A build output's folder as snapshot reads it: the image's header, build-info."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = folder / NAME
+    image.write_bytes(snapshot.QCOW2_MAGIC + bytes(508))
+    outputs = {NAME: "0" * 64} if listed else {}
+    info = {"config": {"arch": arch}, "outputs": outputs}
+    (folder / "build-info.json").write_text(json.dumps(info))
+    (folder / "manifest.json").write_text("{}")
+    return image
+
+
+def test_the_image_s_own_build_output_decides_its_architecture(tmp_path: Path) -> None:
+    image = _built(tmp_path / "out")
+    # arm64 is only the default: the image says amd64, so amd64 it is.
+    assert snapshot.image_arch(image, "arm64", explicit=False) == "amd64"
+    assert snapshot.image_arch(image, "amd64", explicit=True) == "amd64"
+
+
+def test_an_explicit_architecture_the_image_was_not_built_for_is_refused(tmp_path: Path) -> None:
+    image = _built(tmp_path / "out")
+    with pytest.raises(ImageError, match="built for amd64, not arm64") as info:
+        snapshot.image_arch(image, "arm64", explicit=True)
+    assert "--arch amd64" in (info.value.hint or "")
+
+
+def test_an_image_without_its_build_output_boots_as_asked(tmp_path: Path) -> None:
+    alone = tmp_path / "alone.qcow2"
+    alone.write_bytes(snapshot.QCOW2_MAGIC + bytes(508))
+    assert snapshot.image_arch(alone, "arm64", explicit=False) == "arm64"
+    # build-info of another image in the same folder says nothing about this one
+    other = _built(tmp_path / "out", listed=False)
+    assert snapshot.image_arch(other, "arm64", explicit=True) == "arm64"
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x00" * 512])
+def test_a_file_that_is_not_a_qcow2_image_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.qcow2"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match="is not a qcow2 image"):
+        snapshot.image_arch(path, "amd64", explicit=False)
+    with pytest.raises(ImageError, match="no image at"):
+        snapshot.image_arch(tmp_path / "absent.qcow2", "amd64", explicit=False)
