@@ -266,7 +266,7 @@ def build_image(
         result = pipeline.build_image(
             cfg, distro=distro, offline=offline,
             insecure_skip_signature=insecure_skip_signature, raw=raw,
-            package_lists=Path(package_lists).resolve() if package_lists else PACKAGE_LISTS,
+            package_lists=_user_path(package_lists) if package_lists else PACKAGE_LISTS,
             egress_policy=_policy_choice(
                 policy, guestnet.BUILD_POLICY, allow, deny, allow_address, allow_port
             ),

@@ -111,6 +111,25 @@ class BuildRequest:
             request = dataclasses.replace(request, sources=tuple(used), egress_policy=policy)
         return request
 
+    def check(self) -> None:
+        """What the inputs alone can get wrong, found before any download, boot or log
+        folder: the profile and its lists (as this distro installs them), the distro
+        itself, the skills folders."""
+        if not self.package_lists.is_dir():
+            raise ImageError(
+                f"no package lists folder at {self.package_lists}",
+                hint="--package-lists takes a folder laid out like the project's "
+                "package-lists/ (apt/, pip/, npm/, profiles/)",
+            )
+        profile = self.profile()
+        if self.distro not in profile.distros:
+            raise ImageError(
+                f"profile {profile.name!r} is for {', '.join(profile.distros)}, "
+                f"not {self.distro!r}",
+                hint="--distro ubuntu builds jammy; --distro debian the offline stand-in",
+            )
+        skills.describe(build_inputs.skills_dirs(self.default_skills, self.cfg.skills))
+
     def profile(self) -> packages.Profile:
         """The profile as this build installs it (the distro's names, the given sources)."""
         return packages.resolve_profile(
@@ -207,6 +226,7 @@ def build(request: BuildRequest) -> BuildResult:
     published as egress.jsonl.
     """
     cfg = request.cfg
+    request.check()
     hosttools.require([*hosttools.vm_tools(cfg.arch), "gpgv"], "build-image")
     policy = request.egress_policy.load()  # a bad policy fails before anything is fetched
     ctx = _new_context(request)

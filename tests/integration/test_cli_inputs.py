@@ -65,3 +65,28 @@ def test_snapshot_of_a_file_that_is_not_an_image(tmp_path: Path) -> None:
     assert "notes.txt is not a qcow2 image" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "snap").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--profile", "nosuch"], "no profile 'nosuch'"),
+        (["--distro", "fedora"], "is for ubuntu, debian, not 'fedora'"),
+        (["--package-lists", "/nonexistent"], "no package lists folder at /nonexistent"),
+        (["--skills", "/nonexistent"], "skills folder /nonexistent is not a directory"),
+    ],
+)  # fmt: skip
+def test_build_image_checks_its_inputs_before_any_download(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    # --offline and an empty cache: a build that got as far as fetching would fail
+    # there ("not cached") instead, and would leave a logs/<id> folder behind.
+    cache = tmp_path / "cache"
+    result = _inv("build-image", "--offline", "--arch", "amd64", "--cache-dir", str(cache),
+                  "--out", "out", *extra, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "hint:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (cache / "logs").exists()
+    assert not (tmp_path / "out").exists()
