@@ -493,6 +493,8 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
         guest_output(result.stderr, sys.stderr)
         code = result.exit_code if result.signal is None else 128 + int(result.signal)
         if json_result:
+            if result.stdout and not result.stdout.endswith(b"\n"):
+                guest_output(b"\n", sys.stdout)  # the object goes on a line of its own
             print_json({"hostname": sandbox.hostname, "exit_code": code,
                         "timings": sandbox.timings,
                         "audit_log": str(sandbox.audit_log)})  # fmt: skip

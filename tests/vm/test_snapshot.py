@@ -73,13 +73,15 @@ def test_snapshot_metadata(snapdir: Path) -> None:
 
 def test_launch_cli_streams_output_and_passes_the_exit_status(snapdir: Path) -> None:
     proc = subprocess.run(
-        [str(ROOT / "inv"), "launch", "--snapshot", str(snapdir), "--", "sh", "-c",
-         "echo out-line; echo err-line >&2; id -un; exit 7"],
+        [str(ROOT / "inv"), "launch", "--snapshot", str(snapdir), "--json", "--", "sh", "-c",
+         "echo out-line; echo err-line >&2; id -un; printf no-newline; exit 7"],
         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 7, proc.stderr[-2000:]
-    assert "out-line\nagent\n" in proc.stdout
+    assert proc.stdout.startswith("out-line\nagent\nno-newline\n")
     assert "err-line" in proc.stderr
+    # --json: the object is the last line, on a line of its own after the command's output.
+    assert json.loads(proc.stdout.splitlines()[-1])["exit_code"] == 7
     assert qemu_processes() == []
 
 
