@@ -8,6 +8,7 @@ Each value remembers where it came from, so ``./inv config`` can say so.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -80,14 +81,21 @@ def _positive_int(value: object) -> int:
     return number
 
 
-def _seconds(value: object) -> float:
+def parse_seconds(value: object) -> float:
+    """A positive, finite number of seconds; ValueError saying why not."""
     try:
         number = float(str(value))
     except ValueError:
         raise ValueError(f"not a number of seconds: {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number of seconds: {value!r}")
     if number <= 0:
         raise ValueError(f"must be positive: {value!r}")
     return number
+
+
+def _optional_seconds(value: object) -> float | None:
+    return None if value in (None, "") else parse_seconds(value)
 
 
 def _serial(value: object) -> str:
@@ -183,11 +191,20 @@ class BuildConfig:
     )
     output_dir: Path = field(default=Path("out"), metadata=_meta(_path, "output directory"))
     accel: str = field(default="auto", metadata=_meta(_choice(ACCELS), "auto, kvm, hvf or tcg"))
-    boot_timeout: float = field(
-        default=900.0, metadata=_meta(_seconds, "seconds until the guest must answer SSH")
+    # None: by the accelerator the build runs on (image/vm/accel.py DEFAULT_TIMEOUTS).
+    boot_timeout: float | None = field(
+        default=None,
+        metadata=_meta(
+            _optional_seconds,
+            "seconds until the guest must answer (default: 900 with KVM/HVF, 2700 under TCG)",
+        ),
     )
-    provision_timeout: float = field(
-        default=5400.0, metadata=_meta(_seconds, "seconds for cloud-init to finish")
+    provision_timeout: float | None = field(
+        default=None,
+        metadata=_meta(
+            _optional_seconds,
+            "seconds for cloud-init to finish (default: 5400 with KVM/HVF, 21600 under TCG)",
+        ),
     )
     skills: Path | None = field(
         default=None,

@@ -119,10 +119,6 @@ def _user_path(text: str) -> Path:
 def _seconds(text: object, flag: str) -> float:
     """A flag's number of seconds (invoke hands it over as text): positive and finite."""
     try:
-        value = float(str(text))
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ImageError(f"{flag}: not a positive number of seconds: {text!r}",
-                         hint=f"for example {flag} 900")  # fmt: skip
-    return value
+        return config.parse_seconds(text)
+    except ValueError as exc:
+        raise ImageError(f"{flag}: {exc}", hint=f"give seconds, e.g. {flag} 900") from None

@@ -66,6 +66,8 @@ def config_(
         width = max(map(len, values))
         for name, value in values.items():
             shown = config.format_size(value) if name in ("memory", "disk_size") else value
+            if value is None and name.endswith("_timeout"):
+                shown = "by accelerator"
             print(f"{name:<{width}}  {shown!s:<48}  ({resolved.sources[name]})")
 
 

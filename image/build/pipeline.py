@@ -155,6 +155,9 @@ class BuildContext:
     info: dict[str, Any] = field(default_factory=dict)
     # Filled in by the steps, in this order.
     base: fetch.FetchResult | None = None
+    # Seconds to wait for SSH and for cloud-init: given, or by the accelerator (_plan_vm).
+    boot_timeout: float = 0.0
+    provision_timeout: float = 0.0
     client_key: ssh.KeyPair | None = None
     host_key: ssh.KeyPair | None = None
     inputs: cloudinit.RenderInputs | None = None
@@ -322,6 +325,10 @@ def _plan_vm(ctx: BuildContext, seed_iso: Path) -> VMPlan:
     accel_args, accel_reason = accel.accel_argv(cfg.accel, cfg.arch, cfg.cache_dir)
     ctx.info["accel"] = accel_reason
     log.info("accelerator: %s", accel_reason)
+    ctx.boot_timeout, ctx.provision_timeout = accel.timeouts(
+        accel_args, cfg.boot_timeout, cfg.provision_timeout
+    )
+    ctx.info["timeouts"] = {"boot": ctx.boot_timeout, "provision": ctx.provision_timeout}
     shares = (
         packagecache.prepare(cfg.cache_dir, request.cache_key, ctx.work)
         if request.package_cache
@@ -421,7 +428,7 @@ def _provision(
         with step("boot", ctx.timings):
             session = ssh.wait_for_ssh(
                 "127.0.0.1", spec.ssh_port, BUILD_USER, client_key,  # type: ignore[arg-type]
-                host_key.public_openssh, timeout=cfg.boot_timeout, alive=vm.alive,
+                host_key.public_openssh, timeout=ctx.boot_timeout, alive=vm.alive,
                 describe_failure=lambda: _serial_report(spec.serial_log),
             )  # fmt: skip
         try:
@@ -710,7 +717,7 @@ def failing_modules(status: dict[str, Any]) -> list[str]:
 
 
 def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
-    result = session.run("cloud-init status --wait --long", timeout=ctx.cfg.provision_timeout,
+    result = session.run("cloud-init status --wait --long", timeout=ctx.provision_timeout,
                          check=False)  # fmt: skip
     marker = session.run(f"test -e {PROVISIONED_MARKER}", check=False).exit_status == 0
     if result.exit_status == 0 and marker:

@@ -210,7 +210,6 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
         raise ImageError(f"{out} exists; a snapshot is never overwritten",
                          hint="choose another --out or remove the old snapshot")  # fmt: skip
     hosttools.require(hosttools.vm_tools(cfg.arch), "snapshot")
-    timeout = timeout or cfg.boot_timeout
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:6]}")
     work = cfg.cache_dir / "work" / f"snapshot-{uuid.uuid4().hex[:8]}"
@@ -234,6 +233,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
             make_session_disk(session, DEFAULT_SESSION_SIZE)
             (work / "share").mkdir()
             accel_args, reason = accel.accel_argv(cfg.accel, cfg.arch, cfg.cache_dir)
+            timeout = timeout or accel.timeouts(accel_args, cfg.boot_timeout, None)[0]
             spec = runtime_spec(
                 cfg.arch, cfg.cpus, cfg.memory, accel_args, work, staging,
                 share=qemu.Share(work / "share", SHARE_TAG), session_disk=session,

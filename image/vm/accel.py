@@ -17,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,6 +144,25 @@ def probe_cached(arch: str, cache_dir: Path) -> ProbeResult:
     result = probe(arch)
     atomic_write_text(path, json.dumps(asdict(result)))
     return result
+
+
+# What a build or snapshot waits when not told (seconds): (boot, provisioning).
+# Under TCG every guest instruction is emulated: the full profile's provisioning
+# took 17-25 min here on amd64 with 2 cores, and an arm64 guest on an x86_64
+# host is several times slower again; KVM and HVF run it at native speed.
+DEFAULT_TIMEOUTS = {"hardware": (900.0, 5400.0), "tcg": (2700.0, 21600.0)}
+
+
+def is_tcg(accel_args: Sequence[str]) -> bool:
+    return any(a.startswith("tcg") for a in accel_args)
+
+
+def timeouts(
+    accel_args: Sequence[str], boot: float | None, provision: float | None
+) -> tuple[float, float]:
+    """The (boot, provisioning) timeouts: those given, else the accelerator's defaults."""
+    default_boot, default_provision = DEFAULT_TIMEOUTS["tcg" if is_tcg(accel_args) else "hardware"]
+    return (boot or default_boot, provision or default_provision)
 
 
 def accel_argv(choice: str, arch: str, cache_dir: Path) -> tuple[list[str], str]:

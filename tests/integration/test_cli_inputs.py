@@ -39,8 +39,8 @@ def amd64_output(tmp_path: Path) -> Path:
     [
         (["--arch", "arm64"], {}, "built for amd64, not arm64"),
         ([], {"SANDBOX_IMAGE_ARCH": "arm64"}, "built for amd64, not arm64"),
-        (["--timeout", "abc"], {}, "--timeout: not a positive number of seconds: 'abc'"),
-        (["--timeout", "-5"], {}, "--timeout: not a positive number of seconds: '-5'"),
+        (["--timeout", "abc"], {}, "--timeout: not a number of seconds: 'abc'"),
+        (["--timeout", "-5"], {}, "--timeout: must be positive: '-5'"),
     ],
 )  # fmt: skip
 def test_snapshot_refuses_before_booting(

@@ -77,3 +77,16 @@ def test_a_hanging_guest_is_broken_within_the_timeout() -> None:
 def test_accel_argv_honours_an_explicit_choice(tmp_path: Path) -> None:
     assert accel.accel_argv("tcg", "amd64", tmp_path)[0] == ["-accel", "tcg,thread=multi"]
     assert accel.accel_argv("kvm", "amd64", tmp_path)[0] == ["-accel", "kvm"]
+
+
+def test_timeouts_follow_the_accelerator_unless_given() -> None:
+    tcg, kvm = ["-accel", "tcg,thread=multi"], ["-accel", "kvm"]
+    assert accel.timeouts(kvm, None, None) == accel.DEFAULT_TIMEOUTS["hardware"]
+    assert accel.timeouts(["-accel", "hvf"], None, None) == accel.DEFAULT_TIMEOUTS["hardware"]
+    assert accel.timeouts(tcg, None, None) == accel.DEFAULT_TIMEOUTS["tcg"]
+    # TCG emulates every instruction: its defaults are longer, both of them.
+    assert all(t > h for t, h in zip(accel.DEFAULT_TIMEOUTS["tcg"],
+                                     accel.DEFAULT_TIMEOUTS["hardware"], strict=True))  # fmt: skip
+    # Given values are used as given, whatever the accelerator.
+    assert accel.timeouts(tcg, 60.0, None) == (60.0, accel.DEFAULT_TIMEOUTS["tcg"][1])
+    assert accel.timeouts(kvm, None, 7.0) == (accel.DEFAULT_TIMEOUTS["hardware"][0], 7.0)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from image import config
 from image.config import (
     PINNED_FINGERPRINTS,
     SHIPPED_KEYRING,
@@ -128,3 +129,17 @@ def test_a_task_reads_only_the_fields_it_uses() -> None:
     assert resolve({"arch": "amd64"}, env, {}, only=("cache_dir",)).config.arch == "amd64"
     with pytest.raises(ImageError, match="unknown environment"):
         resolve({}, {**env, "SANDBOX_IMAGE_MIROR": "x"}, {}, only=("cache_dir",))
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "inf", "nan"])
+def test_a_timeout_that_is_not_a_positive_finite_number_is_refused(text: str) -> None:
+    with pytest.raises(ImageError, match="provision_timeout"):
+        config.resolve({"provision_timeout": text}, {}, {})
+    with pytest.raises(ValueError):
+        config.parse_seconds(text)
+
+
+def test_timeouts_left_unset_are_decided_by_the_accelerator() -> None:
+    cfg = config.resolve({}, {}, {}).config
+    assert cfg.boot_timeout is None and cfg.provision_timeout is None
+    assert config.resolve({"boot_timeout": "120"}, {}, {}).config.boot_timeout == 120.0
