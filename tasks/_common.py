@@ -8,6 +8,7 @@ exception, so every cleanup runs. Tracebacks only with --debug.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -69,7 +70,19 @@ def _config(c: Context, only: tuple[str, ...] | None = None, **cli: Any) -> conf
     uses, so a bad setting it never reads (a build's mirror, for a launch) cannot fail it."""
     section = c.config.get("sandbox_image", None)
     file_values = dict(section) if section else {}
-    return config.load(cli, file_values, only)
+    resolved = config.load(cli, file_values, only)
+    # One rule for relative paths: the caller's directory (flags, environment and
+    # defaults such as out/); only invoke.yaml's are relative to the checkout it
+    # lives in, where tasks run.
+    moved: dict[str, Any] = {
+        name: _user_path(value)
+        for name, value in dataclasses.asdict(resolved.config).items()
+        if isinstance(value, Path) and not value.is_absolute()
+        and resolved.sources[name] != "invoke.yaml"
+    }  # fmt: skip
+    if not moved:
+        return resolved
+    return dataclasses.replace(resolved, config=dataclasses.replace(resolved.config, **moved))
 
 
 # Config flags explain themselves from the config's own field table.
@@ -98,7 +111,7 @@ def _policy_choice(
     from image.egress import guestnet
 
     return guestnet.PolicyChoice(
-        Path(policy) if policy else default, tuple(allow or ()), tuple(deny or ()),
+        _user_path(policy) if policy else default, tuple(allow or ()), tuple(deny or ()),
         tuple(allow_address or ()), tuple(allow_port or ()),
     )  # fmt: skip
 
@@ -111,9 +124,15 @@ def _remainder(c: Context) -> list[str]:
     return shlex.split(c.remainder)
 
 
-def _user_path(text: str) -> Path:
-    # ./inv changes into the checkout; relative paths are the user's, from PWD.
-    return (Path(os.environ.get("PWD") or Path.cwd()) / Path(text).expanduser()).resolve()
+def _caller_dir() -> Path:
+    # ./inv changes into the checkout and says where its caller was; invoke run by
+    # hand leaves the shell's PWD.
+    return Path(os.environ.get("INV_CALLER_DIR") or os.environ.get("PWD") or Path.cwd())
+
+
+def _user_path(text: str | Path) -> Path:
+    """A path the user typed: relative to the directory ./inv was run from."""
+    return (_caller_dir() / Path(text).expanduser()).resolve()
 
 
 def _seconds(text: object, flag: str) -> float:

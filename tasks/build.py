@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from invoke.context import Context
 from invoke.tasks import task
 
@@ -93,7 +91,8 @@ def _render_files(
 
     cfg = _config(c, profile=profile, arch=arch, skills=skills).config
     inputs = build_inputs.render_inputs(
-        cfg, distro, ssh_key, hostname, apt_mirror, apt_proxy, apt_snapshot, skills_url,
+        cfg, distro, str(_user_path(ssh_key)) if ssh_key else None, hostname, apt_mirror,
+        apt_proxy, apt_snapshot, skills_url,
         skills_sha256, [str(_user_path(f)) for f in source_file or ()], default_skills,
         [str(_user_path(f)) for f in ca_cert or ()],
     )  # fmt: skip
@@ -139,7 +138,7 @@ def render(
             apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
             validate=not no_validate,
         )  # fmt: skip
-        out_dir = Path(out) if out else cfg.output_dir / "cloud-init"
+        out_dir = _user_path(out) if out else cfg.output_dir / "cloud-init"
         written = cloudinit.write_rendered(files, out_dir)
         if json:
             console.print_json(
@@ -191,7 +190,7 @@ def seed(
             apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
             validate=not no_validate,
         )  # fmt: skip
-        target = Path(out) if out else cfg.output_dir / "seed.iso"
+        target = _user_path(out) if out else cfg.output_dir / "seed.iso"
         cloudinit.write_seed_iso(files, target)
         digest = sha256_file(target)
         if json:

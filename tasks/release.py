@@ -13,6 +13,7 @@ from tasks._common import (
     CONFIG_HELP,
     _config,
     _user_errors,
+    _user_path,
 )
 
 
@@ -39,8 +40,9 @@ def publish(
     with _user_errors():
         if not to:
             raise ImageError("no destination", hint="./inv publish OUT --to REGISTRY/REPO:TAG")
-        result = oci.publish(Path(out), to, snapshot=Path(snapshot) if snapshot else None,
-                             insecure=insecure, source=source, revision=revision)  # fmt: skip
+        snap = _user_path(snapshot) if snapshot else None
+        result = oci.publish(_user_path(out), to, snapshot=snap, insecure=insecure,
+                             source=source, revision=revision)  # fmt: skip
         if json:
             console.print_json(result.to_json())
         else:
@@ -61,7 +63,7 @@ def pull(c: Context, ref: str, out: str, insecure: bool = False, json: bool = Fa
     from image.release import oci
 
     with _user_errors():
-        result = oci.pull(ref, Path(out), insecure=insecure)
+        result = oci.pull(ref, _user_path(out), insecure=insecure)
         if json:
             console.print_json(result.to_json())
         else:
@@ -75,7 +77,7 @@ def diff(c: Context, a: str, b: str, json: bool = False) -> None:
     from image.release import builddiff
 
     with _user_errors():
-        result = builddiff.diff_outputs(Path(a), Path(b))
+        result = builddiff.diff_outputs(_user_path(a), _user_path(b))
         if json:
             console.print_json(result.to_json())
         else:
@@ -94,7 +96,7 @@ def report(c: Context, out: str, html: str | None = None, json: bool = False) ->
     from image.release import report as build_report
 
     with _user_errors():
-        path = build_report.write_report(Path(out), Path(html) if html else None)
+        path = build_report.write_report(_user_path(out), _user_path(html) if html else None)
         if json:
             console.print_json({"report": str(path)})
         else:

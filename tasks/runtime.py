@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -90,10 +89,10 @@ def proxy(
     from image.source import mirror as local_mirror
 
     with _user_errors():
-        rules = egress.load_policy(Path(policy)) if policy else egress.Policy()
+        rules = egress.load_policy(_user_path(policy)) if policy else egress.Policy()
         rules = rules.extended(allow or (), deny or (), allow_address or (), allow_port or ())
         with egress.serve_proxy(
-            rules, http_port, socks_port, Path(audit_log) if audit_log else None,
+            rules, http_port, socks_port, _user_path(audit_log) if audit_log else None,
             audit_stream=None if audit_log else sys.stderr,
         ) as served:  # fmt: skip
             print(f"http {served.http_url.removeprefix('http://')}", flush=True)
@@ -137,7 +136,7 @@ def launch(
         options = snap.parse_launch_options(
             share, session_disk, hostname, _remainder(c), timeout, choice, audit_log
         )
-        code = snap.launch_and_run(Path(snapshot), cfg, options, json_result=json)
+        code = snap.launch_and_run(_user_path(snapshot), cfg, options, json_result=json)
     raise Exit(code=code)
 
 
@@ -173,7 +172,7 @@ def bench_resume(c: Context, image: str | None = None, runs: int = 3) -> None:
 
     with _user_errors():
         path = (
-            Path(image)
+            _user_path(image)
             if image
             else ROOT / "out" / "demo" / "image" / ("sandbox-image-jammy-amd64-smoke.qcow2")
         )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-from pathlib import Path
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -17,6 +15,7 @@ from tasks._common import (
     _config,
     _remainder,
     _user_errors,
+    _user_path,
 )
 
 
@@ -40,9 +39,8 @@ def compile_seccomp(
     from image.sandbox import seccomp
 
     with _user_errors():
-        out_dir = (
-            Path(out) if out else _config(c, only=("output_dir",)).config.output_dir / "seccomp"
-        )
+        default = _config(c, only=("output_dir",)).config.output_dir / "seccomp"
+        out_dir = _user_path(out) if out else default
         arches = [seccomp.target_arch(a) for a in arch.split(",")] if arch else seccomp.ARCHES
         names = profile.split(",") if profile else None
         results = seccomp.write_all(out_dir, names, arches)
@@ -100,10 +98,9 @@ def sandbox_run(
             raise ImageError("no command given", hint="./inv sandbox-run -- CMD [ARG...]")
         base = _config(c, only=("output_dir",)).config.output_dir / "sandbox-run"
         prepared = hostrun.prepare(base, profile)
-        rules = egress.load_policy(Path(policy) if policy else guestnet.LAUNCH_POLICY)
-        log = Path(audit_log) if audit_log else base / "egress.jsonl"
-        # ./inv changes into the checkout; the shell's PWD is where the user was.
-        where = Path(os.environ.get("PWD") or Path.cwd())
+        rules = egress.load_policy(_user_path(policy) if policy else guestnet.LAUNCH_POLICY)
+        log = _user_path(audit_log) if audit_log else base / "egress.jsonl"
+        where = _user_path(".")  # ./inv runs in the checkout; this is where the user was
         with egress.serve_proxy(rules, 0, 0, log) as served:
             ports = {
                 "http": served.http_url.rpartition(":")[2],

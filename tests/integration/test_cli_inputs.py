@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "sandbox-image-jammy-amd64-smoke.qcow2"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
 
 
 def _inv(
@@ -90,3 +91,15 @@ def test_build_image_checks_its_inputs_before_any_download(
     assert "Traceback" not in result.stderr
     assert not (cache / "logs").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_relative_paths_are_the_caller_s(tmp_path: Path) -> None:
+    """`render --out` and the default out/ land where ./inv was run, not in the checkout."""
+    (tmp_path / "id.pub").write_text(KEY + "\n")
+    for args, where in ((["--out", "myci"], tmp_path / "myci"),
+                        ([], tmp_path / "out" / "cloud-init")):  # fmt: skip
+        result = _inv("render", "--profile", "smoke", "--arch", "amd64", "--ssh-key", "id.pub",
+                      "--no-validate", *args, cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert KEY in (where / "user-data").read_text()  # --ssh-key: the caller's path too
+    assert not (ROOT / "myci").exists()
