@@ -158,8 +158,6 @@ def _guest_ready(agent: GuestAgent, timeout: float, alive: Any) -> float:
     )
 
 
-# Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
-# and any failure removes the staging directory before the work folder goes.
 QCOW2_MAGIC = b"QFI\xfb"
 
 
@@ -201,6 +199,8 @@ def image_arch(image_path: Path, arch: str, *, explicit: bool) -> str:
     return built_for
 
 
+# Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
+# and any failure removes the staging directory before the work folder goes.
 def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
              ) -> tuple[Path, SnapshotMeta]:  # fmt: skip
     """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``."""
