@@ -1,22 +1,14 @@
 """Office Open XML packages (.docx, .pptx...) for the skills' scripts: tell one from
-anything else before a tool spends time on it, and report bad input in one line.
+anything else before a tool spends time on it.
 
 Standard library only; imported by the skills' scripts from ``../_lib``.
 """
 
 from __future__ import annotations
 
-import sys
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-
-
-def fail(message: object) -> int:
-    """Print one ``error:`` line to stderr; return the exit status 1."""
-    text = " ".join(str(message).split()) or "unknown error"
-    print(f"error: {text}", file=sys.stderr)
-    return 1
 
 
 def check_package(

@@ -1,7 +1,8 @@
 """The font families fontconfig knows (fc-list), and lookups by name (shared by design scripts).
 
 fontconfig compares family names ignoring case and spaces; so do these lookups. The
-renderers' output and DPI checks and the one ``error:`` line live here too.
+renderers' output and DPI checks live here too, and the one ``error:`` line (from
+../../_lib/cli.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_lib"))
+from cli import fail as fail  # the scripts' one ``error:`` line, re-exported
+
 _FORMAT = "%{family}\t%{style}\t%{file}\n"
 
 
@@ -22,12 +26,6 @@ class FontError(Exception):
 
 class RenderError(Exception):
     """Bad input or a failed rendering; the message is printed as one ``error:`` line."""
-
-
-def fail(exc: Exception) -> int:
-    """Print ``exc`` as one ``error:`` line to stderr; return the exit status 1."""
-    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-    return 1
 
 
 def check_outputs(*outputs: tuple[str | None, str]) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_lib"))
+from cli import fail as fail  # the scripts' one ``error:`` line, re-exported
 from officefile import check_package
-from officefile import fail as fail  # the scripts' one ``error:`` line, re-exported
 
 W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 MC_NS = "http://schemas.openxmlformats.org/markup-compatibility/2006"

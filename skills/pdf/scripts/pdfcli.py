@@ -17,6 +17,9 @@ from pathlib import Path
 
 from pypdf import PdfReader
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_lib"))
+from cli import fail as fail  # the scripts' one ``error:`` line, re-exported
+
 # pypdf and pdfminer log recoverable oddities of a file as warnings, which Python
 # prints to stderr; the scripts' stderr is kept for the one error line.
 for _name in ("pypdf", "pdfminer", "pdfplumber"):
@@ -161,11 +164,6 @@ def guarded(body: Callable[[], int]) -> int:
         return fail(f"{where}{exc.strerror or exc}")
     except Exception as exc:  # a library choking on a damaged file
         return fail(f"could not process the PDF ({_reason(exc)})")
-
-
-def fail(message: str) -> int:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    return 1
 
 
 def _reason(exc: BaseException) -> str:

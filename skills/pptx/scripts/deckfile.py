@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_lib"))
+from cli import fail as fail  # the scripts' one ``error:`` line, re-exported
 from officefile import check_package
-from officefile import fail as fail  # the scripts' one ``error:`` line, re-exported
 
 _CT = "application/vnd.openxmlformats-officedocument.presentationml."
 MAIN_TYPES = (_CT + "presentation.main+xml", _CT + "template.main+xml",
