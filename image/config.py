@@ -36,19 +36,22 @@ def _default_cache() -> Path:
 
 # --- value parsers: text (env, CLI) or YAML value -> typed value, or ValueError ---
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# A size names its unit ("4G", "512MiB", "1000B"): a bare "4" would be 4 bytes of RAM.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SUPPORTED_RELEASES = ("jammy",)
 
 
 def parse_size(value: object) -> int:
-    """'4G', '4096M', '10GiB', 1073741824 -> bytes (binary units, as QEMU reads them)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        m = _SIZE.match(str(value))
-        if not m:
-            raise ValueError(f"not a size: {value!r} (use e.g. 4G, 512M, 10GiB)")
-        size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    """'4G', '4096M', '10GiB', '1000B' -> bytes (binary units, as QEMU reads them).
+
+    The unit is required, in YAML too: ``memory: 4`` is an error, not 4 bytes."""
+    m = _SIZE.match(str(value)) if not isinstance(value, bool) else None
+    if m is None:
+        if re.fullmatch(r"\s*\d+(\.\d+)?\s*", str(value)):
+            raise ValueError(f"a size needs a unit: {value!r} (write e.g. {value}G or {value}M)")
+        raise ValueError(f"not a size: {value!r} (use e.g. 4G, 512M, 10GiB)")
+    size = int(float(m.group(1)) * _UNITS[(m.group(2) or m.group(3)).upper()])
     if size <= 0:
         raise ValueError(f"size must be positive: {value!r}")
     return size
@@ -58,7 +61,7 @@ def format_size(size: int) -> str:
     for unit in ("T", "G", "M", "K"):
         if size % _UNITS[unit] == 0:
             return f"{size // _UNITS[unit]}{unit}"
-    return str(size)
+    return f"{size}B"
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
@@ -116,6 +119,9 @@ def _release(value: object) -> str:
     text = str(value).strip().lower()
     if not re.fullmatch(r"[a-z]+", text):
         raise ValueError(f"{value!r} is not a release code name like jammy")
+    if text not in SUPPORTED_RELEASES:
+        # Package lists, cloud-init and the guest contract are written for 22.04.
+        raise ValueError(f"{text!r} is not supported: only {', '.join(SUPPORTED_RELEASES)} (22.04)")
     return text
 
 
@@ -148,55 +154,71 @@ def _profile(value: object) -> str:
     return text
 
 
-def _meta(parse: Callable[[object], Any], help: str) -> dict[str, Any]:
-    return {"parse": parse, "help": help}
+def _meta(parse: Callable[[object], Any], help: str, example: str) -> dict[str, Any]:
+    """A field's parser, its flag help and a value that works (for error hints)."""
+    return {"parse": parse, "help": help, "example": example}
 
 
 @dataclass(frozen=True)
 class BuildConfig:
     arch: str = field(
         default="arm64",
-        metadata=_meta(_choice(ARCHES), "guest architecture: arm64 (default) or amd64"),
+        metadata=_meta(_choice(ARCHES), "guest architecture: arm64 (default) or amd64", "amd64"),
     )
     release: str = field(
-        default="jammy", metadata=_meta(_release, "Ubuntu release code name (jammy)")
+        default="jammy", metadata=_meta(_release, "Ubuntu release code name (jammy)", "jammy")
     )
     serial: str = field(
-        default="latest", metadata=_meta(_serial, "cloud image serial YYYYMMDD or latest")
+        default="latest",
+        metadata=_meta(_serial, "cloud image serial YYYYMMDD or latest", "20240912"),
     )
     mirror: str = field(
         default="https://cloud-images.ubuntu.com/releases",
         metadata=_meta(
-            _mirror, "base URL (https, http, file) laid out like cloud-images.ubuntu.com/releases"
+            _mirror,
+            "base URL (https, http, file) laid out like cloud-images.ubuntu.com/releases",
+            "http://127.0.0.1:8080 (./inv mirror)",
         ),
     )
     keyring: Path = field(
         default=SHIPPED_KEYRING,
         metadata=_meta(
-            _path, "keyring (armored or binary) that signs SHA256SUMS; needs --fingerprint"
+            _path,
+            "keyring (armored or binary) that signs SHA256SUMS; needs --fingerprint",
+            "keys/my-signer.asc",
         ),
     )
     fingerprints: tuple[str, ...] = field(
         default=PINNED_FINGERPRINTS,
-        metadata=_meta(_fingerprints, "accepted signer fingerprint(s), comma-separated"),
+        metadata=_meta(
+            _fingerprints, "accepted signer fingerprint(s), comma-separated", PINNED_FINGERPRINTS[0]
+        ),
     )
     profile: str = field(
-        default="full", metadata=_meta(_profile, "package profile: full, minimal, smoke")
+        default="full", metadata=_meta(_profile, "package profile: full, minimal, smoke", "smoke")
     )
-    cpus: int = field(default=4, metadata=_meta(_positive_int, "vCPUs of the VM"))
-    memory: int = field(default=4 << 30, metadata=_meta(parse_size, "guest RAM, e.g. 4G"))
-    disk_size: int = field(default=10 << 30, metadata=_meta(parse_size, "root disk size, e.g. 10G"))
+    cpus: int = field(default=4, metadata=_meta(_positive_int, "vCPUs of the VM", "2"))
+    memory: int = field(default=4 << 30, metadata=_meta(parse_size, "guest RAM, e.g. 4G", "4G"))
+    disk_size: int = field(
+        default=10 << 30, metadata=_meta(parse_size, "root disk size, e.g. 10G", "10G")
+    )
     cache_dir: Path = field(
-        default_factory=_default_cache, metadata=_meta(_path, "cache directory")
+        default_factory=_default_cache,
+        metadata=_meta(_path, "cache directory", "~/.cache/sandbox-image"),
     )
-    output_dir: Path = field(default=Path("out"), metadata=_meta(_path, "output directory"))
-    accel: str = field(default="auto", metadata=_meta(_choice(ACCELS), "auto, kvm, hvf or tcg"))
+    output_dir: Path = field(
+        default=Path("out"), metadata=_meta(_path, "output directory", "out/ci")
+    )
+    accel: str = field(
+        default="auto", metadata=_meta(_choice(ACCELS), "auto, kvm, hvf or tcg", "tcg")
+    )
     # None: by the accelerator the build runs on (image/vm/accel.py DEFAULT_TIMEOUTS).
     boot_timeout: float | None = field(
         default=None,
         metadata=_meta(
             _optional_seconds,
             "seconds until the guest must answer (default: 900 with KVM/HVF, 2700 under TCG)",
+            "3600",
         ),
     )
     provision_timeout: float | None = field(
@@ -204,6 +226,7 @@ class BuildConfig:
         metadata=_meta(
             _optional_seconds,
             "seconds for cloud-init to finish (default: 5400 with KVM/HVF, 21600 under TCG)",
+            "28800",
         ),
     )
     skills: Path | None = field(
@@ -212,6 +235,7 @@ class BuildConfig:
             _optional_path,
             "a skills folder added to the project's skills/ at /opt/skills (a skill of the "
             "same name replaces the project's)",
+            "../my-skills",
         ),
     )
 
@@ -304,13 +328,14 @@ def resolve(
             sources[name] = "default"
             continue
         source, raw = layers[-1]
+        hint = f"{name} is the {f.metadata['help']}; for example {f.metadata['example']}"
+        if raw is None or not str(raw).strip():
+            # `memory:` with nothing after it, SANDBOX_IMAGE_MEMORY="": not "the default".
+            raise ImageError(f"empty value for {name} (from {source})", hint=hint)
         try:
             values[name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            raise ImageError(
-                f"bad value for {name} (from {source}): {exc}",
-                hint=f"{name} is the {f.metadata['help']}",
-            ) from None
+            raise ImageError(f"bad value for {name} (from {source}): {exc}", hint=hint) from None
         sources[name] = source
     # A private keyring without its own fingerprints would silently accept
     # nothing (pinned Canonical keys are not in it): ask for them explicitly.

@@ -14,11 +14,12 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from invoke import tasks as invoke_tasks
 from invoke.context import Context
 from invoke.exceptions import Exit
 
@@ -29,9 +30,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _debug() -> bool:
-    return bool(os.environ.get("SANDBOX_IMAGE_DEBUG")) or logging.getLogger().isEnabledFor(
-        logging.DEBUG
-    )
+    """--debug (before or after the task) or SANDBOX_IMAGE_DEBUG=1; "0", "no", "off",
+    "false" or empty mean off."""
+    flag = os.environ.get("SANDBOX_IMAGE_DEBUG", "").strip().lower()
+    on = flag not in ("", "0", "no", "off", "false")
+    return on or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def task(**kwargs: Any) -> Callable[[Callable[..., None]], invoke_tasks.Task[Any]]:
+    """invoke's @task without automatic short flags: ``-h`` is help on every task, and
+    no switch gets a letter by accident (invoke would make --insecure-skip-signature
+    ``-u``). A task that wants a short flag names it in ``aliases`` of its own."""
+    kwargs.setdefault("auto_shortflags", False)
+    made: Callable[[Callable[..., None]], invoke_tasks.Task[Any]] = invoke_tasks.task(**kwargs)
+    return made
 
 
 class _Terminated(KeyboardInterrupt):
@@ -57,6 +69,17 @@ def _user_errors() -> Iterator[None]:
         if exc.hint:
             console.err.print(f"[bold]hint:[/] {console.markup_safe(exc.hint)}")
         raise Exit(code=1) from None
+    except OSError as exc:
+        # The filesystem said no (a read-only --out, a full disk): a message, not a
+        # traceback; each task checks what it can before it starts writing.
+        if _debug():
+            raise
+        what = (exc.strerror or str(exc)) + (f": {exc.filename}" if exc.filename else "")
+        console.err.print(f"[bold red]error:[/] {console.markup_safe(what)}",
+                          markup=True, highlight=False)  # fmt: skip
+        console.err.print("[bold]hint:[/] check that path and its permissions and free "
+                          "space; --debug shows where it happened")  # fmt: skip
+        raise Exit(code=1) from None
     except _Terminated:
         console.err.print("terminated (SIGTERM); cleaned up")
         raise Exit(code=143) from None
@@ -69,6 +92,12 @@ def _config(c: Context, only: tuple[str, ...] | None = None, **cli: Any) -> conf
     """The config from flags, environment and invoke.yaml; ``only``: the fields this task
     uses, so a bad setting it never reads (a build's mirror, for a launch) cannot fail it."""
     section = c.config.get("sandbox_image", None)
+    if section is not None and not isinstance(section, Mapping):
+        kind = type(section).__name__
+        raise ImageError(
+            f"invoke.yaml: sandbox_image must be a mapping of settings, not a {kind}",
+            hint="write `sandbox_image:` then indented `key: value` lines (./inv config: the keys)",
+        )
     file_values = dict(section) if section else {}
     resolved = config.load(cli, file_values, only)
     # One rule for relative paths: the caller's directory (flags, environment and
@@ -133,6 +162,46 @@ def _caller_dir() -> Path:
 def _user_path(text: str | Path) -> Path:
     """A path the user typed: relative to the directory ./inv was run from."""
     return (_caller_dir() / Path(text).expanduser()).resolve()
+
+
+def _out_path(text: str, flag: str, *, directory: bool) -> Path:
+    """An output the user named: checked before anything is written, so a wrong --out
+    costs a message, not a half-made artifact."""
+    path = _user_path(text)
+    if directory and path.exists() and not path.is_dir():
+        raise ImageError(f"{flag} {text}: a file is in the way, a directory goes there",
+                         hint=f"name a new directory, or move {path} aside")  # fmt: skip
+    if not directory and path.is_dir():
+        raise ImageError(f"{flag} {text}: that is a directory, a file goes there",
+                         hint=f"name the file, e.g. {flag} {Path(text) / 'NAME'}")  # fmt: skip
+    parent = path if directory and path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ImageError(f"{flag} {text}: {parent} is a file, not a directory",
+                         hint="name a path under a directory")  # fmt: skip
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ImageError(f"{flag} {text}: {parent} is not writable by this user",
+                         hint="choose a directory you can write, or change its owner")  # fmt: skip
+    return path
+
+
+def _port(text: object, flag: str) -> int:
+    """A TCP port on 127.0.0.1 from a flag: 0 (any free port) to 65535."""
+    value = str(text).strip()
+    if not value.isdigit() or int(value) > 65535:
+        raise ImageError(f"{flag}: {text!r} is not a port number",
+                         hint=f"0..65535, 0 for any free port: e.g. {flag} 0")  # fmt: skip
+    return int(value)
+
+
+def _count(text: object, flag: str) -> int:
+    """A positive whole number from a flag (runs, vCPUs)."""
+    value = str(text).strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ImageError(f"{flag}: {text!r} is not a positive whole number",
+                         hint=f"e.g. {flag} 3")  # fmt: skip
+    return int(value)
 
 
 def _seconds(text: object, flag: str) -> float:

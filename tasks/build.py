@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from invoke.context import Context
-from invoke.tasks import task
 
 from image import config, console
 from image.errors import ImageError
@@ -11,9 +10,11 @@ from tasks._common import (
     CONFIG_HELP,
     EGRESS_HELP,
     _config,
+    _out_path,
     _policy_choice,
     _user_errors,
     _user_path,
+    task,
 )
 
 
@@ -102,7 +103,6 @@ def _render_files(
 # Long flags only: with this many options invoke's automatic short flags
 # collide (one would even shadow -h, --help).
 @task(
-    auto_shortflags=False,
     iterable=["source_file", "ca_cert"],
     help={
         **RENDER_HELP,
@@ -138,7 +138,7 @@ def render(
             apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
             validate=not no_validate,
         )  # fmt: skip
-        out_dir = _user_path(out) if out else cfg.output_dir / "cloud-init"
+        out_dir = _out_path(out or str(cfg.output_dir / "cloud-init"), "--out", directory=True)
         written = cloudinit.write_rendered(files, out_dir)
         if json:
             console.print_json(
@@ -156,7 +156,6 @@ def render(
 
 
 @task(
-    auto_shortflags=False,
     iterable=["source_file", "ca_cert"],
     help={**RENDER_HELP, "out": "seed ISO to write (default OUTPUT_DIR/seed.iso)"},
 )
@@ -190,7 +189,7 @@ def seed(
             apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
             validate=not no_validate,
         )  # fmt: skip
-        target = _user_path(out) if out else cfg.output_dir / "seed.iso"
+        target = _out_path(out or str(cfg.output_dir / "seed.iso"), "--out", directory=False)
         cloudinit.write_seed_iso(files, target)
         digest = sha256_file(target)
         if json:
@@ -234,10 +233,10 @@ BUILD_HELP = {
 def build_image(
     c: Context, arch: str | None = None, release: str | None = None, serial: str | None = None,
     mirror: str | None = None, keyring: str | None = None, fingerprint: str | None = None,
-    profile: str | None = None, cpus: int | None = None, memory: str | None = None,
+    profile: str | None = None, cpus: str | None = None, memory: str | None = None,
     disk_size: str | None = None, cache_dir: str | None = None, out: str | None = None,
-    accel: str | None = None, boot_timeout: float | None = None,
-    provision_timeout: float | None = None, skills: str | None = None, distro: str = "ubuntu",
+    accel: str | None = None, boot_timeout: str | None = None,
+    provision_timeout: str | None = None, skills: str | None = None, distro: str = "ubuntu",
     offline: bool = False, insecure_skip_signature: bool = False, raw: bool = False,
     package_lists: str | None = None, lock: str | None = None, cache: bool = True,
     json: bool = False, policy: str | None = None,
@@ -262,6 +261,7 @@ def build_image(
             disk_size=disk_size, cache_dir=cache_dir, output_dir=out, accel=accel,
             boot_timeout=boot_timeout, provision_timeout=provision_timeout, skills=skills,
         ).config  # fmt: skip
+        _out_path(str(cfg.output_dir), "--out", directory=True)
         result = pipeline.build_image(
             cfg, distro=distro, offline=offline,
             insecure_skip_signature=insecure_skip_signature, raw=raw,
@@ -283,16 +283,17 @@ def build_image(
 
 @task(
     name="lock",
+    positional=["build"],
     help={
-        "output": "a build-image output directory (holds manifest.json and build-info.json)",
-        "out": "where to write the lock (default: OUTPUT/sandbox-image.lock)",
+        "build": "a build-image output directory (holds manifest.json and build-info.json)",
+        "out": "where to write the lock (default: BUILD/sandbox-image.lock)",
         "snapshot_timestamp": "also pin jammy's archive to snapshot.ubuntu.com at YYYYMMDDTHHMMSSZ",
         "json": CONFIG_HELP["json"],
     },
 )
 def lock(
     c: Context,
-    output: str,
+    build: str,
     out: str | None = None,
     snapshot_timestamp: str | None = None,
     json: bool = False,
@@ -302,9 +303,9 @@ def lock(
     from image.files import atomic_write_text
 
     with _user_errors():
-        where = _user_path(output)
+        where = _user_path(build)
+        target = _out_path(out, "--out", directory=False) if out else where / "sandbox-image.lock"
         made = lockfile.from_output(where, snapshot=snapshot_timestamp)
-        target = _user_path(out) if out else where / "sandbox-image.lock"
         atomic_write_text(target, lockfile.render(made))
         summary = {
             "lock": str(target),
@@ -352,7 +353,8 @@ def cache(
         if prune:
             pruned = caches.prune(cfg.cache_dir, max_size, older_than, now=time.time())
         elif max_size is not None or older_than is not None:
-            raise ImageError("--max-size and --older-than go with --prune")
+            raise ImageError("--max-size and --older-than go only with --prune",
+                             hint="e.g. ./inv cache --prune --older-than 30d")  # fmt: skip
         rows = caches.stats(cfg.cache_dir)
         removed, freed = pruned.items, pruned.bytes
         if json:

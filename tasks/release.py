@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from invoke.context import Context
-from invoke.tasks import task
+from invoke.exceptions import Exit
 
 from image import console
 from image.errors import ImageError
 from tasks._common import (
     CONFIG_HELP,
     _config,
+    _out_path,
+    _port,
     _user_errors,
     _user_path,
+    task,
 )
 
 
 @task(
-    auto_shortflags=False,
+    positional=["build"],
     help={
-        "out": "the build output to publish (build-image's --out)",
+        "build": "the build output to publish (build-image's --out)",
         "to": "REGISTRY/REPOSITORY:TAG to push to",
         "snapshot": "also push this snapshot directory (./inv snapshot's OUT)",
         "insecure": "allow plain HTTP to a registry that is not on this machine",
@@ -30,7 +31,7 @@ from tasks._common import (
     },
 )
 def publish(
-    c: Context, out: str, to: str | None = None, snapshot: str | None = None,
+    c: Context, build: str, to: str | None = None, snapshot: str | None = None,
     insecure: bool = False, source: str | None = None, revision: str | None = None,
     json: bool = False,
 ) -> None:  # fmt: skip
@@ -39,9 +40,9 @@ def publish(
 
     with _user_errors():
         if not to:
-            raise ImageError("no destination", hint="./inv publish OUT --to REGISTRY/REPO:TAG")
+            raise ImageError("no destination", hint="./inv publish BUILD --to REGISTRY/REPO:TAG")
         snap = _user_path(snapshot) if snapshot else None
-        result = oci.publish(_user_path(out), to, snapshot=snap, insecure=insecure,
+        result = oci.publish(_user_path(build), to, snapshot=snap, insecure=insecure,
                              source=source, revision=revision)  # fmt: skip
         if json:
             console.print_json(result.to_json())
@@ -50,7 +51,7 @@ def publish(
 
 
 @task(
-    auto_shortflags=False,
+    positional=["ref"],
     help={
         "ref": "REGISTRY/REPOSITORY:TAG (or @sha256:...) to pull",
         "out": "directory to create with the verified build output",
@@ -58,45 +59,61 @@ def publish(
         "json": CONFIG_HELP["json"],
     },
 )
-def pull(c: Context, ref: str, out: str, insecure: bool = False, json: bool = False) -> None:
+def pull(
+    c: Context, ref: str, out: str | None = None, insecure: bool = False, json: bool = False
+) -> None:
     """Pull a published build output; every file is checked before OUT appears."""
     from image.release import oci
 
     with _user_errors():
-        result = oci.pull(ref, _user_path(out), insecure=insecure)
+        if not out:
+            raise ImageError("pull needs --out DIR", hint=f"./inv pull {ref} --out pulled/")
+        result = oci.pull(ref, _out_path(out, "--out", directory=True), insecure=insecure)
         if json:
             console.print_json(result.to_json())
         else:
             print(result.out)
 
 
-@task(help={"a": "the older build output", "b": "the newer build output",
-            "json": CONFIG_HELP["json"]})  # fmt: skip
-def diff(c: Context, a: str, b: str, json: bool = False) -> None:
+@task(
+    positional=["old", "new"],
+    help={
+        "old": "the older build output",
+        "new": "the newer build output",
+        "exit_code": "exit 1 when a dpkg, pip or npm package was added, removed or changed "
+        "(0 when not), as git diff --exit-code: for CI",
+        "json": CONFIG_HELP["json"],
+    },
+)
+def diff(c: Context, old: str, new: str, exit_code: bool = False, json: bool = False) -> None:
     """Compare two build outputs: packages, image size, step times."""
     from image.release import builddiff
 
     with _user_errors():
-        result = builddiff.diff_outputs(_user_path(a), _user_path(b))
+        result = builddiff.diff_outputs(_user_path(old), _user_path(new))
         if json:
             console.print_json(result.to_json())
         else:
             print(builddiff.format_text(result))
+    if exit_code and result.differs:
+        raise Exit(code=1)
 
 
 @task(
+    positional=["build"],
     help={
-        "out": "the build output to report on",
-        "html": "where to write the page (default: OUT/report.html)",
+        "build": "the build output to report on",
+        "out": "where to write the page (default: BUILD/report.html)",
         "json": CONFIG_HELP["json"],
-    }
+    },
 )
-def report(c: Context, out: str, html: str | None = None, json: bool = False) -> None:
+def report(c: Context, build: str, out: str | None = None, json: bool = False) -> None:
     """Write the build's self-contained HTML report (inputs, checks, packages, timeline)."""
     from image.release import report as build_report
 
     with _user_errors():
-        path = build_report.write_report(_user_path(out), _user_path(html) if html else None)
+        page = _out_path(out, "--out", directory=False) if out else None
+        path = build_report.write_report(_user_path(build), page)
         if json:
             console.print_json({"report": str(path)})
         else:
@@ -111,7 +128,7 @@ def report(c: Context, out: str, html: str | None = None, json: bool = False) ->
     }
 )
 def registry(
-    c: Context, port: int = 5000, storage: str | None = None, cache_dir: str | None = None
+    c: Context, port: str = "5000", storage: str | None = None, cache_dir: str | None = None
 ) -> None:
     """Serve a local OCI registry on 127.0.0.1 (for publish/pull), until Ctrl-C."""
     from image.release import localregistry
@@ -119,7 +136,9 @@ def registry(
 
     with _user_errors():
         cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
-        where = Path(storage) if storage else cfg.cache_dir / "registry"
-        with localregistry.serve_registry(where, port) as served:
+        where = _out_path(storage, "--storage", directory=True) if storage else None
+        with localregistry.serve_registry(
+            where or cfg.cache_dir / "registry", _port(port, "--port")
+        ) as served:
             print(served.host, flush=True)
             local_mirror.wait_for_stop_signal()

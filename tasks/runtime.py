@@ -7,7 +7,6 @@ import sys
 
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
 
 from image import console, run
 from image.errors import ImageError
@@ -16,11 +15,15 @@ from tasks._common import (
     EGRESS_HELP,
     ROOT,
     _config,
+    _count,
+    _out_path,
     _policy_choice,
+    _port,
     _remainder,
     _seconds,
     _user_errors,
     _user_path,
+    task,
 )
 
 # What snapshot() reads of the config; nothing a build alone needs can fail it.
@@ -41,7 +44,7 @@ SNAPSHOT_FIELDS = ("cpus", "memory", "arch", "accel", "cache_dir", "boot_timeout
     }
 )
 def snapshot(
-    c: Context, image: str, out: str, cpus: int | None = None, memory: str | None = None,
+    c: Context, image: str, out: str, cpus: str | None = None, memory: str | None = None,
     arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
     timeout: str | None = None, json: bool = False,
 ) -> None:  # fmt: skip
@@ -53,11 +56,12 @@ def snapshot(
                            accel=accel, cache_dir=cache_dir)  # fmt: skip
         seconds = _seconds(timeout, "--timeout") if timeout is not None else None
         image_path = _user_path(image)
+        target = _out_path(out, "--out", directory=True)
         # The image's own build output says its architecture; checked before any boot.
         built_for = snap.image_arch(image_path, resolved.config.arch,
                                     explicit=resolved.sources["arch"] != "default")  # fmt: skip
         cfg = dataclasses.replace(resolved.config, arch=built_for)
-        path, meta = snap.snapshot(cfg, image_path, _user_path(out), timeout=seconds)
+        path, meta = snap.snapshot(cfg, image_path, target, timeout=seconds)
         console.log.info("snapshot: %s", snap.format_meta(meta))
         if json:
             console.print_json({"snapshot": str(path), **meta.__dict__})
@@ -81,7 +85,7 @@ def snapshot(
 def proxy(
     c: Context, policy: str | None = None, allow: list[str] | None = None,
     deny: list[str] | None = None, allow_address: list[str] | None = None,
-    allow_port: list[str] | None = None, http_port: int = 3128, socks_port: int = 1080,
+    allow_port: list[str] | None = None, http_port: str = "3128", socks_port: str = "1080",
     audit_log: str | None = None,
 ) -> None:  # fmt: skip
     """Run the egress proxy (HTTP + SOCKS5) with a domain allowlist until SIGTERM/Ctrl-C."""
@@ -92,7 +96,8 @@ def proxy(
         rules = egress.load_policy(_user_path(policy)) if policy else egress.Policy()
         rules = rules.extended(allow or (), deny or (), allow_address or (), allow_port or ())
         with egress.serve_proxy(
-            rules, http_port, socks_port, _user_path(audit_log) if audit_log else None,
+            rules, _port(http_port, "--http-port"), _port(socks_port, "--socks-port"),
+            _out_path(audit_log, "--audit-log", directory=False) if audit_log else None,
             audit_stream=None if audit_log else sys.stderr,
         ) as served:  # fmt: skip
             print(f"http {served.http_url.removeprefix('http://')}", flush=True)
@@ -115,7 +120,7 @@ def proxy(
 )
 def launch(
     c: Context, snapshot: str, share: str | None = None, session_disk: str = "10G",
-    hostname: str | None = None, timeout: float = 3600.0, cache_dir: str | None = None,
+    hostname: str | None = None, timeout: str = "3600", cache_dir: str | None = None,
     json: bool = False, policy: str | None = None, allow: list[str] | None = None,
     deny: list[str] | None = None, allow_address: list[str] | None = None,
     allow_port: list[str] | None = None, audit_log: str | None = None,
@@ -133,8 +138,19 @@ def launch(
         choice = _policy_choice(
             policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port
         )
+        if share:  # HOSTDIR[:ro|:rw], HOSTDIR relative to where ./inv was run
+            folder, suffix = share, ""
+            if share.endswith((":ro", ":rw")):
+                folder, suffix = share[:-3], share[-3:]
+            share = f"{_user_path(folder)}{suffix}"
         options = snap.parse_launch_options(
-            share, session_disk, hostname, _remainder(c), timeout, choice, audit_log
+            share,
+            session_disk,
+            hostname,
+            _remainder(c),
+            _seconds(timeout, "--timeout"),
+            choice,
+            audit_log,
         )
         code = snap.launch_and_run(_user_path(snapshot), cfg, options, json_result=json)
     raise Exit(code=code)
@@ -152,7 +168,8 @@ def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = F
     from image.runtime import demo as demo_module
 
     with _user_errors():
-        cfg = _config(c, arch=arch, profile="smoke", output_dir=out or "out/demo").config
+        where = _out_path(out or "out/demo", "--out", directory=True)
+        cfg = _config(c, arch=arch, profile="smoke", output_dir=str(where)).config
         result = demo_module.run_demo(cfg)
         console.print_summary("demo", result["timings"])
         if json:
@@ -166,11 +183,12 @@ def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = F
         "runs": "cold boots and resumes to measure (each at least 3)",
     },
 )
-def bench_resume(c: Context, image: str | None = None, runs: int = 3) -> None:
+def bench_resume(c: Context, image: str | None = None, runs: str = "3") -> None:
     """Measure cold boot vs resume, 1 vs 4 GiB RAM, and PSS of concurrent launches."""
     from image.runtime import demo as demo_module
 
     with _user_errors():
+        count = _count(runs, "--runs")
         path = (
             _user_path(image)
             if image
@@ -182,6 +200,6 @@ def bench_resume(c: Context, image: str | None = None, runs: int = 3) -> None:
             cfg = _config(c, arch="amd64", profile="smoke", output_dir="out/demo").config
             demo_module.run_demo(cfg)
         argv = [sys.executable, str(ROOT / "bench" / "resume.py"), "--image", str(path),
-                "--runs", str(max(runs, 3))]  # fmt: skip
+                "--runs", str(max(count, 3))]  # fmt: skip
         result = run.run(argv, check=False, capture=False, cwd=ROOT)
     raise Exit(code=result.returncode)

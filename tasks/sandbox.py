@@ -6,16 +6,17 @@ import shlex
 
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
 
 from image import console, run
 from image.errors import ImageError
 from tasks._common import (
     CONFIG_HELP,
     _config,
+    _out_path,
     _remainder,
     _user_errors,
     _user_path,
+    task,
 )
 
 
@@ -40,7 +41,7 @@ def compile_seccomp(
 
     with _user_errors():
         default = _config(c, only=("output_dir",)).config.output_dir / "seccomp"
-        out_dir = _user_path(out) if out else default
+        out_dir = _out_path(out or str(default), "--out", directory=True)
         arches = [seccomp.target_arch(a) for a in arch.split(",")] if arch else seccomp.ARCHES
         names = profile.split(",") if profile else None
         results = seccomp.write_all(out_dir, names, arches)
@@ -96,18 +97,23 @@ def sandbox_run(
         cmd = _remainder(c)
         if not cmd and not self_test:
             raise ImageError("no command given", hint="./inv sandbox-run -- CMD [ARG...]")
-        base = _config(c, only=("output_dir",)).config.output_dir / "sandbox-run"
-        prepared = hostrun.prepare(base, profile)
-        rules = egress.load_policy(_user_path(policy) if policy else guestnet.LAUNCH_POLICY)
-        log = _user_path(audit_log) if audit_log else base / "egress.jsonl"
         where = _user_path(".")  # ./inv runs in the checkout; this is where the user was
+        bound = _user_path(workspace) if workspace else where
+        if not bound.is_dir():
+            raise ImageError(f"--workspace {workspace}: not a directory",
+                             hint="name an existing directory to bind at /workspace")  # fmt: skip
+        rules = egress.load_policy(_user_path(policy) if policy else guestnet.LAUNCH_POLICY)
+        base = _config(c, only=("output_dir",)).config.output_dir / "sandbox-run"
+        log = _out_path(audit_log, "--audit-log", directory=False) if audit_log else None
+        prepared = hostrun.prepare(base, profile)
+        log = log or base / "egress.jsonl"
         with egress.serve_proxy(rules, 0, 0, log) as served:
             ports = {
                 "http": served.http_url.rpartition(":")[2],
                 "socks": served.socks_url.rpartition(":")[2],
             }
             argv = hostrun.launcher_argv(
-                prepared, (where / workspace).resolve() if workspace else where, ports,
+                prepared, bound, ports,
                 user=user, self_test=self_test, cmd=cmd,
             )  # fmt: skip
             console.log.info("+ %s", shlex.join(argv))

@@ -7,7 +7,6 @@ import sys
 
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
 
 from image import config, console, hosttools, run
 from image.errors import ImageError
@@ -17,6 +16,7 @@ from tasks._common import (
     ROOT,
     _config,
     _user_errors,
+    task,
 )
 
 
@@ -33,7 +33,7 @@ def config_(
     keyring: str | None = None,
     fingerprint: str | None = None,
     profile: str | None = None,
-    cpus: int | None = None,
+    cpus: str | None = None,
     memory: str | None = None,
     disk_size: str | None = None,
     cache_dir: str | None = None,

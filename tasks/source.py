@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from invoke.context import Context
-from invoke.tasks import task
 
 from image import console
 from tasks._common import (
     CONFIG_HELP,
     _config,
+    _port,
     _user_errors,
+    task,
 )
 
 
 # No auto short flags: --insecure-skip-signature must never be one typo ("-i") away.
 @task(
-    auto_shortflags=False,
     help={
         **{
             k: CONFIG_HELP[k]
@@ -115,7 +115,7 @@ def standin(
 def mirror(
     c: Context,
     arch: str | None = None,
-    port: int = 0,
+    port: str = "0",
     release: str | None = None,
     serial: str | None = None,
     cache_dir: str | None = None,
@@ -135,7 +135,7 @@ def mirror(
         published = local_mirror.DEFAULT_SERIAL if cfg.serial == "latest" else cfg.serial
         repo = thirdparty_repo.ensure(cfg.cache_dir, tuple(sorted(images))) if thirdparty else None
         with local_mirror.serve_mirror(
-            images, cfg.cache_dir, cfg.release, published, port, repo
+            images, cfg.cache_dir, cfg.release, published, _port(port, "--port"), repo
         ) as served:
             print(served.build_args(), flush=True)
             local_mirror.wait_for_stop_signal()

@@ -40,7 +40,7 @@ def prune(cache_dir: Path, max_size: str | None, older_than: str | None, now: fl
         limit = config.parse_size(max_size) if max_size is not None else None
         age = packagecache.parse_duration(older_than) if older_than is not None else None
     except ValueError as exc:
-        raise ImageError(str(exc)) from None
+        raise ImageError(str(exc), hint="e.g. --max-size 5G --older-than 30d") from None
     removed = packagecache.select_prune(
         all_items(cache_dir), max_size=limit, older_than=age, now=now
     )

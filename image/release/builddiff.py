@@ -69,6 +69,11 @@ class BuildDiff:
     steps: list[tuple[str, float | None, float | None]]  # step, a seconds, b seconds
 
     @property
+    def differs(self) -> bool:
+        """The images contain different packages (what `diff --exit-code` reports)."""
+        return bool(self.added or self.removed or self.changed)
+
+    @property
     def size_change(self) -> int | None:
         if self.a.image_size is None or self.b.image_size is None:
             return None

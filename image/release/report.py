@@ -160,7 +160,7 @@ def write_report(out: Path, dest: Path | None = None) -> Path:
         if listed and listed != hashlib.sha256(html).hexdigest():
             raise ImageError(
                 f"{out}/SHA256SUMS lists a different report.html than this toolkit renders",
-                hint="keep the build's own report; write a new one elsewhere with --html PATH",
+                hint="keep the build's own report; write a new one elsewhere with --out PATH",
             )
     atomic_write_bytes(dest, html)
     return dest

@@ -461,7 +461,7 @@ def parse_launch_options(
     try:
         size = parse_size(session_disk)
     except ValueError as exc:
-        raise ImageError(f"--session-disk: {exc}") from None
+        raise ImageError(f"--session-disk: {exc}", hint="e.g. --session-disk 20G") from None
     if hostname is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", hostname):
         raise ImageError(f"not a host name: {hostname!r}", hint="lower-case letters, digits, '-'")
     return LaunchOptions(

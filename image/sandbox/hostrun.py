@@ -33,10 +33,11 @@ class Prepared:
 
 def prepare(base: Path, profile: str) -> Prepared:
     hosttools.require(["bwrap", "socat", "libseccomp"], "sandbox-run")
+    compiled = bwrap.compile_named(profile)  # an unknown profile fails before anything is written
     host_arch = seccomp.target_arch(os.uname().machine)
     seccomp.write_all(base / "seccomp", arches=[host_arch])
     profile_json = base / "bwrap" / f"{profile}.json"
-    atomic_write_bytes(profile_json, bwrap.compile_named(profile))
+    atomic_write_bytes(profile_json, compiled)
     bridges = tuple(b.name for b in bwrap.load(bwrap.shipped()[profile]).bridges)
     return Prepared(profile, profile_json, base / "seccomp" / host_arch, bridges)
 

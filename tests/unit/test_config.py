@@ -92,7 +92,7 @@ def test_debug_variable_is_not_an_unknown_key() -> None:
         ("4096M", 4 << 30),
         ("10GiB", 10 << 30),
         ("512k", 512 << 10),
-        (1024, 1024),
+        ("1024B", 1024),
         ("1.5G", 3 << 29),
     ],
 )
@@ -100,10 +100,38 @@ def test_parse_size(text: object, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "G", "-1G", "0", "4X", "four"])
+@pytest.mark.parametrize("text", ["", "G", "-1G", "0G", "4X", "four", "4", 4, 1024, True])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+def test_a_size_without_unit_says_so() -> None:
+    with pytest.raises(ValueError, match="needs a unit"):
+        parse_size(4)
+
+
+def test_memory_without_unit_in_yaml_is_an_error() -> None:
+    with pytest.raises(ImageError, match=r"memory.*needs a unit"):
+        resolve({}, {}, {"memory": 4})
+
+
+@pytest.mark.parametrize("env", [{"SANDBOX_IMAGE_MEMORY": ""}, {"SANDBOX_IMAGE_BOOT_TIMEOUT": " "}])
+def test_empty_values_are_errors_not_defaults(env: dict[str, str]) -> None:
+    with pytest.raises(ImageError, match="empty value") as info:
+        resolve({}, env, {})
+    assert "for example" in (info.value.hint or "")
+
+
+def test_empty_yaml_value_is_an_error() -> None:
+    with pytest.raises(ImageError, match=r"empty value for cache_dir .from invoke.yaml"):
+        resolve({}, {}, {"cache_dir": None})
+
+
+@pytest.mark.parametrize("release", ["noble", "focal"])
+def test_only_jammy_is_supported(release: str) -> None:
+    with pytest.raises(ImageError, match="only jammy"):
+        resolve({"release": release}, {}, {})
 
 
 def test_format_size_round_trips() -> None:
