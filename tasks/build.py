@@ -324,8 +324,9 @@ def lock(
 
 @task(
     help={
-        "stats": "show files and bytes per cache (the default)",
-        "prune": "delete cached files: with --older-than and/or --max-size",
+        "stats": "show items and bytes on disk per cache (the default)",
+        "prune": "delete build caches and logs: with --older-than and/or --max-size (images "
+        "and stand-ins are listed, never pruned)",
         "max_size": "with --prune: keep at most this much (e.g. 5G), least recently used go first",
         "older_than": "with --prune: delete what no build used for this long (e.g. 30d, 12h)",
         "cache_dir": CONFIG_HELP["cache_dir"],
@@ -341,7 +342,7 @@ def cache(
     cache_dir: str | None = None,
     json: bool = False,
 ) -> None:
-    """Show (--stats) or trim (--prune) the build caches: apt, pip, npm, provisioned layers."""
+    """Show (--stats) every cache, or trim (--prune) the build caches and logs."""
     import time
 
     from image.build import caches
@@ -361,7 +362,10 @@ def cache(
             console.print_json(
                 {
                     "cache_dir": str(cfg.cache_dir),
-                    "caches": [r.to_json() for r in rows],
+                    "caches": [
+                        {**r.to_json(), "pruned_by_policy": caches.is_pruned(r.kind)} for r in rows
+                    ],
+                    "total_bytes": sum(r.bytes for r in rows),
                     "pruned": {"files": len(removed), "bytes": freed},
                 }
             )
@@ -369,9 +373,14 @@ def cache(
         if prune:
             print(f"pruned {len(removed)} item(s), {format_size(freed)}")
         if not rows:
-            print(f"no build caches under {cfg.cache_dir}")
+            print(f"nothing cached under {cfg.cache_dir}")
+            return
         for r in rows:
+            kept = "" if caches.is_pruned(r.kind) else "  (kept by --prune)"
             print(
-                f"{r.key:<28} {r.kind:<5} {r.files:>6} file(s) {format_size(r.bytes, 'MiB'):>14}  "
-                f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.newest))}"
+                f"{r.key:<28} {r.kind:<10} {r.files:>6} item(s) {format_size(r.bytes, 'MiB'):>14}  "
+                f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.newest))}{kept}"
             )
+        total = format_size(sum(r.bytes for r in rows), "MiB")
+        print(f"{'total':<39} {sum(r.files for r in rows):>6} item(s) {total:>14}  "
+              f"in {cfg.cache_dir}")  # fmt: skip
