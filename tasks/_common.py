@@ -130,19 +130,24 @@ EGRESS_HELP = {
     "allow_address": "also allow connecting to this address/CIDR (repeatable)",
     "allow_port": "also allow this port besides 80 and 443 (repeatable)",
     "audit_log": "append the egress audit log (JSON lines) here",
+    "upstream_proxy": "forward through this HTTP proxy (http://[USER:PASSWORD@]HOST:PORT): "
+    "names go through it, address literals direct; the policy still decides",
 }
 
 
 def _policy_choice(
     policy: str | None, default: Path, allow: list[str] | None, deny: list[str] | None,
     allow_address: list[str] | None, allow_port: list[str] | None,
+    upstream_proxy: str | None = None,
 ) -> Any:  # fmt: skip
     from image.egress import guestnet
 
-    return guestnet.PolicyChoice(
+    choice = guestnet.PolicyChoice(
         _user_path(policy) if policy else default, tuple(allow or ()), tuple(deny or ()),
-        tuple(allow_address or ()), tuple(allow_port or ()),
+        tuple(allow_address or ()), tuple(allow_port or ()), upstream_proxy,
     )  # fmt: skip
+    choice.load()  # a bad policy or upstream URL fails here, before any work
+    return choice
 
 
 def _remainder(c: Context) -> list[str]:

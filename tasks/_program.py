@@ -61,7 +61,19 @@ PLACEHOLDERS = {
         ),
         "PATH",
     ),
-    **dict.fromkeys(("mirror", "apt_mirror", "apt_proxy", "skills_url", "source"), "URL"),
+    **dict.fromkeys(
+        (
+            "mirror",
+            "apt_mirror",
+            "apt_proxy",
+            "skills_url",
+            "source",
+            "upstream_proxy",
+            "pip_index",
+            "npm_registry",
+        ),
+        "URL",
+    ),
     **dict.fromkeys(("to", "ref"), "REF"),
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 
+from invoke.parser.argument import Argument
 from invoke.tasks import Task
 
 from tasks import build, release, runtime, sandbox, setup, source
@@ -21,20 +22,18 @@ AREAS = (
 )  # fmt: skip
 
 
-def _flag(arg: object) -> str:
-    name = "--" + getattr(arg, "name").replace("_", "-")
-    if len(getattr(arg, "name")) == 1:
-        name = "-" + getattr(arg, "name")
-    kind = getattr(arg, "kind")
-    if kind is bool:
-        return f"--[no-]{name[2:]}" if getattr(arg, "default") is True else name
-    shown = PLACEHOLDERS.get(getattr(arg, "name"), "VALUE")
-    return f"{name} {shown}" + (" …" if kind is list else "")
+def _flag(arg: Argument) -> str:
+    word = str(arg.name)
+    name = "-" + word if len(word) == 1 else "--" + word.replace("_", "-")
+    if arg.kind is bool:
+        return f"--[no-]{name[2:]}" if arg.default is True else name
+    shown = PLACEHOLDERS.get(word, "VALUE")
+    return f"{name} {shown}" + (" …" if arg.kind is list else "")
 
 
 def _task_section(task: Task) -> list[str]:  # type: ignore[type-arg]
     args = task.get_arguments()
-    inputs = [a.name.upper() for a in args if a.positional]
+    inputs = [str(a.name).upper() for a in args if a.positional]
     takes_command = "-- CMD" in (inspect.getdoc(task) or "") or task.name == "launch"
     usage = " ".join(["./inv", task.name, *inputs, "[flags]" if len(args) > len(inputs) else ""])
     if takes_command:
@@ -43,7 +42,7 @@ def _task_section(task: Task) -> list[str]:  # type: ignore[type-arg]
     lines = [f"### `{task.name}`", "", f"`{usage.strip()}`".replace("  ", " "), "", doc, ""]
     lines += ["| flag | |", "|---|---|"]
     for arg in sorted(args, key=lambda a: (not a.positional, a.name)):
-        label = arg.name.upper() if arg.positional else _flag(arg)
+        label = str(arg.name).upper() if arg.positional else _flag(arg)
         text = (arg.help or "").replace("|", "\\|")
         if arg.positional:
             text = f"(input; also as {_flag(arg)}) {text}"

@@ -222,6 +222,8 @@ BUILD_HELP = {
     "source_file": RENDER_HELP["source_file"],
     "default_skills": RENDER_HELP["default_skills"],
     "ca_cert": RENDER_HELP["ca_cert"],
+    "keep_failed": "when provisioning or verification fails, keep the build VM running and "
+    "print an ssh command into it (127.0.0.1 only); Ctrl-C ends it",
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
@@ -243,7 +245,8 @@ def build_image(
     allow: list[str] | None = None, deny: list[str] | None = None,
     allow_address: list[str] | None = None, allow_port: list[str] | None = None,
     source_file: list[str] | None = None, default_skills: bool = True,
-    ca_cert: list[str] | None = None,
+    ca_cert: list[str] | None = None, keep_failed: bool = False,
+    upstream_proxy: str | None = None,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
 
@@ -267,12 +270,14 @@ def build_image(
             insecure_skip_signature=insecure_skip_signature, raw=raw,
             package_lists=_user_path(package_lists) if package_lists else PACKAGE_LISTS,
             egress_policy=_policy_choice(
-                policy, guestnet.BUILD_POLICY, allow, deny, allow_address, allow_port
+                policy, guestnet.BUILD_POLICY, allow, deny, allow_address, allow_port,
+                upstream_proxy,
             ),
             lock=lockfile.load(_user_path(lock)) if lock else None, package_cache=cache,
             sources=tuple(load_source_file(_user_path(f)) for f in source_file or ()),
             default_skills=default_skills,
             ca_certs=trust.load([_user_path(f) for f in ca_cert or ()]),
+            keep_failed=keep_failed,
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

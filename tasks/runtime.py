@@ -80,13 +80,14 @@ def snapshot(
         "http_port": "HTTP proxy port on 127.0.0.1 (0: any free port)",
         "socks_port": "SOCKS5 proxy port on 127.0.0.1 (0: any free port)",
         "audit_log": "append the JSON-lines audit log here (default: stderr)",
+        "upstream_proxy": EGRESS_HELP["upstream_proxy"],
     },
 )
 def proxy(
     c: Context, policy: str | None = None, allow: list[str] | None = None,
     deny: list[str] | None = None, allow_address: list[str] | None = None,
     allow_port: list[str] | None = None, http_port: str = "3128", socks_port: str = "1080",
-    audit_log: str | None = None,
+    audit_log: str | None = None, upstream_proxy: str | None = None,
 ) -> None:  # fmt: skip
     """Run the egress proxy (HTTP + SOCKS5) with a domain allowlist until SIGTERM/Ctrl-C."""
     from image.egress import proxy as egress
@@ -94,7 +95,9 @@ def proxy(
 
     with _user_errors():
         rules = egress.load_policy(_user_path(policy)) if policy else egress.Policy()
-        rules = rules.extended(allow or (), deny or (), allow_address or (), allow_port or ())
+        rules = rules.extended(
+            allow or (), deny or (), allow_address or (), allow_port or (), upstream_proxy
+        )
         with egress.serve_proxy(
             rules, _port(http_port, "--http-port"), _port(socks_port, "--socks-port"),
             _out_path(audit_log, "--audit-log", directory=False) if audit_log else None,
@@ -124,6 +127,7 @@ def launch(
     json: bool = False, policy: str | None = None, allow: list[str] | None = None,
     deny: list[str] | None = None, allow_address: list[str] | None = None,
     allow_port: list[str] | None = None, audit_log: str | None = None,
+    upstream_proxy: str | None = None,
 ) -> None:  # fmt: skip
     """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user.
 
@@ -136,7 +140,7 @@ def launch(
     with _user_errors():
         cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
         choice = _policy_choice(
-            policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port
+            policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port, upstream_proxy
         )
         if share:  # HOSTDIR[:ro|:rw], HOSTDIR relative to where ./inv was run
             folder, suffix = share, ""

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,9 @@ class BuildRequest:
     default_skills: bool = True
     # CA certificates the build VM trusts besides its own (--ca-cert).
     ca_certs: tuple[trust.CACert, ...] = ()
+    # --keep-failed: a VM whose provisioning or verification fails stays up, with an
+    # SSH way in on 127.0.0.1, until Ctrl-C/SIGTERM; then the build fails as usual.
+    keep_failed: bool = False
 
     @classmethod
     def resolve(cls, cfg: BuildConfig, **options: Any) -> BuildRequest:
@@ -249,11 +253,12 @@ def build(request: BuildRequest) -> BuildResult:
                 running = contextlib.ExitStack()
                 layer, vm, session = _provision_or_resume(ctx, running, layer)
                 with running:
-                    with step("verify", ctx.timings):
-                        ctx.info["guest"] = _guest_facts(session)
-                        ctx.info["verify"] = _verify(ctx, session, plan.profile)
-                    with step("manifest", ctx.timings):
-                        found = _describe(ctx, session)
+                    with _held_on_failure(ctx, vm, layer.meta.host_public_key):
+                        with step("verify", ctx.timings):
+                            ctx.info["guest"] = _guest_facts(session)
+                            ctx.info["verify"] = _verify(ctx, session, plan.profile)
+                        with step("manifest", ctx.timings):
+                            found = _describe(ctx, session)
                     _save_guest_logs(ctx, session)
                     with step("generalize", ctx.timings):
                         _generalize(session)
@@ -432,7 +437,7 @@ def _provision(
                 describe_failure=lambda: _serial_report(spec.serial_log),
             )  # fmt: skip
         try:
-            with step("provision", ctx.timings):
+            with step("provision", ctx.timings), _held_on_failure(ctx, vm, host_key.public_openssh):
                 try:
                     _wait_for_cloud_init(ctx, session)
                 except ImageError as exc:
@@ -693,6 +698,45 @@ def _keep_logs(ctx: BuildContext, dest: Path) -> None:
     for path in (ctx.staging / "logs").glob("*"):
         with contextlib.suppress(OSError):
             shutil.copyfile(path, dest / path.name)
+
+
+@contextlib.contextmanager
+def _held_on_failure(ctx: BuildContext, vm: qemu.VM, host_public_key: str) -> Iterator[None]:
+    """With --keep-failed, a failure here keeps ``vm`` up for a shell before it unwinds."""
+    try:
+        yield
+    except ImageError as exc:
+        if ctx.request.keep_failed and vm.alive() and vm.spec.ssh_port:
+            _hold_for_debugging(ctx, vm.spec.ssh_port, host_public_key, exc)
+        raise
+
+
+def _hold_for_debugging(ctx: BuildContext, port: int, host_public_key: str,
+                        exc: ImageError) -> None:  # fmt: skip
+    """Print how to get a shell in the failed VM (loopback only; this build's own key,
+    its host key pinned), then wait for Ctrl-C or SIGTERM. The key goes with the
+    build's work folder."""
+    from image.source.mirror import wait_for_stop_signal
+
+    assert ctx.client_key is not None
+    way_in = ctx.work / "keep-failed"
+    way_in.mkdir(mode=0o700, exist_ok=True)
+    key = way_in / "build_key"
+    key.touch(mode=0o600)
+    key.write_text(ctx.client_key.private_openssh)
+    known = way_in / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(host_public_key.split()[:2])}\n")
+    command = shlex.join(["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}",
+                          "-o", "IdentitiesOnly=yes", "-p", str(port),
+                          f"{BUILD_USER}@127.0.0.1"])  # fmt: skip
+    first_line = exc.message.splitlines()[0] if exc.message else "the build failed"
+    print(f"build failed: {first_line}\n"
+          f"--keep-failed: the build VM is still running; a shell in it (sudo works):\n"
+          f"  {command}\n"
+          f"  cloud-init's logs: /var/log/cloud-init.log, /var/log/cloud-init-output.log\n"
+          f"Ctrl-C (or SIGTERM) stops the VM and ends the build.",
+          file=sys.stderr, flush=True)  # fmt: skip
+    wait_for_stop_signal()
 
 
 def _serial_report(serial_log: Path) -> str:

@@ -114,10 +114,11 @@ class PolicyChoice:
     deny: tuple[str, ...] = ()
     allow_addresses: tuple[str, ...] = ()
     allow_ports: tuple[str, ...] = ()  # validated by load(), like the file's entries
+    upstream: str | None = None  # --upstream-proxy: replaces the file's `upstream`
 
     def load(self) -> proxy.Policy:
         return proxy.load_policy(self.file).extended(
-            self.allow, self.deny, self.allow_addresses, self.allow_ports
+            self.allow, self.deny, self.allow_addresses, self.allow_ports, self.upstream
         )
 
 

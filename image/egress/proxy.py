@@ -15,6 +15,7 @@ would re-implement most of this module; see docs/proxy.md for the comparison.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -26,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,13 +53,45 @@ _NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # used with fullmatch
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """An HTTP proxy this proxy forwards through (what a company's network requires)."""
+
+    host: str
+    port: int
+    authorization: str | None = None  # "Basic ..." from user:password in the URL
+
+    @property
+    def label(self) -> str:  # for logs and records: never the credentials
+        return f"http://{self.host}:{self.port}"
+
+
+def parse_upstream(url: str, where: str) -> Upstream:
+    parts = urllib.parse.urlsplit(url.strip())
+    hint = "write http://HOST:PORT (or http://USER:PASSWORD@HOST:PORT)"
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise ImageError(f"{where}: {url!r} is not an http://HOST:PORT proxy URL", hint=hint)
+    try:
+        port = parts.port or 3128
+    except ValueError:
+        raise ImageError(f"{where}: {url!r} has no valid port", hint=hint) from None
+    auth = None
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return Upstream(parts.hostname, port, auth)
+
+
+@dataclass(frozen=True)
 class Policy:
-    """Allowed/denied names (exact or `*.suffix`), extra ports, allowed networks."""
+    """Allowed/denied names (exact or `*.suffix`), extra ports, allowed networks, and
+    an optional upstream proxy that connections to names go through."""
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     ports: frozenset[int] = DEFAULT_PORTS
     addresses: tuple[IPNetwork, ...] = ()
+    upstream: Upstream | None = None
 
     def extended(
         self,
@@ -65,6 +99,7 @@ class Policy:
         deny: Iterable[str] = (),
         addresses: Iterable[str] = (),
         ports: Iterable[int | str] = (),
+        upstream: str | None = None,
     ) -> Policy:
         """This policy plus command-line additions (validated like file entries)."""
         return replace(
@@ -74,6 +109,7 @@ class Policy:
             addresses=self.addresses
             + tuple(_network(v, f"--allow-address {v!r}") for v in addresses),
             ports=self.ports | {_port(str(v), f"--allow-port {v!r}") for v in ports},
+            upstream=(parse_upstream(upstream, "--upstream-proxy") if upstream else self.upstream),
         )
 
 
@@ -111,19 +147,20 @@ def _port(value: str, where: str) -> int:
     return int(value)
 
 
-DIRECTIVES = ("allow", "deny", "allow-address", "allow-port")
+DIRECTIVES = ("allow", "deny", "allow-address", "allow-port", "upstream")
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse the policy format: one `DIRECTIVE VALUE` per line, `#` comments.
 
-    Directives: allow NAME, deny NAME, allow-address CIDR, allow-port N.
-    Errors name the source and the line.
+    Directives: allow NAME, deny NAME, allow-address CIDR, allow-port N, upstream URL
+    (at most once). Errors name the source and the line.
     """
     allow: list[str] = []
     deny: list[str] = []
     addresses: list[IPNetwork] = []
     ports: set[int] = set(DEFAULT_PORTS)
+    upstream: Upstream | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -142,9 +179,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             deny.append(_pattern(value, where))
         elif directive == "allow-address":
             addresses.append(_network(value, where))
+        elif directive == "upstream":
+            if upstream is not None:
+                raise ImageError(f"{where}: a second upstream", hint="a policy has one upstream")
+            upstream = parse_upstream(value, where)
         else:
             ports.add(_port(value, where))
-    return Policy(tuple(allow), tuple(deny), frozenset(ports), tuple(addresses))
+    return Policy(tuple(allow), tuple(deny), frozenset(ports), tuple(addresses), upstream)
 
 
 def load_policy(path: Path) -> Policy:
@@ -375,6 +416,7 @@ class Connection:
     bytes_up: int = 0
     bytes_down: int = 0
     error: str | None = None
+    upstream: str | None = None  # the upstream proxy it went through (no credentials)
 
     def open_record(self) -> dict[str, object]:
         assert self.opened is not None
@@ -393,6 +435,7 @@ class Connection:
             "rule": self.rule,
             "method": self.method,
             "path": self.path[:LOGGED_PATH_CHARS] if self.path is not None else None,
+            **({"upstream": self.upstream} if self.upstream else {}),
         }
 
     def close_record(self, now: float) -> dict[str, object]:
@@ -825,14 +868,24 @@ class _ProxyServer:
         self.s = settings
 
     async def _open(
-        self, conn: Connection, host: str, port: int
+        self, conn: Connection, host: str, port: int, *, plain_http: bool = False
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Decide, write the open record, then connect to the checked address (never the name)."""
+        """Decide, write the open record, then connect to the checked address (never the name).
+
+        With an upstream proxy, an allowed *name* is not resolved here (a company
+        network may not resolve outside names): the upstream connects to it, through
+        a CONNECT tunnel, or, for ``plain_http``, by being sent the request itself.
+        Allowed address literals still connect directly."""
         conn.host, conn.port = host, port
         with contextlib.suppress(ValueError):
             literal = ip_literal(host)
             conn.resolved = [str(literal)] if literal is not None else []
         verdict = check_name(self.s.policy, host, port)
+        upstream = self.s.policy.upstream
+        if verdict.allowed and verdict.address is None and upstream is not None:
+            conn.rule, conn.decision, conn.upstream = verdict.rule, "allow", upstream.label
+            self.s.audit.open(conn)
+            return await self._via_upstream(conn, upstream, host, port, plain_http)
         if verdict.allowed and verdict.address is None:
             try:
                 resolved = await asyncio.wait_for(
@@ -857,6 +910,39 @@ class _ProxyServer:
         except (OSError, asyncio.TimeoutError) as exc:
             conn.error = f"upstream-unreachable {type(exc).__name__}"
             raise _Refused(f"{verdict.rule}; {conn.error}", status=502, socks=0x05) from None
+
+    async def _via_upstream(
+        self, conn: Connection, upstream: Upstream, host: str, port: int, plain_http: bool
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(upstream.host, upstream.port, limit=COPY_CHUNK),
+                self.s.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            conn.error = f"upstream-proxy-unreachable {type(exc).__name__}"
+            raise _Refused(f"{conn.rule}; {conn.error}", status=502, socks=0x05) from None
+        if plain_http:
+            return reader, writer
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        auth = (
+            f"Proxy-Authorization: {upstream.authorization}\r\n" if upstream.authorization else ""
+        )
+        writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode())
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.s.connect_timeout)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as exc:  # fmt: skip
+            writer.close()
+            conn.error = f"upstream-proxy-error {type(exc).__name__}"
+            raise _Refused(f"{conn.rule}; {conn.error}", status=502, socks=0x05) from None
+        status = _STATUS.match(head)
+        if status is None or status.group(1) != b"200":
+            writer.close()
+            code = status.group(1).decode() if status else "not-http"
+            conn.error = f"upstream-proxy-refused {code}"
+            raise _Refused(f"{conn.rule}; {conn.error}", status=502, socks=0x02) from None
+        return reader, writer
 
     async def _tunnel(
         self,
@@ -933,6 +1019,20 @@ class _ProxyServer:
         raise NotImplementedError
 
 
+def _for_upstream_proxy(request: HttpRequest, upstream: Upstream | None) -> HttpRequest:
+    """The request as a proxy takes it: the absolute URI, and the upstream's credentials."""
+    line, _, rest = request.head.partition(b"\r\n")
+    method, origin, version = line.split(b" ", 2)
+    port = b"" if request.port == 80 else f":{request.port}".encode()
+    host = f"[{request.host}]" if ":" in request.host else request.host
+    absolute = b"http://" + host.encode() + port + origin
+    auth = b""
+    if upstream is not None and upstream.authorization:
+        auth = f"Proxy-Authorization: {upstream.authorization}\r\n".encode()
+    head = b" ".join((method, absolute, version)) + b"\r\n" + auth + rest
+    return replace(request, head=head)
+
+
 def _note_request(conn: Connection, head: bytes) -> None:
     """What the audit log says of a request, from as much of its head as arrived."""
     conn.method, conn.host, conn.port, conn.path = request_summary(head)
@@ -970,7 +1070,10 @@ class _HttpProxy(_ProxyServer):
             raise _Refused("header-too-large", status=431)
         request = parse_http_request(head)
         conn.method, conn.path = request.method, request.path
-        upstream = await self._open(conn, request.host, request.port)
+        plain = request.method != "CONNECT"
+        upstream = await self._open(conn, request.host, request.port, plain_http=plain)
+        if plain and conn.upstream is not None:
+            request = _for_upstream_proxy(request, self.s.policy.upstream)
         if request.method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()

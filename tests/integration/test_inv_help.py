@@ -116,7 +116,7 @@ def test_project_invoke_yaml_is_checked_the_same_way(tmp_path: Path) -> None:
 
 def test_diff_exit_code(tmp_path: Path) -> None:
     a = make_output(tmp_path / "a", dpkg=[("jq", "1.6", "amd64")])
-    b = make_output(tmp_path / "b", dpkg=[("jq", "1.7", "amd64")])
+    make_output(tmp_path / "b", dpkg=[("jq", "1.7", "amd64")])
     same = _inv("diff", str(a), str(a), "--exit-code")
     assert same.returncode == 0, same.stderr
     changed = _inv("diff", "a", "b", "--exit-code", cwd=tmp_path)  # paths: the caller's

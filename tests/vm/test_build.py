@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -117,24 +118,53 @@ def _mirror_config(cfg: config.BuildConfig, served: mirror.Mirror) -> config.Bui
                                fingerprints=(served.fingerprint,))  # fmt: skip
 
 
-def test_a_package_that_does_not_exist_fails_quoting_apt(
+def test_a_package_that_does_not_exist_fails_quoting_apt_and_keep_failed_gives_a_shell(
     fresh_config: config.BuildConfig, tmp_path: Path, built: dict[str, Path]
 ) -> None:
+    """Through ./inv: the failed VM stays up for `ssh` with --keep-failed; Ctrl-C ends
+    the build with the error it would have had, and nothing is left behind."""
     lists = tmp_path / "package-lists"
     shutil.copytree(PACKAGE_LISTS, lists)
     with (lists / "apt" / "smoke.list").open("a") as f:
         f.write("no-such-package-sandbox-image\n")
     base = standin.ensure(fresh_config.cache_dir, "amd64")
     before = _cache_state(fresh_config.cache_dir)
+    out, log = tmp_path / "out", tmp_path / "build.log"
     with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
-        cfg = _mirror_config(fresh_config, served)
-        with pytest.raises(ImageError) as info:
-            pipeline.build_image(cfg, distro="debian", package_lists=lists)
-    message = info.value.message
-    assert "no-such-package-sandbox-image" in message
+        argv = [str(ROOT / "inv"), "build-image", "--arch", "amd64", "--profile", "smoke",
+                "--distro", "debian", "--cpus", "2", "--memory", "2G", "--keep-failed",
+                "--package-lists", str(lists), "--out", str(out),
+                "--cache-dir", str(fresh_config.cache_dir), *served.cli_args().split()]  # fmt: skip
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 1200
+            while "the build VM is still running" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+            text = log.read_text()
+            ssh_line = text[text.index("the build VM is still running") :].splitlines()[1]
+            shell = subprocess.run(
+                [*shlex.split(ssh_line), "-o", "BatchMode=yes",
+                 "sudo cat /var/log/cloud-init-output.log; hostname"],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert shell.returncode == 0, shell.stderr
+            assert "no-such-package-sandbox-image" in shell.stdout
+            assert qemu_processes(), "the failed VM should still run"
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            assert proc.wait(timeout=120) == 1, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    attach_logs(log)
+    message = log.read_text()
+    assert "error:" in message and "no-such-package-sandbox-image" in message
     assert re.search(r"Unable to locate package|packages not installed", message)
     assert "build logs:" in message
-    assert _artifacts(cfg.output_dir) == []
+    assert _artifacts(out) == []
     assert qemu_processes() == []
     assert _cache_state(fresh_config.cache_dir) == before
 
