@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from invoke.context import Context
 
 from image import config, console
@@ -67,6 +70,10 @@ RENDER_HELP = {
     "apt_mirror": "archive mirror URL for the guest (default: the image's own sources)",
     "apt_proxy": "HTTP proxy URL apt uses in the guest during the build",
     "apt_snapshot": "pin the Ubuntu archive to a snapshot.ubuntu.com time, YYYYMMDDTHHMMSSZ",
+    "apt_mirror_key": "armored OpenPGP key that signs --apt-mirror's Release (a mirror "
+    "re-signed by its owner; default: the distribution's keys)",
+    "pip_index": "a PEP 503 simple index the build's pip uses instead of PyPI",
+    "npm_registry": "an npm registry the build's npm uses instead of registry.npmjs.org",
     **config.flag_help("skills"),
     "skills_url": "download the skills folder as a .tar.gz from this URL instead",
     "skills_sha256": "SHA-256 the --skills-url download must have",
@@ -85,7 +92,7 @@ def _render_files(
     ssh_key: str | None, hostname: str, apt_mirror: str | None, apt_proxy: str | None,
     apt_snapshot: str | None, skills_url: str | None, skills_sha256: str | None,
     source_file: list[str] | None, default_skills: bool, ca_cert: list[str] | None,
-    *, validate: bool,
+    mirrors: Any, *, validate: bool,
 ) -> tuple[config.BuildConfig, dict[str, bytes]]:  # fmt: skip
     """render's and seed's shared part: the config, and the documents a build would render."""
     from image.build import inputs as build_inputs
@@ -97,7 +104,20 @@ def _render_files(
         skills_sha256, [str(_user_path(f)) for f in source_file or ()], default_skills,
         [str(_user_path(f)) for f in ca_cert or ()],
     )  # fmt: skip
+    inputs = dataclasses.replace(
+        inputs, apt_mirror_key=mirrors.apt_key, pip_index=mirrors.pip, npm_registry=mirrors.npm
+    )
     return cfg, build_inputs.rendered(inputs, validate=validate)
+
+
+def _mirrors(
+    apt_mirror: str | None, apt_mirror_key: str | None, apt_snapshot: str | None,
+    pip_index: str | None, npm_registry: str | None,
+) -> Any:  # fmt: skip
+    from image.build.mirrors import Mirrors
+
+    return Mirrors.given(apt_mirror, _user_path(apt_mirror_key) if apt_mirror_key else None,
+                         apt_snapshot, pip_index, npm_registry)  # fmt: skip
 
 
 # Long flags only: with this many options invoke's automatic short flags
@@ -120,6 +140,9 @@ def render(
     apt_mirror: str | None = None,
     apt_proxy: str | None = None,
     apt_snapshot: str | None = None,
+    apt_mirror_key: str | None = None,
+    pip_index: str | None = None,
+    npm_registry: str | None = None,
     skills: str | None = None,
     skills_url: str | None = None,
     skills_sha256: str | None = None,
@@ -136,6 +159,7 @@ def render(
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
             apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
+            _mirrors(apt_mirror, apt_mirror_key, apt_snapshot, pip_index, npm_registry),
             validate=not no_validate,
         )  # fmt: skip
         out_dir = _out_path(out or str(cfg.output_dir / "cloud-init"), "--out", directory=True)
@@ -170,6 +194,9 @@ def seed(
     apt_mirror: str | None = None,
     apt_proxy: str | None = None,
     apt_snapshot: str | None = None,
+    apt_mirror_key: str | None = None,
+    pip_index: str | None = None,
+    npm_registry: str | None = None,
     skills: str | None = None,
     skills_url: str | None = None,
     skills_sha256: str | None = None,
@@ -187,6 +214,7 @@ def seed(
         cfg, files = _render_files(
             c, profile, arch, skills, distro, ssh_key, hostname, apt_mirror, apt_proxy,
             apt_snapshot, skills_url, skills_sha256, source_file, default_skills, ca_cert,
+            _mirrors(apt_mirror, apt_mirror_key, apt_snapshot, pip_index, npm_registry),
             validate=not no_validate,
         )  # fmt: skip
         target = _out_path(out or str(cfg.output_dir / "seed.iso"), "--out", directory=False)
@@ -224,6 +252,10 @@ BUILD_HELP = {
     "ca_cert": RENDER_HELP["ca_cert"],
     "keep_failed": "when provisioning or verification fails, keep the build VM running and "
     "print an ssh command into it (127.0.0.1 only); Ctrl-C ends it",
+    **{
+        k: RENDER_HELP[k]
+        for k in ("apt_mirror", "apt_mirror_key", "apt_snapshot", "pip_index", "npm_registry")
+    },
     **{k: v for k, v in EGRESS_HELP.items() if k != "audit_log"},
 }
 
@@ -246,7 +278,9 @@ def build_image(
     allow_address: list[str] | None = None, allow_port: list[str] | None = None,
     source_file: list[str] | None = None, default_skills: bool = True,
     ca_cert: list[str] | None = None, keep_failed: bool = False,
-    upstream_proxy: str | None = None,
+    upstream_proxy: str | None = None, apt_mirror: str | None = None,
+    apt_mirror_key: str | None = None, apt_snapshot: str | None = None,
+    pip_index: str | None = None, npm_registry: str | None = None,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
 
@@ -278,6 +312,7 @@ def build_image(
             default_skills=default_skills,
             ca_certs=trust.load([_user_path(f) for f in ca_cert or ()]),
             keep_failed=keep_failed,
+            mirrors=_mirrors(apt_mirror, apt_mirror_key, apt_snapshot, pip_index, npm_registry),
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

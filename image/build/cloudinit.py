@@ -55,6 +55,7 @@ TEMPLATES = {
 STATE_DIR = "/var/lib/sandbox-image"
 MARKER_PATH = f"{STATE_DIR}/provisioned"
 APT_LIST_PATH = f"{STATE_DIR}/apt-packages"
+APT_MIRROR_KEYRING = "/etc/apt/keyrings/sandbox-image-mirror.asc"
 PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
 # The skills travel as their own file on the seed ISO (no size limit of user-data);
 # runcmd mounts the seed read-only here, checks the file's SHA-256 and unpacks it.
@@ -107,6 +108,11 @@ class RenderInputs:
     apt_mirror: str | None = None  # None: keep the image's own sources
     apt_proxy: str | None = None
     apt_snapshot: str | None = None  # snapshot.ubuntu.com timestamp, e.g. 20240301T000000Z
+    # The OpenPGP public key (armored) that signs apt_mirror's Release files, for a
+    # mirror re-signed with its owner's key (aptly, reprepro); None: the distro's keys.
+    apt_mirror_key: str | None = None
+    pip_index: str | None = None  # a PEP 503 simple index instead of PyPI (the build)
+    npm_registry: str | None = None  # an npm registry instead of registry.npmjs.org
     guest_files: Mapping[str, bytes] = field(default_factory=dict)
     # Skills folders, merged in order (a later one's skill replaces an earlier one's of
     # the same name), put read-only at /opt/skills with their index.
@@ -158,11 +164,29 @@ def _apt_config(inputs: RenderInputs) -> dict[str, Any]:
             "apt_security": uri,
             "apt_sources_list": None,
         }
+    if inputs.apt_mirror_key is not None and inputs.apt_mirror is None:
+        raise ImageError("an apt mirror key without an apt mirror",
+                         hint="--apt-mirror-key goes with --apt-mirror URL")  # fmt: skip
     if inputs.apt_mirror is not None:
         if not re.fullmatch(r"(https?|file)://\S+", inputs.apt_mirror):
             raise ImageError(
                 f"not a mirror URL: {inputs.apt_mirror!r}", hint="use http://, https:// or file://"
             )
+        if inputs.apt_mirror_key is not None:
+            # The mirror's own key, for its lines only: the distro's keys keep theirs.
+            signed = f"deb [signed-by={APT_MIRROR_KEYRING}]"
+            lines = (
+                [f"{signed} $MIRROR $RELEASE main"]
+                if inputs.distro == "debian"
+                else [f"{signed} $MIRROR $RELEASE{pocket} main restricted universe multiverse"
+                      for pocket in ("", "-updates", "-security", "-backports")]
+            )  # fmt: skip
+            return {
+                "apt_preserve_sources_list": False,
+                "apt_primary": inputs.apt_mirror,
+                "apt_security": None,
+                "apt_sources_list": "\n".join(lines) + "\n",
+            }
         if inputs.distro == "debian":
             # cloud-init's Debian template would point RELEASE-security at the
             # mirror too (it has no such suite: apt-get update fails), and a
@@ -334,6 +358,9 @@ def template_context(
         "ssh_host_ed25519_public": inputs.ssh_host_ed25519[1] if inputs.ssh_host_ed25519 else "",
         **_apt_config(inputs),
         "apt_proxy": inputs.apt_proxy,
+        "apt_mirror_keyring": APT_MIRROR_KEYRING,
+        "apt_mirror_key": inputs.apt_mirror_key or "",
+        "registry_environment": _registry_environment(inputs),
         "ca_script": trust.bootcmd_script(inputs.ca_certs) if inputs.ca_certs else "",
         "ca_bundle": trust.SYSTEM_BUNDLE,
         "apt_sources": [
@@ -370,6 +397,20 @@ def template_context(
         "mac_address": inputs.mac_address,
         "interface": inputs.interface,
     }
+
+
+def _registry_environment(inputs: RenderInputs) -> list[str]:
+    """PIP_INDEX_URL / NPM_CONFIG_REGISTRY for the build's pip and npm, when given."""
+    out = []
+    for name, url in (("PIP_INDEX_URL", inputs.pip_index),
+                      ("NPM_CONFIG_REGISTRY", inputs.npm_registry)):  # fmt: skip
+        if url is None:
+            continue
+        if not re.fullmatch(r"https?://[^\s'\"\\]+", url):
+            raise ImageError(f"not an http(s) URL for {name}: {url!r}",
+                             hint="e.g. https://pypi.corp.example/simple/")  # fmt: skip
+        out.append(f"{name}={shlex.quote(url)}")
+    return out
 
 
 def _package_specs(lock: lockfile.Lock | None, profile: packages.Profile) -> dict[str, Any]:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from image.build import manifest, output, packages
+from image.build.mirrors import Mirrors
 from image.errors import ImageError
 
 FORMAT = "1"
@@ -47,8 +48,11 @@ HEADER_KEYS = (
     "base-serial",
     "base-sha256",
     "snapshot",
+    "apt-mirror",
+    "pip-index",
+    "npm-registry",
 )
-REQUIRED_KEYS = HEADER_KEYS[:-1]
+REQUIRED_KEYS = HEADER_KEYS[:7]
 KINDS = ("apt", "pip", "npm")
 
 _DEB_NAME = r"[a-z0-9][a-z0-9+.-]+"
@@ -65,6 +69,7 @@ _NPM_LINE = re.compile(
 _SERIAL = re.compile(r"^\d{8}(\.\d+)?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SNAPSHOT = re.compile(r"^\d{8}T\d{6}Z$")
+_MIRROR_URL = re.compile(r"^https?://[^\s@#]+$")
 _APT_NOT_FOUND = re.compile(r"E: Version '([^']+)' for '([^']+)' was not found")
 
 
@@ -99,6 +104,8 @@ class Lock:
     pip: tuple[Pin, ...] = ()
     npm: tuple[Pin, ...] = ()
     snapshot: str | None = None
+    # Where the packages came from when not the public archives (no credentials).
+    mirrors: Mirrors = field(default_factory=Mirrors)
 
     def apt_version(self, name: str) -> str | None:
         for pin in self.apt:
@@ -152,6 +159,11 @@ def from_build(
             pip=tuple(sorted(Pin(str(p["name"]), str(p["version"])) for p in found["pip"])),
             npm=tuple(sorted(Pin(str(p["name"]), str(p["version"])) for p in found["npm"])),
             snapshot=snapshot,
+            mirrors=Mirrors(
+                apt=(build_info.get("mirrors") or {}).get("apt"),
+                pip=(build_info.get("mirrors") or {}).get("pip"),
+                npm=(build_info.get("mirrors") or {}).get("npm"),
+            ),
         )
     except (KeyError, TypeError) as exc:
         raise ImageError(
@@ -195,6 +207,10 @@ def render(lock: Lock) -> str:
     ]
     if lock.snapshot is not None:
         lines.append(f"snapshot: {lock.snapshot}")
+    for key, url in (("apt-mirror", lock.mirrors.apt), ("pip-index", lock.mirrors.pip),
+                     ("npm-registry", lock.mirrors.npm)):  # fmt: skip
+        if url is not None:
+            lines.append(f"{key}: {url}")
     lines += ["", "[apt]", *(f"{p.name}:{p.arch}={p.version}" for p in lock.apt)]
     lines += ["", "[pip]", *(f"{p.name}=={p.version}" for p in lock.pip)]
     lines += ["", "[npm]", *(f"{p.name}@{p.version}" for p in lock.npm)]
@@ -221,6 +237,10 @@ def _header_value(path: Path, line: int, key: str, value: str) -> str:
         "base-serial": (_SERIAL, "a cloud image serial like 20240912"),
         "base-sha256": (_SHA256, "64 lower-case hex digits"),
         "snapshot": (_SNAPSHOT, "YYYYMMDDTHHMMSSZ, e.g. 20240301T000000Z"),
+        **dict.fromkeys(
+            ("apt-mirror", "pip-index", "npm-registry"),
+            (_MIRROR_URL, "an http(s) URL without credentials"),
+        ),
     }
     allowed, what = checks[key]
     ok = value in allowed if isinstance(allowed, tuple) else allowed.fullmatch(value) is not None
@@ -324,6 +344,11 @@ def parse(text: str, path: Path) -> Lock:
         pip=tuple(pins["pip"]),
         npm=tuple(pins["npm"]),
         snapshot=header["snapshot"][1] if "snapshot" in header else None,
+        mirrors=Mirrors(
+            apt=header["apt-mirror"][1] if "apt-mirror" in header else None,
+            pip=header["pip-index"][1] if "pip-index" in header else None,
+            npm=header["npm-registry"][1] if "npm-registry" in header else None,
+        ),
     )
 
 

@@ -41,6 +41,7 @@ from image.build import (
     trust,
 )
 from image.build import inputs as build_inputs
+from image.build import mirrors as mirrors_
 from image.config import BuildConfig, format_size
 from image.console import step
 from image.contract import guest, vmstate
@@ -88,6 +89,8 @@ class BuildRequest:
     default_skills: bool = True
     # CA certificates the build VM trusts besides its own (--ca-cert).
     ca_certs: tuple[trust.CACert, ...] = ()
+    # Private mirrors instead of the public archives (--apt-mirror, --pip-index, ...).
+    mirrors: mirrors_.Mirrors = field(default_factory=mirrors_.Mirrors)
     # --keep-failed: a VM whose provisioning or verification fails stays up, with an
     # SSH way in on 127.0.0.1, until Ctrl-C/SIGTERM; then the build fails as usual.
     keep_failed: bool = False
@@ -100,8 +103,12 @@ class BuildRequest:
         request = cls(cfg, **options)
         if request.lock is not None:
             request = dataclasses.replace(
-                request, cfg=_locked_config(cfg, request.lock, request.distro)
-            )
+                request, cfg=_locked_config(cfg, request.lock, request.distro),
+                mirrors=request.mirrors.or_from(request.lock.mirrors),
+            )  # fmt: skip
+        if request.mirrors:
+            policy = request.mirrors.policy(request.egress_policy)
+            request = dataclasses.replace(request, egress_policy=policy)
         if request.distro == "debian":
             # The offline stand-in installs from Debian's archive, which this host's
             # resolver may send to a local mirror (a non-public address).
@@ -309,7 +316,9 @@ def _render(ctx: BuildContext) -> Path:
             build_ssh_public_key=ctx.client_key.public_openssh,
         ),
         lock=request.lock,
-        apt_snapshot=request.lock.snapshot if request.lock else None,
+        apt_snapshot=request.mirrors.apt_snapshot or _lock_snapshot(request.lock),
+        apt_mirror=request.mirrors.apt, apt_mirror_key=request.mirrors.apt_key,
+        pip_index=request.mirrors.pip, npm_registry=request.mirrors.npm,
         package_cache=request.package_cache,
     )  # fmt: skip
     files = cloudinit.render(ctx.inputs)
@@ -320,6 +329,10 @@ def _render(ctx: BuildContext) -> Path:
     cloudinit.write_seed_iso(files, seed_iso)
     ctx.info["seed_sha256"] = sha256_file(seed_iso)
     return seed_iso
+
+
+def _lock_snapshot(lock: lockfile.Lock | None) -> str | None:
+    return lock.snapshot if lock is not None else None
 
 
 def _plan_vm(ctx: BuildContext, seed_iso: Path) -> VMPlan:
@@ -665,7 +678,8 @@ def _new_context(request: BuildRequest) -> BuildContext:
     ctx.info.update(build_id=build_id, toolkit_version=image.__version__,
                     config=cfg.to_json(), egress_policy=_policy_record(request.egress_policy),
                     package_cache={"enabled": request.package_cache,
-                                   "key": request.cache_key})  # fmt: skip
+                                   "key": request.cache_key},
+                    mirrors=request.mirrors.to_json())  # fmt: skip
     return ctx
 
 
