@@ -40,7 +40,7 @@ def _debug() -> bool:
 def task(**kwargs: Any) -> Callable[[Callable[..., None]], invoke_tasks.Task[Any]]:
     """invoke's @task without automatic short flags: ``-h`` is help on every task, and
     no switch gets a letter by accident (invoke would make --insecure-skip-signature
-    ``-u``). A task that wants a short flag names it in ``aliases`` of its own."""
+    ``-u``). A one-letter parameter is its own short flag (test's ``-k``, as pytest's)."""
     kwargs.setdefault("auto_shortflags", False)
     made: Callable[[Callable[..., None]], invoke_tasks.Task[Any]] = invoke_tasks.task(**kwargs)
     return made

@@ -23,7 +23,7 @@ from tasks._common import (
     help={
         "build": "the build output to publish (build-image's --out)",
         "to": "REGISTRY/REPOSITORY:TAG to push to",
-        "snapshot": "also push this snapshot directory (./inv snapshot's OUT)",
+        "snapshot": "also push this snapshot directory (./inv snapshot's --out)",
         "insecure": "allow plain HTTP to a registry that is not on this machine",
         "source": "org.opencontainers.image.source annotation (e.g. the repository URL)",
         "revision": "org.opencontainers.image.revision annotation (e.g. the commit)",

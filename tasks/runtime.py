@@ -31,6 +31,7 @@ SNAPSHOT_FIELDS = ("cpus", "memory", "arch", "accel", "cache_dir", "boot_timeout
 
 
 @task(
+    positional=["image"],
     help={
         "image": "the built image (qcow2) to snapshot",
         "out": "the snapshot directory to create (must not exist)",
@@ -41,10 +42,11 @@ SNAPSHOT_FIELDS = ("cpus", "memory", "arch", "accel", "cache_dir", "boot_timeout
         "cache_dir": CONFIG_HELP["cache_dir"],
         "timeout": "seconds until the guest must be ready",
         "json": CONFIG_HELP["json"],
-    }
+    },
 )
 def snapshot(
-    c: Context, image: str, out: str, cpus: str | None = None, memory: str | None = None,
+    c: Context, image: str, out: str | None = None, cpus: str | None = None,
+    memory: str | None = None,
     arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
     timeout: str | None = None, json: bool = False,
 ) -> None:  # fmt: skip
@@ -56,6 +58,9 @@ def snapshot(
                            accel=accel, cache_dir=cache_dir)  # fmt: skip
         seconds = _seconds(timeout, "--timeout") if timeout is not None else None
         image_path = _user_path(image)
+        if not out:
+            raise ImageError("snapshot needs --out DIR (a directory that does not exist yet)",
+                             hint=f"./inv snapshot {image} --out snap/")  # fmt: skip
         target = _out_path(out, "--out", directory=True)
         # The image's own build output says its architecture; checked before any boot.
         built_for = snap.image_arch(image_path, resolved.config.arch,

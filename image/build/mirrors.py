@@ -11,6 +11,7 @@ without credentials.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass, replace
@@ -38,6 +39,14 @@ def redacted(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _url(value: str | None, flag: str, example: str) -> str | None:
@@ -111,9 +120,10 @@ class Mirrors:
             if url:
                 own = urllib.parse.urlsplit(url).hostname if "://" in url else None
                 deny += [h for h in public if h != own]
-        choice = guestnet.with_urls(choice, urls)
+        choice = guestnet.with_urls(choice, urls)  # an address literal is admitted here
         hosts = [urllib.parse.urlsplit(u).hostname or "" for u in urls]
-        choice = guestnet.with_local_addresses(choice, [h for h in hosts if h])
+        names = [h for h in hosts if h and not _is_address(h)]
+        choice = guestnet.with_local_addresses(choice, names)  # a name may resolve inside
         return replace(choice, deny=choice.deny + tuple(d for d in deny if d not in choice.deny))
 
     def to_json(self) -> dict[str, Any]:
