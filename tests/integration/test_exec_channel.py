@@ -1,0 +1,250 @@
+"""The exec channel end to end on this host: the real agent (image/guest/exec_agent.py,
+as the guest runs it) on a Unix socket, the host's ExecSession talking to it. What a
+VM adds is the transport (virtio-serial); the protocol and every behaviour are here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from image.guest import channel
+from image.runtime.execchannel import ChannelError, ExecSession
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "image" / "guest" / "exec_agent.py"
+
+
+def _start_agent(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen([sys.executable, str(AGENT), "--listen", str(sock), *extra])
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the agent did not start"
+        time.sleep(0.02)
+    return proc, sock
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    launcher = tmp_path / "launcher"
+    launcher.write_text('#!/bin/sh\necho "launcher: $*"\n')
+    launcher.chmod(0o755)
+    proc, sock = _start_agent(tmp_path, "--launcher", str(launcher))
+    yield proc, sock
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def guest(agent: tuple[subprocess.Popen[bytes], Path]) -> Iterator[ExecSession]:
+    with ExecSession.connect(agent[1]) as session:
+        yield session
+
+
+def test_output_streams_in_the_order_it_is_produced(guest: ExecSession) -> None:
+    proc = guest.spawn(["sh", "-c", "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c"])
+    proc.close_stdin()
+    assert list(proc.output(30)) == [("stdout", b"a\n"), ("stderr", b"b\n"), ("stdout", b"c\n")]
+    assert proc.exit == {"code": 0, "signal": None}
+
+
+def test_output_arrives_while_the_command_runs(guest: ExecSession) -> None:
+    start = time.monotonic()
+    proc = guest.spawn(["sh", "-c", "echo first; sleep 2; echo second"])
+    chunks = proc.output(30)
+    assert next(chunks) == ("stdout", b"first\n")
+    first = time.monotonic() - start
+    assert list(chunks) == [("stdout", b"second\n")]
+    assert first < 1.5 <= time.monotonic() - start
+
+
+def test_100_mb_of_output_arrive_whole(guest: ExecSession) -> None:
+    block = bytes(range(256)) * 4096  # 1 MiB
+    code = (
+        "import sys\nb = bytes(range(256)) * 4096\nfor _ in range(100): sys.stdout.buffer.write(b)"
+    )
+    result = guest.run([sys.executable, "-c", code], timeout=300)
+    assert result.ok and len(result.stdout) == 100 * len(block)
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(block * 100).digest()
+
+
+def test_stdin_round_trip(guest: ExecSession) -> None:
+    data = os.urandom(5 << 20)
+    result = guest.run(["cat"], stdin=data, timeout=60)
+    assert result.ok and result.stdout == data
+
+
+def test_a_signal_ends_the_whole_process_group(guest: ExecSession) -> None:
+    proc = guest.spawn(["sh", "-c", "sleep 300 & echo $!; wait"])
+    _, line = next(proc.output(30))
+    background = int(line)
+    proc.signal(signal.SIGTERM)
+    result = proc.wait(30)
+    assert (result.code, result.signal) == (None, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(background, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the background process outlived the signal")
+
+
+def test_a_timeout_kills_and_says_so(guest: ExecSession) -> None:
+    start = time.monotonic()
+    result = guest.run(["sleep", "30"], timeout=1)
+    assert result.timed_out and result.signal == signal.SIGKILL
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "sig"),
+    [(["sh", "-c", "exit 3"], 3, None), (["sh", "-c", "kill -SEGV $$"], None, signal.SIGSEGV),
+     (["true"], 0, None)],
+)  # fmt: skip
+def test_exit_codes_and_deaths_by_signal(
+    guest: ExecSession, argv: list[str], code: int | None, sig: int | None
+) -> None:
+    result = guest.run(argv, timeout=30)
+    assert (result.code, result.signal) == (code, sig)
+
+
+def test_a_command_that_does_not_exist(guest: ExecSession) -> None:
+    result = guest.run(["/nonexistent/tool"], timeout=30)
+    assert result.code == 127 and "No such file" in (result.error or "")
+
+
+def test_a_pty(guest: ExecSession) -> None:
+    proc = guest.spawn(["sh", "-c", "tty; stty size; read line; echo got:$line"],
+                       pty=True, rows=40, cols=100)  # fmt: skip
+    proc.write(b"hello\n")
+    result = proc.wait(30)
+    text = result.stdout.decode()
+    assert "/dev/pts/" in text and "40 100" in text and "got:hello" in text
+    assert result.stderr == b""  # one terminal: everything is on it
+
+
+def test_two_commands_at_once(guest: ExecSession) -> None:
+    start = time.monotonic()
+    one = guest.spawn(["sh", "-c", "sleep 1; echo one"])
+    two = guest.spawn(["sh", "-c", "sleep 1; echo two"])
+    assert (one.wait(30).stdout, two.wait(30).stdout) == (b"one\n", b"two\n")
+    assert time.monotonic() - start < 1.9
+
+
+def test_sandboxed_commands_go_through_the_launcher(guest: ExecSession) -> None:
+    assert guest.run(["true"], sandbox=True, timeout=30).stdout == b"launcher: -- true\n"
+
+
+def test_put_and_get(guest: ExecSession, tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    guest.put(str(tmp_path / "file.bin"), data, mode=0o600)
+    assert (tmp_path / "file.bin").read_bytes() == data
+    assert (tmp_path / "file.bin").stat().st_mode & 0o777 == 0o600
+    assert guest.get(str(tmp_path / "file.bin")) == data
+    with pytest.raises(ChannelError, match="No such file"):
+        guest.get(str(tmp_path / "missing"))
+    with pytest.raises(ChannelError, match="No such file"):
+        guest.put(str(tmp_path / "no" / "dir" / "x"), b"x")
+    assert guest.run(["true"], timeout=30).ok  # the session goes on
+
+
+def _raw(sock_path: Path, data: bytes) -> list[dict[str, object]]:
+    """Send raw bytes to the agent; the control messages it answers before closing."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(sock_path))
+        sock.sendall(data)
+        stream = sock.makefile("rb")
+        messages = []
+        while (frame := channel.read_frame(stream)) is not None:
+            messages.append(channel.decode_control(frame[2]))
+        return messages
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "not a frame"),
+        (
+            struct.pack("!2sBBII", b"SX", 1, channel.STDIN, 1, 1 << 31),
+            "a frame of 2147483648 bytes",
+        ),
+        (struct.pack("!2sBBII", b"SX", 9, channel.CONTROL, 0, 0), "protocol version 9"),
+        (channel.encode(channel.CONTROL, 0, b"[1, 2]"), "without an 'op'"),
+        (channel.control(0, "format-disk"), "unknown request 'format-disk'"),
+        (channel.control(1, "spawn", argv="rm -rf /"), "a bad spawn request"),
+        (channel.control(1, "put", path="/tmp/x", mode="rw"), "a bad 'put' request"),
+    ],
+)
+def test_a_host_that_breaks_the_protocol_gets_one_error_and_is_closed(
+    tmp_path: Path, data: bytes, says: str
+) -> None:
+    proc, sock = _start_agent(tmp_path, "--once")
+    try:
+        messages = _raw(sock, data)
+        assert proc.wait(10) == 0  # the session ended; the agent is ready for the next
+    finally:
+        proc.kill()
+    assert len(messages) == 1 and messages[0]["op"] == "error"
+    assert says in str(messages[0]["message"])
+
+
+def _fake_agent(tmp_path: Path, answer: bytes) -> Path:
+    """A guest side that answers the greeting with ``answer`` (a broken or hostile agent)."""
+    path = tmp_path / "fake.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+            time.sleep(1)
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"\x00" * 64, "not a frame"),
+        (struct.pack("!2sBBII", b"SX", 1, channel.STDOUT, 1, 1 << 30), "a frame of 1073741824"),
+        (struct.pack("!2sBBII", b"SX", 1, channel.CONTROL, 0, 100) + b"{", "closed the channel"),
+    ],
+)
+def test_a_guest_that_sends_garbage_is_a_clear_error_not_a_hang(
+    tmp_path: Path, answer: bytes, says: str
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(ChannelError, match=says):
+        ExecSession.connect(_fake_agent(tmp_path, answer), timeout=20)
+    assert time.monotonic() - start < 15
+
+
+def test_the_agent_killed_mid_command_is_a_clear_error(
+    agent: tuple[subprocess.Popen[bytes], Path], guest: ExecSession
+) -> None:
+    proc = guest.spawn(["sleep", "30"])
+    agent[0].kill()
+    with pytest.raises(ChannelError, match=r"closed the channel|connection failed"):
+        proc.wait(30)
+    with pytest.raises(ChannelError):
+        guest.run(["true"], timeout=5)
