@@ -392,6 +392,7 @@ def template_context(
             f"NODE_PATH={guest.NODE_PATH}",
         ],
         "proxy_environment": guestnet.guest_environment(),
+        "exec_service": guest.EXEC_SERVICE,
         "state_dir": STATE_DIR,
         "marker_command": marker_command(inputs),
         "mac_address": inputs.mac_address,

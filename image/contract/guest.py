@@ -30,6 +30,12 @@ SKILLS_ENV = "SKILLS_DIR"
 NODE_PATH = "/usr/lib/node_modules"
 
 
+# The exec agent (image/guest/exec_agent.py): a systemd service on this virtio-serial
+# port, the host's channel for commands (docs/exec.md).
+EXEC_PORT_NAME = "org.sandbox-image.exec.0"
+EXEC_SERVICE = "sandbox-image-exec.service"
+
+
 def sandboxed_argv(command: Sequence[str], workspace: str, profile: str = "agent") -> list[str]:
     """What the host asks the guest agent to run: COMMAND in the sandbox, as the agent."""
     return ["/usr/sbin/runuser", "-u", AGENT_USER, "--", LAUNCHER, "--profile", profile,

@@ -38,6 +38,7 @@ def device_hash(spec: qemu.VMSpec) -> str:
             spec.serial_log,
             spec.qmp_socket,
             spec.qga_socket,
+            spec.exec_socket,
             spec.session_disk,
             spec.memory_file,
             spec.share.path if spec.share else None,

@@ -38,7 +38,8 @@ from typing import Any
 
 if __package__:
     from image.guest import channel
-else:  # run as a script in the guest, channel.py beside it
+else:  # run as a script in the guest (python3 -I: its folder is not on the path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import channel  # type: ignore[import-not-found,no-redef]
 
 CHUNK = 64 << 10
@@ -378,12 +379,16 @@ def _serve_device(path: Path, launcher: str) -> None:
     """A virtio-serial port: one fd both ways; a host that goes away reads as EOF (or
     nothing), then the next session starts on the same port."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        except FileNotFoundError:  # not (yet) there: a VM without the port, or early boot
+            time.sleep(1)
+            continue
         try:
             Session(fd, fd, launcher).serve()
         finally:
             os.close(fd)
-        time.sleep(0.2)
+        time.sleep(0.05)  # no host: the port reads as EOF at once
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -44,6 +46,7 @@ from image.contract.vmstate import RESEED_RNG, device_hash, qemu_version
 from image.egress import guestnet, proxy
 from image.errors import ImageError
 from image.files import sha256_file
+from image.runtime.execchannel import ChannelError, ExecSession, Process
 from image.vm import accel, qemu
 from image.vm.firmware import find_firmware
 from image.vm.guestagent import GuestAgent
@@ -90,6 +93,7 @@ def runtime_spec(
         arch=arch, cpus=cpus, memory=memory, disk=disk, firmware_code=firmware_code,
         firmware_vars=vars_file, accel=tuple(accel_args), serial_log=work / "serial.log",
         qmp_socket=sockets / "qmp.sock", qga_socket=sockets / "qga.sock",
+        exec_socket=sockets / "exec.sock",
         # No network but the host proxy: restrict=on, plus guestfwd to its sockets.
         net_restrict=True, guestfwd=guestnet.guest_forwards(sockets),
         share=share, session_disk=session_disk,
@@ -247,6 +251,9 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 except ImageError as exc:
                     exc.message += f"\n--- serial (tail) ---\n{qemu.serial_tail(spec.serial_log)}"
                     raise
+            with step("snapshot: exec agent", timings):
+                # Started at boot, it is up by now; an image without it fails here soon.
+                _exec_agent_ready(spec, EXEC_AGENT_TIMEOUT, vm.alive)
             with step("snapshot: save", timings):
                 # Do now what every launch would otherwise pay for.
                 agent.exec(["/sbin/modprobe", "-a", "9p", "9pnet_virtio"], timeout=120)
@@ -334,6 +341,35 @@ class Launch:
         return self.agent.exec(
             guest.sandboxed_argv(command, workspace=f"{SESSION_MOUNT}/work"), timeout=timeout
         )
+
+    def exec_session(self, timeout: float = 30.0) -> ExecSession:
+        """The exec agent's channel: streaming commands, stdin, signals, files."""
+        assert self.vm.spec.exec_socket is not None
+        return ExecSession.connect(self.vm.spec.exec_socket, timeout)
+
+    def spawn_sandboxed(self, session: ExecSession, command: Sequence[str]) -> Process:
+        """COMMAND in the sandbox as the agent user, its output streaming."""
+        return session.spawn(guest.sandboxed_argv(command, workspace=f"{SESSION_MOUNT}/work"))
+
+
+EXEC_AGENT_TIMEOUT = 180.0
+
+
+def _exec_agent_ready(spec: qemu.VMSpec, timeout: float, alive: Any) -> None:
+    """The exec agent answers and has run a command: it is warm when the VM is saved."""
+    assert spec.exec_socket is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with ExecSession.connect(spec.exec_socket, timeout=10) as session:
+                if session.run(["true"], timeout=60).ok:
+                    return
+        except ChannelError as exc:
+            if time.monotonic() > deadline or not alive():
+                raise ImageError(f"the exec agent did not answer: {exc.message}",
+                                 hint=f"is {guest.EXEC_SERVICE} in the image? rebuild it "
+                                 "with this version of sandbox-image") from None  # fmt: skip
+        time.sleep(0.5)
 
 
 def check_compatible(meta: SnapshotMeta, snapdir: Path, spec: qemu.VMSpec) -> None:
@@ -471,6 +507,69 @@ def parse_launch_options(
     )  # fmt: skip
 
 
+def _stream_command(sandbox: Launch, options: LaunchOptions) -> tuple[int, bool]:
+    """The command through the exec agent: its output as it comes (the guest's bytes:
+    exact into a pipe, control sequences shown on a terminal), this process's stdin
+    forwarded unless it is a terminal, the first Ctrl-C passed to the command's
+    process group (a second one ends the launch). Returns the exit status as a shell
+    gives it (128 + signal) and whether stdout ended with a newline."""
+    with sandbox.exec_session() as session:
+        spawned = time.monotonic()
+        proc = sandbox.spawn_sandboxed(session, options.command)
+        _forward_stdin(proc)
+        last = b"\n"
+        deadline = time.monotonic() + options.command_timeout
+        interrupted = False
+        while True:
+            try:
+                for stream, chunk in proc.output(max(0.0, deadline - time.monotonic())):
+                    sandbox.timings.setdefault(
+                        "command_first_output", round(time.monotonic() - spawned, 3)
+                    )
+                    guest_output(chunk, sys.stdout if stream == "stdout" else sys.stderr)
+                    if stream == "stdout":
+                        last = chunk
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                proc.signal(signal.SIGINT)
+            except TimeoutError:
+                proc.kill()
+                with contextlib.suppress(TimeoutError):
+                    proc.wait(30)
+                raise ImageError(
+                    f"the command ran longer than {options.command_timeout:g} s; it was killed",
+                    hint="--timeout SECONDS gives it longer",
+                ) from None
+        sandbox.timings["command_end"] = round(time.monotonic() - spawned, 3)
+        end = proc.exit or {}
+        if end.get("error"):
+            log.error("the sandbox could not start the command: %s", end["error"])
+        code = end.get("code") if end.get("signal") is None else 128 + int(end["signal"])
+        return int(code if code is not None else 1), last.endswith(b"\n")
+
+
+def _forward_stdin(proc: Process) -> None:
+    """Piped input goes to the command as it comes; a terminal's does not (yet)."""
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        proc.close_stdin()
+        return
+
+    def pump() -> None:
+        with contextlib.suppress(ChannelError, OSError, ValueError):
+            source = stdin.buffer
+            while (
+                data := source.read1(1 << 16) if hasattr(source, "read1") else source.read(1 << 16)
+            ):
+                proc.write(data)
+            proc.close_stdin()
+
+    threading.Thread(target=pump, daemon=True, name="launch-stdin").start()
+
+
 def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
                    json_result: bool = False) -> int:  # fmt: skip
     """The `./inv launch` behaviour: run CMD and return its status, or stay up until stopped."""
@@ -487,13 +586,9 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
             while sandbox.vm.alive():
                 time.sleep(0.5)
             return 0
-        result = sandbox.sandboxed(list(options.command), timeout=options.command_timeout)
-        # The guest's bytes: exact into a pipe, control sequences shown on a terminal.
-        guest_output(result.stdout, sys.stdout)
-        guest_output(result.stderr, sys.stderr)
-        code = result.exit_code if result.signal is None else 128 + int(result.signal)
+        code, line_ended = _stream_command(sandbox, options)
         if json_result:
-            if result.stdout and not result.stdout.endswith(b"\n"):
+            if not line_ended:
                 guest_output(b"\n", sys.stdout)  # the object goes on a line of its own
             print_json({"hostname": sandbox.hostname, "exit_code": code,
                         "timings": sandbox.timings,

@@ -41,7 +41,22 @@ import sandbox_exec  # noqa: E402
 sys.exit(sandbox_exec.main())
 '''
 
-GUEST_MODULES = ("sandbox_exec.py", "bwrap_profile.py")
+GUEST_MODULES = ("sandbox_exec.py", "bwrap_profile.py", "exec_agent.py", "channel.py")
+
+# The exec agent, started at boot; it waits for its port (the build VM has none).
+_EXEC_DEVICE = f"/dev/virtio-ports/{guest.EXEC_PORT_NAME}"
+EXEC_UNIT = f"/etc/systemd/system/{guest.EXEC_SERVICE}"
+_EXEC_UNIT_TEXT = f"""[Unit]
+Description=sandbox-image exec agent: the host's channel for commands (docs/exec.md)
+
+[Service]
+ExecStart=/usr/bin/python3 -I {LIB_DIR}/exec_agent.py --device {_EXEC_DEVICE}
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+""".encode()
 
 
 # Yama's "restricted" scope: a process may ptrace (and open /proc/PID/mem of) only
@@ -60,6 +75,7 @@ def guest_files(arch: str) -> dict[str, bytes]:
         LAUNCHER: _SHIM.encode(),
         IN_VM_MARKER: _IN_VM_TEXT,
         SYSCTL_FILE: _SYSCTL_TEXT,
+        EXEC_UNIT: _EXEC_UNIT_TEXT,
     }
     for module in GUEST_MODULES:
         files[f"{LIB_DIR}/{module}"] = (GUEST_DIR / module).read_bytes()

@@ -27,12 +27,14 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from image import run
 from image.console import visible
+from image.contract.guest import EXEC_PORT_NAME as GUEST_EXEC_PORT
 from image.errors import ImageError
 
 log = logging.getLogger(__name__)
 
 QEMU_BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 QGA_PORT_NAME = "org.qemu.guest_agent.0"
+EXEC_PORT_NAME = GUEST_EXEC_PORT
 SERIAL_TAIL_LINES = 40
 SERIAL_TAIL_BYTES = 256 << 10  # what serial_tail reads of the log's end, at most
 SAVE_BANDWIDTH = 64 << 30  # bytes/s: no limit in practice
@@ -107,6 +109,7 @@ class VMSpec:
     serial_log: Path
     qmp_socket: Path
     qga_socket: Path | None = None
+    exec_socket: Path | None = None  # the exec agent's virtio-serial port (runtime shape)
     seed_iso: Path | None = None
     ssh_port: int | None = None  # host 127.0.0.1 port forwarded to guest 22
     net_restrict: bool = False  # user net with restrict=on: no route out but guestfwd
@@ -186,11 +189,17 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         "-chardev", f"socket,id=qmp,path={spec.qmp_socket},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
     ]  # fmt: skip
+    if spec.qga_socket is not None or spec.exec_socket is not None:
+        argv += ["-device", "virtio-serial-pci,id=vser0"]
     if spec.qga_socket is not None:
         argv += [
             "-chardev", f"socket,id=qga0,path={spec.qga_socket},server=on,wait=off",
-            "-device", "virtio-serial-pci,id=vser0",
             "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={QGA_PORT_NAME}",
+        ]  # fmt: skip
+    if spec.exec_socket is not None:
+        argv += [
+            "-chardev", f"socket,id=exec0,path={spec.exec_socket},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser0.0,chardev=exec0,name={EXEC_PORT_NAME}",
         ]  # fmt: skip
     shares = ([spec.share] if spec.share is not None else []) + list(spec.shares)
     for number, shared in enumerate(shares):
@@ -254,7 +263,7 @@ class VM:
     def __enter__(self) -> VM:
         # A QEMU that died (e.g. on a failed incoming migration) leaves its
         # socket files behind; the next VM on the same paths must not find them.
-        for path in (self.spec.qmp_socket, self.spec.qga_socket):
+        for path in (self.spec.qmp_socket, self.spec.qga_socket, self.spec.exec_socket):
             if path is not None:
                 path.unlink(missing_ok=True)
         for shared in ([self.spec.share] if self.spec.share else []) + list(self.spec.shares):

@@ -25,6 +25,9 @@ def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
             "/usr/local/bin/sandbox-exec",
             "/usr/local/lib/sandbox-image/sandbox_exec.py",
             "/usr/local/lib/sandbox-image/bwrap_profile.py",
+            "/usr/local/lib/sandbox-image/exec_agent.py",
+            "/usr/local/lib/sandbox-image/channel.py",
+            "/etc/systemd/system/sandbox-image-exec.service",
             "/etc/sandbox-image/bwrap/agent.json",
             "/etc/sandbox-image/in-vm",
             "/etc/sysctl.d/60-sandbox-image.conf",
@@ -54,6 +57,14 @@ def test_the_command_on_path_runs_the_installed_launcher() -> None:
     ast.parse(shim, feature_version=(3, 10))
 
 
+def test_the_exec_agent_starts_at_boot_on_its_port() -> None:
+    unit = guestfiles.guest_files("amd64")["/etc/systemd/system/sandbox-image-exec.service"]
+    text = unit.decode()
+    assert ("ExecStart=/usr/bin/python3 -I /usr/local/lib/sandbox-image/exec_agent.py "
+            "--device /dev/virtio-ports/org.sandbox-image.exec.0\n") in text  # fmt: skip
+    assert "Restart=always" in text and "WantedBy=multi-user.target" in text
+
+
 def test_guest_paths_match_the_launcher_defaults() -> None:
     from image.guest import sandbox_exec
 
@@ -71,7 +82,8 @@ def test_guest_code_parses_as_python_3_10_and_imports_only_the_stdlib(path: Path
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
-    ours = {"image", "bwrap_profile"}  # the launcher's sibling module, host or guest layout
+    # The sibling modules (the launcher's, the exec agent's), host or guest layout.
+    ours = {"image", "bwrap_profile", "channel"}
     assert imported - ours <= set(sys.stdlib_module_names)
     for name in ("tomllib", "typing_extensions"):  # 3.11+ or not stdlib
         assert name not in imported

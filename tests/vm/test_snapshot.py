@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -83,6 +84,41 @@ def test_launch_cli_streams_output_and_passes_the_exit_status(snapdir: Path) -> 
     # --json: the object is the last line, on a line of its own after the command's output.
     assert json.loads(proc.stdout.splitlines()[-1])["exit_code"] == 7
     assert qemu_processes() == []
+
+
+def test_launch_cli_forwards_piped_stdin(snapdir: Path) -> None:
+    proc = subprocess.run(
+        [str(ROOT / "inv"), "launch", str(snapdir), "--", "sh", "-c", "tr a-z A-Z; echo done"],
+        input="hello through the channel\n", capture_output=True, text=True, cwd=ROOT,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "HELLO THROUGH THE CHANNEL\ndone\n"
+
+
+def test_the_exec_agent_streams_runs_sandboxed_and_moves_files(
+    snapdir: Path, vm_config: config.BuildConfig
+) -> None:
+    with (
+        snapshot.launch(snapdir, vm_config, snapshot.LaunchOptions()) as sandbox,
+        sandbox.exec_session() as session,
+    ):
+        start = time.monotonic()
+        proc = session.spawn(["sh", "-c", "echo first; sleep 2; echo second"])
+        proc.close_stdin()
+        chunks = proc.output(60)
+        assert next(chunks) == ("stdout", b"first\n")
+        first_byte = time.monotonic() - start
+        assert list(chunks) == [("stdout", b"second\n")]
+        assert first_byte < 1.5 < time.monotonic() - start  # it arrived while the command ran
+        sandboxed = sandbox.spawn_sandboxed(session, ["sh", "-c", "id -u; grep NoNewPrivs "
+                                                      "/proc/self/status"])  # fmt: skip
+        sandboxed.close_stdin()
+        result = sandboxed.wait(120)
+        assert result.ok, result.stderr
+        assert result.stdout.decode().split("\n")[:2] == ["1001", "NoNewPrivs:\t1"]
+        session.put("/sessions/work/in.txt", b"from the host\n")
+        assert session.get("/sessions/work/in.txt") == b"from the host\n"
 
 
 def test_command_runs_in_the_sandbox_as_agent(snapdir: Path, vm_config: config.BuildConfig
