@@ -142,7 +142,7 @@ class SandboxImageProgram(Program):
 
     def load_collection(self) -> None:
         for name in CONFIG_FILES:
-            _check_config_file(ROOT / name, "invoke.yaml" if name.endswith("yaml") else name)
+            _check_config_file(ROOT / name, name)
         super().load_collection()
 
     def parse_tasks(self) -> None:
