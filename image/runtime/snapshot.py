@@ -530,8 +530,10 @@ def _stream_command(sandbox: Launch, options: LaunchOptions) -> tuple[int, bool]
                     if stream == "stdout":
                         last = chunk
                 break
-            except KeyboardInterrupt:
-                if interrupted:
+            except KeyboardInterrupt as exc:
+                # Ctrl-C once: the command's; again, or SIGTERM (a subclass the
+                # tasks raise): the launch's, which stops and cleans up.
+                if interrupted or type(exc) is not KeyboardInterrupt:
                     raise
                 interrupted = True
                 proc.signal(signal.SIGINT)

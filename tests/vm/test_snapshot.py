@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -94,6 +95,28 @@ def test_launch_cli_forwards_piped_stdin(snapdir: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "HELLO THROUGH THE CHANNEL\ndone\n"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_goes_to_the_command_and_sigterm_ends_the_launch(
+    snapdir: Path, sig: int, code: int
+) -> None:
+    """Ctrl-C (SIGINT) once: the command gets it and dies of it (128 + 2); SIGTERM: the
+    launch stops and cleans up (143). Either way no QEMU is left."""
+    proc = subprocess.Popen(
+        [str(ROOT / "inv"), "launch", str(snapdir), "--", "sh", "-c", "echo started; sleep 120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"  # the command runs
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert qemu_processes() == []
 
 
 def test_the_exec_agent_streams_runs_sandboxed_and_moves_files(
