@@ -25,7 +25,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import sys
 import tempfile
@@ -510,16 +509,17 @@ def parse_launch_options(
 def _stream_command(sandbox: Launch, options: LaunchOptions) -> tuple[int, bool]:
     """The command through the exec agent: its output as it comes (the guest's bytes:
     exact into a pipe, control sequences shown on a terminal), this process's stdin
-    forwarded unless it is a terminal, the first Ctrl-C passed to the command's
-    process group (a second one ends the launch). Returns the exit status as a shell
-    gives it (128 + signal) and whether stdout ended with a newline."""
+    forwarded unless it is a terminal. Ctrl-C and SIGTERM end the launch (the VM
+    stops, nothing is left); passing Ctrl-C into the sandbox is not done yet: a
+    signal to the launcher's process group does not reach bwrap's own session.
+    Returns the exit status as a shell gives it (128 + signal) and whether stdout
+    ended with a newline."""
     with sandbox.exec_session() as session:
         spawned = time.monotonic()
         proc = sandbox.spawn_sandboxed(session, options.command)
         _forward_stdin(proc)
         last = b"\n"
         deadline = time.monotonic() + options.command_timeout
-        interrupted = False
         while True:
             try:
                 for stream, chunk in proc.output(max(0.0, deadline - time.monotonic())):
@@ -530,13 +530,6 @@ def _stream_command(sandbox: Launch, options: LaunchOptions) -> tuple[int, bool]
                     if stream == "stdout":
                         last = chunk
                 break
-            except KeyboardInterrupt as exc:
-                # Ctrl-C once: the command's; again, or SIGTERM (a subclass the
-                # tasks raise): the launch's, which stops and cleans up.
-                if interrupted or type(exc) is not KeyboardInterrupt:
-                    raise
-                interrupted = True
-                proc.signal(signal.SIGINT)
             except TimeoutError:
                 proc.kill()
                 with contextlib.suppress(TimeoutError):
