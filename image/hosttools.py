@@ -202,6 +202,12 @@ TOOLS: tuple[Tool, ...] = (
         "skills tests (rendered text)",
         path="/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     ),
+    Tool(
+        "Liberation fonts",
+        "fonts-liberation2",
+        "skills tests (the design skill's pinned fonts, as the image has them)",
+        path="/usr/share/fonts/truetype/liberation2/LiberationSans-Regular.ttf",
+    ),
     Tool("dpkg-deb", "dpkg", "offline third-party repository (nodejs .deb)", command="dpkg-deb"),
     Tool(
         "apt-ftparchive",
