@@ -36,7 +36,10 @@ EXEC_PORT_NAME = "org.sandbox-image.exec.0"
 EXEC_SERVICE = "sandbox-image-exec.service"
 
 
-def sandboxed_argv(command: Sequence[str], workspace: str, profile: str = "agent") -> list[str]:
-    """What the host asks the guest agent to run: COMMAND in the sandbox, as the agent."""
+def sandboxed_argv(command: Sequence[str], workspace: str, profile: str = "agent",
+                   terminal: bool = False) -> list[str]:  # fmt: skip
+    """What the host asks the guest agent to run: COMMAND in the sandbox, as the agent.
+    ``terminal``: it runs on a PTY of its own, which stays its controlling terminal."""
     return ["/usr/sbin/runuser", "-u", AGENT_USER, "--", LAUNCHER, "--profile", profile,
-            "--workspace", workspace, "--", *command]  # fmt: skip
+            "--workspace", workspace, *(["--terminal"] if terminal else []),
+            "--", *command]  # fmt: skip

@@ -643,6 +643,24 @@ def _load_profile(spec: str, profile_dir: Path) -> Profile:
         raise LauncherError(str(exc)) from None
 
 
+def keep_terminal(profile: Profile) -> Profile:
+    """The profile without --new-session, for a command on its own terminal.
+
+    bwrap's --new-session guards against CVE-2017-5226: a sandboxed process pushing
+    input into the terminal of whoever started it (TIOCSTI). The seccomp filter
+    refuses that ioctl and TIOCLINUX, and the self-test proves it; here the terminal
+    is the command's own (a PTY the exec agent made for it), so it may keep it.
+    """
+    if not sys.stdin.isatty():
+        raise LauncherError("--terminal: stdin is not a terminal")
+    if not (profile.seccomp_bwrap or profile.seccomp_launcher):
+        raise LauncherError(
+            f"--terminal: profile {profile.name!r} has no seccomp filter to refuse TIOCSTI"
+        )
+    options = tuple(o for o in profile.options if o != bwrap_profile.Flag("new-session"))
+    return dataclasses.replace(profile, options=options)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandbox-exec",
@@ -670,6 +688,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=ADDR",
         help="lead the profile's bridge NAME to tcp:HOST:PORT or unix:/path instead "
         "(outside the VM every bridge must lead to loopback or a Unix socket)",
+    )
+    parser.add_argument(
+        "--terminal",
+        action="store_true",
+        help="stdin is a terminal that stays the command's controlling terminal (no "
+        "bwrap --new-session), so a shell has job control and Ctrl-C reaches its "
+        "foreground job; pushing input into it (TIOCSTI, TIOCLINUX) stays refused by "
+        "the seccomp filter",
     )
     parser.add_argument("--profile-dir", type=Path, default=PROFILE_DIR, help=str(PROFILE_DIR))
     parser.add_argument("--seccomp-dir", type=Path, default=SECCOMP_DIR, help=str(SECCOMP_DIR))
@@ -721,6 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             inner_main(args.inner, cmd)
         profile = _load_profile(args.profile, args.profile_dir)
         profile = with_bridges(profile, args.bridge, IN_VM_MARKER.exists())
+        if args.terminal:
+            profile = keep_terminal(profile)
         if not cmd and not args.self_test:
             raise LauncherError("no command given; usage: sandbox-exec [options] -- CMD [ARG...]")
         workspace = (args.workspace or Path.cwd()).absolute()

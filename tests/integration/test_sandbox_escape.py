@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import http.server
 import json
 import os
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -324,6 +326,50 @@ def test_missing_command_is_127(sbx: Sandbox) -> None:
     result = sbx.run(["no-such-command-here"])
     assert result.returncode == 127
     assert b"no-such-command-here: command not found" in result.stderr
+
+
+_TERMINAL_PROBE = """
+import errno, fcntl, termios
+def answer(request, arg):
+    try:
+        fcntl.ioctl(0, request, arg)
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+print("TIOCGPGRP", answer(termios.TIOCGPGRP, b"0000"), "TIOCSTI", answer(termios.TIOCSTI, b"x"))
+"""
+
+
+def _on_a_terminal(sbx: Sandbox, *launcher: str, marker: bool = False) -> str:
+    """The probe with a PTY as stdin that is the launcher's controlling terminal (as
+    the exec agent starts a command with a PTY)."""
+    master, slave = os.openpty()
+    argv = [sys.executable, str(LAUNCHER), "--profile-dir", str(sbx.profile_dir),
+            "--seccomp-dir", str(sbx.marker_dir if marker else sbx.seccomp_dir),
+            "--workspace", str(sbx.workspace), *launcher, "--",
+            "python3", "-c", _TERMINAL_PROBE]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            argv, stdin=slave, capture_output=True, timeout=120, check=False,
+            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )  # fmt: skip
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return proc.stdout.decode().strip()
+
+
+def test_terminal_keeps_the_pty_and_the_filter_still_refuses_tiocsti(sbx: Sandbox) -> None:
+    """--terminal: the command's PTY stays its controlling terminal (TIOCGPGRP answers;
+    under --new-session it is ENOTTY), and pushing input into it is still the
+    filter's refusal (EBADSLT in the marker run)."""
+    assert _on_a_terminal(sbx) == "TIOCGPGRP ENOTTY TIOCSTI EPERM"
+    assert _on_a_terminal(sbx, "--terminal") == "TIOCGPGRP ok TIOCSTI EPERM"
+    assert _on_a_terminal(sbx, "--terminal", marker=True) == "TIOCGPGRP ok TIOCSTI EBADSLT"
+    refused = sbx.run(["true"], launcher=["--terminal"])  # stdin is not a terminal
+    assert refused.returncode == 125
+    assert b"--terminal: stdin is not a terminal" in refused.stderr
 
 
 def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:
