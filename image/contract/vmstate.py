@@ -48,9 +48,13 @@ def device_hash(spec: qemu.VMSpec) -> str:
         )
         if p
     }
-    # The host end of the SSH forward (a build VM's) is not guest-visible state.
-    normalized = [re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", "hostfwd=tcp:127.0.0.1:<port>-",
-                         _strip_paths(a, paths)) for a in argv]  # fmt: skip
+    # The host end of the SSH forward (a build VM's) and the size of TCG's translation
+    # cache (a launch's, tb-size) are not guest-visible state.
+    normalized = [
+        re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", "hostfwd=tcp:127.0.0.1:<port>-",
+               re.sub(r",tb-size=\d+", "", _strip_paths(a, paths)))
+        for a in argv
+    ]  # fmt: skip
     return hashlib.sha256("\0".join(normalized).encode()).hexdigest()
 
 

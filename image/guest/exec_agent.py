@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import pty
+import re
 import select
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -68,7 +71,7 @@ class Session:
         self.launcher = launcher
         self.decoder = channel.Decoder()
         self.children: dict[int, Child] = {}
-        self.uploads: dict[int, tuple[int, Path, Path]] = {}  # channel -> (fd, temp, final)
+        self.uploads: dict[int, Upload] = {}
         self.selector = selectors.DefaultSelector()
         self.closed = False
 
@@ -150,6 +153,14 @@ class Session:
                 size = struct.pack("HHHH", int(message["rows"]), int(message["cols"]), 0, 0)
                 with contextlib.suppress(OSError):
                     fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+        elif op == "personalize":
+            try:
+                personalize(message)
+            except OSError as exc:
+                where = f"{exc.filename}: " if exc.filename else ""
+                self.reply(channel_id, "personalize-done", error=f"{where}{exc.strerror or exc}")
+            else:
+                self.reply(channel_id, "personalize-done")
         elif op == "put":
             self._put(channel_id, message)
         elif op == "get":
@@ -303,69 +314,183 @@ class Session:
             for fd in child.outputs:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        for fd, temp, _ in self.uploads.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-                temp.unlink()
+        for up in self.uploads.values():  # half-written files: nothing is left of them
+            if up.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(up.temp, dir_fd=up.dir_fd)
+                for fd in (up.fd, up.dir_fd):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
         self.selector.close()
 
     # -- files ----------------------------------------------------------------------------
 
     def _put(self, channel_id: int, message: dict[str, Any]) -> None:
-        final = Path(str(message.get("path", "")))
-        if not final.is_absolute() or channel_id in self.uploads:
-            raise channel.ProtocolError(f"a bad put request on channel {channel_id}")
-        temp = final.with_name(f".{final.name}.part-{os.getpid()}-{channel_id}")
+        if channel_id in self.uploads:
+            raise channel.ProtocolError(f"a second put on channel {channel_id}")
+        shown, mode = str(message.get("path", "")), int(message.get("mode", 0o644)) & 0o777
         try:
-            fd = os.open(
-                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, int(message.get("mode", 0o644))
-            )
+            dir_fd, name, owner = _open_parent(message)
         except OSError as exc:
-            self.reply(channel_id, "put-done", error=f"{final}: {exc.strerror}")
-            self.uploads[channel_id] = (-1, temp, final)
+            self.reply(channel_id, "put-done", error=f"{shown}: {exc.strerror}")
+            self.uploads[channel_id] = Upload(-1, -1, "", "", shown, None)
             return
-        self.uploads[channel_id] = (fd, temp, final)
+        temp = f".{name}.part-{os.getpid()}-{channel_id}"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(temp, flags, mode, dir_fd=dir_fd)
+            if owner is not None:
+                os.fchown(fd, *owner)
+        except OSError as exc:
+            os.close(dir_fd)
+            self.reply(channel_id, "put-done", error=f"{shown}: {exc.strerror}")
+            self.uploads[channel_id] = Upload(-1, -1, "", "", shown, None)
+            return
+        self.uploads[channel_id] = Upload(fd, dir_fd, temp, name, shown, owner)
 
     def _upload(self, channel_id: int, payload: bytes) -> None:
         if channel_id not in self.uploads:
             raise channel.ProtocolError(f"file data on channel {channel_id} without a put")
-        fd, temp, final = self.uploads[channel_id]
-        if fd < 0:  # refused already; the data is dropped until its end
+        up = self.uploads[channel_id]
+        if up.fd < 0:  # refused already; the data is dropped until its end
             if not payload:
                 del self.uploads[channel_id]
             return
         if payload:
-            os.write(fd, payload)
+            os.write(up.fd, payload)
             return
-        os.close(fd)
+        size = os.fstat(up.fd).st_size
+        os.close(up.fd)
         del self.uploads[channel_id]
         try:
-            temp.replace(final)
+            os.replace(up.temp, up.name, src_dir_fd=up.dir_fd, dst_dir_fd=up.dir_fd)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
-            self.reply(channel_id, "put-done", error=f"{final}: {exc.strerror}")
+            with contextlib.suppress(OSError):
+                os.unlink(up.temp, dir_fd=up.dir_fd)
+            self.reply(channel_id, "put-done", error=f"{up.shown}: {exc.strerror}")
             return
-        self.reply(channel_id, "put-done", bytes=final.stat().st_size)
+        finally:
+            os.close(up.dir_fd)
+        self.reply(channel_id, "put-done", bytes=size)
 
     def _get(self, channel_id: int, message: dict[str, Any]) -> None:
-        path = Path(str(message.get("path", "")))
+        """A regular file only: a FIFO or a device would block this single-threaded agent."""
+        shown = str(message.get("path", ""))
         try:
-            with path.open("rb") as f:
-                while chunk := f.read(channel.MAX_DATA):
-                    self.send(channel.encode(channel.FILE, channel_id, chunk))
+            dir_fd, name, owner = _open_parent(message)
+            nofollow = os.O_NOFOLLOW if owner is not None else 0  # within a directory
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
-            self.reply(channel_id, "get-done", error=f"{path}: {exc.strerror}")
+            why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            self.reply(channel_id, "get-done", error=f"{shown}: {why}")
             return
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self.reply(channel_id, "get-done", error=f"{shown}: not a regular file")
+                return
+            size = 0
+            while chunk := f.read(channel.MAX_DATA):
+                size += len(chunk)
+                self.send(channel.encode(channel.FILE, channel_id, chunk))
         self.send(channel.encode(channel.FILE, channel_id, b""))
-        self.reply(channel_id, "get-done", bytes=path.stat().st_size)
+        self.reply(channel_id, "get-done", bytes=size)
+
+
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+RNDRESEEDCRNG = 0x5207  # _IO('R', 7)
+MS_RDONLY = 1
+
+
+def personalize(message: dict[str, Any]) -> None:
+    """Make a launch resumed from a snapshot its own machine, in this process (no
+    fork: each costs ~0.1 s in a just-resumed TCG guest): the host's randomness mixed
+    into the kernel's pool and the CRNG reseeded at once (two launches from one
+    snapshot start with the same state), the clock, the host name, the shared folder
+    and the session disk mounted. Raises ValueError for a malformed request."""
+    entropy = bytes.fromhex(message["entropy"])
+    clock_ns, hostname = int(message["time_ns"]), str(message["hostname"])
+    if len(entropy) < 32 or not _HOSTNAME.fullmatch(hostname) or clock_ns <= 0:
+        raise ValueError("entropy, time_ns or hostname")
+    mounts = [(str(m["source"]), str(m["target"]), str(m["fstype"]), str(m["options"]),
+               bool(m.get("readonly"))) for m in message["mounts"]]  # fmt: skip
+    if not all(target.startswith("/") for _, target, _, _, _ in mounts):
+        raise ValueError("a mount target that is not an absolute path")
+    fd = os.open("/dev/urandom", os.O_WRONLY)
+    try:
+        os.write(fd, entropy)
+        fcntl.ioctl(fd, RNDRESEEDCRNG)
+    finally:
+        os.close(fd)
+    time.clock_settime_ns(time.CLOCK_REALTIME, clock_ns)
+    socket.sethostname(hostname)
+    Path("/etc/hostname").write_text(hostname + "\n")
+    libc = ctypes.CDLL(None, use_errno=True)
+    for source, target, fstype, options, readonly in mounts:
+        if libc.mount(source.encode(), target.encode(), fstype.encode(),
+                      MS_RDONLY if readonly else 0, options.encode() or None) != 0:  # fmt: skip
+            code = ctypes.get_errno()
+            raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
+
+
+@dataclass
+class Upload:
+    fd: int  # -1: refused, its data is dropped
+    dir_fd: int
+    temp: str
+    name: str
+    shown: str
+    owner: tuple[int, int] | None
+
+
+def _open_parent(message: dict[str, Any]) -> tuple[int, str, tuple[int, int] | None]:
+    """The directory a put/get names (an fd) and the file's name in it.
+
+    With ``within`` (a directory, such as the workspace), ``path`` is relative to it
+    and is walked one component at a time without following a symbolic link: what a
+    sandboxed command left there (``out -> /etc``) cannot turn a write by this root
+    agent into a write elsewhere. New files then get that directory's owner.
+    Without it, ``path`` is absolute and followed as the kernel does.
+    """
+    path, within = message.get("path"), message.get("within")
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise channel.ProtocolError("a put or get without a path")
+    if within is None:
+        final = Path(path)
+        if not final.is_absolute() or final.name in ("", ".", ".."):
+            raise channel.ProtocolError(f"not an absolute file path: {path!r}")
+        return os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY), final.name, None
+    parts = path.split("/")
+    if (not isinstance(within, str) or not within.startswith("/") or path.startswith("/")
+            or any(part in ("", ".", "..") for part in parts)):  # fmt: skip
+        raise channel.ProtocolError(f"not a plain relative path: {path!r}")
+    fd = os.open(within, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        root = os.fstat(fd)
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY|O_NOFOLLOW on a link
+            raise OSError(exc.errno, "a symbolic link or not a directory on the way") from None
+        raise
+    return fd, parts[-1], (root.st_uid, root.st_gid)
 
 
 def _serve_socket(path: Path, launcher: str, once: bool) -> None:
-    path.unlink(missing_ok=True)
+    # Bound under another name and renamed once listening: whoever sees the path
+    # can connect (no "connection refused" between bind and listen).
+    building = path.with_name(f".{path.name}.{os.getpid()}")
+    building.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    path.chmod(0o600)
+    server.bind(str(building))
+    building.chmod(0o600)
     server.listen(1)
+    building.replace(path)
     while True:
         conn, _ = server.accept()
         with conn:

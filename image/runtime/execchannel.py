@@ -198,11 +198,16 @@ class ExecSession:
             result = proc.wait(30)
             return Result(result.code, result.signal, result.stdout, result.stderr, True)
 
-    def put(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120) -> None:
-        """Write ``data`` to ``path`` in the guest (whole or not at all)."""
+    def put(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120,
+            within: str | None = None) -> None:  # fmt: skip
+        """Write ``data`` to ``path`` in the guest (whole or not at all).
+
+        ``within``: a guest directory that ``path`` is relative to, walked without
+        following a symbolic link (files a sandboxed command can change); the file
+        gets that directory's owner."""
         number = next(self._channels)
         events = self._transfers[number] = queue.Queue()
-        self.send(channel.control(number, "put", path=path, mode=mode))
+        self.send(channel.control(number, "put", path=path, mode=mode, within=within))
         for frame in channel.data_frames(channel.FILE, number, data):
             self.send(frame)
         self.send(channel.encode(channel.FILE, number, b""))
@@ -210,10 +215,26 @@ class ExecSession:
         if done.get("error"):
             raise ChannelError(f"put {path}: {done['error']}")
 
-    def get(self, path: str, timeout: float = 120) -> bytes:
+    def personalize(self, *, hostname: str, time_ns: int, entropy: bytes,
+                    mounts: list[dict[str, Any]], timeout: float = 60) -> None:  # fmt: skip
+        """Make a just-resumed guest its own machine in one request: ENTROPY mixed
+        in and the CRNG reseeded, the clock, the host name, MOUNTS (each ``source``,
+        ``target``, ``fstype``, ``options``, ``readonly``) mounted."""
         number = next(self._channels)
         events = self._transfers[number] = queue.Queue()
-        self.send(channel.control(number, "get", path=path))
+        self.send(channel.control(number, "personalize", hostname=hostname, time_ns=time_ns,
+                                  entropy=entropy.hex(), mounts=mounts))  # fmt: skip
+        _, done = self._next(events, timeout, "personalize")
+        if done.get("error"):
+            raise ChannelError(f"preparing the launch failed: {done['error']}",
+                               hint="was the snapshot made from an image built by this "
+                               "version of sandbox-image?")  # fmt: skip
+
+    def get(self, path: str, timeout: float = 120, within: str | None = None) -> bytes:
+        """A regular file's bytes (``within`` as for put)."""
+        number = next(self._channels)
+        events = self._transfers[number] = queue.Queue()
+        self.send(channel.control(number, "get", path=path, within=within))
         chunks = []
         while True:
             kind, value = self._next(events, timeout, f"get {path}")
@@ -269,7 +290,8 @@ class ExecSession:
                 proc.events.put((op, message.get("pid") if op == "started" else message))
                 if op == "exit":
                     del self._processes[number]
-            elif number in self._transfers and op in ("put-done", "get-done"):
+            elif number in self._transfers and op in ("put-done", "get-done",
+                                                      "personalize-done"):  # fmt: skip
                 self._transfers.pop(number).put((op, message))
             else:
                 raise channel.ProtocolError(f"an unexpected {op!r} on channel {number}")

@@ -23,12 +23,9 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import stat
-import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -39,9 +36,9 @@ from typing import Any
 from image import hosttools, run
 from image.build.output import BUILD_INFO, BuildOutput
 from image.config import BuildConfig, format_size
-from image.console import guest_output, print_json, step
+from image.console import step
 from image.contract import guest
-from image.contract.vmstate import RESEED_RNG, device_hash, qemu_version
+from image.contract.vmstate import device_hash, qemu_version
 from image.egress import guestnet, proxy
 from image.errors import ImageError
 from image.files import sha256_file
@@ -310,6 +307,19 @@ def load_meta(snapdir: Path) -> SnapshotMeta:
     return meta
 
 
+# Under TCG, QEMU's translation cache (tb-size) defaults to 1 GiB, and a launch
+# fills ~250 MiB of it with code it translates: memory each launch holds alone.
+# Capped for launches at what bench/resume.py measured (docs/exec.md: "tb-size").
+TB_SIZE_MIB = 64
+
+
+def with_tb_size(accel_args: Sequence[str], mib: int | None) -> tuple[str, ...]:
+    """The accelerator arguments with TCG's translation cache capped (not for KVM)."""
+    if mib is None or not accel.is_tcg(accel_args):
+        return tuple(accel_args)
+    return tuple(f"{a},tb-size={mib}" if a.startswith("tcg") else a for a in accel_args)
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     share: Path | None = None
@@ -320,6 +330,7 @@ class LaunchOptions:
     command_timeout: float = 3600.0
     policy: guestnet.PolicyChoice = guestnet.DEFAULT_LAUNCH
     audit_log: Path | None = None  # default: <cache>/audit/launch-<id>.jsonl
+    tb_size_mib: int | None = TB_SIZE_MIB  # under TCG; None: QEMU's own (1 GiB)
 
 
 @dataclass
@@ -332,19 +343,25 @@ class Launch:
     hostname: str
     timings: dict[str, float]
     audit_log: Path  # the egress proxy's record of this launch's connections
+    session: ExecSession  # the exec agent's channel, open for the launch's life
+    _agent_ready: bool = False
 
     def exec(self, argv: list[str], timeout: float = 600.0) -> Any:
+        """Through qemu-guest-agent (diagnostics, tests), as root; waited for on first use."""
+        if not self._agent_ready:
+            self.agent.wait_ready(60, self.vm.alive)
+            self._agent_ready = True
         return self.agent.exec(argv, timeout=timeout)
 
     def sandboxed(self, command: Sequence[str], timeout: float = 3600.0) -> Any:
-        return self.agent.exec(
+        return self.exec(
             guest.sandboxed_argv(command, workspace=f"{SESSION_MOUNT}/work"), timeout=timeout
         )
 
-    def exec_session(self, timeout: float = 30.0) -> ExecSession:
-        """The exec agent's channel: streaming commands, stdin, signals, files."""
-        assert self.vm.spec.exec_socket is not None
-        return ExecSession.connect(self.vm.spec.exec_socket, timeout)
+    def exec_session(self) -> contextlib.AbstractContextManager[ExecSession]:
+        """The exec agent's channel (streaming commands, stdin, signals, files): the
+        launch's own, closed when the launch ends."""
+        return contextlib.nullcontext(self.session)
 
     def spawn_sandboxed(self, session: ExecSession, command: Sequence[str]) -> Process:
         """COMMAND in the sandbox as the agent user, its output streaming."""
@@ -417,7 +434,8 @@ def launch(
         share_dir.mkdir(exist_ok=True)
         firmware = find_firmware(meta.arch)
         spec = runtime_spec(
-            meta.arch, meta.cpus, meta.memory, meta.accel, work, snapdir,
+            meta.arch, meta.cpus, meta.memory, with_tb_size(meta.accel, options.tb_size_mib),
+            work, snapdir,
             share=qemu.Share(share_dir.resolve(), SHARE_TAG, options.share_readonly),
             session_disk=session, disk=disk, vars_file=vars_file,
             firmware_code=firmware.code, memory_private=True, sockets=sockets,
@@ -432,47 +450,36 @@ def launch(
         ):
             vm.resume_from(snapdir / STATE)
             timings["resume"] = round(time.monotonic() - start, 3)
-            agent.wait_ready(60, vm.alive)
-            timings["agent"] = round(time.monotonic() - start, 3)
-            hostname = options.hostname or f"sandbox-{uuid.uuid4().hex[:8]}"
-            _personalize(agent, hostname, options)
-            timings["ready"] = round(time.monotonic() - start, 3)
-            yield Launch(vm, agent, work, hostname, timings, audit_log)
+            assert spec.exec_socket is not None
+            with ExecSession.connect(spec.exec_socket, timeout=60) as channel:
+                timings["agent"] = round(time.monotonic() - start, 3)
+                hostname = options.hostname or f"sandbox-{uuid.uuid4().hex[:8]}"
+                channel.personalize(**personalize_request(hostname, options.share_readonly))
+                timings["ready"] = round(time.monotonic() - start, 3)
+                yield Launch(vm, agent, work, hostname, timings, audit_log, channel)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-def personalize_script(hostname: str, share_readonly: bool, now_ns: int) -> str:
-    """One shell script, so a launch costs one guest round trip (each is slow under TCG).
-
-    Shell builtins where they do the job: every fork+exec in a just-resumed TCG
-    guest costs ~0.1 s. (qemu-ga's guest-set-time also runs hwclock: ~1.5 s here.)
-    """
-    share_options = "trans=virtio,version=9p2000.L" + (",ro" if share_readonly else "")
-    name = shlex.quote(hostname)
-    return " && ".join([
-        # Two launches from one snapshot start with identical kernel RNG state: mix
-        # the host's fresh randomness (this script's stdin) in, and reseed.
-        RESEED_RNG,
-        # The guest's clock stopped when the snapshot was saved.
-        f"date -u -s @{now_ns // 1_000_000_000}.{now_ns % 1_000_000_000:09d} > /dev/null",
-        f"echo {name} > /proc/sys/kernel/hostname",
-        f"echo {name} > /etc/hostname",
-        f"mount -t 9p -o {share_options} {SHARE_TAG} {SHARE_MOUNT}",
-        f"mount /dev/disk/by-id/virtio-{SESSION_SERIAL} {SESSION_MOUNT}",
-    ])  # fmt: skip
-
-
-def _personalize(agent: GuestAgent, hostname: str, options: LaunchOptions) -> None:
-    """Make this launch its own machine: clock, entropy, name, share, session disk."""
-    script = personalize_script(hostname, options.share_readonly, time.time_ns())
-    result = agent.exec(["/bin/sh", "-c", script], input=os.urandom(64), timeout=60)
-    if result.exit_code != 0:
-        raise ImageError(
-            f"preparing the launch failed: {result.stderr.decode(errors='replace').strip()}",
-            hint="was the snapshot made from an image built by this toolkit?",
-        )
+def personalize_request(hostname: str, share_readonly: bool) -> dict[str, Any]:
+    """What makes a launch its own machine: one exec-agent request, handled in the
+    agent's process (image/guest/exec_agent.py: ``personalize``). Two launches from
+    one snapshot start with identical kernel RNG state: 64 fresh bytes from this
+    host are mixed in and the CRNG reseeded at once. The guest's clock stopped when
+    the snapshot was saved."""
+    share_options = "trans=virtio,version=9p2000.L"
+    return {
+        "hostname": hostname,
+        "time_ns": time.time_ns(),
+        "entropy": os.urandom(64),
+        "mounts": [
+            {"source": SHARE_TAG, "target": SHARE_MOUNT, "fstype": "9p",
+             "options": share_options, "readonly": share_readonly},
+            {"source": f"/dev/disk/by-id/virtio-{SESSION_SERIAL}", "target": SESSION_MOUNT,
+             "fstype": "ext4", "options": "", "readonly": False},
+        ],
+    }  # fmt: skip
 
 
 def format_meta(meta: SnapshotMeta) -> str:
@@ -504,88 +511,3 @@ def parse_launch_options(
         policy or guestnet.DEFAULT_LAUNCH,
         Path(audit_log).expanduser().resolve() if audit_log else None,
     )  # fmt: skip
-
-
-def _stream_command(sandbox: Launch, options: LaunchOptions) -> tuple[int, bool]:
-    """The command through the exec agent: its output as it comes (the guest's bytes:
-    exact into a pipe, control sequences shown on a terminal), this process's stdin
-    forwarded unless it is a terminal. Ctrl-C and SIGTERM end the launch (the VM
-    stops, nothing is left); passing Ctrl-C into the sandbox is not done yet: a
-    signal to the launcher's process group does not reach bwrap's own session.
-    Returns the exit status as a shell gives it (128 + signal) and whether stdout
-    ended with a newline."""
-    with sandbox.exec_session() as session:
-        spawned = time.monotonic()
-        proc = sandbox.spawn_sandboxed(session, options.command)
-        _forward_stdin(proc)
-        last = b"\n"
-        deadline = time.monotonic() + options.command_timeout
-        while True:
-            try:
-                for stream, chunk in proc.output(max(0.0, deadline - time.monotonic())):
-                    sandbox.timings.setdefault(
-                        "command_first_output", round(time.monotonic() - spawned, 3)
-                    )
-                    guest_output(chunk, sys.stdout if stream == "stdout" else sys.stderr)
-                    if stream == "stdout":
-                        last = chunk
-                break
-            except TimeoutError:
-                proc.kill()
-                with contextlib.suppress(TimeoutError):
-                    proc.wait(30)
-                raise ImageError(
-                    f"the command ran longer than {options.command_timeout:g} s; it was killed",
-                    hint="--timeout SECONDS gives it longer",
-                ) from None
-        sandbox.timings["command_end"] = round(time.monotonic() - spawned, 3)
-        end = proc.exit or {}
-        if end.get("error"):
-            log.error("the sandbox could not start the command: %s", end["error"])
-        code = end.get("code") if end.get("signal") is None else 128 + int(end["signal"])
-        return int(code if code is not None else 1), last.endswith(b"\n")
-
-
-def _forward_stdin(proc: Process) -> None:
-    """Piped input goes to the command as it comes; a terminal's does not (yet)."""
-    stdin = sys.stdin
-    if stdin is None or stdin.isatty():
-        proc.close_stdin()
-        return
-
-    def pump() -> None:
-        with contextlib.suppress(ChannelError, OSError, ValueError):
-            source = stdin.buffer
-            while (
-                data := source.read1(1 << 16) if hasattr(source, "read1") else source.read(1 << 16)
-            ):
-                proc.write(data)
-            proc.close_stdin()
-
-    threading.Thread(target=pump, daemon=True, name="launch-stdin").start()
-
-
-def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
-                   json_result: bool = False) -> int:  # fmt: skip
-    """The `./inv launch` behaviour: run CMD and return its status, or stay up until stopped."""
-
-    with launch(snapdir, cfg, options) as sandbox:
-        log.info("launched %s: resumed in %.2f s, ready in %.2f s", sandbox.hostname,
-                 sandbox.timings["resume"], sandbox.timings["ready"])  # fmt: skip
-        log.info("egress audit log: %s", sandbox.audit_log)
-        if not options.command:
-            print(f"sandbox {sandbox.hostname} is running (Ctrl-C or SIGTERM stops it)")
-            print(f"  guest agent: socat - UNIX-CONNECT:{sandbox.vm.spec.qga_socket}")
-            print(f"  QMP:         socat - UNIX-CONNECT:{sandbox.vm.spec.qmp_socket}")
-            sys.stdout.flush()
-            while sandbox.vm.alive():
-                time.sleep(0.5)
-            return 0
-        code, line_ended = _stream_command(sandbox, options)
-        if json_result:
-            if not line_ended:
-                guest_output(b"\n", sys.stdout)  # the object goes on a line of its own
-            print_json({"hostname": sandbox.hostname, "exit_code": code,
-                        "timings": sandbox.timings,
-                        "audit_log": str(sandbox.audit_log)})  # fmt: skip
-        return code

@@ -162,6 +162,40 @@ def test_put_and_get(guest: ExecSession, tmp_path: Path) -> None:
     assert guest.run(["true"], timeout=30).ok  # the session goes on
 
 
+def test_files_within_a_directory_never_follow_a_link_out_of_it(
+    guest: ExecSession, tmp_path: Path
+) -> None:
+    """What a sandboxed command can leave in its workspace (a link to /etc, a FIFO)
+    cannot redirect the root agent's put or get, nor block it."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    os.chown(work, 1234, 4321)
+    (elsewhere / "secret").write_text("not yours\n")
+    (work / "out").symlink_to(elsewhere)
+    (work / "secret").symlink_to(elsewhere / "secret")
+    os.mkfifo(work / "pipe")
+    inside = str(work)
+    with pytest.raises(ChannelError, match="symbolic link"):
+        guest.put("out/passwd", b"x", within=inside)
+    assert not (elsewhere / "passwd").exists()
+    with pytest.raises(ChannelError, match="symbolic link"):
+        guest.get("out/secret", within=inside)
+    with pytest.raises(ChannelError, match="symbolic link"):
+        guest.get("secret", within=inside)
+    with pytest.raises(ChannelError, match="not a regular file"):
+        guest.get("pipe", within=inside, timeout=10)
+    (work / "sub").mkdir()
+    guest.put("sub/new.txt", b"new\n", within=inside)
+    made = (work / "sub" / "new.txt").stat()
+    assert (made.st_uid, made.st_gid) == (1234, 4321)  # the directory's owner, not root
+    assert guest.get("sub/new.txt", within=inside) == b"new\n"
+    guest.put("secret", b"replaced\n", within=inside)  # the link itself is replaced
+    assert (elsewhere / "secret").read_text() == "not yours\n"
+    assert not (work / "secret").is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == ["out", "pipe", "secret", "sub"]
+
+
 def _raw(sock_path: Path, data: bytes) -> list[dict[str, object]]:
     """Send raw bytes to the agent; the control messages it answers before closing."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -188,6 +222,32 @@ def _raw(sock_path: Path, data: bytes) -> list[dict[str, object]]:
         (channel.control(0, "format-disk"), "unknown request 'format-disk'"),
         (channel.control(1, "spawn", argv="rm -rf /"), "a bad spawn request"),
         (channel.control(1, "put", path="/tmp/x", mode="rw"), "a bad 'put' request"),
+        (channel.control(1, "get", path="../etc/shadow", within="/tmp"), "not a plain relative"),
+        (channel.control(1, "get", path="etc/shadow"), "not an absolute file path"),
+        # Checked before anything is touched (this runs on the test host):
+        (
+            channel.control(
+                1, "personalize", hostname="a b", time_ns=1, entropy="00" * 64, mounts=[]
+            ),
+            "a bad 'personalize' request",
+        ),
+        (
+            channel.control(
+                1, "personalize", hostname="ok", time_ns=1, entropy="00" * 8, mounts=[]
+            ),
+            "a bad 'personalize' request",
+        ),
+        (
+            channel.control(
+                1,
+                "personalize",
+                hostname="ok",
+                time_ns=1,
+                entropy="00" * 64,
+                mounts=[{"source": "x", "target": "rel", "fstype": "9p", "options": ""}],
+            ),
+            "a bad 'personalize' request",
+        ),
     ],
 )
 def test_a_host_that_breaks_the_protocol_gets_one_error_and_is_closed(

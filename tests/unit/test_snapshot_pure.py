@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,8 +42,17 @@ def test_runtime_shape_is_restricted_with_agent_share_and_session_slot(tmp_path:
 def test_device_hash_ignores_paths_and_launch_only_options(tmp_path: Path) -> None:
     snap = _spec(tmp_path)
     launch = _spec(tmp_path / "elsewhere", memory_private=True, incoming="defer",
-                   share=qemu.Share(tmp_path / "other", "share", readonly=True))  # fmt: skip
+                   share=qemu.Share(tmp_path / "other", "share", readonly=True),
+                   accel=snapshot.with_tb_size(snap.accel, 64))  # fmt: skip
+    assert launch.accel == ("-accel", "tcg,thread=multi,tb-size=64")
+    assert "tcg,thread=multi,tb-size=64" in qemu.qemu_argv(launch)
     assert vmstate.device_hash(snap) == vmstate.device_hash(launch)
+
+
+def test_tb_size_is_only_for_tcg() -> None:
+    kvm = ("-accel", "kvm")
+    assert snapshot.with_tb_size(kvm, 64) == kvm
+    assert snapshot.with_tb_size(("-accel", "tcg"), None) == ("-accel", "tcg")
 
 
 def test_device_hash_sees_a_different_device_set(tmp_path: Path) -> None:
@@ -53,16 +63,18 @@ def test_device_hash_sees_a_different_device_set(tmp_path: Path) -> None:
     assert vmstate.device_hash(_spec(tmp_path, guestfwd=())) != base
 
 
-def test_personalize_is_one_script_with_entropy_first() -> None:
-    script = snapshot.personalize_script("sandbox-1", True, 1_700_000_000_123_456_789)
-    steps = script.split(" && ")
-    assert steps[0] == vmstate.RESEED_RNG
-    assert "os.write(f, sys.stdin.buffer.read(64))" in steps[0]  # the host's bytes, then
-    assert steps[0].endswith("fcntl.ioctl(f, 0x5207)'")  # RNDRESEEDCRNG
-    assert "date -u -s @1700000000.123456789 > /dev/null" in steps
-    assert "echo sandbox-1 > /proc/sys/kernel/hostname" in steps
-    assert "mount -t 9p -o trans=virtio,version=9p2000.L,ro share /mnt/share" in steps
-    assert "mount /dev/disk/by-id/virtio-session /sessions" in steps
+def test_personalize_is_one_request_with_fresh_entropy() -> None:
+    first = snapshot.personalize_request("sandbox-1", True)
+    second = snapshot.personalize_request("sandbox-1", True)
+    assert len(first["entropy"]) == 64 and first["entropy"] != second["entropy"]
+    assert abs(first["time_ns"] - time.time_ns()) < 10**9
+    share, session = first["mounts"]
+    assert (share["source"], share["target"], share["fstype"], share["readonly"]) == (
+        "share", "/mnt/share", "9p", True)  # fmt: skip
+    assert "trans=virtio" in share["options"]
+    assert (session["source"], session["target"]) == ("/dev/disk/by-id/virtio-session",
+                                                      "/sessions")  # fmt: skip
+    assert snapshot.personalize_request("b", False)["mounts"][0]["readonly"] is False
 
 
 def test_parse_launch_options(tmp_path: Path) -> None:
