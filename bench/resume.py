@@ -1,12 +1,19 @@
-"""Cold boot vs snapshot resume, RAM-size independence, and memory of concurrent launches.
+"""Cold boot vs a launch resumed from a snapshot, through the exec channel.
 
     .venv/bin/python bench/resume.py --image out/demo/image/sandbox-image-jammy-amd64-smoke.qcow2
 
-"Ready" is the same for both: the guest agent answers and the sandbox launcher
-runs `true` as the agent user. A cold run is a full `snapshot` (boot to ready);
-a resume is a `launch` until a sandboxed `true` has run. Host memory is the sum
-of PSS (proportional set size: shared pages divided among their users) of the
-QEMU processes, so pages of the snapshot's RAM file that launches share count once.
+Measured in one run, each against the cold boot of the same run:
+- cold: a full `snapshot` (boot until the exec agent has run a command: "ready");
+- resume: `api.launch` until the first byte of a sandboxed `echo`, and until it
+  has ended (bwrap, both filters, the agent user), for 4 GiB and 1 GiB of RAM;
+- streaming: a sandboxed `echo a; sleep 2; echo b`: when `a` arrives and the end;
+- memory: the PSS (shared pages divided among their users) of the QEMU processes
+  of 1 and of 4 concurrent launches, each having run some Python, split into the
+  snapshot's RAM file (guest pages), TCG's translation cache and the rest;
+- tb-size: the same launch and work with TCG's cache at QEMU's default and capped
+  (how much memory it saves, what it costs in time);
+- 8 launches from one snapshot at once on this host: all answer, and how long
+  until all have run a sandboxed command.
 The last line printed is one JSON object with every figure.
 """
 
@@ -18,21 +25,37 @@ import json
 import shutil
 import statistics
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from image import config, console
-from image.runtime import snapshot
+from image.runtime import api, snapshot
+
+WORK = ["python3", "-c", "import json, email.parser, http.client; print(sum(range(10**6)))"]
 
 
-def pss_kib(pid: int) -> int:
-    """PSS of a process and its threads, from /proc/PID/smaps_rollup."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+def pss_split_kib(pid: int, memory_file: Path) -> dict[str, int]:
+    """PSS of one process from /proc/PID/smaps: the snapshot's RAM file (guest
+    pages), anonymous executable mappings (TCG's translation cache), the rest."""
+    split = {"guest": 0, "tcg": 0, "other": 0}
+    where = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            path = fields[5] if len(fields) > 5 else ""
+            if path == str(memory_file):
+                where = "guest"
+            elif not path and "x" in fields[1]:
+                where = "tcg"
+            else:
+                where = "other"
+        elif fields[:1] == ["Pss:"]:
+            split[where] += int(fields[1])
+    return split
 
 
 def cold(cfg: config.BuildConfig, image: Path, where: Path, runs: int) -> tuple[list[float], Path]:
@@ -46,24 +69,69 @@ def cold(cfg: config.BuildConfig, image: Path, where: Path, runs: int) -> tuple[
     return times, keep
 
 
-def resume(cfg: config.BuildConfig, snapdir: Path, runs: int) -> list[float]:
+def first_byte_and_end(sandbox: api.Sandbox, argv: list[str], since: float) -> tuple[float, float]:
+    proc = sandbox.spawn(argv)
+    proc.close_stdin()
+    first = None
+    for _stream, _chunk in proc.output(300):
+        first = first or time.monotonic() - since
+    assert proc.exit and proc.exit.get("code") == 0, proc.exit
+    return first or float("nan"), time.monotonic() - since
+
+
+def resume(cfg: config.BuildConfig, snapdir: Path, runs: int) -> list[tuple[float, float]]:
+    """(first byte, end) of a sandboxed echo, in seconds from the start of the launch."""
     times = []
     for _ in range(runs):
         start = time.monotonic()
-        with snapshot.launch(snapdir, cfg, snapshot.LaunchOptions()) as sandbox:
-            assert sandbox.sandboxed(["true"], timeout=120).exit_code == 0
-            times.append(time.monotonic() - start)
+        with api.open_sandbox(snapdir, cfg, snapshot.LaunchOptions()) as sandbox:
+            times.append(first_byte_and_end(sandbox, ["echo", "ready"], start))
     return times
 
 
-def concurrent_pss(cfg: config.BuildConfig, snapdir: Path, count: int) -> int:
+def streaming(cfg: config.BuildConfig, snapdir: Path) -> tuple[float, float]:
+    with api.open_sandbox(snapdir, cfg, snapshot.LaunchOptions()) as sandbox:
+        return first_byte_and_end(sandbox, ["sh", "-c", "echo a; sleep 2; echo b"],
+                                  time.monotonic())  # fmt: skip
+
+
+def concurrent_pss(cfg: config.BuildConfig, snapdir: Path, count: int,
+                   tb_size_mib: int | None = snapshot.TB_SIZE_MIB) -> dict[str, Any]:  # fmt: skip
+    """Total and split PSS (KiB) of COUNT launches that each ran WORK, and its time."""
+    options = snapshot.LaunchOptions(tb_size_mib=tb_size_mib)
     with ExitStack() as stack:
-        launches = [stack.enter_context(snapshot.launch(snapdir, cfg, snapshot.LaunchOptions()))
+        launches = [stack.enter_context(api.open_sandbox(snapdir, cfg, options))
                     for _ in range(count)]  # fmt: skip
+        seconds = []
         for sandbox in launches:  # each does some work, as a session would
-            sandbox.sandboxed(["python3", "-c", "print(sum(range(10**6)))"], timeout=120)
+            start = time.monotonic()
+            assert sandbox.run(WORK, timeout=300).ok
+            seconds.append(time.monotonic() - start)
         time.sleep(1)
-        return sum(pss_kib(s.vm.proc.pid) for s in launches)
+        split = {"guest": 0, "tcg": 0, "other": 0}
+        for sandbox in launches:
+            for key, kib in pss_split_kib(sandbox.vm.vm.proc.pid, snapdir / "memory").items():
+                split[key] += kib
+    return {"total": sum(split.values()), **split, "work_s": statistics.median(seconds)}
+
+
+def eight_at_once(cfg: config.BuildConfig, snapdir: Path, count: int = 8) -> dict[str, Any]:
+    """COUNT launches started together; each runs a sandboxed `true` and stays up until
+    all have, so all are alive at once."""
+    barrier = threading.Barrier(count)
+    start = time.monotonic()
+
+    def one() -> float:
+        with api.open_sandbox(snapdir, cfg, snapshot.LaunchOptions()) as sandbox:
+            assert sandbox.run(["true"], timeout=600).ok
+            done = time.monotonic() - start
+            barrier.wait(timeout=900)
+            return done
+
+    with ThreadPoolExecutor(count) as pool:
+        done = list(pool.map(lambda _: one(), range(count)))
+    return {"answered": len(done), "first_s": round(min(done), 2),
+            "all_s": round(max(done), 2)}  # fmt: skip
 
 
 def main() -> None:
@@ -77,6 +145,7 @@ def main() -> None:
     base = config.resolve({"arch": args.arch, "cpus": args.cpus}, {}, {}).config
     small = dataclasses.replace(base, memory=1 << 30)
     large = dataclasses.replace(base, memory=4 << 30)
+    mib = 1024
     with tempfile.TemporaryDirectory(prefix="bench-resume-", dir=base.cache_dir) as tmp:
         where = Path(tmp)
         (where / "4g").mkdir()
@@ -85,31 +154,62 @@ def main() -> None:
         _, snap_1g = cold(small, args.image.resolve(), where / "1g", 1)
         resume_4g = resume(large, snap_4g, args.runs)
         resume_1g = resume(small, snap_1g, args.runs)
-        pss_1 = concurrent_pss(large, snap_4g, 1)
-        pss_4 = concurrent_pss(large, snap_4g, 4)
+        stream_first, stream_end = streaming(large, snap_4g)
+        one = concurrent_pss(large, snap_4g, 1)
+        four = concurrent_pss(large, snap_4g, 4)
+        uncapped = concurrent_pss(large, snap_4g, 1, tb_size_mib=None)
+        eight = eight_at_once(large, snap_4g)
+    cold_s = statistics.median(cold_4g)
+    first_4g = statistics.median(t[0] for t in resume_4g)
+    end_4g = statistics.median(t[1] for t in resume_4g)
+    end_1g = statistics.median(t[1] for t in resume_1g)
+    marginal_mib = {
+        k: round((four[k] - one[k]) / 3 / mib, 1) for k in ("total", "guest", "tcg", "other")
+    }
     figures: dict[str, Any] = {
         "cold_ready_s": [round(t, 2) for t in cold_4g],
-        "resume_ready_4g_s": [round(t, 3) for t in resume_4g],
-        "resume_ready_1g_s": [round(t, 3) for t in resume_1g],
-        "cold_median_s": round(statistics.median(cold_4g), 2),
-        "resume_4g_median_s": round(statistics.median(resume_4g), 3),
-        "resume_1g_median_s": round(statistics.median(resume_1g), 3),
-        "pss_1_launch_mib": round(pss_1 / 1024, 1),
-        "pss_4_launches_mib": round(pss_4 / 1024, 1),
+        "cold_median_s": round(cold_s, 2),
+        "resume_first_byte_4g_s": [round(t[0], 3) for t in resume_4g],
+        "resume_end_4g_s": [round(t[1], 3) for t in resume_4g],
+        "resume_end_1g_s": [round(t[1], 3) for t in resume_1g],
+        "resume_first_byte_over_cold": round(first_4g / cold_s, 4),
+        "resume_end_over_cold": round(end_4g / cold_s, 4),
+        "resume_4g_over_1g": round(end_4g / end_1g, 3),
+        "stream_first_byte_s": round(stream_first, 3),
+        "stream_end_s": round(stream_end, 3),
+        "pss_1_launch_mib": round(one["total"] / mib, 1),
+        "pss_4_launches_mib": round(four["total"] / mib, 1),
+        "pss_4_over_1": round(four["total"] / one["total"], 3),
+        "pss_marginal_mib": marginal_mib,
+        "tb_size_mib": snapshot.TB_SIZE_MIB,
+        "tcg_cache_capped_mib": round(one["tcg"] / mib, 1),
+        "tcg_cache_default_mib": round(uncapped["tcg"] / mib, 1),
+        "pss_1_launch_default_tb_mib": round(uncapped["total"] / mib, 1),
+        "work_capped_s": round(one["work_s"], 3),
+        "work_default_tb_s": round(uncapped["work_s"], 3),
+        "work_capped_over_default": round(one["work_s"] / uncapped["work_s"], 3),
+        "eight_launches": eight,
     }
-    figures["resume_over_cold"] = round(figures["resume_4g_median_s"] / figures["cold_median_s"], 4)
-    figures["resume_4g_over_1g"] = round(
-        figures["resume_4g_median_s"] / figures["resume_1g_median_s"], 3
-    )
-    figures["pss_4_over_1"] = round(pss_4 / pss_1, 3)
-    print(f"cold boot to ready      {figures['cold_median_s']:8.2f} s  (median of {args.runs})")
-    print(f"resume to ready (4 GiB) {figures['resume_4g_median_s']:8.3f} s  "
-          f"= {100 * figures['resume_over_cold']:.2f} % of cold")  # fmt: skip
-    print(f"resume to ready (1 GiB) {figures['resume_1g_median_s']:8.3f} s  "
-          f"4 GiB / 1 GiB = {figures['resume_4g_over_1g']:.2f}")  # fmt: skip
-    print(f"host PSS, 1 launch      {figures['pss_1_launch_mib']:8.1f} MiB")
-    print(f"host PSS, 4 launches    {figures['pss_4_launches_mib']:8.1f} MiB  "
-          f"= {figures['pss_4_over_1']:.2f} x one")  # fmt: skip
+    f = figures
+    print(f"cold boot to ready            {cold_s:8.2f} s  (median of {args.runs})")
+    print(f"resume to first byte (4 GiB)  {first_4g:8.3f} s  "
+          f"= {100 * f['resume_first_byte_over_cold']:.2f} % of cold")  # fmt: skip
+    print(f"resume to its end (4 GiB)     {end_4g:8.3f} s  "
+          f"= {100 * f['resume_end_over_cold']:.2f} % of cold")  # fmt: skip
+    print(f"resume to its end (1 GiB)     {end_1g:8.3f} s  4 GiB / 1 GiB = "
+          f"{f['resume_4g_over_1g']:.2f}")  # fmt: skip
+    print(f"streaming: first line         {stream_first:8.3f} s  end {stream_end:.3f} s")
+    print(f"host PSS, 1 launch            {f['pss_1_launch_mib']:8.1f} MiB")
+    print(f"host PSS, 4 launches          {f['pss_4_launches_mib']:8.1f} MiB  "
+          f"= {f['pss_4_over_1']:.2f} x one")  # fmt: skip
+    m = marginal_mib
+    print(f"per extra launch              {m['total']:8.1f} MiB  (guest pages "
+          f"{m['guest']}, TCG cache {m['tcg']}, other {m['other']})")  # fmt: skip
+    print(f"TCG cache, tb-size {snapshot.TB_SIZE_MIB} MiB     {f['tcg_cache_capped_mib']:8.1f} MiB"
+          f"  (QEMU's default: {f['tcg_cache_default_mib']} MiB); the work took "
+          f"{f['work_capped_over_default']:.2f} x as long")  # fmt: skip
+    print(f"8 launches at once            {eight['all_s']:8.2f} s  until all "
+          f"{eight['answered']} had run a command (first {eight['first_s']} s)")  # fmt: skip
     print(json.dumps(figures, sort_keys=True))
 
 

@@ -72,6 +72,59 @@ def guest_output(data: bytes, stream: TextIO | None = None) -> None:
     raw.flush()
 
 
+class TerminalFilter:
+    """A guest's PTY output for the user's terminal (``./inv launch --shell``).
+
+    An interactive shell needs the terminal's colours and cursor movement, so CSI
+    and the other short sequences pass, as ssh passes them. The string sequences
+    do not: OSC (window title, clipboard, hyperlinks, colour queries), DCS (terminal
+    programming and status reports), APC, PM and SOS are dropped whole, also when
+    split across chunks, so a guest cannot set what the terminal might later type
+    back, write the clipboard, or reprogram keys. Text is decoded as UTF-8 (a
+    malformed byte becomes U+FFFD).
+    """
+
+    _ESC_STRING = "]P_^X"  # ESC + one of these opens a string sequence
+    _C1_STRING = "\x9d\x90\x9f\x9e\x98"  # the same as one C1 character
+    _SPECIAL = re.compile("[\x1b\x9d\x90\x9f\x9e\x98]")
+
+    def __init__(self) -> None:
+        import codecs
+
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._state = "text"  # text | esc | string | string-esc
+
+    def feed(self, data: bytes) -> bytes:
+        text = self._decoder.decode(data)
+        if self._state == "text" and not self._SPECIAL.search(text):
+            return text.encode()
+        out: list[str] = []
+        for ch in text:
+            if self._state == "text":
+                if ch == "\x1b":
+                    self._state = "esc"
+                elif ch in self._C1_STRING:
+                    self._state = "string"
+                else:
+                    out.append(ch)
+            elif self._state == "esc":
+                if ch in self._ESC_STRING:
+                    self._state = "string"
+                elif ch == "\x1b":
+                    out.append(ch)  # the first ESC introduced nothing
+                else:
+                    out.append("\x1b" + ch)
+                    self._state = "text"
+            elif self._state == "string":
+                if ch in "\x07\x9c":  # BEL or ST ends it
+                    self._state = "text"
+                elif ch == "\x1b":
+                    self._state = "string-esc"
+            else:  # string-esc: ESC \ is ST; anything else stays inside the string
+                self._state = "text" if ch == "\\" else "string"
+        return "".join(out).encode()
+
+
 class TerminalSafe(logging.Filter):
     """Log records as text safe for the terminal the handler writes to."""
 

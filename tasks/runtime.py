@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 
 from invoke.context import Context
@@ -16,6 +17,7 @@ from tasks._common import (
     ROOT,
     _config,
     _count,
+    _debug,
     _out_path,
     _policy_choice,
     _port,
@@ -123,6 +125,8 @@ def proxy(
         "timeout": "seconds the command may run",
         "cache_dir": CONFIG_HELP["cache_dir"],
         "json": "print timings and the exit status as JSON (last line)",
+        "shell": "an interactive shell in the sandbox on this terminal (with -- CMD: CMD on it)",
+        "verbose": "the launch's own progress on stderr (without: only the command's output)",
         **EGRESS_HELP,
     },
 )
@@ -132,17 +136,21 @@ def launch(
     json: bool = False, policy: str | None = None, allow: list[str] | None = None,
     deny: list[str] | None = None, allow_address: list[str] | None = None,
     allow_port: list[str] | None = None, audit_log: str | None = None,
-    upstream_proxy: str | None = None,
+    upstream_proxy: str | None = None, shell: bool = False, verbose: bool = False,
 ) -> None:  # fmt: skip
     """Resume a sandbox VM from a snapshot; with -- CMD, run it sandboxed as the agent user.
 
     The VM's only network is the egress proxy this launch runs (default policy:
     proxy-policies/launch.policy); every connection is logged to --audit-log.
+    Only the command's output is printed (its progress too with --verbose).
     """
     from image.egress import guestnet
+    from image.runtime import launchcli
     from image.runtime import snapshot as snap
 
     with _user_errors():
+        if not (verbose or _debug()):  # an agent harness reads the command's output only
+            logging.getLogger("image").setLevel(logging.WARNING)
         cfg = _config(c, only=("cache_dir",), cache_dir=cache_dir).config
         choice = _policy_choice(
             policy, guestnet.LAUNCH_POLICY, allow, deny, allow_address, allow_port, upstream_proxy
@@ -161,7 +169,9 @@ def launch(
             choice,
             audit_log,
         )
-        code = snap.launch_and_run(_user_path(snapshot), cfg, options, json_result=json)
+        code = launchcli.launch_and_run(
+            _user_path(snapshot), cfg, options, json_result=json, shell=shell
+        )
     raise Exit(code=code)
 
 

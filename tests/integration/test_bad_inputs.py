@@ -82,6 +82,7 @@ BAD = [
     ("launch", ["--snapshot", "ADIR", "--timeout", "abc"]),
     ("launch", ["--snapshot", "ADIR", "--session-disk", "10"]),
     ("launch", ["--snapshot", "ADIR", "--share", "/nonexistent"]),
+    ("launch", ["--snapshot", "ADIR", "--shell"]),  # stdin is not a terminal
     ("demo", ["--arch", "sparc"]),
     ("demo", ["--out", "AFILE"]),
     ("bench-resume", ["--runs", "abc"]),

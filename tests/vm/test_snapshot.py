@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,7 +22,8 @@ import pytest
 from image import config
 from image.contract import vmstate
 from image.errors import ImageError
-from image.runtime import snapshot
+from image.runtime import api, snapshot
+from image.runtime.execchannel import ChannelError
 from tests.vm.conftest import qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +86,7 @@ def test_launch_cli_streams_output_and_passes_the_exit_status(snapdir: Path) -> 
     )  # fmt: skip
     assert proc.returncode == 7, proc.stderr[-2000:]
     assert proc.stdout.startswith("out-line\nagent\nno-newline\n")
-    assert "err-line" in proc.stderr
+    assert proc.stderr == "err-line\n"  # the command's only: no progress without --verbose
     # --json: the object is the last line, on a line of its own after the command's output.
     assert json.loads(proc.stdout.splitlines()[-1])["exit_code"] == 7
     assert qemu_processes() == []
@@ -89,12 +94,88 @@ def test_launch_cli_streams_output_and_passes_the_exit_status(snapdir: Path) -> 
 
 def test_launch_cli_forwards_piped_stdin(snapdir: Path) -> None:
     proc = subprocess.run(
-        [str(ROOT / "inv"), "launch", str(snapdir), "--", "sh", "-c", "tr a-z A-Z; echo done"],
+        [str(ROOT / "inv"), "launch", str(snapdir), "--verbose", "--", "sh", "-c",
+         "tr a-z A-Z; echo done"],
         input="hello through the channel\n", capture_output=True, text=True, cwd=ROOT,
         timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "HELLO THROUGH THE CHANNEL\ndone\n"
+    assert "launched sandbox-" in proc.stderr  # --verbose: the launch's progress
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 120) -> bytes:
+    seen, deadline = b"", time.monotonic() + timeout
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{wanted!r} did not come; the terminal showed {seen[-2000:]!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the launch closed the terminal
+                chunk = b""
+            assert chunk, f"the terminal closed before {wanted!r}: {seen[-2000:]!r}"
+            seen += chunk
+    return seen
+
+
+def test_launch_shell_through_a_real_terminal(snapdir: Path) -> None:
+    """--shell on a PTY, as a user's terminal: its size, keys, job control, and Ctrl-C
+    interrupting the sandbox's foreground job (not the launch); `exit 3` is the status."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 37, 111, 0, 0))
+    proc = subprocess.Popen(
+        [str(ROOT / "inv"), "launch", str(snapdir), "--shell"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        os.write(master, b"stty size; echo id=$(id -u) $((6 * 7))\r")
+        _read_until(master, b"id=1001 42")
+        screen = _read_until(master, b"$ ")
+        os.write(master, b"echo sleeping; sleep 100\r")
+        _read_until(master, b"sleeping\r\n")
+        time.sleep(1)
+        os.write(master, b"\x03")  # Ctrl-C: to the sleep, in the sandbox
+        os.write(master, b"echo status=$?\r")
+        screen += _read_until(master, b"status=130")
+        os.write(master, b"exit 3\r")
+        assert proc.wait(timeout=120) == 3
+        assert b"37 111" in screen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert qemu_processes() == []
+
+
+def test_the_python_api(snapdir: Path, vm_config: config.BuildConfig) -> None:
+    """What a harness imports: run (stdin, env, cwd, timeout), spawn with a PTY, and
+    put/get in the workspace, never through a link the sandbox made."""
+    with api.launch(snapdir, cache_dir=vm_config.cache_dir) as sandbox:
+        result = sandbox.run(["sh", "-c", "id -u; pwd; tr a-z A-Z"], stdin=b"abc", timeout=120)
+        assert (result.code, result.stdout) == (0, b"1001\n/workspace\nABC"), result.stderr
+        assert sandbox.run(["mkdir", "sub"], timeout=60).ok
+        result = sandbox.run(["sh", "-c", "echo $GREETING; pwd"], env={"GREETING": "hi"},
+                             cwd="sub", timeout=60)  # fmt: skip
+        assert result.stdout == b"hi\n/workspace/sub\n"
+        slow = sandbox.run(["sleep", "100"], timeout=2)
+        assert slow.timed_out and slow.signal == signal.SIGKILL
+        sandbox.put("sub/in.txt", b"from the harness\n")
+        assert sandbox.run(["stat", "-c", "%u %a", "sub/in.txt"]).stdout == b"1001 644\n"
+        assert sandbox.get("sub/in.txt") == b"from the harness\n"
+        assert sandbox.run(["ln", "-s", "/etc", "out"]).ok
+        with pytest.raises(ChannelError, match="symbolic link"):
+            sandbox.put("out/evil.conf", b"x")
+        with pytest.raises(ChannelError, match="symbolic link"):
+            sandbox.get("out/hostname")
+        with pytest.raises(ImageError, match="not a plain path"):
+            sandbox.get("../etc/hostname")
+        term = sandbox.spawn(["sh", "-c", "test -t 0 && stty size"], pty=True,
+                             rows=31, cols=97)  # fmt: skip
+        assert term.wait(120).stdout == b"31 97\r\n"
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
