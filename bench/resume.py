@@ -10,6 +10,8 @@ Measured in one run, each against the cold boot of the same run:
 - memory: the PSS (shared pages divided among their users) of the QEMU processes
   of 1 and of 4 concurrent launches, each having run some Python, split into the
   snapshot's RAM file (guest pages), TCG's translation cache and the rest;
+- QEMU's plain way beside ours: a `migrate` with RAM in the stream to a file and
+  `-incoming` from it (same image, device set, readiness and command);
 - tb-size: the same launch and work with TCG's cache at QEMU's default and capped
   (how much memory it saves, what it costs in time);
 - 8 launches from one snapshot at once on this host: all answer, and how long
@@ -58,11 +60,12 @@ def pss_split_kib(pid: int, memory_file: Path) -> dict[str, int]:
     return split
 
 
-def cold(cfg: config.BuildConfig, image: Path, where: Path, runs: int) -> tuple[list[float], Path]:
+def cold(cfg: config.BuildConfig, image: Path, where: Path, runs: int,
+         ram_in_file: bool = True) -> tuple[list[float], Path]:  # fmt: skip
     times, keep = [], where / "snap-0"
     for i in range(runs):
         out = where / f"snap-{i}"
-        _, meta = snapshot.snapshot(cfg, image, out)
+        _, meta = snapshot.snapshot(cfg, image, out, ram_in_file=ram_in_file)
         times.append(meta.ready_seconds)
         if i:
             shutil.rmtree(out)
@@ -154,6 +157,11 @@ def main() -> None:
         _, snap_1g = cold(small, args.image.resolve(), where / "1g", 1)
         resume_4g = resume(large, snap_4g, args.runs)
         resume_1g = resume(small, snap_1g, args.runs)
+        # QEMU's own way, same image, same readiness: RAM in the migration stream.
+        (where / "plain").mkdir()
+        _, snap_plain = cold(large, args.image.resolve(), where / "plain", 1, ram_in_file=False)
+        plain_state_mib = (snap_plain / "state").stat().st_size / (1 << 20)
+        resume_plain = resume(large, snap_plain, args.runs)
         stream_first, stream_end = streaming(large, snap_4g)
         one = concurrent_pss(large, snap_4g, 1)
         four = concurrent_pss(large, snap_4g, 4)
@@ -163,6 +171,7 @@ def main() -> None:
     first_4g = statistics.median(t[0] for t in resume_4g)
     end_4g = statistics.median(t[1] for t in resume_4g)
     end_1g = statistics.median(t[1] for t in resume_1g)
+    end_plain = statistics.median(t[1] for t in resume_plain)
     marginal_mib = {
         k: round((four[k] - one[k]) / 3 / mib, 1) for k in ("total", "guest", "tcg", "other")
     }
@@ -175,6 +184,9 @@ def main() -> None:
         "resume_first_byte_over_cold": round(first_4g / cold_s, 4),
         "resume_end_over_cold": round(end_4g / cold_s, 4),
         "resume_4g_over_1g": round(end_4g / end_1g, 3),
+        "plain_migrate_end_s": [round(t[1], 3) for t in resume_plain],
+        "plain_migrate_state_mib": round(plain_state_mib, 1),
+        "plain_migrate_over_ours": round(end_plain / end_4g, 3),
         "stream_first_byte_s": round(stream_first, 3),
         "stream_end_s": round(stream_end, 3),
         "pss_1_launch_mib": round(one["total"] / mib, 1),
@@ -198,6 +210,8 @@ def main() -> None:
           f"= {100 * f['resume_end_over_cold']:.2f} % of cold")  # fmt: skip
     print(f"resume to its end (1 GiB)     {end_1g:8.3f} s  4 GiB / 1 GiB = "
           f"{f['resume_4g_over_1g']:.2f}")  # fmt: skip
+    print(f"plain migrate + -incoming     {end_plain:8.3f} s  = {f['plain_migrate_over_ours']:.2f}"
+          f" x ours (state file {plain_state_mib:.0f} MiB: RAM in the stream)")  # fmt: skip
     print(f"streaming: first line         {stream_first:8.3f} s  end {stream_end:.3f} s")
     print(f"host PSS, 1 launch            {f['pss_1_launch_mib']:8.1f} MiB")
     print(f"host PSS, 4 launches          {f['pss_4_launches_mib']:8.1f} MiB  "

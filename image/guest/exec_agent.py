@@ -144,8 +144,7 @@ class Session:
         elif op == "signal":
             child = self.children.get(channel_id)
             if child is not None and child.status is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, int(message.get("signal", signal.SIGTERM)))
+                signal_command(child.proc.pid, int(message.get("signal", signal.SIGTERM)))
         elif op == "resize":
             child = self.children.get(channel_id)
             if child is not None and child.outputs:
@@ -397,6 +396,49 @@ class Session:
                 self.send(channel.encode(channel.FILE, channel_id, chunk))
         self.send(channel.encode(channel.FILE, channel_id, b""))
         self.reply(channel_id, "get-done", bytes=size)
+
+
+def _sessions_below(root: int) -> list[int]:
+    """Session leaders among ROOT's descendants: a sandboxed command (bwrap's
+    --new-session puts it in a session of its own, led by itself)."""
+    children: dict[int, list[int]] = {}
+    leaders: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        pid, ppid, sid = int(entry), int(fields[1]), int(fields[3])
+        children.setdefault(ppid, []).append(pid)
+        if sid == pid:
+            leaders.add(pid)
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid in leaders:
+            found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def signal_command(root: int, sig: int) -> None:
+    """SIG to the command ROOT runs, as a terminal's Ctrl-C reaches its job.
+
+    A plain command: its process group (every command starts one). A sandboxed one
+    runs in a session of its own below the launcher (runuser, sandbox-exec, bwrap):
+    the signal goes to that session's process group, not to the launcher, which
+    would end the sandbox instead (bwrap dies of SIGINT, --die-with-parent does the
+    rest). SIGKILL (kill, a timeout) goes to both: nothing is left.
+    """
+    targets = _sessions_below(root)
+    if sig == signal.SIGKILL or not targets:
+        targets.append(root)
+    for group in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
 
 
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

@@ -2,8 +2,9 @@
 
 - ``-- CMD``: CMD's stdout and stderr as they arrive (exact bytes into a pipe;
   control sequences shown, not obeyed, on a terminal), piped stdin forwarded, the
-  exit status CMD's own (128 + N if signal N ended it). Ctrl-C or SIGTERM ends the
-  launch: the VM stops and nothing is left (130 / 143).
+  exit status CMD's own (128 + N if signal N ended it). The first Ctrl-C goes to
+  CMD in the sandbox; a second one or SIGTERM ends the launch: the VM stops and
+  nothing is left (130 / 143).
 - ``--shell``: a terminal inside the sandbox: this terminal in raw mode, its keys
   (Ctrl-C too: it interrupts the sandbox's foreground job) to a PTY in the guest,
   its size followed, the guest's output through `console.TerminalFilter`.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import termios
@@ -83,10 +83,10 @@ def _status(proc: Process) -> int:
     return int(code if code is not None else 1)
 
 
-def _until_the_end(proc: Process, timeout: float) -> Iterator[tuple[str, bytes]]:
-    """The command's output; past ``timeout`` it is killed and that is an error."""
+def _until_the_end(proc: Process, timeout: float, deadline: float) -> Iterator[tuple[str, bytes]]:
+    """The command's output; past ``deadline`` it is killed and that is an error."""
     try:
-        yield from proc.output(timeout)
+        yield from proc.output(max(0.0, deadline - time.monotonic()))
     except TimeoutError:
         proc.kill()
         with contextlib.suppress(TimeoutError):
@@ -97,18 +97,27 @@ def _until_the_end(proc: Process, timeout: float) -> Iterator[tuple[str, bytes]]
 
 def _stream_command(sandbox: Sandbox, options: LaunchOptions) -> tuple[int, bool]:
     """Returns the exit status as a shell gives it and whether stdout ended with a
-    newline. Ctrl-C and SIGTERM end the launch (passing them into a command without
-    a terminal is not done: bwrap's --new-session puts it out of the launcher's
-    process group's reach)."""
+    newline. The first Ctrl-C goes to the command (the agent signals its session in
+    the sandbox, as a terminal would); a second one, or SIGTERM, ends the launch."""
     spawned = time.monotonic()
+    deadline = spawned + options.command_timeout
     proc = sandbox.spawn(list(options.command))
     _forward_stdin(proc)
-    last = b"\n"
-    for stream, chunk in _until_the_end(proc, options.command_timeout):
-        sandbox.timings.setdefault("command_first_output", round(time.monotonic() - spawned, 3))
-        guest_output(chunk, sys.stdout if stream == "stdout" else sys.stderr)
-        if stream == "stdout":
-            last = chunk
+    last, interrupted = b"\n", False
+    while proc.exit is None:
+        try:
+            for stream, chunk in _until_the_end(proc, options.command_timeout, deadline):
+                sandbox.timings.setdefault(
+                    "command_first_output", round(time.monotonic() - spawned, 3)
+                )
+                guest_output(chunk, sys.stdout if stream == "stdout" else sys.stderr)
+                if stream == "stdout":
+                    last = chunk
+        except KeyboardInterrupt as exc:
+            if interrupted or type(exc) is not KeyboardInterrupt:  # SIGTERM: a subclass
+                raise
+            interrupted = True
+            proc.signal(signal.SIGINT)
     sandbox.timings["command_end"] = round(time.monotonic() - spawned, 3)
     return _status(proc), last.endswith(b"\n")
 
@@ -135,17 +144,17 @@ def _forward_stdin(proc: Process) -> None:
 
 def _terminal(sandbox: Sandbox, options: LaunchOptions) -> int:
     """A shell (or CMD) on a PTY in the sandbox, driven from this terminal."""
-    size = shutil.get_terminal_size()
+    stdin_fd, out = sys.stdin.fileno(), sys.stdout.buffer
+    size = os.get_terminal_size(sys.stdout.fileno())  # the terminal's, not $COLUMNS
     command = list(options.command) or list(SHELL)
     term = {name: os.environ[name] for name in ("TERM", "COLORTERM") if os.environ.get(name)}
     proc = sandbox.spawn(command, env=term, pty=True, rows=size.lines, cols=size.columns)
 
     def resized(signum: int, frame: FrameType | None) -> None:
-        now = shutil.get_terminal_size()
-        with contextlib.suppress(ChannelError):
+        with contextlib.suppress(ChannelError, OSError):
+            now = os.get_terminal_size(sys.stdout.fileno())
             proc.resize(now.lines, now.columns)
 
-    stdin_fd, out = sys.stdin.fileno(), sys.stdout.buffer
     saved = termios.tcgetattr(stdin_fd)
     previous = signal.signal(signal.SIGWINCH, resized)
     screen = TerminalFilter()
@@ -158,7 +167,8 @@ def _terminal(sandbox: Sandbox, options: LaunchOptions) -> int:
                     proc.write(data)
 
         threading.Thread(target=keys, daemon=True, name="launch-keys").start()
-        for _stream, chunk in _until_the_end(proc, options.command_timeout):
+        deadline = time.monotonic() + options.command_timeout
+        for _stream, chunk in _until_the_end(proc, options.command_timeout, deadline):
             out.write(screen.feed(chunk))
             out.flush()
     finally:

@@ -77,6 +77,9 @@ class SnapshotMeta:
     ready_seconds: float
     sizes: dict[str, int] = field(default_factory=dict)
     files_sha256: dict[str, str] = field(default_factory=dict)
+    # False: RAM went into the state stream, a plain `migrate` (bench/resume.py's
+    # comparison); launches then read it all back instead of mapping a file.
+    ram_in_file: bool = True
 
 
 def runtime_spec(
@@ -202,8 +205,10 @@ def image_arch(image_path: Path, arch: str, *, explicit: bool) -> str:
 # Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
 # and any failure removes the staging directory before the work folder goes.
 def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
-             ) -> tuple[Path, SnapshotMeta]:  # fmt: skip
-    """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``."""
+             ram_in_file: bool = True) -> tuple[Path, SnapshotMeta]:  # fmt: skip
+    """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``.
+    ``ram_in_file=False`` is QEMU's plain way (RAM in the migration stream), kept for
+    bench/resume.py to compare against."""
     if not image_path.is_file():
         raise ImageError(f"no image at {image_path}", hint="build one with ./inv build-image")
     if out.exists():
@@ -240,6 +245,8 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 disk=staging / DISK, vars_file=staging / VARS, firmware_code=firmware.code,
                 memory_private=False, sockets=sockets,
             )  # fmt: skip
+            if not ram_in_file:
+                spec = replace(spec, memory_file=None)
         with qemu.VM(spec, work / "qemu.log") as vm, GuestAgent(spec.qga_socket) as agent:  # type: ignore[arg-type]
             with step("snapshot: boot to ready", timings):
                 try:
@@ -273,6 +280,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
             ready_seconds=round(ready, 2),
             sizes={p.name: p.stat().st_size for p in staging.iterdir()},
             files_sha256={n: sha256_file(staging / n) for n in (STATE, DISK, VARS)},
+            ram_in_file=ram_in_file,
         )
         log.info("snapshot of QEMU %s (%s), accelerator %s", meta.qemu_version,
                  version.get("package", ""), reason)  # fmt: skip
@@ -400,7 +408,7 @@ def check_compatible(meta: SnapshotMeta, snapdir: Path, spec: qemu.VMSpec) -> No
             "this snapshot's machine or device set differs from what this launch would use",
             hint="run ./inv snapshot again with this version of sandbox-image",
         )
-    for name in (STATE, DISK, VARS, MEMORY, BASE):
+    for name in (STATE, DISK, VARS, BASE, *([MEMORY] if meta.ram_in_file else [])):
         if not (snapdir / name).is_file():
             raise ImageError(f"snapshot file missing: {snapdir / name}")
 
@@ -440,6 +448,8 @@ def launch(
             session_disk=session, disk=disk, vars_file=vars_file,
             firmware_code=firmware.code, memory_private=True, sockets=sockets,
         )  # fmt: skip
+        if not meta.ram_in_file:
+            spec = replace(spec, memory_file=None)
         check_compatible(meta, snapdir, spec)
         spec = replace(spec, incoming="defer")
         timings["prepare"] = round(time.monotonic() - start, 3)

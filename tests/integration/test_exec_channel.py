@@ -103,6 +103,40 @@ def test_a_signal_ends_the_whole_process_group(guest: ExecSession) -> None:
         pytest.fail("the background process outlived the signal")
 
 
+# A launcher that, like runuser + sandbox-exec + bwrap --new-session, runs the
+# command in a session of its own and would end it if it got the signal itself.
+_LAUNCHER_AND_SESSION = """
+trap 'echo launcher-got-it; exit 99' INT
+setsid sh -c 'trap "echo command-got-it; exit 5" INT; echo ready $$; while :; do sleep 0.1; done'
+"""
+
+
+def test_a_signal_reaches_a_sandboxed_command_in_its_own_session(guest: ExecSession) -> None:
+    """Ctrl-C into the sandbox: the command's session gets SIGINT, the launcher above
+    it (which would end the whole sandbox) does not."""
+    proc = guest.spawn(["sh", "-c", _LAUNCHER_AND_SESSION])
+    proc.close_stdin()
+    chunks = proc.output(30)
+    assert next(chunks)[1].startswith(b"ready ")
+    proc.signal(signal.SIGINT)
+    assert b"".join(c for _, c in chunks) == b"command-got-it\n"
+    assert proc.exit is not None and proc.exit.get("code") == 5
+    killed = guest.spawn(["sh", "-c", _LAUNCHER_AND_SESSION])  # SIGKILL: all of it
+    killed.close_stdin()
+    inner = int(next(killed.output(30))[1].split()[1])
+    killed.kill()
+    assert killed.wait(30).signal == signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(inner, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the command in its own session outlived SIGKILL")
+
+
 def test_a_timeout_kills_and_says_so(guest: ExecSession) -> None:
     start = time.monotonic()
     result = guest.run(["sleep", "30"], timeout=1)

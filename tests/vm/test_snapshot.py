@@ -104,19 +104,26 @@ def test_launch_cli_forwards_piped_stdin(snapdir: Path) -> None:
     assert "launched sandbox-" in proc.stderr  # --verbose: the launch's progress
 
 
-def _read_until(fd: int, wanted: bytes, timeout: float = 120) -> bytes:
-    seen, deadline = b"", time.monotonic() + timeout
-    while wanted not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"{wanted!r} did not come; the terminal showed {seen[-2000:]!r}"
-        if select.select([fd], [], [], left)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the launch closed the terminal
-                chunk = b""
-            assert chunk, f"the terminal closed before {wanted!r}: {seen[-2000:]!r}"
-            seen += chunk
-    return seen
+class _Screen:
+    """What a PTY's master shows, read as it comes; ``expect`` consumes up to a match."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pending, self.seen = fd, b"", b""
+
+    def expect(self, wanted: bytes, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.pending:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{wanted!r} did not come; the terminal showed {self.seen[-2000:]!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # EIO: the launch closed the terminal
+                    chunk = b""
+                assert chunk, f"the terminal closed before {wanted!r}: {self.seen[-2000:]!r}"
+                self.pending += chunk
+                self.seen += chunk
+        self.pending = self.pending[self.pending.index(wanted) + len(wanted) :]
 
 
 def test_launch_shell_through_a_real_terminal(snapdir: Path) -> None:
@@ -130,19 +137,21 @@ def test_launch_shell_through_a_real_terminal(snapdir: Path) -> None:
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )  # fmt: skip
     os.close(slave)
+    screen = _Screen(master)
     try:
+        screen.expect(b"agent@sandbox:/workspace$ ")  # the prompt: bash reads keys now
         os.write(master, b"stty size; echo id=$(id -u) $((6 * 7))\r")
-        _read_until(master, b"id=1001 42")
-        screen = _read_until(master, b"$ ")
+        screen.expect(b"37 111\r\nid=1001 42\r\n")
+        screen.expect(b"$ ")
         os.write(master, b"echo sleeping; sleep 100\r")
-        _read_until(master, b"sleeping\r\n")
+        screen.expect(b"sleeping\r\n")
         time.sleep(1)
         os.write(master, b"\x03")  # Ctrl-C: to the sleep, in the sandbox
+        screen.expect(b"$ ")
         os.write(master, b"echo status=$?\r")
-        screen += _read_until(master, b"status=130")
+        screen.expect(b"status=130")
         os.write(master, b"exit 3\r")
         assert proc.wait(timeout=120) == 3
-        assert b"37 111" in screen
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -178,24 +187,55 @@ def test_the_python_api(snapdir: Path, vm_config: config.BuildConfig) -> None:
         assert term.wait(120).stdout == b"31 97\r\n"
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_end_a_streaming_launch(snapdir: Path, sig: int, code: int) -> None:
-    """Ctrl-C (SIGINT: 130) or SIGTERM (143) while the command streams: the launch stops
-    and cleans up, no QEMU is left."""
+def _launch_streaming(
+    snapdir: Path, script: str, started: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [str(ROOT / "inv"), "launch", str(snapdir), "--", "sh", "-c", "echo started; sleep 120"],
+        [str(ROOT / "inv"), "launch", str(snapdir), "--", "sh", "-c", script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT,
     )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == b"started\n"  # the command runs
-        proc.send_signal(sig)
-        assert proc.wait(timeout=120) == code
-    finally:
+    started.append(proc)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"  # the command runs
+    return proc
+
+
+@pytest.fixture
+def launches() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert qemu_processes() == []
+
+
+def test_ctrl_c_reaches_the_sandboxed_command_and_a_second_ends_the_launch(
+    snapdir: Path, launches: list[subprocess.Popen[bytes]]
+) -> None:
+    """The first Ctrl-C (SIGINT) is the command's, in the sandbox: it traps it and
+    exits 4. A command that ignores it: the second Ctrl-C ends the launch (130)."""
+    trapping = "trap 'echo interrupted; exit 4' INT; echo started; while :; do sleep 0.2; done"
+    proc = _launch_streaming(snapdir, trapping, launches)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 4
+    assert proc.stdout is not None and proc.stdout.read() == b"interrupted\n"
+    stubborn = _launch_streaming(snapdir, "trap '' INT; echo started; sleep 120", launches)
+    stubborn.send_signal(signal.SIGINT)
+    time.sleep(3)
+    assert stubborn.poll() is None  # the command ignored it; the launch goes on
+    stubborn.send_signal(signal.SIGINT)
+    assert stubborn.wait(timeout=120) == 130
+
+
+def test_sigterm_ends_a_streaming_launch(
+    snapdir: Path, launches: list[subprocess.Popen[bytes]]
+) -> None:
+    """SIGTERM while the command streams: the launch stops and cleans up (143)."""
+    proc = _launch_streaming(snapdir, "echo started; sleep 120", launches)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
 
 
 def test_the_exec_agent_streams_runs_sandboxed_and_moves_files(
