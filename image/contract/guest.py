@@ -7,6 +7,7 @@ settings); snapshots and launches use them. Change one here and both sides follo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 # The unprivileged user commands run as, and the uid cloud-init creates it with.
 AGENT_USER = "agent"
@@ -34,6 +35,15 @@ NODE_PATH = "/usr/lib/node_modules"
 # port, the host's channel for commands (docs/exec.md).
 EXEC_PORT_NAME = "org.sandbox-image.exec.0"
 EXEC_SERVICE = "sandbox-image-exec.service"
+
+
+def sandbox_request(
+    workspace: str, terminal: bool = False, profile: str = "agent"
+) -> dict[str, Any]:
+    """What the host asks the exec agent for (a spawn's ``sandbox``): COMMAND in the
+    sandbox as the agent user, run by the agent's own forked process (the prepared
+    sandbox: no runuser, no new interpreter; image/guest/exec_agent.py)."""
+    return {"profile": profile, "workspace": workspace, "user": AGENT_USER, "terminal": terminal}
 
 
 def sandboxed_argv(command: Sequence[str], workspace: str, profile: str = "agent",

@@ -51,10 +51,99 @@ MAX_PENDING_STDIN = 16 << 20
 SANDBOX_LAUNCHER = "/usr/local/bin/sandbox-exec"
 
 
+@dataclass(frozen=True)
+class AgentOptions:
+    launcher: str  # for sandbox=true: a new process through the launcher
+    profile_dir: Path | None  # for a sandbox request: None is the launcher's default
+    seccomp_dir: Path | None
+
+
+def _launcher_module() -> Any:
+    """The sandbox launcher's code (image/guest/sandbox_exec.py), beside this file."""
+    if __package__:
+        from image.guest import sandbox_exec
+    else:
+        import sandbox_exec  # type: ignore[import-not-found,no-redef]
+    return sandbox_exec
+
+
+class Forked:
+    """A child forked from this agent that runs Python code, not a new program (the
+    prepared sandbox: no interpreter to start). What the agent uses of Popen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(cls, fds: tuple[int, ...], use_pty: bool, env: dict[str, str],
+              cwd: str | None, run: Any) -> Forked:  # fmt: skip
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            return cls(pid)
+        code = 125
+        try:  # the child: never returns into the agent's loop
+            os.setsid()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            if use_pty:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # Nothing of the agent's reaches the sandbox: above all not the host's
+            # channel, which would let a command speak for the agent.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            os.environ.clear()
+            os.environ.update(env)
+            if cwd:
+                os.chdir(cwd)
+            code = run()
+        except BaseException as exc:  # reported on the command's stderr
+            with contextlib.suppress(Exception):
+                os.write(2, f"exec agent: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _sandbox_request(request: Any) -> dict[str, Any]:
+    """A spawn's ``sandbox``: {profile, workspace, user, terminal}, checked."""
+    if not isinstance(request, dict):
+        raise channel.ProtocolError("sandbox must be true or an object")
+    profile, workspace = request.get("profile", "agent"), request.get("workspace")
+    user, terminal = request.get("user"), request.get("terminal", False)
+    if (not isinstance(profile, str) or not _NAME.fullmatch(profile)
+            or not isinstance(workspace, str) or not workspace.startswith("/")
+            or not (user is None or (isinstance(user, str) and _NAME.fullmatch(user)))
+            or not isinstance(terminal, bool)):  # fmt: skip
+        raise channel.ProtocolError(f"a bad sandbox request: {request!r}")
+    return {"profile": profile, "workspace": workspace, "user": user, "terminal": terminal}
+
+
 @dataclass
 class Child:
     channel: int
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | Forked
     outputs: dict[int, int]  # fd -> STDOUT/STDERR (a PTY: one fd, STDOUT)
     stdin: int | None
     pending: bytearray = field(default_factory=bytearray)
@@ -66,9 +155,10 @@ class Child:
 class Session:
     """One host connection: its frames in, its processes' output out."""
 
-    def __init__(self, conn_in: int, conn_out: int, launcher: str) -> None:
+    def __init__(self, conn_in: int, conn_out: int, options: AgentOptions) -> None:
         self.conn_in, self.conn_out = conn_in, conn_out
-        self.launcher = launcher
+        self.launcher = options.launcher
+        self.profile_dir, self.seccomp_dir = options.profile_dir, options.seccomp_dir
         self.decoder = channel.Decoder()
         self.children: dict[int, Child] = {}
         self.uploads: dict[int, Upload] = {}
@@ -169,42 +259,63 @@ class Session:
 
     # -- processes ----------------------------------------------------------------------
 
+    def _sandboxed(self, request: dict[str, Any], argv: list[str]) -> int:
+        """In a forked child: the launcher's work, in this already-warm interpreter."""
+        sandbox_exec = _launcher_module()
+        return int(sandbox_exec.run_in_process(
+            request["profile"], argv, Path(request["workspace"]), request["user"],
+            request["terminal"], profile_dir=self.profile_dir, seccomp_dir=self.seccomp_dir,
+        ))  # fmt: skip
+
     def _spawn(self, channel_id: int, message: dict[str, Any]) -> None:
         argv = message.get("argv")
         if (channel_id == 0 or channel_id in self.children or not isinstance(argv, list)
                 or not argv or not all(isinstance(a, str) for a in argv)):  # fmt: skip
             raise channel.ProtocolError(f"a bad spawn request on channel {channel_id}")
-        if message.get("sandbox"):
-            argv = [self.launcher, "--", *argv]
+        sandbox = message.get("sandbox")
+        if sandbox is True:  # through the launcher, as a new process
+            argv, sandbox = [self.launcher, "--", *argv], None
+        elif sandbox:
+            sandbox = _sandbox_request(sandbox)
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
-        use_pty = bool(message.get("pty"))
+        use_pty, cwd = bool(message.get("pty")), message.get("cwd")
+        # The command's ends: a PTY (one stream) or three pipes. Made with os.pipe,
+        # so each fd has one owner here and is closed once.
+        if use_pty:
+            master, slave = pty.openpty()
+            if message.get("rows") and message.get("cols"):
+                size = struct.pack("HHHH", int(message["rows"]), int(message["cols"]), 0, 0)
+                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+            theirs: tuple[int, ...] = (slave, slave, slave)
+            outputs, stdin = {master: channel.STDOUT}, master
+        else:
+            (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
+            theirs = (in_r, out_w, err_w)
+            outputs, stdin = {out_r: channel.STDOUT, err_r: channel.STDERR}, in_w
+        proc: subprocess.Popen[bytes] | Forked
         try:
-            if use_pty:
-                master, slave = pty.openpty()
-                if message.get("rows") and message.get("cols"):
-                    size = struct.pack("HHHH", int(message["rows"]), int(message["cols"]), 0, 0)
-                    fcntl.ioctl(master, termios.TIOCSWINSZ, size)
-                proc = subprocess.Popen(
-                    argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                    cwd=message.get("cwd"), start_new_session=True,
-                    preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-                )  # fmt: skip
-                os.close(slave)
-                outputs, stdin = {master: channel.STDOUT}, master
+            if sandbox:
+                proc = Forked.start(
+                    theirs, use_pty, env, cwd, lambda: self._sandboxed(sandbox, argv)
+                )
             else:
                 proc = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=env, cwd=message.get("cwd"), start_new_session=True,
+                    argv, stdin=theirs[0], stdout=theirs[1], stderr=theirs[2], env=env, cwd=cwd,
+                    start_new_session=True,
+                    preexec_fn=(lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)) if use_pty else None,
                 )  # fmt: skip
-                assert proc.stdin and proc.stdout and proc.stderr
-                outputs = {proc.stdout.fileno(): channel.STDOUT,
-                           proc.stderr.fileno(): channel.STDERR}  # fmt: skip
-                stdin = proc.stdin.fileno()
         except OSError as exc:
+            for fd in {*outputs, stdin}:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             self.reply(channel_id, "exit", code=127, signal=None,
                        error=f"{argv[0]}: {exc.strerror or exc}")  # fmt: skip
             return
+        finally:
+            for fd in set(theirs):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         child = Child(channel_id, proc, outputs, stdin)
         self.children[channel_id] = child
         for fd in outputs:
@@ -403,15 +514,15 @@ def _sessions_below(root: int) -> list[int]:
     --new-session puts it in a session of its own, led by itself)."""
     children: dict[int, list[int]] = {}
     leaders: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            text = Path(f"/proc/{entry}/stat").read_text()
+            text = (entry / "stat").read_text()
         except OSError:
             continue  # gone meanwhile
         fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-        pid, ppid, sid = int(entry), int(fields[1]), int(fields[3])
+        pid, ppid, sid = int(entry.name), int(fields[1]), int(fields[3])
         children.setdefault(ppid, []).append(pid)
         if sid == pid:
             leaders.add(pid)
@@ -523,7 +634,7 @@ def _open_parent(message: dict[str, Any]) -> tuple[int, str, tuple[int, int] | N
     return fd, parts[-1], (root.st_uid, root.st_gid)
 
 
-def _serve_socket(path: Path, launcher: str, once: bool) -> None:
+def _serve_socket(path: Path, options: AgentOptions, once: bool) -> None:
     # Bound under another name and renamed once listening: whoever sees the path
     # can connect (no "connection refused" between bind and listen).
     building = path.with_name(f".{path.name}.{os.getpid()}")
@@ -537,12 +648,12 @@ def _serve_socket(path: Path, launcher: str, once: bool) -> None:
         conn, _ = server.accept()
         with conn:
             fd = conn.fileno()
-            Session(fd, os.dup(fd), launcher).serve()
+            Session(fd, os.dup(fd), options).serve()
         if once:
             return
 
 
-def _serve_device(path: Path, launcher: str) -> None:
+def _serve_device(path: Path, options: AgentOptions) -> None:
     """A virtio-serial port: one fd both ways; a host that goes away reads as EOF (or
     nothing), then the next session starts on the same port."""
     while True:
@@ -552,7 +663,7 @@ def _serve_device(path: Path, launcher: str) -> None:
             time.sleep(1)
             continue
         try:
-            Session(fd, fd, launcher).serve()
+            Session(fd, fd, options).serve()
         finally:
             os.close(fd)
         time.sleep(0.05)  # no host: the port reads as EOF at once
@@ -567,12 +678,28 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--listen", type=Path, help="a Unix socket to serve on")
     parser.add_argument("--once", action="store_true", help="with --listen: one session, then exit")
     parser.add_argument("--launcher", default=SANDBOX_LAUNCHER, help="the sandbox launcher")
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help="bwrap profiles for in-process sandboxes (the launcher's default)",
+    )
+    parser.add_argument(
+        "--seccomp-dir",
+        type=Path,
+        default=None,
+        help="compiled filters for in-process sandboxes (the launcher's default)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Imported now, so the snapshot saves it warm and no launch pays for it.
+    with contextlib.suppress(ImportError):
+        _launcher_module()
+    options = AgentOptions(args.launcher, args.profile_dir, args.seccomp_dir)
     if args.device:
-        _serve_device(args.device, args.launcher)
+        _serve_device(args.device, options)
     else:
-        _serve_socket(args.listen, args.launcher, args.once)
+        _serve_socket(args.listen, options, args.once)
     return 0
 
 

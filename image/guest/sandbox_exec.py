@@ -735,6 +735,25 @@ def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def run_in_process(
+    profile_name: str, cmd: Sequence[str], workspace: Path, user: str | None, terminal: bool,
+    profile_dir: Path | None = None, seccomp_dir: Path | None = None,
+) -> int:  # fmt: skip
+    """What `sandbox-exec --profile P --workspace W [--user U] [--terminal] -- CMD` does,
+    for a root caller that is already a Python process (the exec agent forks and
+    calls this: no new interpreter, no runuser). Errors print and return 125."""
+    args = argparse.Namespace(seccomp_dir=seccomp_dir or SECCOMP_DIR, user=user, self_test=False)
+    try:
+        profile = _load_profile(profile_name, profile_dir or PROFILE_DIR)
+        profile = with_bridges(profile, [], IN_VM_MARKER.exists())
+        if terminal:
+            profile = keep_terminal(profile)
+        return _run(profile, args, list(cmd), workspace.absolute())
+    except LauncherError as exc:
+        print(f"sandbox-exec: {exc}", file=sys.stderr)
+        return EXIT_LAUNCHER
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cmd = list(args.cmd)

@@ -83,11 +83,9 @@ class Sandbox:
         """
         command = _with_env(argv, env, cwd)
         return self.session.spawn(
-            guest.sandboxed_argv(command, workspace=WORKSPACE, terminal=pty),
-            pty=pty,
-            rows=rows,
-            cols=cols,
-        )
+            command, sandbox=guest.sandbox_request(WORKSPACE, terminal=pty),
+            pty=pty, rows=rows, cols=cols,
+        )  # fmt: skip
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
@@ -97,7 +95,7 @@ class Sandbox:
         and the result says ``timed_out``."""
         command = _with_env(argv, env, cwd)
         return self.session.run(
-            guest.sandboxed_argv(command, workspace=WORKSPACE), stdin=stdin, timeout=timeout
+            command, sandbox=guest.sandbox_request(WORKSPACE), stdin=stdin, timeout=timeout
         )
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:

@@ -176,8 +176,12 @@ class ExecSession:
         return int(value.get("version", 0))
 
     def spawn(self, argv: list[str], *, env: dict[str, str] | None = None,
-              cwd: str | None = None, sandbox: bool = False, pty: bool = False,
-              rows: int | None = None, cols: int | None = None) -> Process:  # fmt: skip
+              cwd: str | None = None, sandbox: bool | dict[str, Any] = False,
+              pty: bool = False, rows: int | None = None,
+              cols: int | None = None) -> Process:  # fmt: skip
+        """ARGV in the guest. ``sandbox``: True runs it through the launcher program;
+        {"profile", "workspace", "user", "terminal"} has the agent run the launcher's
+        code in a forked child of its own (no new interpreter: the prepared sandbox)."""
         number = next(self._channels)
         proc = self._processes[number] = Process(self, number)
         self.send(channel.control(number, "spawn", argv=list(argv), env=env or {}, cwd=cwd,

@@ -373,7 +373,8 @@ class Launch:
 
     def spawn_sandboxed(self, session: ExecSession, command: Sequence[str]) -> Process:
         """COMMAND in the sandbox as the agent user, its output streaming."""
-        return session.spawn(guest.sandboxed_argv(command, workspace=f"{SESSION_MOUNT}/work"))
+        return session.spawn(list(command),
+                             sandbox=guest.sandbox_request(f"{SESSION_MOUNT}/work"))  # fmt: skip
 
 
 EXEC_AGENT_TIMEOUT = 180.0
@@ -386,7 +387,10 @@ def _exec_agent_ready(spec: qemu.VMSpec, timeout: float, alive: Any) -> None:
     while True:
         try:
             with ExecSession.connect(spec.exec_socket, timeout=10) as session:
-                if session.run(["true"], timeout=60).ok:
+                # A sandboxed command, as launches run them: what it reads (bwrap,
+                # socat, the filters, the inner stage) is in the page cache when saved.
+                home = f"/home/{guest.AGENT_USER}"
+                if session.run(["true"], timeout=120, sandbox=guest.sandbox_request(home)).ok:
                     return
         except ChannelError as exc:
             if time.monotonic() > deadline or not alive():

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from image import run
+from image.runtime.execchannel import ExecSession
 from image.sandbox import bwrap, guestfiles, seccomp
 from tests.fixtures import escape_cases
 from tests.hosttools import need
@@ -370,6 +371,45 @@ def test_terminal_keeps_the_pty_and_the_filter_still_refuses_tiocsti(sbx: Sandbo
     refused = sbx.run(["true"], launcher=["--terminal"])  # stdin is not a terminal
     assert refused.returncode == 125
     assert b"--terminal: stdin is not a terminal" in refused.stderr
+
+
+def test_the_exec_agent_runs_the_sandbox_in_process(sbx: Sandbox, tmp_path: Path) -> None:
+    """The prepared sandbox: the agent forks and runs the launcher's code (no runuser,
+    no new interpreter) with the same guarantees; none of the agent's descriptors (the
+    host's channel) reach the command; Ctrl-C reaches the command's own session."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen([sys.executable, str(ROOT / "image" / "guest" / "exec_agent.py"),
+                              "--listen", str(sock), "--profile-dir", str(sbx.profile_dir),
+                              "--seccomp-dir", str(sbx.seccomp_dir)])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        request = {"profile": "agent", "workspace": str(sbx.workspace), "user": None}
+        with ExecSession.connect(sock) as session:
+            script = ("id -u; grep -E '^(NoNewPrivs|CapEff|Seccomp_filters):' /proc/self/status;"
+                      " ls /proc/self/fd")  # fmt: skip
+            result = session.run(["sh", "-c", script], sandbox=request, timeout=120)
+            assert result.ok, result.stderr.decode()
+            lines = result.stdout.decode().splitlines()
+            assert lines[0] == str(NOBODY)
+            assert sorted(lines[1:4]) == ["CapEff:\t0000000000000000", "NoNewPrivs:\t1",
+                                          "Seccomp_filters:\t2"]  # fmt: skip
+            assert lines[4:] == ["0", "1", "2", "3"]  # 3: ls's own directory
+            proc = session.spawn(["sh", "-c", "trap 'echo got-int; exit 6' INT; echo ready; "
+                                  "while :; do sleep 0.1; done"], sandbox=request)  # fmt: skip
+            proc.close_stdin()
+            chunks = proc.output(60)
+            assert next(chunks) == ("stdout", b"ready\n")
+            proc.signal(signal.SIGINT)
+            assert b"".join(c for _, c in chunks) == b"got-int\n"
+            assert proc.exit is not None and proc.exit.get("code") == 6
+            bad = session.run(["true"], sandbox={**request, "profile": "no-such"}, timeout=60)
+            assert bad.code == 125 and b"no-such" in bad.stderr
+    finally:
+        agent.kill()
+        agent.wait()
 
 
 def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:
