@@ -203,7 +203,8 @@ def demo(c: Context, arch: str = "amd64", out: str | None = None, json: bool = F
     },
 )
 def bench_resume(c: Context, image: str | None = None, runs: str = "3") -> None:
-    """Measure cold boot vs resume, 1 vs 4 GiB RAM, and PSS of concurrent launches."""
+    """Measure cold boot vs a launch (first byte, end), streaming, RAM size, PSS, tb-size,
+    8 launches at once, and a plain migrate beside ours."""
     from image.runtime import demo as demo_module
 
     with _user_errors():
