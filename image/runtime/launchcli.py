@@ -58,7 +58,6 @@ def launch_and_run(snapdir: Path, cfg: BuildConfig, options: LaunchOptions,
         if not options.command:
             spec = sandbox.vm.vm.spec
             print(f"sandbox {sandbox.hostname} is running (Ctrl-C or SIGTERM stops it)")
-            print(f"  exec agent:  {spec.exec_socket}")
             print(f"  guest agent: socat - UNIX-CONNECT:{spec.qga_socket}")
             print(f"  QMP:         socat - UNIX-CONNECT:{spec.qmp_socket}")
             sys.stdout.flush()
