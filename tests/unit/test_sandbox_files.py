@@ -83,7 +83,7 @@ def test_guest_code_parses_as_python_3_10_and_imports_only_the_stdlib(path: Path
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     # The sibling modules (the launcher's, the exec agent's), host or guest layout.
-    ours = {"image", "bwrap_profile", "channel"}
+    ours = {"image", "bwrap_profile", "channel", "sandbox_exec"}
     assert imported - ours <= set(sys.stdlib_module_names)
     for name in ("tomllib", "typing_extensions"):  # 3.11+ or not stdlib
         assert name not in imported
