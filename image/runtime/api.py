@@ -45,7 +45,7 @@ __all__ = ["ChannelError", "ImageError", "Process", "Result", "Sandbox", "launch
 
 # The workspace as the VM sees it (where put/get go); commands see it at the
 # profile's workspace path, which is their current directory.
-WORKSPACE = f"{snapshot.SESSION_MOUNT}/work"
+WORKSPACE = snapshot.WORKSPACE
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -53,6 +53,7 @@ FORMAT_VERSION = 1
 SHARE_TAG = "share"
 SHARE_MOUNT = "/mnt/share"
 SESSION_MOUNT = "/sessions"
+WORKSPACE = f"{SESSION_MOUNT}/work"  # the sandbox's workspace, as the VM sees it
 SESSION_SERIAL = "session"  # /dev/disk/by-id/virtio-session in the guest
 DEFAULT_SESSION_SIZE = 10 << 30
 READY_ATTEMPTS = 5
@@ -362,9 +363,7 @@ class Launch:
         return self.agent.exec(argv, timeout=timeout)
 
     def sandboxed(self, command: Sequence[str], timeout: float = 3600.0) -> Any:
-        return self.exec(
-            guest.sandboxed_argv(command, workspace=f"{SESSION_MOUNT}/work"), timeout=timeout
-        )
+        return self.exec(guest.sandboxed_argv(command, workspace=WORKSPACE), timeout=timeout)
 
     def exec_session(self) -> contextlib.AbstractContextManager[ExecSession]:
         """The exec agent's channel (streaming commands, stdin, signals, files): the
@@ -373,8 +372,7 @@ class Launch:
 
     def spawn_sandboxed(self, session: ExecSession, command: Sequence[str]) -> Process:
         """COMMAND in the sandbox as the agent user, its output streaming."""
-        return session.spawn(list(command),
-                             sandbox=guest.sandbox_request(f"{SESSION_MOUNT}/work"))  # fmt: skip
+        return session.spawn(list(command), sandbox=guest.sandbox_request(WORKSPACE))
 
 
 EXEC_AGENT_TIMEOUT = 180.0

@@ -85,6 +85,17 @@ def test_stdin_round_trip(guest: ExecSession) -> None:
     assert result.ok and result.stdout == data
 
 
+def _gone(pid: int, within: float = 5) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_a_signal_ends_the_whole_process_group(guest: ExecSession) -> None:
     proc = guest.spawn(["sh", "-c", "sleep 300 & echo $!; wait"])
     _, line = next(proc.output(30))
@@ -92,15 +103,7 @@ def test_a_signal_ends_the_whole_process_group(guest: ExecSession) -> None:
     proc.signal(signal.SIGTERM)
     result = proc.wait(30)
     assert (result.code, result.signal) == (None, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(background, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the background process outlived the signal")
+    assert _gone(background), "the background process outlived the signal"
 
 
 # A launcher that, like runuser + sandbox-exec + bwrap --new-session, runs the
@@ -126,15 +129,7 @@ def test_a_signal_reaches_a_sandboxed_command_in_its_own_session(guest: ExecSess
     inner = int(next(killed.output(30))[1].split()[1])
     killed.kill()
     assert killed.wait(30).signal == signal.SIGKILL
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(inner, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the command in its own session outlived SIGKILL")
+    assert _gone(inner), "the command in its own session outlived SIGKILL"
 
 
 def test_a_timeout_kills_and_says_so(guest: ExecSession) -> None:
