@@ -1,4 +1,4 @@
-"""What is in a built image: dpkg, pip and npm packages -> manifest.json and a CycloneDX SBOM.
+"""What is in a built image: dpkg, pip and npm packages -> manifest.json, CycloneDX and SPDX SBOMs.
 
 The guest is asked with commands that exist on every profile (dpkg-query, and
 python3's importlib.metadata rather than pip, which the smaller profiles lack);
@@ -7,9 +7,15 @@ parsing is pure and unit-tested.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import re
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from cyclonedx.model.bom import Bom
 from cyclonedx.model.component import Component, ComponentType
@@ -18,6 +24,21 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
+# From the defining modules: spdx_tools.spdx.model re-exports them implicitly, which mypy rejects.
+from spdx_tools.spdx.model.actor import Actor, ActorType
+from spdx_tools.spdx.model.document import CreationInfo, Document
+from spdx_tools.spdx.model.package import (
+    ExternalPackageRef,
+    ExternalPackageRefCategory,
+    PackagePurpose,
+)
+from spdx_tools.spdx.model.package import Package as SpdxPackage
+from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
+from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
+
+from image import __version__
 from image.errors import ImageError
 
 DPKG_QUERY = (
@@ -89,6 +110,20 @@ def parse_npm(text: str) -> tuple[Package, ...]:
     return tuple(sorted(Package(name, str(info.get("version", ""))) for name, info in deps.items()))
 
 
+def purls(manifest: Manifest) -> list[tuple[Package, PackageURL]]:
+    """Every dpkg, pip and npm package with its purl: the one source for both SBOMs."""
+    found = []
+    for p in manifest.dpkg:
+        qualifiers = {"arch": p.arch} if p.arch else None
+        found.append((p, PackageURL("deb", manifest.distro, p.name, p.version, qualifiers)))
+    for p in manifest.pip:
+        found.append((p, PackageURL("pypi", None, p.name.lower(), p.version)))
+    for p in manifest.npm:
+        namespace, _, name = p.name.rpartition("/")
+        found.append((p, PackageURL("npm", namespace or None, name, p.version)))
+    return found
+
+
 def sbom(manifest: Manifest, image_name: str, image_version: str) -> str:
     """A CycloneDX 1.6 JSON SBOM, validated against the schema before it is returned."""
     bom = Bom()
@@ -97,20 +132,10 @@ def sbom(manifest: Manifest, image_name: str, image_version: str) -> str:
         bom_ref=f"image:{image_name}",
     )  # fmt: skip
     bom.metadata.component = root
-
-    def add(purl: PackageURL, package: Package, ref: str) -> None:
-        bom.components.add(Component(name=package.name, version=package.version, purl=purl,
+    for p, purl in purls(manifest):
+        ref = f"deb:{p.name}:{p.arch}" if purl.type == "deb" else f"{purl.type}:{p.name}"
+        bom.components.add(Component(name=p.name, version=p.version, purl=purl,
                                      type=ComponentType.LIBRARY, bom_ref=ref))  # fmt: skip
-
-    for p in manifest.dpkg:
-        qualifiers = {"arch": p.arch} if p.arch else None
-        add(PackageURL("deb", manifest.distro, p.name, p.version, qualifiers), p,
-            f"deb:{p.name}:{p.arch}")  # fmt: skip
-    for p in manifest.pip:
-        add(PackageURL("pypi", None, p.name.lower(), p.version), p, f"pypi:{p.name}")
-    for p in manifest.npm:
-        namespace, _, name = p.name.rpartition("/")
-        add(PackageURL("npm", namespace or None, name, p.version), p, f"npm:{p.name}")
     # Everything is installed in the image: the image depends on each directly.
     bom.register_dependency(root, list(bom.components))
     text: str = JsonV1Dot6(bom).output_as_string(indent=2)
@@ -118,3 +143,70 @@ def sbom(manifest: Manifest, image_name: str, image_version: str) -> str:
     if error is not None:
         raise ImageError(f"the generated SBOM is not valid CycloneDX 1.6: {error}")
     return text
+
+
+def spdx_id(package: Package, purl: PackageURL) -> str:
+    """SPDXRef-<type>-<name>-<hash>: the name made safe, the hash keeps it unique.
+
+    The raw name is hashed too because two names can share a purl (pip's Foo_Bar and
+    foo-bar both become pkg:pypi/foo-bar).
+    """
+    safe = re.sub(r"[^A-Za-z0-9.]", "-", package.name)
+    digest = hashlib.sha256(f"{purl.to_string()} {package.name}".encode()).hexdigest()[:10]
+    return f"SPDXRef-{purl.type}-{safe}-{digest}"
+
+
+def spdx(
+    manifest: Manifest, image_name: str, image_version: str, created: datetime | None = None
+) -> str:
+    """An SPDX 2.3 JSON SBOM of the same packages as sbom(), validated before it is returned.
+
+    The namespace depends only on the image and its packages, not on `created`: the same
+    inputs with the same `created` give the same bytes. `created` defaults to now.
+    """
+    found = purls(manifest)
+
+    def package(
+        spdxid: str, name: str, version: str, purpose: PackagePurpose, purl: str | None = None
+    ) -> SpdxPackage:
+        unknown = SpdxNoAssertion()
+        category = ExternalPackageRefCategory.PACKAGE_MANAGER
+        refs = [ExternalPackageRef(category, "purl", purl)] if purl else []
+        # files_analyzed=False: the SBOM lists packages, not their files.
+        return SpdxPackage(
+            spdxid, name, unknown, version=version, files_analyzed=False,
+            license_concluded=unknown, license_declared=unknown, copyright_text=unknown,
+            primary_package_purpose=purpose, external_references=refs,
+        )  # fmt: skip
+
+    root = package("SPDXRef-image", image_name, image_version, PackagePurpose.OPERATING_SYSTEM)
+    # Keyed by SPDXID: a package listed twice in the manifest is one package, as in CycloneDX.
+    components = {
+        spdx_id(p, purl): package(
+            spdx_id(p, purl), p.name, p.version, PackagePurpose.LIBRARY, purl.to_string()
+        )
+        for p, purl in found
+    }
+    content = json.dumps(
+        [image_name, image_version, sorted(f"{p.name} {u.to_string()}" for p, u in found)]
+    )
+    name = f"{image_name}-{image_version}"
+    namespace = f"https://spdx.org/spdxdocs/{quote(name, safe='')}-"
+    namespace += str(uuid.uuid5(uuid.NAMESPACE_URL, namespace + content))
+    creation = CreationInfo(
+        "SPDX-2.3", "SPDXRef-DOCUMENT", name, namespace,
+        [Actor(ActorType.TOOL, f"sandbox-image-{__version__}")],
+        created or datetime.now(timezone.utc).replace(microsecond=0),
+    )  # fmt: skip
+    relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, root.spdx_id)]
+    relationships += [Relationship(root.spdx_id, RelationshipType.CONTAINS, i) for i in components]
+    document = Document(creation, [root, *components.values()], relationships=relationships)
+    messages = validate_full_spdx_document(document, "SPDX-2.3")
+    if messages:
+        shown = "; ".join(m.validation_message for m in messages[:3])
+        more = f" (and {len(messages) - 3} more)" if len(messages) > 3 else ""
+        raise ImageError(f"the generated SBOM is not valid SPDX 2.3: {shown}{more}")
+    out = io.StringIO()
+    # Validated just above; its own validation and deduplication (a deep copy) would repeat work.
+    write_document_to_stream(document, out, validate=False, drop_duplicates=False)
+    return out.getvalue()
