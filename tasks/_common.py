@@ -169,6 +169,12 @@ def _user_path(text: str | Path) -> Path:
     return (_caller_dir() / Path(text).expanduser()).resolve()
 
 
+def _key_spec(text: str) -> str:
+    """--sign-key: a key file the user named (relative to where they are), or a key id."""
+    path = _user_path(text)
+    return str(path) if path.is_file() else text
+
+
 def _out_path(text: str, flag: str, *, directory: bool) -> Path:
     """An output the user named: checked before anything is written, so a wrong --out
     costs a message, not a half-made artifact."""

@@ -71,10 +71,15 @@ PLACEHOLDERS = {
             "upstream_proxy",
             "pip_index",
             "npm_registry",
+            "expect_source",
         ),
         "URL",
     ),
+    "builder_id": "URI",
+    "target": "DIR|REF",
     **dict.fromkeys(("to", "ref"), "REF"),
+    **dict.fromkeys(("sign_key", "key", "verify_key"), "KEY"),
+    **dict.fromkeys(("expect_revision", "revision"), "SHA"),
 }
 
 

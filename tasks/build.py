@@ -9,10 +9,12 @@ from invoke.context import Context
 
 from image import config, console
 from image.errors import ImageError
+from image.release.signatures import PASSPHRASE_ENV
 from tasks._common import (
     CONFIG_HELP,
     EGRESS_HELP,
     _config,
+    _key_spec,
     _out_path,
     _policy_choice,
     _user_errors,
@@ -252,6 +254,12 @@ BUILD_HELP = {
     "ca_cert": RENDER_HELP["ca_cert"],
     "keep_failed": "when provisioning or verification fails, keep the build VM running and "
     "print an ssh command into it (127.0.0.1 only); Ctrl-C ends it",
+    "sign_key": "sign SHA256SUMS and the provenance with this OpenPGP key: a secret-key file, "
+    f"or a key id in your GnuPG keyring (passphrase: ${PASSPHRASE_ENV})",
+    "builder_id": "who built it, as the provenance's builder.id (default: "
+    "urn:sandbox-image:host:HOSTNAME; in CI, e.g. the workflow's URL)",
+    "source": "the toolkit's repository URL the provenance names (default: the checkout's "
+    "origin remote)",
     **{
         k: RENDER_HELP[k]
         for k in ("apt_mirror", "apt_mirror_key", "apt_snapshot", "pip_index", "npm_registry")
@@ -281,6 +289,7 @@ def build_image(
     upstream_proxy: str | None = None, apt_mirror: str | None = None,
     apt_mirror_key: str | None = None, apt_snapshot: str | None = None,
     pip_index: str | None = None, npm_registry: str | None = None,
+    sign_key: str | None = None, builder_id: str | None = None, source: str | None = None,
 ) -> None:  # fmt: skip
     """Boot the cloud image with the seed, provision, verify, describe, compact and publish.
 
@@ -313,6 +322,8 @@ def build_image(
             ca_certs=trust.load([_user_path(f) for f in ca_cert or ()]),
             keep_failed=keep_failed,
             mirrors=_mirrors(apt_mirror, apt_mirror_key, apt_snapshot, pip_index, npm_registry),
+            sign_key=_key_spec(sign_key) if sign_key else None, builder_id=builder_id,
+            source_url=source,
         )  # fmt: skip
         console.print_summary("build-image", result.timings)
         if json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from image.contract import guest, vmstate
 from image.egress import guestnet
 from image.errors import ImageError
 from image.files import sha256_file
-from image.release import report
+from image.release import provenance, report, signatures
 from image.sandbox import guestfiles
 from image.source import fetch, standin
 from image.vm import accel, qemu, ssh
@@ -56,6 +57,8 @@ from image.vm.firmware import find_firmware
 from image.vm.guestagent import GuestAgent
 
 log = logging.getLogger(__name__)
+# The toolkit's checkout: its git revision goes into every build's provenance.
+TOOLKIT_ROOT = Path(image.__file__).resolve().parent.parent
 
 BUILD_USER = "build"
 PROVISIONED_MARKER = "/var/lib/sandbox-image/provisioned"
@@ -65,6 +68,7 @@ GUEST_LOGS = ("/var/log/cloud-init.log", "/var/log/cloud-init-output.log")
 RUNTIME_CLOUD_CFG = "datasource_list: [NoCloud, None]\n"
 # The build proxy's audit log: the record of everything the build downloaded.
 EGRESS_LOG = "egress.jsonl"
+SPDX_SBOM = "sbom.spdx.json"
 # The console of the VM that provisioned (kept in its layer); serial.log: the resumed VM's.
 PROVISION_SERIAL = "serial-provision.log"
 
@@ -94,6 +98,12 @@ class BuildRequest:
     # --keep-failed: a VM whose provisioning or verification fails stays up, with an
     # SSH way in on 127.0.0.1, until Ctrl-C/SIGTERM; then the build fails as usual.
     keep_failed: bool = False
+    # --sign-key: sign SHA256SUMS and the provenance (image.release.signatures).
+    sign_key: str | None = None
+    # The provenance's builder.id (--builder-id) and the toolkit's source URL (--source;
+    # default: the checkout's origin remote).
+    builder_id: str | None = None
+    source_url: str | None = None
 
     @classmethod
     def resolve(cls, cfg: BuildConfig, **options: Any) -> BuildRequest:
@@ -140,6 +150,9 @@ class BuildRequest:
                 hint="--distro ubuntu builds jammy; --distro debian the offline stand-in",
             )
         skills.describe(build_inputs.skills_dirs(self.default_skills, self.cfg.skills))
+        if self.sign_key is not None:
+            signatures.try_key(self.sign_key)  # a wrong key or passphrase fails now, not at the end
+        provenance.toolkit_source(TOOLKIT_ROOT, self.source_url)
 
     def profile(self) -> packages.Profile:
         """The profile as this build installs it (the distro's names, the given sources)."""
@@ -164,6 +177,9 @@ class BuildContext:
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    started: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+    )
     # Filled in by the steps, in this order.
     base: fetch.FetchResult | None = None
     # Seconds to wait for SSH and for cloud-init: given, or by the accelerator (_plan_vm).
@@ -206,17 +222,22 @@ class BuildResult:
     raw: Path | None
     manifest: Path
     sbom: Path
+    sbom_spdx: Path
     build_info: Path
     sha256sums: Path
     timings: dict[str, float]
     egress_log: Path
+    provenance: Path
+    signed_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "image": str(self.image), "raw": str(self.raw) if self.raw else None,
             "manifest": str(self.manifest), "sbom": str(self.sbom),
+            "sbom_spdx": str(self.sbom_spdx), "provenance": str(self.provenance),
             "build_info": str(self.build_info), "sha256sums": str(self.sha256sums),
             "timings": self.timings, "egress_log": str(self.egress_log),
+            "signed_by": self.signed_by,
         }  # fmt: skip
 
 
@@ -415,8 +436,11 @@ def _describe(ctx: BuildContext, session: ssh.Session) -> manifest.Manifest:
     if ctx.request.lock is not None:
         _check_against_lock(ctx.request.lock, found)
     _write_json(ctx.staging / "manifest.json", {**found.to_json(), "skills": ctx.info["skills"]})
-    (ctx.staging / "sbom.json").write_text(
-        manifest.sbom(found, output_name(ctx.cfg), image.__version__)
+    # Two SBOM formats from the same manifest: CycloneDX and SPDX 2.3.
+    name = output_name(ctx.cfg)
+    (ctx.staging / "sbom.json").write_text(manifest.sbom(found, name, image.__version__))
+    (ctx.staging / SPDX_SBOM).write_text(
+        manifest.spdx(found, name, image.__version__, created=ctx.started)
     )
     return found
 
@@ -977,6 +1001,71 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _provenance(ctx: BuildContext, sums: dict[str, str]) -> str:
+    """The build's in-toto Statement: SHA256SUMS' files and what made them (see provenance.py)."""
+    request, cfg, base, inputs = ctx.request, ctx.cfg, ctx.base, ctx.inputs
+    assert base is not None and inputs is not None
+    deps: list[dict[str, Any]] = [
+        {"name": "base-image", "uri": base.url, "digest": {"sha256": base.sha256},
+         "annotations": {"serial": base.serial, "signer": base.signer or "(not checked)"}},
+    ]  # fmt: skip
+    if base.sums is not None:
+        deps.append({"name": "base-image/SHA256SUMS", "uri": base.sums.url,
+                     "digest": {"sha256": base.sums.sha256}})  # fmt: skip
+        if base.sums.signature_sha256:
+            deps.append({"name": "base-image/SHA256SUMS.gpg", "uri": base.sums.signature_url,
+                         "digest": {"sha256": base.sums.signature_sha256}})  # fmt: skip
+    # The seed as anyone can re-render it: with placeholder keys for the per-build ones.
+    deps += [
+        {"name": f"seed/{n}", "digest": {"sha256": h}} for n, h in seed_digests(inputs).items()
+    ]
+    lists = request.package_lists
+    deps += [
+        {"name": f"package-lists/{p.relative_to(lists).as_posix()}",
+         "digest": {"sha256": sha256_file(p)}}
+        for p in sorted(lists.rglob("*")) if p.is_file()
+    ]  # fmt: skip
+    if request.lock is not None:
+        text = lockfile.render(request.lock).encode()
+        deps.append({"name": "lock", "digest": {"sha256": hashlib.sha256(text).hexdigest()}})
+    policy = ctx.info["egress_policy"]
+    deps.append({"name": "egress-policy", "digest": {"sha256": policy["sha256"]},
+                 "annotations": {"file": Path(policy["file"]).name}})  # fmt: skip
+    deps += [{"name": f"skills/{s['name']}", "digest": {"sha256": s["sha256"]}}
+             for s in ctx.info.get("skills") or []]  # fmt: skip
+    deps += [{"name": f"ca-cert/{c.name}", "digest": {"sha256": c.sha256}}
+             for c in request.ca_certs]  # fmt: skip
+    source = provenance.toolkit_source(TOOLKIT_ROOT, request.source_url)
+    if source is not None:
+        deps.append(source.dependency())
+    staging = ctx.staging
+    byproducts = {"build-info.json": sha256_file(staging / "build-info.json")}
+    byproducts |= {f"logs/{p.name}": sha256_file(p)
+                   for p in sorted((staging / "logs").iterdir()) if p.is_file()}  # fmt: skip
+    qemu_version = vmstate.qemu_version(cfg.arch)
+    return provenance.statement(
+        subjects=sums,
+        external={
+            "distro": request.distro, "release": cfg.release, "arch": cfg.arch,
+            "profile": cfg.profile, "serial": base.serial, "mirror": cfg.mirror,
+            "insecure_skip_signature": request.insecure_skip_signature,
+            "raw": request.raw, "default_skills": request.default_skills,
+            "mirrors": request.mirrors.to_json(),
+        },
+        internal={"accel": str(ctx.info.get("accel", "")), "qemu": qemu_version,
+                  "cpus": cfg.cpus, "memory": cfg.memory, "disk_size": cfg.disk_size,
+                  "package_cache": request.package_cache,
+                  "provisioned_layer": dict(ctx.info.get("provisioned_layer") or {})},
+        dependencies=deps,
+        builder_id=request.builder_id or provenance.default_builder_id(),
+        builder_version={"sandbox-image": image.__version__, "qemu": qemu_version},
+        invocation_id=ctx.build_id,
+        started=ctx.started,
+        finished=datetime.datetime.now(datetime.timezone.utc),
+        byproducts=byproducts,
+    )  # fmt: skip
+
+
 def _join(parts: list[Path], dest: Path, separator: bytes = b"") -> None:
     with dest.open("wb") as out:
         for number, part in enumerate(parts):
@@ -1001,7 +1090,8 @@ def _publish(
         shutil.copyfile(ctx.egress_log, staging / EGRESS_LOG)
     ctx.info["egress"] = guestnet.summarize(staging / EGRESS_LOG).to_json()
     artifacts = [p for p in (image_path, raw_path) if p is not None]
-    artifacts += [staging / "manifest.json", staging / "sbom.json", staging / EGRESS_LOG]
+    artifacts += [staging / "manifest.json", staging / "sbom.json", staging / SPDX_SBOM,
+                  staging / EGRESS_LOG]  # fmt: skip
     sums = {p.name: sha256_file(p) for p in artifacts}
     ctx.info["outputs"] = sums
     ctx.info["timings"] = ctx.timings
@@ -1010,7 +1100,15 @@ def _publish(
     (staging / report.REPORT).write_text(report.render_output(staging, ctx.info), "utf-8")
     sums[report.REPORT] = sha256_file(staging / report.REPORT)
     (staging / "SHA256SUMS").write_text("".join(f"{h} *{n}\n" for n, h in sums.items()))
-    _write_json(staging / "build-info.json", ctx.info)
+    sign_key = ctx.request.sign_key
+    with signatures.signer(sign_key) if sign_key else contextlib.nullcontext() as who:
+        ctx.info["provenance"] = provenance.FILE
+        ctx.info["signed_by"] = who.fingerprint if who else None
+        _write_json(staging / "build-info.json", ctx.info)
+        (staging / provenance.FILE).write_text(_provenance(ctx, sums))
+        if who is not None:
+            for signed in ("SHA256SUMS", provenance.FILE):
+                signatures.sign(who, staging / signed)
     for path in staging.rglob("*"):
         if path.is_file():
             with path.open("rb") as f:
@@ -1026,7 +1124,9 @@ def _publish(
     return BuildResult(
         image=out / image_path.name,
         raw=out / raw_path.name if raw_path else None,
-        manifest=out / "manifest.json", sbom=out / "sbom.json", egress_log=out / EGRESS_LOG,
+        manifest=out / "manifest.json", sbom=out / "sbom.json", sbom_spdx=out / SPDX_SBOM,
+        egress_log=out / EGRESS_LOG, provenance=out / provenance.FILE,
+        signed_by=ctx.info.get("signed_by"),
         build_info=out / "build-info.json", sha256sums=out / "SHA256SUMS",
         timings=ctx.timings,
     )  # fmt: skip

@@ -16,6 +16,7 @@ leaves nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -37,12 +38,19 @@ import requests
 
 from image.build import output
 from image.errors import ImageError
+from image.release import provenance, verify
+from image.release.signatures import SIGNATURE_SUFFIX, Keyring
 from image.source.checksums import parse_sha256sums
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_TYPE = "application/vnd.sandbox-image.build.v1"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+PGP_SIGNATURE = "application/pgp-signature"
+# The provenance travels as a referrer of the artifact (its own manifest, whose
+# subject is the artifact's): what `oras discover` and other OCI tools list.
+PROVENANCE_FILES = (provenance.FILE, provenance.FILE + SIGNATURE_SUFFIX)
 # OCI 1.1's empty descriptor: an artifact with no config of its own.
 EMPTY_CONFIG = {
     "mediaType": "application/vnd.oci.empty.v1+json",
@@ -59,6 +67,10 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 MEDIA_TYPES = {
     "SHA256SUMS": "application/vnd.sandbox-image.sha256sums",
+    "SHA256SUMS.gpg": PGP_SIGNATURE,
+    "sbom.spdx.json": "application/spdx+json",
+    provenance.FILE: provenance.MEDIA_TYPE,
+    provenance.FILE + SIGNATURE_SUFFIX: PGP_SIGNATURE,
     "build-info.json": "application/vnd.sandbox-image.build-info.v1+json",
     "manifest.json": "application/vnd.sandbox-image.manifest.v1+json",
     "sbom.json": "application/vnd.cyclonedx+json",
@@ -66,6 +78,8 @@ MEDIA_TYPES = {
     # The build proxy's audit log: one JSON object a line.
     "egress.jsonl": "application/vnd.sandbox-image.egress-log.v1+jsonl",
     f"{SNAPSHOT_DIR}/snapshot.json": "application/vnd.sandbox-image.snapshot.v1+json",
+    f"{SNAPSHOT_DIR}/SHA256SUMS": "application/vnd.sandbox-image.sha256sums",
+    f"{SNAPSHOT_DIR}/SHA256SUMS.gpg": PGP_SIGNATURE,
     f"{SNAPSHOT_DIR}/memory": "application/vnd.sandbox-image.snapshot.memory",
     f"{SNAPSHOT_DIR}/state": "application/vnd.sandbox-image.snapshot.state",
     f"{SNAPSHOT_DIR}/vars.fd": "application/vnd.sandbox-image.snapshot.vars",
@@ -157,6 +171,23 @@ def artifact_manifest(layers: Sequence[Layer], notes: Mapping[str, str]) -> dict
     }
 
 
+def referrer_manifest(subject: Mapping[str, Any], layers: Sequence[Layer]) -> dict[str, Any]:
+    """The provenance's own manifest: its files as layers, ``subject`` the artifact's."""
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": provenance.MEDIA_TYPE,
+        "config": dict(EMPTY_CONFIG),
+        "layers": [layer.descriptor() for layer in layers],
+        "subject": dict(subject),
+    }
+
+
+def referrers_tag(digest: str) -> str:
+    """OCI 1.1's referrers tag schema, for registries without the referrers API."""
+    return digest.replace(":", "-")
+
+
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """The digest of the bytes oras sends (requests' JSON encoding), for registries that
     do not name it in Docker-Content-Digest."""
@@ -173,13 +204,16 @@ def _safe_title(title: object) -> str:
     return title
 
 
-def layers_of(manifest: Mapping[str, Any]) -> list[Layer]:
-    """The layers of a pulled manifest, refused unless it is one of our artifacts."""
-    kind = manifest.get("artifactType") or (manifest.get("config") or {}).get("mediaType")
-    if kind != ARTIFACT_TYPE:
+def layers_of(
+    manifest: Mapping[str, Any], kind: str = ARTIFACT_TYPE,
+    required: Sequence[str] = ("build-info.json", "SHA256SUMS"),
+) -> list[Layer]:  # fmt: skip
+    """The layers of a pulled manifest, refused unless it is one of ours (``kind``)."""
+    found = manifest.get("artifactType") or (manifest.get("config") or {}).get("mediaType")
+    if found != kind:
         raise ImageError(
-            f"not a sandbox-image build artifact (artifact type {kind!r})",
-            hint=f"pull a reference pushed by ./inv publish (artifact type {ARTIFACT_TYPE})",
+            f"not a sandbox-image build artifact (artifact type {found!r})",
+            hint=f"pull a reference pushed by ./inv publish (artifact type {kind})",
         )
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -201,9 +235,9 @@ def layers_of(manifest: Mapping[str, Any]) -> list[Layer]:
             raise ImageError(f"the artifact's manifest lists {title} twice")
         seen.add(title)
         layers.append(Layer(title, str(entry.get("mediaType", "")), digest, size))
-    if "build-info.json" not in seen or "SHA256SUMS" not in seen:
+    if any(name not in seen for name in required):
         raise ImageError(
-            "the artifact lacks build-info.json or SHA256SUMS",
+            f"the artifact lacks {' or '.join(required)}",
             hint="it was not pushed by ./inv publish from a complete build output",
         )
     return layers
@@ -298,6 +332,8 @@ def output_files(out: Path, snapshot: Path | None = None) -> list[tuple[str, Pat
     names = [*sorted(listed), "SHA256SUMS", "build-info.json"]
     if (out / "report.html").is_file() and "report.html" not in listed:
         names.append("report.html")
+    if (out / f"SHA256SUMS{SIGNATURE_SUFFIX}").is_file():
+        names.append(f"SHA256SUMS{SIGNATURE_SUFFIX}")
     files = [(name, out / name) for name in names]
     logs = out / "logs"
     if logs.is_dir():
@@ -346,14 +382,18 @@ class Pulled:
     out: Path
     layers: list[Layer]
     seconds: float
+    digest: str = ""  # the artifact manifest's
+    verified: verify.Verified | None = None  # with --verify-key
 
     def to_json(self) -> dict[str, Any]:
         return {
             "reference": self.reference,
+            "digest": self.digest,
             "out": str(self.out),
             "bytes": sum(layer.size for layer in self.layers),
             "files": {layer.title: layer.digest for layer in self.layers},
             "seconds": round(self.seconds, 2),
+            **({"verified": self.verified.to_json()} if self.verified else {}),
         }
 
 
@@ -405,34 +445,123 @@ def publish(
     container = parse_reference(ref)
     files = output_files(out, snapshot)
     registry = _client(container, insecure)  # before hashing gigabytes: fail fast
-    layers, hashes = [], {}
-    for title, path in files:
-        sha, size = _sha256_file(path)
-        hashes[title] = sha
-        layers.append(Layer(title, media_type(title), f"sha256:{sha}", size))
+    hashes = {title: _sha256_file(path)[0] for title, path in files}
     meta = (snapshot / "snapshot.json").read_text() if snapshot else None
     # Never publish a damaged output: the same check pull will make.
     check_output(hashes, (out / "SHA256SUMS").read_text(), meta)
     info = output.BuildOutput.read(out).info.raw
-    manifest = artifact_manifest(
-        layers, manifest_annotations(info, source=source, revision=revision)
-    )
     with _registry_errors(f"pushing to {ref}"):
-        for layer, (_, path) in zip(layers, files, strict=True):
-            log.info("push %s (%d bytes)", layer.title, layer.size)
-            descriptor = layer.descriptor()
-            _fail_on(
-                registry.upload_blob(str(path), container, descriptor, do_chunked=True,
-                                     chunk_size=CHUNK_SIZE),
-                f"the blob of {layer.title}",
-            )  # fmt: skip
+        layers = _upload(registry, container, files)
+        manifest = artifact_manifest(
+            layers, manifest_annotations(info, source=source, revision=revision)
+        )
         with _empty_config_file() as config_path:
             _fail_on(registry.upload_blob(str(config_path), container, dict(EMPTY_CONFIG)),
                      "the empty config blob")  # fmt: skip
         answer = registry.upload_manifest(manifest, container)
         _fail_on(answer, "the manifest")
-    digest = answer.headers.get("Docker-Content-Digest") or manifest_digest(manifest)
+        digest = answer.headers.get("Docker-Content-Digest") or manifest_digest(manifest)
+        attached = [(title, out / title) for title in PROVENANCE_FILES if (out / title).is_file()]
+        if attached:
+            subject = {"mediaType": OCI_MANIFEST, "digest": digest,
+                       "size": len(json.dumps(manifest).encode())}  # what oras sent  # fmt: skip
+            _attach(registry, container, subject, attached)
     return Published(container.uri, digest, layers, time.monotonic() - started)
+
+
+def _upload(
+    registry: oras.provider.Registry, container: oras.container.Container,
+    files: Sequence[tuple[str, Path]],
+) -> list[Layer]:  # fmt: skip
+    layers = []
+    for title, path in files:
+        sha, size = _sha256_file(path)
+        layer = Layer(title, media_type(title), f"sha256:{sha}", size)
+        log.info("push %s (%d bytes)", title, size)
+        _fail_on(registry.upload_blob(str(path), container, layer.descriptor(), do_chunked=True,
+                                      chunk_size=CHUNK_SIZE), f"the blob of {title}")  # fmt: skip
+        layers.append(layer)
+    return layers
+
+
+def _put_manifest(
+    registry: oras.provider.Registry, container: oras.container.Container, reference: str,
+    body: bytes, media: str, what: str,
+) -> requests.Response:  # fmt: skip
+    answer = registry.do_request(
+        f"{registry.prefix}://{container.manifest_url(reference)}", "PUT", data=body,
+        headers={"Content-Type": media},
+    )  # fmt: skip
+    _fail_on(answer, what)
+    response: requests.Response = answer
+    return response
+
+
+def _attach(
+    registry: oras.provider.Registry, container: oras.container.Container,
+    subject: Mapping[str, Any], files: Sequence[tuple[str, Path]],
+) -> str:  # fmt: skip
+    """Push ``files`` as a referrer of ``subject``; its manifest's digest.
+
+    A registry with the referrers API says so (``OCI-Subject``) and lists it by
+    itself; for one without (distribution 2.x), the referrer is added to the
+    index tagged ``sha256-<subject hex>``, as OCI 1.1 prescribes.
+    """
+    manifest = referrer_manifest(subject, _upload(registry, container, files))
+    body = json.dumps(manifest).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    answer = _put_manifest(registry, container, digest, body, OCI_MANIFEST,
+                           "the provenance's manifest")  # fmt: skip
+    if "OCI-Subject" in answer.headers:
+        return digest
+    tag = referrers_tag(str(subject["digest"]))
+    index = _get_index(registry, container, tag) or {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+    }  # fmt: skip
+    entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
+             "artifactType": provenance.MEDIA_TYPE}  # fmt: skip
+    index["manifests"] = [m for m in index.get("manifests") or [] if m.get("digest") != digest]
+    index["manifests"].append(entry)
+    _put_manifest(registry, container, tag, json.dumps(index).encode(), OCI_INDEX,
+                  "the referrers index")  # fmt: skip
+    return digest
+
+
+def _get_index(
+    registry: oras.provider.Registry, container: oras.container.Container, tag: str
+) -> dict[str, Any] | None:
+    answer = registry.do_request(
+        f"{registry.prefix}://{container.manifest_url(tag)}", "GET",
+        headers={"Accept": OCI_INDEX},
+    )  # fmt: skip
+    if answer.status_code == 404:
+        return None
+    _fail_on(answer, f"the referrers index {tag}")
+    try:
+        found = answer.json()
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not isinstance(found.get("manifests", []), list):
+        raise ImageError(f"the registry's {tag} is not an OCI index",
+                         hint="something else uses the referrers tag of this artifact")  # fmt: skip
+    return found
+
+
+def referrers(
+    registry: oras.provider.Registry, container: oras.container.Container, digest: str,
+    artifact_type: str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Descriptors of the manifests that refer to ``digest``, of ``artifact_type``, in the
+    registry's order (the tag schema's is the order they were pushed)."""
+    url = f"{registry.prefix}://{container.registry}/v2/{container.api_prefix}/referrers/{digest}"
+    answer = registry.do_request(url, "GET", headers={"Accept": OCI_INDEX})
+    index: dict[str, Any] | None
+    if answer.status_code == 200 and OCI_INDEX in answer.headers.get("Content-Type", ""):
+        index = answer.json()
+    else:
+        index = _get_index(registry, container, referrers_tag(digest))
+    found = (index or {}).get("manifests") or []
+    return [m for m in found if isinstance(m, dict) and m.get("artifactType") == artifact_type]
 
 
 @contextlib.contextmanager
@@ -479,8 +608,56 @@ def _download(
     return digest.hexdigest()
 
 
-def pull(ref: str, out: Path, *, insecure: bool = False) -> Pulled:
-    """Fetch the artifact into a staging directory, verify all of it, then rename it to ``out``."""
+def _get_manifest(
+    registry: oras.provider.Registry, container: oras.container.Container, reference: str
+) -> tuple[dict[str, Any], str]:
+    """A manifest and the digest of its bytes; refused if a digest reference does not match."""
+    answer = registry.do_request(
+        f"{registry.prefix}://{container.manifest_url(reference)}", "GET",
+        headers={"Accept": OCI_MANIFEST},
+    )  # fmt: skip
+    _fail_on(answer, f"the manifest {reference}")
+    digest = "sha256:" + hashlib.sha256(answer.content).hexdigest()
+    if reference.startswith("sha256:") and digest != reference:
+        raise ImageError(f"the registry sent a manifest with digest {digest} for {reference}",
+                         hint="the registry's copy is corrupt or was tampered with")  # fmt: skip
+    try:
+        doc = json.loads(answer.content)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ImageError(f"the manifest {reference} is not a JSON object")
+    return doc, digest
+
+
+def _provenance_layers(
+    registry: oras.provider.Registry, container: oras.container.Container, subject: str
+) -> list[Layer]:
+    """The files of the newest provenance referrer of ``subject`` (none: [])."""
+    found = referrers(registry, container, subject, provenance.MEDIA_TYPE)
+    if not found:
+        return []
+    manifest, digest = _get_manifest(registry, container, str(found[-1].get("digest", "")))
+    claimed = (manifest.get("subject") or {}).get("digest")
+    if claimed != subject:
+        raise ImageError(
+            f"the provenance referrer {digest} is for {claimed}, not this artifact ({subject})",
+            hint="the registry lists another artifact's provenance for this one; do not use it",
+        )
+    layers = layers_of(manifest, kind=provenance.MEDIA_TYPE, required=(provenance.FILE,))
+    stray = [layer.title for layer in layers if layer.title not in PROVENANCE_FILES]
+    if stray:
+        raise ImageError(f"the provenance referrer {digest} carries {stray[0]}",
+                         hint="only the provenance and its signature belong there")  # fmt: skip
+    return layers
+
+
+def pull(
+    ref: str, out: Path, *, insecure: bool = False, keys: Keyring | None = None,
+    expect_source: str | None = None, expect_revision: str | None = None,
+) -> Pulled:  # fmt: skip
+    """Fetch the artifact (and its provenance) into a staging directory, check all of it
+    (with ``keys``: ``verify.verify_output`` too), then rename it to ``out``."""
     started = time.monotonic()
     container = parse_reference(ref)
     out = out.resolve()
@@ -489,15 +666,16 @@ def pull(ref: str, out: Path, *, insecure: bool = False) -> Pulled:
                          hint="pull into a new directory")  # fmt: skip
     registry = _client(container, insecure)
     with _registry_errors(f"reading the manifest of {ref}"):
-        manifest = registry.get_manifest(container, [OCI_MANIFEST])
-    layers = layers_of(manifest)
+        manifest, digest = _get_manifest(registry, container, container.digest or container.tag)
+        layers = layers_of(manifest)
+        attached = _provenance_layers(registry, container, digest)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.pull-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         hashes = {}
         with _registry_errors(f"pulling {ref}"):
-            for layer in layers:
+            for layer in [*layers, *attached]:
                 log.info("pull %s (%d bytes)", layer.title, layer.size)
                 hashes[layer.title] = _download(registry, container, layer, staging / layer.title)
         meta_path = staging / SNAPSHOT_DIR / "snapshot.json"
@@ -506,6 +684,10 @@ def pull(ref: str, out: Path, *, insecure: bool = False) -> Pulled:
             (staging / "SHA256SUMS").read_text(),
             meta_path.read_text() if meta_path.is_file() else None,
         )
+        verified = None
+        if keys is not None:
+            verified = verify.verify_output(staging, keys, expect_source=expect_source,
+                                            expect_revision=expect_revision)  # fmt: skip
         if (staging / SNAPSHOT_DIR).is_dir():
             for path in (staging / SNAPSHOT_DIR).iterdir():
                 path.chmod(0o444)  # as ./inv snapshot leaves them: read-only once written
@@ -515,4 +697,7 @@ def pull(ref: str, out: Path, *, insecure: bool = False) -> Pulled:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Pulled(container.uri, out, layers, time.monotonic() - started)
+    if verified is not None:
+        verified = dataclasses.replace(verified, out=out)
+    return Pulled(container.uri, out, [*layers, *attached], time.monotonic() - started, digest,
+                  verified)  # fmt: skip

@@ -91,20 +91,24 @@ def parse_gpgv_status(text: str) -> tuple[Signature, ...]:
     )
 
 
-def accepted_signer(signatures: Iterable[Signature], fingerprints: Iterable[str]) -> str:
+def accepted_signer(
+    signatures: Iterable[Signature], fingerprints: Iterable[str], what: str = "SHA256SUMS",
+    origin: str = "the mirror", how_to_accept: str = "pass --fingerprint with it",
+) -> str:  # fmt: skip
     """The pinned primary fingerprint behind a good signature, or ImageError saying why not.
 
     A single BADSIG rejects the file even if another signature is good: the
     signed bytes were altered, or a signature was forged; either way, stop.
+    ``what`` names the signed file in the messages, ``origin`` where it came from.
     """
     signatures = tuple(signatures)
     pinned = {f.upper() for f in fingerprints}
     bad = [s for s in signatures if s.outcome == "BADSIG"]
     if bad:
         raise ImageError(
-            f"BAD signature on SHA256SUMS (key {bad[0].key_id}): the file was altered "
+            f"BAD signature on {what} (key {bad[0].key_id}): the file was altered "
             "or the signature belongs to another file",
-            hint="the mirror is serving tampered or mismatched files; do not use it",
+            hint=f"{origin} is serving tampered or mismatched files; do not use it",
         )
     good = [s for s in signatures if s.good]
     for sig in good:
@@ -113,19 +117,19 @@ def accepted_signer(signatures: Iterable[Signature], fingerprints: Iterable[str]
     if good:
         signers = ", ".join(sorted({str(s.primary_fingerprint) for s in good}))
         raise ImageError(
-            f"SHA256SUMS is signed by {signers}, which is not an accepted signer "
+            f"{what} is signed by {signers}, which is not an accepted signer "
             f"({', '.join(sorted(pinned))})",
-            hint="only if you trust that key for this mirror: pass --fingerprint with it",
+            hint=f"only if you trust that key for {origin}: {how_to_accept}",
         )
     if not signatures:
         raise ImageError(
-            "SHA256SUMS.gpg holds no OpenPGP signature",
-            hint="the mirror must publish a detached binary signature of SHA256SUMS",
+            f"{what}.gpg holds no OpenPGP signature",
+            hint=f"{origin} must carry a detached binary signature of {what}",
         )
     reasons = ", ".join(f"{s.outcome} {s.key_id}" for s in signatures)
     raise ImageError(
-        f"no good signature on SHA256SUMS ({reasons})",
-        hint="ERRSIG means the signing key is not in the keyring (--keyring); "
+        f"no good signature on {what} ({reasons})",
+        hint="ERRSIG means the signing key is not one of the keys given (--keyring, --key); "
         "EXPKEYSIG/REVKEYSIG mean the key expired or was revoked",
     )
 
@@ -139,8 +143,10 @@ def _is_armored(keyring: Path) -> bool:
 
 
 def verify_signature(
-    sums: Path, signature: Path, keyring: Path, fingerprints: Iterable[str]
-) -> str:
+    sums: Path, signature: Path, keyring: Path, fingerprints: Iterable[str],
+    what: str = "SHA256SUMS", origin: str = "the mirror",
+    how_to_accept: str = "pass --fingerprint with it",
+) -> str:  # fmt: skip
     """gpgv the detached ``signature`` of ``sums`` against ``keyring``; return the signer.
 
     gpgv cannot read armored keyrings, so an armored one is dearmored into a
@@ -177,7 +183,8 @@ def verify_signature(
             ],
             check=False,
         )
-    return accepted_signer(parse_gpgv_status(proc.stdout.decode(errors="replace")), fingerprints)
+    status = parse_gpgv_status(proc.stdout.decode(errors="replace"))
+    return accepted_signer(status, fingerprints, what, origin, how_to_accept)
 
 
 def lookup(sums: Mapping[str, str], name: str, source: str) -> str:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import tempfile
@@ -109,6 +110,8 @@ class FetchResult:
     bytes_downloaded: int
     from_cache: bool
     signer: str | None  # fingerprint that signed SHA256SUMS, None if --insecure-skip-signature
+    # The SHA256SUMS that vouched for the image, and its signature: what a provenance names.
+    sums: SumsRecord | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -119,7 +122,25 @@ class FetchResult:
             "bytes_downloaded": self.bytes_downloaded,
             "from_cache": self.from_cache,
             "signer": self.signer,
+            **({"sums": self.sums.to_json()} if self.sums else {}),
         }
+
+
+@dataclass(frozen=True)
+class SumsRecord:
+    url: str
+    sha256: str
+    signature_url: str
+    signature_sha256: str | None  # None: no signature (--insecure-skip-signature)
+
+    def to_json(self) -> dict[str, object]:
+        return {"url": self.url, "sha256": self.sha256, "signature_url": self.signature_url,
+                "signature_sha256": self.signature_sha256}  # fmt: skip
+
+    @classmethod
+    def of(cls, source: Source, sums: bytes, signature: bytes | None) -> SumsRecord:
+        return cls(source.sums_url, hashlib.sha256(sums).hexdigest(), source.signature_url,
+                   hashlib.sha256(signature).hexdigest() if signature else None)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,7 @@ class VerifiedSums:
     source: Source
     table: dict[str, str]
     signer: str | None
+    record: SumsRecord
 
 
 def _now() -> str:
@@ -216,7 +238,7 @@ def _online_sums(
         )
     if cfg.serial == LATEST:
         cache.remember_latest(source.mirror, source.release, source.serial)
-    return VerifiedSums(source, table, signer)
+    return VerifiedSums(source, table, signer, SumsRecord.of(source, sums, signature))
 
 
 def _offline_sums(cfg: BuildConfig, cache: ImageCache, insecure: bool) -> VerifiedSums:
@@ -237,7 +259,9 @@ def _offline_sums(cfg: BuildConfig, cache: ImageCache, insecure: bool) -> Verifi
         )
     sums_path, sig_path = cached
     signer = _check_signature(cfg, sums_path, sig_path, insecure)
-    return VerifiedSums(source, _parse_sums(sums_path.read_bytes(), str(sums_path)), signer)
+    data, signature = sums_path.read_bytes(), sig_path.read_bytes()
+    return VerifiedSums(source, _parse_sums(data, str(sums_path)), signer,
+                        SumsRecord.of(source, data, signature))  # fmt: skip
 
 
 class _RichProgress:
@@ -321,6 +345,7 @@ def fetch(
             bytes_downloaded=0,
             from_cache=True,
             signer=verified.signer,
+            sums=verified.record,
         )
         with cache.lock(expected):
             if cache.cached_image(expected) is not None:
@@ -362,4 +387,5 @@ def fetch(
             bytes_downloaded=got.bytes_transferred,
             from_cache=False,
             signer=verified.signer,
+            sums=verified.record,
         )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from image.config import PINNED_FINGERPRINTS, SHIPPED_KEYRING, BuildConfig
 from image.errors import ImageError
@@ -105,6 +106,7 @@ def test_latest_resolves_serial_and_caches_verified_image(
         bytes_downloaded=SIZE,
         from_cache=False,
         signer=key.fingerprint,
+        sums=result.sums,
     )
     assert result.path.read_bytes() == image
     assert not result.path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -121,6 +123,14 @@ def test_latest_resolves_serial_and_caches_verified_image(
         image_url_path(mirror),
     ]
     assert result.to_json()["serial"] == mirror.serial
+    # The SHA256SUMS that vouched for it, and its signature, as the mirror serves them.
+    assert result.sums is not None
+    assert result.sums.url == server.url(image_url_path(mirror)).rsplit("/", 1)[0] + "/SHA256SUMS"
+    assert result.sums.signature_url == result.sums.url + ".gpg"
+    served = [requests.get(u, timeout=10).content
+              for u in (result.sums.url, result.sums.signature_url)]  # fmt: skip
+    assert [result.sums.sha256, result.sums.signature_sha256] == [
+        hashlib.sha256(b).hexdigest() for b in served]  # fmt: skip
 
 
 def test_pinned_serial_reads_its_directory(

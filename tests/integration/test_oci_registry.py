@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,8 @@ import requests
 from image.errors import ImageError
 from image.release import oci
 from tests.fixtures.buildoutput import IMAGE, make_output, make_snapshot
-from tests.fixtures.registry import LocalRegistry, serve_registry
+from tests.fixtures.registry import LocalRegistry
 from tests.hosttools import need
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    need("docker-registry")
-    with serve_registry(tmp_path_factory.mktemp("registry")) as served:
-        yield served
 
 
 def _manifest(registry: LocalRegistry, repo: str, tag: str) -> dict[str, Any]:

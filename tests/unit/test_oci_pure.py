@@ -184,9 +184,10 @@ def test_output_files_lists_only_the_build(tmp_path: Path) -> None:
     (out / "unrelated.txt").write_text("not part of the build")
     (out / ".staging-x").mkdir()
     titles = [t for t, _ in oci.output_files(out)]
+    # The provenance is not a layer: publish attaches it as a referrer.
     assert titles == [
-        "manifest.json", "report.html", IMAGE, "sbom.json", "SHA256SUMS", "build-info.json",
-        "logs/serial.log",
+        "manifest.json", "report.html", IMAGE, "sbom.json", "sbom.spdx.json", "SHA256SUMS",
+        "build-info.json", "logs/serial.log",
     ]  # fmt: skip
     snap = make_snapshot(tmp_path / "snap", out / IMAGE)
     with_snap = [t for t, _ in oci.output_files(out, snap)]

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from image import config
 from image.build import pipeline
 from image.build.packages import PACKAGE_LISTS
 from image.errors import ImageError
+from image.release import provenance
 from image.source import mirror, standin
+from image.source.checksums import parse_sha256sums
 from tests.vm.conftest import attach_logs, qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +82,44 @@ def test_manifest_and_sbom_describe_the_guest(built: dict[str, Path]) -> None:
     sbom = json.loads((out / "sbom.json").read_text())
     assert sbom["bomFormat"] == "CycloneDX"
     assert len(sbom["components"]) == manifest["counts"]["dpkg"] + manifest["counts"]["pip"]
+
+
+def test_provenance_and_spdx_describe_the_real_build(built: dict[str, Path]) -> None:
+    out = built["image"].parent
+    info = json.loads((out / "build-info.json").read_text())
+    prov = provenance.parse((out / provenance.FILE).read_text())
+    sums = parse_sha256sums((out / "SHA256SUMS").read_text())
+    assert prov.subjects == sums and "sbom.spdx.json" in sums
+    present = {n: _sha256(out / n) for n in prov.byproducts}
+    provenance.check(prov, sums, present, base_sha256=info["base"]["sha256"])
+    assert {"build-info.json", "logs/serial.log"} <= set(prov.byproducts)
+    deps = {d["name"]: d for d in prov.dependencies}
+    # The base image and the signed SHA256SUMS that vouched for it, by digest.
+    assert deps["base-image"]["digest"]["sha256"] == info["base"]["sha256"]
+    assert deps["base-image"]["annotations"]["signer"] == info["base"]["signer"]
+    assert deps["base-image/SHA256SUMS"]["digest"]["sha256"] == info["base"]["sums"]["sha256"]
+    assert (
+        deps["base-image/SHA256SUMS.gpg"]["digest"]["sha256"]
+        == (info["base"]["sums"]["signature_sha256"])
+    )
+    assert (
+        _sha256(PACKAGE_LISTS / "profiles" / "smoke.profile")
+        == (deps["package-lists/profiles/smoke.profile"]["digest"]["sha256"])
+    )
+    assert {"seed/user-data", "seed/meta-data", "egress-policy"} <= set(deps)
+    assert deps["sandbox-image"]["digest"]["gitCommit"] == subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+        check=True).stdout.strip()  # fmt: skip
+    assert prov.invocation_id == info["build_id"]
+    # SPDX 2.3, valid by the SPDX tools' own parser and validator, the same packages and
+    # purls as the CycloneDX SBOM.
+    document = parse_file(str(out / "sbom.spdx.json"))
+    assert validate_full_spdx_document(document, "SPDX-2.3") == []
+    spdx_purls = {ref.locator for pkg in document.packages for ref in pkg.external_references}
+    cyclonedx = json.loads((out / "sbom.json").read_text())
+    assert spdx_purls == {c["purl"] for c in cyclonedx["components"]}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(spdx_purls) == sum(manifest["counts"].values())
 
 
 def test_cloud_init_log_has_no_unexpected_warnings(built: dict[str, Path]) -> None:

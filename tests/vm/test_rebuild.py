@@ -21,7 +21,9 @@ import pytest
 from image import config
 from image.build import layercache, lockfile, packagecache, pipeline
 from image.errors import ImageError
+from image.release import signatures, verify
 from image.source import mirror, standin
+from tests.fixtures.releasekeys import ReleaseKey
 from tests.vm.conftest import attach_logs, qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,8 +90,9 @@ def _archive_as_served_now(layer: Path, *, except_url: str | None = None) -> lis
 
 
 def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
-    fresh_config: config.BuildConfig, built: dict[str, Path], caplog: pytest.LogCaptureFixture
-) -> None:
+    fresh_config: config.BuildConfig, built: dict[str, Path], caplog: pytest.LogCaptureFixture,
+    release_key: ReleaseKey,
+) -> None:  # fmt: skip
     demo_out = built["image"].parent
     demo_info = json.loads((demo_out / "build-info.json").read_text())
     assert demo_info["provisioned_layer"]["reused"] is False  # the session's first build
@@ -108,9 +111,16 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     _archive_as_served_now(layer_path)
     base = standin.ensure(fresh_config.cache_dir, "amd64")
     with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
-        result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian")
+        result = pipeline.build_image(_mirror_config(fresh_config, served), distro="debian",
+                                      sign_key=str(release_key.secret),
+                                      builder_id="https://ci.example.org/job/7")  # fmt: skip
     out = result.image.parent
     attach_logs(out / "logs" / "serial.log")
+    # Signed as it was built: SHA256SUMS and the provenance, which names the layer it resumed.
+    assert result.signed_by == release_key.fingerprint
+    with signatures.keyring(release_key.public) as keys:
+        verified = verify.verify_output(out, keys)
+    assert verified.provenance.builder_id == "https://ci.example.org/job/7"
     info = json.loads(result.build_info.read_text())
     layer = info["provisioned_layer"]
     assert layer["reused"] is True and layer["made_by"] == demo_info["build_id"]

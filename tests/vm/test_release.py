@@ -11,18 +11,17 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from image import config, run
 from image.build import output
-from image.release import oci, report
+from image.release import oci, report, signatures
 from image.runtime import snapshot
 from image.source.checksums import parse_sha256sums
-from tests.fixtures.registry import LocalRegistry, serve_registry
-from tests.hosttools import need
+from tests.fixtures.registry import LocalRegistry
+from tests.fixtures.releasekeys import ReleaseKey
 from tests.integration.test_report_chromium import rendered_dom
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +37,6 @@ def _digests(root: Path) -> dict[str, str]:
                     digest.update(chunk)
             found[str(path.relative_to(root))] = digest.hexdigest()
     return found
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    need("docker-registry")
-    with serve_registry(tmp_path_factory.mktemp("registry")) as served:
-        yield served
 
 
 def test_build_writes_a_listed_reproducible_report(built: dict[str, Path]) -> None:
@@ -68,16 +60,46 @@ def test_report_renders_in_chromium_with_every_step(built: dict[str, Path]) -> N
     assert 'class="ok">passed' in dom
 
 
-def test_publish_pull_and_launch_the_pulled_snapshot(
+def _linked_copy(src: Path, dest: Path) -> Path:
+    """``src`` as new links (the build's files are never written again; signing adds files)."""
+    for path in sorted(src.rglob("*")):
+        target = dest / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    return dest
+
+
+def _head() -> tuple[str, bool]:
+    """The checkout's commit, and whether tracked files were changed on top of it."""
+    git = ["git", "-C", str(ROOT)]
+    commit = run.run([*git, "rev-parse", "HEAD"]).stdout.decode().strip()
+    changed = run.run([*git, "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    return commit, bool(changed)
+
+
+def test_sign_publish_verify_pull_and_launch_the_pulled_snapshot(
     built: dict[str, Path], registry: LocalRegistry, vm_config: config.BuildConfig,
-    tmp_path: Path,
+    tmp_path: Path, release_key: ReleaseKey,
 ) -> None:  # fmt: skip
-    out, snapdir = built["image"].parent, built["snapshot"]
+    out = _linked_copy(built["image"].parent, tmp_path / "out")
+    snapdir = _linked_copy(built["snapshot"], tmp_path / "snapshot")
+    for signed in (out, snapdir):
+        run.run([str(ROOT / "inv"), "sign", str(signed), "--key", str(release_key.secret)])
     ref = f"{registry.host}/sandbox-image:demo"
     published = oci.publish(out, ref, snapshot=snapdir)
-    pulled = oci.pull(f"{registry.host}/sandbox-image@{published.digest}", tmp_path / "pulled")
-    print(f"push {published.seconds:.1f} s, pull {pulled.seconds:.1f} s, "
+    commit, modified = _head()
+    with signatures.keyring(release_key.public) as keys:
+        pulled = oci.pull(f"{registry.host}/sandbox-image@{published.digest}",
+                          tmp_path / "pulled", keys=keys,
+                          expect_revision=None if modified else commit)  # fmt: skip
+    print(f"push {published.seconds:.1f} s, pull + verify {pulled.seconds:.1f} s, "
           f"{sum(x.size for x in pulled.layers) / (1 << 20):.0f} MiB")  # fmt: skip
+    assert pulled.verified is not None and pulled.verified.snapshot
+    source = pulled.verified.provenance.source()
+    assert source is not None and (source.commit, source.dirty) == (commit, modified)
     got = _digests(pulled.out)
     assert {k: v for k, v in got.items() if not k.startswith("snapshot/")} == _digests(out)
     assert {k.removeprefix("snapshot/"): v for k, v in got.items()
