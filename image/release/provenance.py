@@ -53,8 +53,9 @@ class Source:
     dirty: bool  # local changes on top of the commit
 
     def dependency(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"name": TOOLKIT, "uri": f"git+{self.url}",
-                                 "digest": {"gitCommit": self.commit}}  # fmt: skip
+        found: dict[str, Any] = {"name": TOOLKIT, "digest": {"gitCommit": self.commit}}
+        if self.url:
+            found["uri"] = f"git+{self.url}"
         if self.dirty:
             found["annotations"] = {"dirty": True}
         return found
@@ -83,13 +84,11 @@ def toolkit_source(root: Path, url: str | None = None) -> Source | None:
     """The git revision of the checkout at ``root`` (None outside a git checkout).
 
     ``url`` overrides the ``origin`` remote's (a CI clone may have none, or a
-    mirror's).
+    mirror's); with neither, the commit is recorded without a URL.
     """
     try:
         commit = _git(root, "rev-parse", "HEAD")
         dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
-        if url is None:
-            url = _git(root, "remote", "get-url", "origin")
     except (OSError, subprocess.SubprocessError):
         if url is None:
             return None
@@ -97,6 +96,11 @@ def toolkit_source(root: Path, url: str | None = None) -> Source | None:
             f"--source {url} given, but {root} is not a git checkout with a commit",
             hint="run the build from a git clone of the toolkit",
         ) from None
+    if url is None:
+        try:
+            url = _git(root, "remote", "get-url", "origin")
+        except (OSError, subprocess.SubprocessError):
+            url = ""
     return Source(without_credentials(url), commit, dirty)
 
 
@@ -317,8 +321,9 @@ def check(
     if src is None:
         raise ImageError(f"{FILE} names no toolkit source",
                          hint="the build was not made from a git checkout")  # fmt: skip
-    if expect_source is not None and not same_source(src.url, expect_source):
-        raise ImageError(f"built from {src.url}, not {expect_source}",
+    if expect_source is not None and not (src.url and same_source(src.url, expect_source)):
+        where = src.url or "a checkout with no remote"
+        raise ImageError(f"built from {where}, not {expect_source}",
                          hint="this build does not come from the source you expect")  # fmt: skip
     if expect_revision is not None:
         want = expect_revision.lower()

@@ -6,6 +6,7 @@ what failed, and (through pull) leaves nothing in --out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,19 @@ def _inv(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 # --- a build output on disk ---
+
+
+def _tamper_sbom(out: Path, *, rewrite_sums: bool) -> Path:
+    """Hide a package from the SPDX SBOM; with ``rewrite_sums``, make SHA256SUMS agree."""
+    sbom = out / "sbom.spdx.json"
+    sbom.write_text(sbom.read_text().replace('"jq"', '"jq-backdoored"'))
+    if rewrite_sums:
+        digest = hashlib.sha256(sbom.read_bytes()).hexdigest()
+        lines = (out / "SHA256SUMS").read_text().splitlines()
+        (out / "SHA256SUMS").write_text("".join(
+            f"{digest} *{sbom.name}\n" if line.endswith(f" *{sbom.name}") else f"{line}\n"
+            for line in lines))  # fmt: skip
+    return out
 
 
 def test_a_signed_build_verifies_and_says_who_built_it_from_what(
@@ -139,17 +153,10 @@ def test_every_alteration_of_a_signed_build_is_named(
     def copy(name: str) -> Path:
         return Path(shutil.copytree(good, tmp_path / name))
 
-    sbom = copy("sbom")
-    (sbom / "sbom.spdx.json").write_text((sbom / "sbom.spdx.json").read_text().replace(
-        "jq", "jq-patched"))  # fmt: skip
+    sbom = _tamper_sbom(copy("sbom"), rewrite_sums=False)
     _refused(sbom, release_key, r"sbom\.spdx\.json: sha256 \w+ does not match SHA256SUMS")
     # ... and with SHA256SUMS rewritten to match, its signature no longer holds.
-    sums = (sbom / "SHA256SUMS").read_text().splitlines()
-    digest = subprocess.run(["sha256sum", str(sbom / "sbom.spdx.json")], capture_output=True,
-                            text=True, check=True).stdout.split()[0]  # fmt: skip
-    (sbom / "SHA256SUMS").write_text("".join(
-        f"{digest} *sbom.spdx.json\n" if line.endswith("*sbom.spdx.json") else f"{line}\n"
-        for line in sums))  # fmt: skip
+    _tamper_sbom(sbom, rewrite_sums=True)
     _refused(sbom, release_key, "BAD signature on SHA256SUMS")
 
     info = copy("info")
@@ -213,6 +220,13 @@ def test_a_signed_snapshot_covers_every_file_and_its_image(
 # --- through the registry ---
 
 
+def _two_signed_builds(tmp_path: Path, key: ReleaseKey) -> tuple[Path, Path]:
+    a = make_output(tmp_path / "a", sign_key=str(key.secret))
+    b = make_output(tmp_path / "b", sign_key=str(key.secret), build_id="20261201T000000-0b",
+                    image_bytes=b"QFI\xfb another disk")  # fmt: skip
+    return a, b
+
+
 def _index(registry: LocalRegistry, repo: str, tag: str) -> dict[str, Any]:
     answer = requests.get(f"http://{registry.host}/v2/{repo}/manifests/{tag}",
                           headers={"Accept": oci.OCI_INDEX}, timeout=10)  # fmt: skip
@@ -271,9 +285,7 @@ def test_a_re_signed_artifact_is_refused(
 def test_a_swapped_provenance_is_refused(
     registry: LocalRegistry, tmp_path: Path, release_key: ReleaseKey
 ) -> None:
-    a = make_output(tmp_path / "a", sign_key=str(release_key.secret))
-    b = make_output(tmp_path / "b", sign_key=str(release_key.secret), build_id="20261201T000000-0b",
-                    image_bytes=b"QFI\xfb another disk")  # fmt: skip
+    a, b = _two_signed_builds(tmp_path, release_key)
     for name in oci.PROVENANCE_FILES:  # B's provenance, validly signed, beside A's files
         shutil.copyfile(b / name, a / name)
     oci.publish(a, f"{registry.host}/trust/swapped:v1")
@@ -284,9 +296,7 @@ def test_a_swapped_provenance_is_refused(
 def test_a_provenance_for_another_digest_is_refused(
     registry: LocalRegistry, tmp_path: Path, release_key: ReleaseKey
 ) -> None:
-    a = make_output(tmp_path / "a", sign_key=str(release_key.secret))
-    b = make_output(tmp_path / "b", sign_key=str(release_key.secret), build_id="20261201T000000-0b",
-                    image_bytes=b"QFI\xfb another disk")  # fmt: skip
+    a, b = _two_signed_builds(tmp_path, release_key)
     pub_a = oci.publish(a, f"{registry.host}/trust/other:a")
     pub_b = oci.publish(b, f"{registry.host}/trust/other:b")
     # B's referrer, listed as if it referred to A (what a registry or an attacker could do).
@@ -303,16 +313,9 @@ def test_a_provenance_for_another_digest_is_refused(
 def test_a_tampered_sbom_in_the_registry_is_refused(
     registry: LocalRegistry, tmp_path: Path, release_key: ReleaseKey
 ) -> None:
-    out = make_output(tmp_path / "out", sign_key=str(release_key.secret))
     # The SBOM edited and SHA256SUMS rewritten to match: consistent bytes, broken signature.
-    sbom = out / "sbom.spdx.json"
-    sbom.write_text(sbom.read_text().replace('"jq"', '"jq-backdoored"'))
-    digest = subprocess.run(["sha256sum", str(sbom)], capture_output=True, text=True,
-                            check=True).stdout.split()[0]  # fmt: skip
-    lines = (out / "SHA256SUMS").read_text().splitlines()
-    (out / "SHA256SUMS").write_text("".join(
-        f"{digest} *sbom.spdx.json\n" if line.endswith(" *sbom.spdx.json") else f"{line}\n"
-        for line in lines))  # fmt: skip
+    out = _tamper_sbom(make_output(tmp_path / "out", sign_key=str(release_key.secret)),
+                       rewrite_sums=True)  # fmt: skip
     oci.publish(out, f"{registry.host}/trust/sbom:v1")
     _pull_refused(registry, "trust/sbom:v1", tmp_path / "pulled", release_key,
                   "BAD signature on SHA256SUMS")  # fmt: skip

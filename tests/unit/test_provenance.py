@@ -82,6 +82,10 @@ def test_check_compares_subjects_byproducts_inputs_and_the_source() -> None:
         provenance.check(prov, SUMS, present, base_sha256="0" * 64)
     with pytest.raises(ImageError, match="too short"):
         provenance.check(prov, SUMS, present, expect_revision="111")
+    nowhere = [*DEPS[:-1], provenance.Source("", "1" * 40, dirty=False).dependency()]
+    with pytest.raises(ImageError, match="built from a checkout with no remote, not https://x"):
+        provenance.check(provenance.parse(_statement(dependencies=nowhere)), SUMS, present,
+                         expect_source="https://x")  # fmt: skip
     missing = provenance.parse(_statement(dependencies=DEPS[1:]))
     with pytest.raises(ImageError, match="no base-image among the resolved dependencies"):
         provenance.check(missing, SUMS, present)
@@ -113,6 +117,10 @@ def test_toolkit_source_is_the_checkouts_commit_and_says_when_it_was_modified(
     (repo / "f").write_text("1\n")
     _git(repo, "add", "f")
     _git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "one")
+    head = _git(repo, "rev-parse", "HEAD")
+    # No remote: the commit is still recorded, without a URL (and an expected source fails).
+    lone = provenance.toolkit_source(repo)
+    assert lone == provenance.Source("", head, False) and "uri" not in lone.dependency()
     _git(repo, "remote", "add", "origin", "https://bot:token@git.example.org/si.git")
     found = provenance.toolkit_source(repo)
     assert found == provenance.Source("https://git.example.org/si.git",
