@@ -1005,15 +1005,17 @@ def _provenance(ctx: BuildContext, sums: dict[str, str]) -> str:
     """The build's in-toto Statement: SHA256SUMS' files and what made them (see provenance.py)."""
     request, cfg, base, inputs = ctx.request, ctx.cfg, ctx.base, ctx.inputs
     assert base is not None and inputs is not None
+    public = provenance.without_credentials  # a provenance is public: no user:token@ in URLs
     deps: list[dict[str, Any]] = [
-        {"name": "base-image", "uri": base.url, "digest": {"sha256": base.sha256},
+        {"name": "base-image", "uri": public(base.url), "digest": {"sha256": base.sha256},
          "annotations": {"serial": base.serial, "signer": base.signer or "(not checked)"}},
     ]  # fmt: skip
     if base.sums is not None:
-        deps.append({"name": "base-image/SHA256SUMS", "uri": base.sums.url,
+        deps.append({"name": "base-image/SHA256SUMS", "uri": public(base.sums.url),
                      "digest": {"sha256": base.sums.sha256}})  # fmt: skip
         if base.sums.signature_sha256:
-            deps.append({"name": "base-image/SHA256SUMS.gpg", "uri": base.sums.signature_url,
+            deps.append({"name": "base-image/SHA256SUMS.gpg",
+                         "uri": public(base.sums.signature_url),
                          "digest": {"sha256": base.sums.signature_sha256}})  # fmt: skip
     # The seed as anyone can re-render it: with placeholder keys for the per-build ones.
     deps += [
@@ -1043,11 +1045,12 @@ def _provenance(ctx: BuildContext, sums: dict[str, str]) -> str:
     byproducts |= {f"logs/{p.name}": sha256_file(p)
                    for p in sorted((staging / "logs").iterdir()) if p.is_file()}  # fmt: skip
     qemu_version = vmstate.qemu_version(cfg.arch)
+    layer = ctx.info.get("provisioned_layer") or {}
     return provenance.statement(
         subjects=sums,
         external={
             "distro": request.distro, "release": cfg.release, "arch": cfg.arch,
-            "profile": cfg.profile, "serial": base.serial, "mirror": cfg.mirror,
+            "profile": cfg.profile, "serial": base.serial, "mirror": public(cfg.mirror),
             "insecure_skip_signature": request.insecure_skip_signature,
             "raw": request.raw, "default_skills": request.default_skills,
             "mirrors": request.mirrors.to_json(),
@@ -1055,7 +1058,8 @@ def _provenance(ctx: BuildContext, sums: dict[str, str]) -> str:
         internal={"accel": str(ctx.info.get("accel", "")), "qemu": qemu_version,
                   "cpus": cfg.cpus, "memory": cfg.memory, "disk_size": cfg.disk_size,
                   "package_cache": request.package_cache,
-                  "provisioned_layer": dict(ctx.info.get("provisioned_layer") or {})},
+                  "provisioned_layer": {k: v for k, v in layer.items()
+                                        if k in ("key", "reused", "made_by")}},
         dependencies=deps,
         builder_id=request.builder_id or provenance.default_builder_id(),
         builder_version={"sandbox-image": image.__version__, "qemu": qemu_version},
