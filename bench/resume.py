@@ -10,8 +10,10 @@ Measured in one run, each against the cold boot of the same run:
 - memory: the PSS (shared pages divided among their users) of the QEMU processes
   of 1 and of 4 concurrent launches, each having run some Python, split into the
   snapshot's RAM file (guest pages), TCG's translation cache and the rest;
-- QEMU's plain way beside ours: a `migrate` with RAM in the stream to a file and
-  `-incoming` from it (same image, device set, readiness and command);
+- QEMU's own ways beside ours (same image, device set, readiness and command): a
+  `migrate` with RAM in the stream to a file and `-incoming` from it; and `savevm`
+  into the qcow2 images (the UEFI vars and the session disk in qcow2 too, as savevm
+  needs), each launch copying them and starting with `-loadvm` (what Lima offers);
 - tb-size: the same launch and work with TCG's cache at QEMU's default and capped
   (how much memory it saves, what it costs in time);
 - 8 launches from one snapshot at once on this host: all answer, and how long
@@ -61,11 +63,11 @@ def pss_split_kib(pid: int, memory_file: Path) -> dict[str, int]:
 
 
 def cold(cfg: config.BuildConfig, image: Path, where: Path, runs: int,
-         ram_in_file: bool = True) -> tuple[list[float], Path]:  # fmt: skip
+         ram_in_file: bool = True, internal: bool = False) -> tuple[list[float], Path]:  # fmt: skip
     times, keep = [], where / "snap-0"
     for i in range(runs):
         out = where / f"snap-{i}"
-        _, meta = snapshot.snapshot(cfg, image, out, ram_in_file=ram_in_file)
+        _, meta = snapshot.snapshot(cfg, image, out, ram_in_file=ram_in_file, internal=internal)
         times.append(meta.ready_seconds)
         if i:
             shutil.rmtree(out)
@@ -82,15 +84,17 @@ def first_byte_and_end(sandbox: api.Sandbox, argv: list[str], since: float) -> t
     return first or float("nan"), time.monotonic() - since
 
 
-def resume(cfg: config.BuildConfig, snapdir: Path, runs: int) -> list[tuple[float, float, float]]:
-    """(first byte, end) of a sandboxed echo and when the launch was ready, in seconds
-    from the start of the launch."""
+def resume(
+    cfg: config.BuildConfig, snapdir: Path, runs: int
+) -> list[tuple[float, float, float, float]]:
+    """(first byte, end) of a sandboxed echo, when the launch was ready and how long
+    preparing its files took, in seconds from the start of the launch."""
     times = []
     for _ in range(runs):
         start = time.monotonic()
         with api.open_sandbox(snapdir, cfg, snapshot.LaunchOptions()) as sandbox:
             first, end = first_byte_and_end(sandbox, ["echo", "ready"], start)
-            times.append((first, end, sandbox.timings["ready"]))
+            times.append((first, end, sandbox.timings["ready"], sandbox.timings["prepare"]))
     return times
 
 
@@ -164,6 +168,15 @@ def main() -> None:
         _, snap_plain = cold(large, args.image.resolve(), where / "plain", 1, ram_in_file=False)
         plain_state_mib = (snap_plain / "state").stat().st_size / (1 << 20)
         resume_plain = resume(large, snap_plain, args.runs)
+        (where / "internal").mkdir()
+        _, snap_internal = cold(large, args.image.resolve(), where / "internal", 1,
+                                internal=True)  # fmt: skip
+        # savevm writes RAM into the first snapshot-capable image (the UEFI vars here):
+        # what each launch copies.
+        internal_meta = snapshot.load_meta(snap_internal)
+        copied = sum((snap_internal / n).stat().st_size for n in internal_meta.files)
+        internal_disk_mib = copied / (1 << 20)
+        resume_internal = resume(large, snap_internal, args.runs)
         stream_first, stream_end = streaming(large, snap_4g)
         one = concurrent_pss(large, snap_4g, 1)
         four = concurrent_pss(large, snap_4g, 4)
@@ -174,6 +187,8 @@ def main() -> None:
     end_4g = statistics.median(t[1] for t in resume_4g)
     end_1g = statistics.median(t[1] for t in resume_1g)
     end_plain = statistics.median(t[1] for t in resume_plain)
+    end_internal = statistics.median(t[1] for t in resume_internal)
+    copy_internal = statistics.median(t[3] for t in resume_internal)
     marginal_mib = {
         k: round((four[k] - one[k]) / 3 / mib, 1) for k in ("total", "guest", "tcg", "other")
     }
@@ -190,6 +205,10 @@ def main() -> None:
         "plain_migrate_end_s": [round(t[1], 3) for t in resume_plain],
         "plain_migrate_state_mib": round(plain_state_mib, 1),
         "plain_migrate_over_ours": round(end_plain / end_4g, 3),
+        "savevm_loadvm_end_s": [round(t[1], 3) for t in resume_internal],
+        "savevm_loadvm_copy_s": [round(t[3], 3) for t in resume_internal],
+        "savevm_images_mib": round(internal_disk_mib, 1),
+        "savevm_loadvm_over_ours": round(end_internal / end_4g, 3),
         "stream_first_byte_s": round(stream_first, 3),
         "stream_end_s": round(stream_end, 3),
         "pss_1_launch_mib": round(one["total"] / mib, 1),
@@ -217,6 +236,9 @@ def main() -> None:
           f"{f['resume_4g_over_1g']:.2f}")  # fmt: skip
     print(f"plain migrate + -incoming     {end_plain:8.3f} s  = {f['plain_migrate_over_ours']:.2f}"
           f" x ours (state file {plain_state_mib:.0f} MiB: RAM in the stream)")  # fmt: skip
+    print(f"savevm + -loadvm              {end_internal:8.3f} s  = "
+          f"{f['savevm_loadvm_over_ours']:.2f} x ours (of it {copy_internal:.2f} s copying the "
+          f"{internal_disk_mib:.0f} MiB of images holding the state)")  # fmt: skip
     print(f"streaming: first line         {stream_first:8.3f} s  end {stream_end:.3f} s")
     print(f"host PSS, 1 launch            {f['pss_1_launch_mib']:8.1f} MiB")
     print(f"host PSS, 4 launches          {f['pss_4_launches_mib']:8.1f} MiB  "

@@ -28,7 +28,7 @@ def qemu_version(arch: str) -> str:
 
 def device_hash(spec: qemu.VMSpec) -> str:
     """What must match between snapshot and launch: the device set, not the file paths."""
-    argv = qemu.qemu_argv(replace(spec, incoming=None, memory_private=False))
+    argv = qemu.qemu_argv(replace(spec, incoming=None, loadvm=None, memory_private=False))
     paths = {
         str(p)
         for p in (

@@ -61,6 +61,8 @@ READY_ATTEMPTS = 5
 MEMORY, STATE, DISK, BASE, VARS, META = (
     "memory", "state", "disk.qcow2", "base.qcow2", "vars.fd", "snapshot.json",
 )  # fmt: skip
+# QEMU's own savevm (internal=True, for bench/resume.py): the session disk is saved too.
+SESSION, INTERNAL_TAG = "session.qcow2", "ready"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,16 @@ class SnapshotMeta:
     # False: RAM went into the state stream, a plain `migrate` (bench/resume.py's
     # comparison); launches then read it all back instead of mapping a file.
     ram_in_file: bool = True
+    # True: QEMU's own `savevm` into the qcow2 images (what Lima offers; the bench's
+    # other comparison); launches copy the disks and start with `-loadvm`.
+    internal: bool = False
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files a launch reads besides snapshot.json and the base."""
+        if self.internal:
+            return (DISK, VARS, SESSION)
+        return (STATE, DISK, VARS, *([MEMORY] if self.ram_in_file else []))
 
 
 def runtime_spec(
@@ -205,11 +217,14 @@ def image_arch(image_path: Path, arch: str, *, explicit: bool) -> str:
 
 # Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
 # and any failure removes the staging directory before the work folder goes.
-def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
-             ram_in_file: bool = True) -> tuple[Path, SnapshotMeta]:  # fmt: skip
+def snapshot(
+    cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
+    ram_in_file: bool = True, internal: bool = False,
+) -> tuple[Path, SnapshotMeta]:  # fmt: skip
     """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``.
-    ``ram_in_file=False`` is QEMU's plain way (RAM in the migration stream), kept for
-    bench/resume.py to compare against."""
+    ``ram_in_file=False`` is QEMU's plain way (RAM in the migration stream) and
+    ``internal=True`` its ``savevm``, both kept for bench/resume.py to compare against."""
+    ram_in_file = ram_in_file and not internal
     if not image_path.is_file():
         raise ImageError(f"no image at {image_path}", hint="build one with ./inv build-image")
     if out.exists():
@@ -234,9 +249,15 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
             run.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", BASE,
                      str(staging / DISK)])  # fmt: skip
             firmware = find_firmware(cfg.arch)
-            shutil.copyfile(firmware.vars_template, staging / VARS)
             session = work / "session.raw"
             make_session_disk(session, DEFAULT_SESSION_SIZE)
+            if internal:  # savevm needs every writable disk in qcow2
+                for raw, dest in ((firmware.vars_template, VARS), (session, SESSION)):
+                    run.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
+                             str(staging / dest)])  # fmt: skip
+                session = staging / SESSION
+            else:
+                shutil.copyfile(firmware.vars_template, staging / VARS)
             (work / "share").mkdir()
             accel_args, reason = accel.accel_argv(cfg.accel, cfg.arch, cfg.cache_dir)
             timeout = timeout or accel.timeouts(accel_args, cfg.boot_timeout, None)[0]
@@ -247,7 +268,7 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 memory_private=False, sockets=sockets,
             )  # fmt: skip
             if not ram_in_file:
-                spec = replace(spec, memory_file=None)
+                spec = replace(spec, memory_file=None, internal_snapshots=internal)
         with qemu.VM(spec, work / "qemu.log") as vm, GuestAgent(spec.qga_socket) as agent:  # type: ignore[arg-type]
             with step("snapshot: boot to ready", timings):
                 try:
@@ -264,7 +285,10 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
                 agent.exec(["/bin/mkdir", "-p", SHARE_MOUNT, SESSION_MOUNT], timeout=60)
                 agent.exec(["/bin/sync"], timeout=120)
                 agent.close()
-                vm.save_state(staging / STATE)
+                if internal:
+                    vm.save_internal(INTERNAL_TAG)
+                else:
+                    vm.save_state(staging / STATE)
                 version = vm.qmp("query-version")
                 vm.quit()
         meta = SnapshotMeta(
@@ -280,9 +304,11 @@ def snapshot(cfg: BuildConfig, image_path: Path, out: Path, timeout: float | Non
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             ready_seconds=round(ready, 2),
             sizes={p.name: p.stat().st_size for p in staging.iterdir()},
-            files_sha256={n: sha256_file(staging / n) for n in (STATE, DISK, VARS)},
             ram_in_file=ram_in_file,
+            internal=internal,
         )
+        meta = replace(meta, files_sha256={
+            n: sha256_file(staging / n) for n in meta.files if n != MEMORY})  # fmt: skip
         log.info("snapshot of QEMU %s (%s), accelerator %s", meta.qemu_version,
                  version.get("package", ""), reason)  # fmt: skip
         (staging / META).write_text(json.dumps(meta.__dict__, indent=2, sort_keys=True) + "\n")
@@ -410,7 +436,7 @@ def check_compatible(meta: SnapshotMeta, snapdir: Path, spec: qemu.VMSpec) -> No
             "this snapshot's machine or device set differs from what this launch would use",
             hint="run ./inv snapshot again with this version of sandbox-image",
         )
-    for name in (STATE, DISK, VARS, BASE, *([MEMORY] if meta.ram_in_file else [])):
+    for name in (*meta.files, BASE):
         if not (snapdir / name).is_file():
             raise ImageError(f"snapshot file missing: {snapdir / name}")
 
@@ -434,12 +460,23 @@ def launch(
     try:
         start = time.monotonic()
         disk = work / "disk.qcow2"
-        qemu.create_overlay(snapdir / DISK, disk)
         vars_file = work / "vars.fd"
-        shutil.copyfile(snapdir / VARS, vars_file)
-        vars_file.chmod(0o600)
-        session = work / "session.raw"
-        make_session_disk(session, options.session_size)
+        if meta.internal:
+            # loadvm reads the saved state from the images themselves: each launch
+            # gets copies (the disk's backing file stays the snapshot's base).
+            session = work / SESSION
+            for name, dest in ((DISK, disk), (VARS, vars_file), (SESSION, session)):
+                run.run(["cp", "--reflink=auto", "--sparse=always", str(snapdir / name),
+                         str(dest)])  # fmt: skip
+                dest.chmod(0o600)
+            run.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(snapdir / BASE),
+                     str(disk)])  # fmt: skip
+        else:
+            qemu.create_overlay(snapdir / DISK, disk)
+            shutil.copyfile(snapdir / VARS, vars_file)
+            vars_file.chmod(0o600)
+            session = work / "session.raw"
+            make_session_disk(session, options.session_size)
         share_dir = options.share or (work / "share")
         share_dir.mkdir(exist_ok=True)
         firmware = find_firmware(meta.arch)
@@ -451,16 +488,20 @@ def launch(
             firmware_code=firmware.code, memory_private=True, sockets=sockets,
         )  # fmt: skip
         if not meta.ram_in_file:
-            spec = replace(spec, memory_file=None)
+            spec = replace(spec, memory_file=None, internal_snapshots=meta.internal)
         check_compatible(meta, snapdir, spec)
-        spec = replace(spec, incoming="defer")
+        if meta.internal:
+            spec = replace(spec, loadvm=INTERNAL_TAG)
+        else:
+            spec = replace(spec, incoming="defer")
         timings["prepare"] = round(time.monotonic() - start, 3)
         with (
             guestnet.serve_for_vm(policy, sockets, audit_log, resolver),
             qemu.VM(spec, work / "qemu.log") as vm,
             GuestAgent(spec.qga_socket) as agent,  # type: ignore[arg-type]
         ):
-            vm.resume_from(snapdir / STATE)
+            if not meta.internal:
+                vm.resume_from(snapdir / STATE)
             timings["resume"] = round(time.monotonic() - start, 3)
             assert spec.exec_socket is not None
             with ExecSession.connect(spec.exec_socket, timeout=60) as channel:

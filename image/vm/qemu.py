@@ -120,6 +120,10 @@ class VMSpec:
     memory_file: Path | None = None  # RAM in a file (snapshot/launch)
     memory_private: bool = False  # map memory_file MAP_PRIVATE: copy-on-write, file untouched
     incoming: str | None = None  # migration URI to resume from
+    # QEMU's own savevm/loadvm (bench/resume.py's comparison): the VARS pflash and the
+    # session disk are qcow2 too, as savevm needs of every writable disk.
+    internal_snapshots: bool = False
+    loadvm: str | None = None  # the internal snapshot to start from (-loadvm)
     disk_cache: str = "writeback"
     extra: tuple[str, ...] = field(default=())
 
@@ -162,9 +166,10 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         ]  # fmt: skip
     else:
         argv += ["-m", f"{spec.memory // (1 << 20)}M"]
+    writable = "qcow2" if spec.internal_snapshots else "raw"
     argv += [
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware_code}",
-        "-drive", f"if=pflash,format=raw,unit=1,file={spec.firmware_vars}",
+        "-drive", f"if=pflash,format={writable},unit=1,file={spec.firmware_vars}",
         "-drive", f"if=none,id=root,format=qcow2,discard=unmap,cache={spec.disk_cache},"
                   f"file={spec.disk}",
         "-device", "virtio-blk-pci,drive=root,bootindex=0",
@@ -176,7 +181,8 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         ]  # fmt: skip
     if spec.session_disk is not None:
         argv += [
-            "-drive", f"if=none,id=session,format=raw,discard=unmap,file={spec.session_disk}",
+            "-drive", f"if=none,id=session,format={writable},discard=unmap,"
+                      f"file={spec.session_disk}",
             "-device", "virtio-blk-pci,drive=session,serial=session",
         ]  # fmt: skip
     argv += ["-netdev", netdev_arg(spec), "-device", "virtio-net-pci,netdev=net0"]
@@ -211,6 +217,8 @@ def qemu_argv(spec: VMSpec) -> list[str]:
         ]  # fmt: skip
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]
+    if spec.loadvm is not None:
+        argv += ["-loadvm", spec.loadvm]
     return argv + list(spec.extra)
 
 
@@ -368,6 +376,15 @@ class VM:
                 )
             time.sleep(0.05)
         raise ImageError(f"saving the VM state did not finish within {timeout:g} s")
+
+    def save_internal(self, tag: str) -> None:
+        """QEMU's own ``savevm``: RAM and device state into the qcow2 images themselves
+        (every writable disk must be qcow2: ``internal_snapshots``)."""
+        self.qmp("stop")
+        said = str(self.qmp("human-monitor-command", **{"command-line": f"savevm {tag}"}))
+        if said.strip():
+            raise ImageError(f"savevm failed: {said.strip()}",
+                             hint="every writable disk must be qcow2")  # fmt: skip
 
     def _ram_in_file(self) -> bool:
         return self.spec.memory_file is not None

@@ -90,6 +90,18 @@ def test_snapshot_shape_memory_file_share_session_incoming() -> None:
     assert argv[-2:] == ["-incoming", "defer"]
 
 
+def test_savevm_shape_keeps_vars_and_session_in_qcow2_and_starts_from_loadvm() -> None:
+    plain = qemu_argv(spec(session_disk=Path("/w/session.raw")))
+    assert "if=pflash,format=raw,unit=1,file=/w/VARS.fd" in plain
+    assert "if=none,id=session,format=raw,discard=unmap,file=/w/session.raw" in plain
+    assert "-loadvm" not in plain
+    internal = qemu_argv(spec(session_disk=Path("/w/session.qcow2"), internal_snapshots=True,
+                              loadvm="ready"))  # fmt: skip
+    assert "if=pflash,format=qcow2,unit=1,file=/w/VARS.fd" in internal
+    assert "if=none,id=session,format=qcow2,discard=unmap,file=/w/session.qcow2" in internal
+    assert internal[-2:] == ["-loadvm", "ready"]
+
+
 def test_serial_tail_strips_terminal_noise(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
     log.write_bytes(b"\x1b[2J\x1b[01;01Hfirmware\r\n\r\n" + b"".join(

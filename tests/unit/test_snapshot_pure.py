@@ -49,6 +49,14 @@ def test_device_hash_ignores_paths_and_launch_only_options(tmp_path: Path) -> No
     assert vmstate.device_hash(snap) == vmstate.device_hash(launch)
 
 
+def test_loadvm_is_a_launch_option_but_qcow2_disks_are_another_device_set(
+    tmp_path: Path,
+) -> None:
+    saved = _spec(tmp_path, memory_file=None, internal_snapshots=True)
+    assert vmstate.device_hash(saved) == vmstate.device_hash(replace(saved, loadvm="ready"))
+    assert vmstate.device_hash(saved) != vmstate.device_hash(_spec(tmp_path, memory_file=None))
+
+
 def test_tb_size_is_only_for_tcg() -> None:
     kvm = ("-accel", "kvm")
     assert snapshot.with_tb_size(kvm, 64) == kvm
