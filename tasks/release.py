@@ -99,7 +99,7 @@ def pull(
         where = _out_path(out, "--out", directory=True)
         with contextlib.ExitStack() as stack:
             keys = (
-                stack.enter_context(signatures.keyring(_user_path(verify_key)))
+                stack.enter_context(signatures.keyring(_user_path(verify_key), "--verify-key"))
                 if verify_key
                 else None
             )

@@ -686,8 +686,13 @@ def pull(
         )
         verified = None
         if keys is not None:
-            verified = verify.verify_output(staging, keys, expect_source=expect_source,
-                                            expect_revision=expect_revision)  # fmt: skip
+            verified = verify.verify_output(
+                staging,
+                keys,
+                expect_source=expect_source,
+                expect_revision=expect_revision,
+                exclusive=True,
+            )
         if (staging / SNAPSHOT_DIR).is_dir():
             for path in (staging / SNAPSHOT_DIR).iterdir():
                 path.chmod(0o444)  # as ./inv snapshot leaves them: read-only once written

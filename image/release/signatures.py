@@ -91,10 +91,10 @@ def signer(key: str, flag: str = "--sign-key") -> Iterator[Signer]:
             _import(home, path, flag)
             listing = _gpg(home, "--with-colons", "--list-secret-keys", hint="").stdout.decode()
             found = _primary_fingerprints(listing)
-            if not found:
+            if len(found) != 1:
                 raise ImageError(
-                    f"{flag} {path} holds no secret key",
-                    hint="export one with gpg --export-secret-keys --armor KEYID > key.asc",
+                    f"{flag} {path} holds {len(found) or 'no'} secret key{'s' * (len(found) != 1)}",
+                    hint="export exactly one: gpg --export-secret-keys --armor KEYID > key.asc",
                 )
             yield Signer(home, found[0])
         return
@@ -159,16 +159,16 @@ _PUBLIC_KEY_HINT = "pass the publisher's public key file (gpg --export --armor K
 
 
 @contextlib.contextmanager
-def keyring(key: Path) -> Iterator[Keyring]:
+def keyring(key: Path, flag: str = "--key") -> Iterator[Keyring]:
     """The public keys in ``key`` (armored or binary, public or secret export)."""
     if not key.is_file():
-        raise ImageError(f"--key {key} does not exist", hint=_PUBLIC_KEY_HINT)
+        raise ImageError(f"{flag} {key} does not exist", hint=_PUBLIC_KEY_HINT)
     with _throwaway_home() as home:
-        _import(home, key, "--key")
+        _import(home, key, flag)
         listing = _gpg(home, "--with-colons", "--list-keys", hint="").stdout.decode()
         found = _primary_fingerprints(listing)
         if not found:
-            raise ImageError(f"--key {key} holds no OpenPGP public key", hint=_PUBLIC_KEY_HINT)
+            raise ImageError(f"{flag} {key} holds no OpenPGP public key", hint=_PUBLIC_KEY_HINT)
         public = home / "accepted.gpg"
         public.write_bytes(_gpg(home, "--export", *found, hint="").stdout)
         yield Keyring(public, tuple(found))

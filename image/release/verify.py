@@ -18,6 +18,7 @@ first thing that does not hold, naming it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,8 +83,14 @@ def verify_output(
     *,
     expect_source: str | None = None,
     expect_revision: str | None = None,
+    exclusive: bool = False,
 ) -> Verified:
-    """Verify a build output (``build-image --out`` or ``pull --out``); ImageError otherwise."""
+    """Verify a build output (``build-image --out`` or ``pull --out``); ImageError otherwise.
+
+    ``exclusive``: every file in ``out`` must be one the signatures cover (a pulled
+    artifact: a layer its publisher did not sign is refused). A local output
+    directory may be shared with other files, so it is not exclusive by default.
+    """
     if not (out / SUMS).is_file():
         raise ImageError(f"{out} is not a build output (no {SUMS})",
                          hint="pass what ./inv build-image or ./inv pull wrote")  # fmt: skip
@@ -104,10 +111,19 @@ def verify_output(
     # build-info.json is a byproduct: provenance.check proves it unaltered before its
     # base image record is compared, so read it only for that.
     base = None
-    if (out / output.BUILD_INFO).is_file():
+    with contextlib.suppress(ImageError):  # unreadable: the byproduct check says why
         base = str(output.BuildOutput.read(out).info.base.get("sha256") or "") or None
     provenance.check(prov, sums, present, base_sha256=base, expect_source=expect_source,
                      expect_revision=expect_revision)  # fmt: skip
+    if exclusive:
+        covered = {*sums, *_SIGNED_SUMS, provenance.FILE, provenance.FILE + SIGNATURE_SUFFIX,
+                   *prov.byproducts}  # fmt: skip
+        for path in sorted(out.rglob("*")):
+            name = path.relative_to(out).as_posix()
+            if path.is_file() and not name.startswith(f"{SNAPSHOT_DIR}/") and name not in covered:
+                raise ImageError(f"{name} is not covered by the signatures",
+                                 hint="the artifact carries a file its publisher did not "
+                                 "sign; do not use it")  # fmt: skip
     checked = len(sums)
     snap = out / SNAPSHOT_DIR
     if snap.is_dir():

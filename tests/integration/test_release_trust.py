@@ -26,12 +26,12 @@ from tests.fixtures.releasekeys import ReleaseKey, make_release_key
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _verify_dir(out: Path, key: ReleaseKey, **expect: str) -> verify.Verified:
+def _verify_dir(out: Path, key: ReleaseKey, **expect: Any) -> verify.Verified:
     with signatures.keyring(key.public) as keys:
         return verify.verify_output(out, keys, **expect)
 
 
-def _refused(out: Path, key: ReleaseKey, pattern: str, **expect: str) -> ImageError:
+def _refused(out: Path, key: ReleaseKey, pattern: str, **expect: Any) -> ImageError:
     with pytest.raises(ImageError, match=pattern) as caught:
         _verify_dir(out, key, **expect)
     return caught.value
@@ -169,6 +169,15 @@ def test_every_alteration_of_a_signed_build_is_named(
     (prov / provenance.FILE).write_text((prov / provenance.FILE).read_text().replace(
         "urn:sandbox-image:host:test", "urn:sandbox-image:host:trusted"))  # fmt: skip
     _refused(prov, release_key, "BAD signature on provenance.intoto.json")
+
+    planted = copy("planted")
+    (planted / "logs" / "extra.sh").write_text("not signed by anyone")
+    _verify_dir(planted, release_key)  # a local output may share its directory...
+    with (
+        signatures.keyring(release_key.public) as keys,
+        pytest.raises(ImageError, match=r"logs/extra\.sh is not covered by the signatures"),
+    ):
+        verify.verify_output(planted, keys, exclusive=True)  # ...a pulled artifact may not
 
     gone = copy("gone")
     (gone / provenance.FILE).unlink()
