@@ -164,6 +164,12 @@ def verify(
         with signatures.keyring(_user_path(key)) as keys:
             if path.is_dir():
                 if (path / verifying.SNAPSHOT_META).is_file():
+                    if expect_source or expect_revision:
+                        raise ImageError(
+                            "a snapshot has no provenance: --expect-source/--expect-revision "
+                            "apply to its build output",
+                            hint="verify the build output (or the pulled artifact) instead",
+                        )
                     files = verifying.verify_snapshot(path, keys)
                     found: dict[str, Any] = {
                         "out": str(path),
