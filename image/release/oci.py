@@ -692,6 +692,7 @@ def pull(
                 expect_source=expect_source,
                 expect_revision=expect_revision,
                 exclusive=True,
+                known=hashes,  # hashed while downloading: not read again
             )
         if (staging / SNAPSHOT_DIR).is_dir():
             for path in (staging / SNAPSHOT_DIR).iterdir():

@@ -63,13 +63,16 @@ def _read_sums(path: Path) -> dict[str, str]:
         raise ImageError(f"{path} is unreadable: {exc}") from None
 
 
-def _check_hashes(root: Path, sums: Mapping[str, str], where: str) -> None:
+def _check_hashes(
+    root: Path, sums: Mapping[str, str], where: str, known: Mapping[str, str] | None = None
+) -> None:
+    """``known``: hashes taken already (pull's, while downloading), by path from ``root``."""
     for name, want in sorted(sums.items()):
         path = root / name
         if ".." in Path(name).parts or Path(name).is_absolute() or not path.is_file():
             raise ImageError(f"{where}{name} is listed in SHA256SUMS but missing",
                              hint="the build output is incomplete")  # fmt: skip
-        got = sha256_file(path)
+        got = (known or {}).get(name) or sha256_file(path)
         if got != want:
             raise ImageError(
                 f"{where}{name}: sha256 {got} does not match SHA256SUMS ({want})",
@@ -84,19 +87,22 @@ def verify_output(
     expect_source: str | None = None,
     expect_revision: str | None = None,
     exclusive: bool = False,
+    known: Mapping[str, str] | None = None,
 ) -> Verified:
     """Verify a build output (``build-image --out`` or ``pull --out``); ImageError otherwise.
 
     ``exclusive``: every file in ``out`` must be one the signatures cover (a pulled
     artifact: a layer its publisher did not sign is refused). A local output
     directory may be shared with other files, so it is not exclusive by default.
+    ``known``: sha256 already taken of files in ``out`` (by relative path), not read again.
     """
+    known = known or {}
     if not (out / SUMS).is_file():
         raise ImageError(f"{out} is not a build output (no {SUMS})",
                          hint="pass what ./inv build-image or ./inv pull wrote")  # fmt: skip
     signer = keys.check(out / SUMS, SUMS)
     sums = _read_sums(out / SUMS)
-    _check_hashes(out, sums, "")
+    _check_hashes(out, sums, "", known)
     prov_path = out / provenance.FILE
     if not prov_path.is_file():
         raise ImageError(f"{out} has no {provenance.FILE}",
@@ -104,7 +110,7 @@ def verify_output(
     keys.check(prov_path, provenance.FILE)
     prov = provenance.parse(prov_path.read_text())
     present = {
-        p.relative_to(out).as_posix(): sha256_file(p)
+        p.relative_to(out).as_posix(): known.get(p.relative_to(out).as_posix()) or sha256_file(p)
         for p in [out / output.BUILD_INFO, *sorted((out / "logs").glob("*"))]
         if p.is_file()
     }
@@ -127,7 +133,9 @@ def verify_output(
     checked = len(sums)
     snap = out / SNAPSHOT_DIR
     if snap.is_dir():
-        checked += verify_snapshot(snap, keys, image_sha256=_image_sha(sums))
+        inside = {k.removeprefix(f"{SNAPSHOT_DIR}/"): v for k, v in known.items()
+                  if k.startswith(f"{SNAPSHOT_DIR}/")}  # fmt: skip
+        checked += verify_snapshot(snap, keys, image_sha256=_image_sha(sums), known=inside)
     return Verified(out, signer, prov, checked, snap.is_dir())
 
 
@@ -136,7 +144,10 @@ def _image_sha(sums: Mapping[str, str]) -> str | None:
     return images[0] if len(images) == 1 else None
 
 
-def verify_snapshot(snap: Path, keys: Keyring, image_sha256: str | None = None) -> int:
+def verify_snapshot(
+    snap: Path, keys: Keyring, image_sha256: str | None = None,
+    known: Mapping[str, str] | None = None,
+) -> int:  # fmt: skip
     """A snapshot signed by ``sign_snapshot``: every file listed, hashed and none extra."""
     where = f"{SNAPSHOT_DIR}/"
     if not (snap / SUMS).is_file():
@@ -153,7 +164,7 @@ def verify_snapshot(snap: Path, keys: Keyring, image_sha256: str | None = None) 
     if extra:
         raise ImageError(f"{where}{extra[0]} is not listed in {where}{SUMS}",
                          hint="a file was added to the snapshot after it was signed")  # fmt: skip
-    _check_hashes(snap, sums, where)
+    _check_hashes(snap, sums, where, known)
     try:
         meta = json.loads((snap / SNAPSHOT_META).read_text())
     except (OSError, ValueError) as exc:
