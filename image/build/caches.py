@@ -115,7 +115,7 @@ def prune(cache_dir: Path, max_size: str | None, older_than: str | None, now: fl
     layers = [item for item in removed if item.kind == "layer"]
     logs = [item for item in removed if item.kind in PRUNED_LOGS.values()]
     freed = packagecache.prune(cache_dir, [i for i in removed if i not in layers + logs])
-    freed += layercache.prune(layers)
+    freed += layercache.prune(layers, cache_dir)
     for item in logs:
         if item.path.is_dir():
             shutil.rmtree(item.path, ignore_errors=True)

@@ -1,14 +1,21 @@
 """cloud-init for the build: render user-data/meta-data/network-config, pack the seed ISO.
 
 ``render()`` is pure: RenderInputs (plus the package lists and templates it
-reads) -> ``{name: bytes}``, byte-for-byte the same for the same inputs.
+reads) -> ``{name: bytes}``, byte-for-byte the same for the same inputs. The
+seed is the build's first stage, "system" (users, apt, third-party sources,
+packages); ``render_stages()`` gives the later ones ("libraries": pip and
+npm; "config": the sandbox's files, the skills, the marker) as shell scripts
+with their payload, which the build runs over SSH, each on the layer below
+(image/build/stages.py).
 ``write_seed_iso()`` packs those files into a NoCloud ``CIDATA`` ISO with
 pycdlib, deterministically and atomically. ``validate_schema()`` runs
 cloud-init's own ``cloud-init schema`` on a rendered user-data.
 
 What the guest ends up with (paths other stages rely on):
-    MARKER_PATH      written as the very last runcmd step; exists only if every
+    SYSTEM_MARKER    written as the very last runcmd step; exists only if every
                      step before it succeeded (runcmd runs under ``set -eu``)
+    MARKER_PATH      written as the very last step of the last stage (the
+                     stage scripts run under ``set -eu`` too)
     /opt/skills      the skills (skills.GUEST_DIR), root-owned, 0755/0644, with their index
     agent (uid 1001) unprivileged, no sudo; build: SSH key, NOPASSWD sudo
 """
@@ -54,13 +61,17 @@ TEMPLATES = {
 
 STATE_DIR = "/var/lib/sandbox-image"
 MARKER_PATH = f"{STATE_DIR}/provisioned"
+SYSTEM_MARKER = f"{STATE_DIR}/stage-system"
 APT_LIST_PATH = f"{STATE_DIR}/apt-packages"
 APT_MIRROR_KEYRING = "/etc/apt/keyrings/sandbox-image-mirror.asc"
 PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
-# The skills travel as their own file on the seed ISO (no size limit of user-data);
-# runcmd mounts the seed read-only here, checks the file's SHA-256 and unpacks it.
-SKILLS_SEED_FILE = "skills.tar.gz"
+# The skills travel beside the "config" stage's script (no size limit of a seed);
+# the script checks the file's SHA-256 and unpacks it.
+SKILLS_PAYLOAD_FILE = "skills.tar.gz"
+# A standalone seed (render(standalone=True)) carries the later stages' scripts
+# and payload; runcmd mounts the seed read-only here and runs them from it.
 SEED_MOUNT = "/run/sandbox-image-seed"
+STAGE_TEMPLATES = {"libraries": "stage-libraries.sh.j2", "config": "stage-config.sh.j2"}
 SKILLS_GUEST_DIR = guest.SKILLS_DIR
 UNSAFE_IO_PATH = "/etc/dpkg/dpkg.cfg.d/90-sandbox-image-unsafe-io"
 # A locked build holds every package at its locked version; removed once installed.
@@ -79,6 +90,7 @@ EXECUTABLE_DIRS = ("/usr/local/bin/", "/usr/local/sbin/")
 _OWN_PATHS = frozenset(
     {
         MARKER_PATH,
+        SYSTEM_MARKER,
         APT_LIST_PATH,
         PIP_CONSTRAINTS_PATH,
         UNSAFE_IO_PATH,
@@ -228,11 +240,13 @@ def _guest_files(inputs: RenderInputs) -> list[dict[str, str]]:
             raise ImageError(f"guest file {path!r} collides with a file the build writes itself")
         total += len(content)
         mode = inputs.guest_file_modes.get(path, guest_file_mode(path))
+        b64 = base64.b64encode(content).decode("ascii")
         out.append(
             {
                 "path": path,
+                "dir": posixpath.dirname(path),
                 "permissions": f"{mode:04o}",
-                "content_b64": base64.b64encode(content).decode("ascii"),
+                "content_b64_lines": "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76)),
             }
         )
     if total > MAX_GUEST_FILES:
@@ -283,9 +297,9 @@ def marker_content(inputs: RenderInputs) -> str:
     )
 
 
-def marker_command(inputs: RenderInputs) -> str:
-    tmp = MARKER_PATH + ".tmp"
-    return f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && mv {tmp} {MARKER_PATH}"
+def marker_command(inputs: RenderInputs, path: str = MARKER_PATH) -> str:
+    tmp = path + ".tmp"
+    return f"printf '%s' {shlex.quote(marker_content(inputs))} > {tmp} && mv {tmp} {path}"
 
 
 def _b64_lines(lines: tuple[str, ...]) -> str:
@@ -384,8 +398,9 @@ def template_context(
         "unsafe_io_path": UNSAFE_IO_PATH,
         "guest_files": _guest_files(inputs),
         "skills_sha256": hashlib.sha256(skills_archive).hexdigest() if skills_archive else "",
-        "skills_seed_file": SKILLS_SEED_FILE,
+        "skills_payload_file": SKILLS_PAYLOAD_FILE,
         "seed_mount": SEED_MOUNT,
+        "standalone_stages": [],
         "skills_dir": SKILLS_GUEST_DIR,
         "guest_environment": [
             f"{guest.SKILLS_ENV}={guest.SKILLS_DIR}",
@@ -395,6 +410,7 @@ def template_context(
         "exec_service": guest.EXEC_SERVICE,
         "state_dir": STATE_DIR,
         "marker_command": marker_command(inputs),
+        "system_marker_command": marker_command(inputs, SYSTEM_MARKER),
         "mac_address": inputs.mac_address,
         "interface": inputs.interface,
     }
@@ -497,13 +513,24 @@ def _template_line(exc: BaseException, path: Path) -> int | None:
     return line
 
 
-def render(inputs: RenderInputs) -> dict[str, bytes]:
-    """RenderInputs -> {'user-data', 'meta-data', 'network-config'}: bytes, deterministic."""
+def _context(inputs: RenderInputs) -> tuple[dict[str, Any], bytes | None]:
     profile = packages.resolve_profile(
         inputs.profile, inputs.package_lists, inputs.distro, inputs.sources
     )
     skills = skills_folder.pack(inputs.skills_dirs) if inputs.skills_dirs else None
-    context = template_context(inputs, profile, skills)
+    return template_context(inputs, profile, skills), skills
+
+
+def render(inputs: RenderInputs, standalone: bool = False) -> dict[str, bytes]:
+    """RenderInputs -> {'user-data', 'meta-data', 'network-config'}: bytes, deterministic.
+
+    The seed of the first stage ("system"); ``render_stages`` gives the others,
+    which a build runs over SSH. ``standalone``: a seed that runs them itself
+    (``./inv seed``, for booting the image by hand): their scripts and payload
+    ride on the seed, and runcmd runs them in order after the system stage."""
+    context, _ = _context(inputs)
+    later = render_stages(inputs) if standalone else ()
+    context["standalone_stages"] = [stage.name for stage in later]
     user_data = render_template(inputs.templates_dir, TEMPLATES["user-data"], context)
     # The instance id follows the content: a changed seed is a new instance to
     # cloud-init, the same seed the same one.
@@ -519,9 +546,44 @@ def render(inputs: RenderInputs) -> dict[str, bytes]:
             "rendered user-data does not start with '#cloud-config'",
             hint="cloud-init ignores user-data without that first line",
         )
-    if skills is not None:
-        out[SKILLS_SEED_FILE] = skills
+    for stage in later:
+        out[f"stage-{stage.name}.sh"] = stage.script
+        out.update(stage.payload)
     return out
+
+
+@dataclass(frozen=True)
+class StageScript:
+    """A stage after "system": a root shell script and the files it gets beside it."""
+
+    name: str
+    script: bytes
+    payload: Mapping[str, bytes] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """SHA-256 of the script and every payload file (names and contents)."""
+        h = hashlib.sha256()
+        for part in (self.name.encode(), self.script,
+                     *(x for name in sorted(self.payload)
+                       for x in (name.encode(), self.payload[name]))):  # fmt: skip
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        return h.hexdigest()
+
+
+def render_stages(inputs: RenderInputs) -> tuple[StageScript, ...]:
+    """The stages above "system", in order: "libraries" (pip, npm; none for a
+    profile without either) and "config" (guest files, skills, the marker).
+    Pure and deterministic, like render()."""
+    context, skills = _context(inputs)
+    out = []
+    for name, template in STAGE_TEMPLATES.items():
+        if name == "libraries" and not (context["pip_packages"] or context["npm_packages"]):
+            continue
+        script = render_template(inputs.templates_dir, template, context).encode()
+        payload = {SKILLS_PAYLOAD_FILE: skills} if name == "config" and skills else {}
+        out.append(StageScript(name, script, payload))
+    return tuple(out)
 
 
 def _check_yaml(name: str, data: bytes) -> None:
@@ -614,7 +676,9 @@ SEED_VOLUME_ID = "CIDATA"
 # ISO 9660 level-1 names (8.3, upper case); Joliet and Rock Ridge carry the
 # real names, which are what cloud-init's NoCloud reader looks up.
 _ISO9660_NAMES = {
-    SKILLS_SEED_FILE: "SKILLS.TGZ;1",
+    SKILLS_PAYLOAD_FILE: "SKILLS.TGZ;1",
+    "stage-libraries.sh": "STAGELIB.SH;1",
+    "stage-config.sh": "STAGECFG.SH;1",
     "user-data": "USERDATA.;1",
     "meta-data": "METADATA.;1",
     "network-config": "NETWORKC.;1",

@@ -4,7 +4,8 @@
 it with the keys it made; ``render_inputs`` resolves the user's flags (the skills
 folder, given or downloaded and checked by SHA-256; the build user's SSH key) and
 calls it too, so ``./inv render`` shows exactly what a build renders: the sandbox's
-guest files, the apt proxy, a fresh SSH host key.
+guest files, the apt proxy, a fresh SSH host key. (Its seed is standalone: it runs
+the stages after "system" itself, where a build runs them over SSH.)
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def render_inputs(
 
 
 def rendered(inputs: cloudinit.RenderInputs, validate: bool) -> dict[str, bytes]:
-    """The cloud-init documents, checked with cloud-init's own schema unless told not to."""
-    files = cloudinit.render(inputs)
+    """The cloud-init documents of a standalone seed (the build's seed, and the later
+    stages' scripts and payload, which it runs itself), checked with cloud-init's own
+    schema unless told not to."""
+    files = cloudinit.render(inputs, standalone=True)
     if validate:
         cloudinit.validate_schema(files["user-data"])
     return files

@@ -1,4 +1,4 @@
-"""Provisioned layers: the build VM saved the moment provisioning has finished.
+"""Provisioned layers: the build VM saved the moment each stage of provisioning has finished.
 
 Under TCG, booting the base image and provisioning it are most of a build, and
 a rebuild with the same inputs would do both again for the same result. A
@@ -9,30 +9,47 @@ each) and its firmware variables. (Snapshots keep RAM in a file instead, so
 that many launches share it; a build resumes a layer once, and file-backed RAM
 made the provisioning itself ~7 % slower here.)
 
-Every build resumes from a layer: a cold build provisions and saves one first,
-a warm rebuild finds one with the same key. From there both do the same thing:
-the clock set, the kernel RNG reseeded, a fresh build SSH key, then verify,
-describe, generalize, compact and publish. So the path a warm rebuild takes is
-the one every cold build takes too.
+Provisioning runs in stages, by how often their inputs change
+(image/build/stages.py): "system" (cloud-init: users, apt, third-party
+sources, packages), "libraries" (pip, npm), "config" (the sandbox's files,
+the skills). Each stage ends in a layer whose disk is a qcow2 overlay on the
+layer below (the lowest on the base image), and whose key is made of its own
+inputs and the key below. A build resumes the deepest layer whose key still
+matches and runs only the stages above it, each from the layer below, saving
+each as a new layer.
 
-    <cache>/layers/<distro>-<release>-<arch>-<profile>/<key>/
+Every build resumes from a layer: a cold build provisions and saves each
+stage first, a warm rebuild finds some or all of them. From there both do the
+same thing: the clock set, the kernel RNG reseeded, a fresh build SSH key,
+then the next stage, or verify, describe, generalize, compact and publish. So
+the path a warm rebuild takes is the one every cold build takes too.
+
+    <cache>/layers/<distro>-<release>-<arch>-<profile>/<stage>/<key>/
         disk.qcow2  state  vars.fd  serial.log  egress.jsonl  layer.json
 
+A layer's serial.log and egress.jsonl are its own stage's records. A layer
+above another names it (key and the build that made it): a layer below made
+again by another build holds other disk blocks, and the one above, an
+overlay on the old blocks, is then removed, never resumed.
+
 Reuse is safe only if a cold build now would provision the same guest:
-- The key is the SHA-256 of every input that decides what the provisioned
-  guest holds or whether its saved state loads: the base image's hash, the
-  rendered cloud-init (per-build keys replaced by placeholders), the lock, the
-  egress policy, disk size, the VM's device set, QEMU's version and the
-  firmware's hash, the toolkit's version.
-- An unlocked build also depends on the archive's state. The layer records
-  the SHA-256 of every InRelease file apt used; a lookup fetches each again and
-  reuses the layer only if none has changed (a new security update: a miss).
-  PyPI's and npm's indexes have no such single signed file: an unlocked
-  profile with pip or npm packages keeps no layer (build with --lock).
+- The system layer's key is the SHA-256 of every input that decides what the
+  provisioned guest holds or whether its saved state loads: the base image's
+  hash, the rendered cloud-init (per-build keys replaced by placeholders), the
+  lock's apt part, the egress policy, disk size, the VM's device set, QEMU's
+  version and the firmware's hash, the toolkit's version. A later stage's key
+  is the one below, the stage's script and its payload.
+- An unlocked build also depends on the archive's state. The system layer
+  records the SHA-256 of every InRelease file apt used; a lookup fetches each
+  again and reuses the layer only if none has changed (a new security update:
+  a miss, and every stage runs). PyPI's and npm's indexes have no such single
+  signed file: an unlocked build keeps no "libraries" layer, nor any above it
+  (build with --lock).
 
 A layer enters the cache only after its build has published (files fsynced,
-read-only, one rename); a build that uses one holds a shared lock on it, and
-pruning skips layers in use. The newest ``KEEP`` layers of a slot are kept.
+read-only, one rename); a build that uses one holds a shared lock on it and on
+every layer below it, and pruning skips layers in use. The newest ``KEEP``
+layers of each stage are kept; one whose layer below is gone goes too.
 Trust is that of the cache directory itself (the host user's), as for the
 package caches.
 """
@@ -48,7 +65,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +77,9 @@ from image.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-KEEP = 2  # per slot: the newest ones
+FORMAT = 2
+KEEP = 2  # per stage of a slot: the newest ones
+SYSTEM = "system"  # the first stage: cloud-init on the base image
 STATE, DISK, VARS, META = "state", "disk.qcow2", "vars.fd", "layer.json"
 SERIAL, EGRESS = "serial.log", "egress.jsonl"  # the provisioning's own records
 FILES = (STATE, DISK, VARS, SERIAL, EGRESS)
@@ -90,6 +108,13 @@ class LayerMeta:
     locked: bool
     seconds: dict[str, float] = field(default_factory=dict)  # boot, provision
     inputs: dict[str, Any] = field(default_factory=dict)  # what the key was made of
+    stage: str = SYSTEM
+    parent: dict[str, str] | None = None  # the layer below: {"stage", "key", "build_id"}
+
+
+def parent_ref(meta: LayerMeta) -> dict[str, str]:
+    """How a layer above names this one."""
+    return {"stage": meta.stage, "key": meta.key, "build_id": meta.build_id}
 
 
 @dataclass
@@ -118,6 +143,10 @@ def slot(distro: str, release: str, arch: str, profile: str) -> str:
 
 def layers_dir(cache_dir: Path) -> Path:
     return cache_dir / "layers"
+
+
+def layer_path(cache_dir: Path, slot_name: str, stage: str, key: str) -> Path:
+    return layers_dir(cache_dir) / slot_name / stage / key
 
 
 def parse_archive_state(stdout: str) -> list[dict[str, str | None]]:
@@ -180,49 +209,80 @@ def _lock_shared(path: Path) -> int | None:
 
 
 def lookup(
-    cache_dir: Path, slot_name: str, key: str, fetch: Callable[[str], str] = fetch_index_sha256
-) -> Layer | None:
-    """The cached layer for ``key`` if it may be reused now, locked shared; else None."""
-    path = layers_dir(cache_dir) / slot_name / key
+    cache_dir: Path, slot_name: str, key: str, fetch: Callable[[str], str] = fetch_index_sha256,
+    *, stage: str = SYSTEM, below: Layer | None = None,
+) -> Layer | None:  # fmt: skip
+    """The cached layer for ``key`` if it may be reused now, locked shared; else None.
+
+    ``below``: the layer it must have been made on (its disk's backing file)."""
+    path = layer_path(cache_dir, slot_name, stage, key)
+    what = f"provisioned layer ({stage})"
     if not (path / META).is_file():
-        log.info("provisioned layer: none for this build's inputs (key %s)", key[:12])
+        log.info("%s: none for this build's inputs (key %s)", what, key[:12])
         return None
     try:
         meta = _load_meta(path)
         missing = [name for name in FILES if not (path / name).is_file()]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
+        if meta.stage != stage:
+            raise ValueError(f"it is a layer of stage {meta.stage!r}")
+        if below is not None and meta.parent != parent_ref(below.meta):
+            raise ValueError("it was made on another copy of the layer below")
     except (OSError, ValueError, TypeError) as exc:
-        log.warning("provisioned layer %s is damaged (%s): removed", path, exc)
+        log.warning("%s %s is damaged (%s): removed", what, path, exc)
         remove(path)
         return None
-    reason = stale_reason(meta, fetch)
-    if reason is not None:
-        log.info("provisioned layer %s not reused: %s", key[:12], reason)
-        return None
+    if stage == SYSTEM:  # the stages above hold only what their keys pin
+        reason = stale_reason(meta, fetch)
+        if reason is not None:
+            log.info("%s %s not reused: %s", what, key[:12], reason)
+            return None
     fd = _lock_shared(path)
     if fd is None:
-        log.info("provisioned layer %s was removed while it was looked up", key[:12])
+        log.info("%s %s was removed while it was looked up", what, key[:12])
         return None
     with contextlib.suppress(OSError):
         os.utime(path)  # last use, for pruning and for KEEP
-    log.info("provisioned layer %s reused (made by build %s)", key[:12], meta.build_id)
+    log.info("%s %s reused (made by build %s)", what, key[:12], meta.build_id)
     return Layer(path, meta, cached=True, lock_fd=fd)
+
+
+def lookup_chain(
+    cache_dir: Path, slot_name: str, keys: Iterable[tuple[str, str]],
+    fetch: Callable[[str], str] = fetch_index_sha256,
+) -> list[Layer]:  # fmt: skip
+    """The cached layers for ``keys`` ((stage, key), lowest first), as far up as
+    they go: each found on the one below it, each locked shared."""
+    found: list[Layer] = []
+    for stage, key in keys:
+        layer = lookup(cache_dir, slot_name, key, fetch, stage=stage,
+                       below=found[-1] if found else None)  # fmt: skip
+        if layer is None:
+            break
+        found.append(layer)
+    return found
 
 
 def write_meta(path: Path, meta: LayerMeta) -> None:
     (path / META).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
 
 
-def commit(layer: Layer, cache_dir: Path) -> Path | None:
+def commit(layer: Layer, cache_dir: Path, below: Path | None = None) -> Path | None:
     """Move a layer this build made into the cache (after the build has published).
 
-    Files fsynced, read-only and private, then one rename; the slot keeps its newest KEEP.
+    ``below``: where the layer below now is, if this build moved it too (the
+    disk's backing file is renamed to it). Files fsynced, read-only and
+    private, then one rename; the stage keeps its newest KEEP.
     """
     meta = layer.meta
-    dest = layers_dir(cache_dir) / meta.slot / meta.key
+    dest = layer_path(cache_dir, meta.slot, meta.stage, meta.key)
     if dest.exists():
         return None  # another build with the same inputs got there first
+    if below is not None:
+        from image.vm import qemu  # the VM package imports this one's neighbours
+
+        qemu.rebase_overlay(layer.path / DISK, below / DISK)
     for name in (*FILES, META):
         file = layer.path / name
         with file.open("rb") as f:
@@ -234,6 +294,7 @@ def commit(layer: Layer, cache_dir: Path) -> Path | None:
     layer.path = dest
     os.utime(dest)  # its first use: now
     trim_slot(dest.parent, keep=KEEP)
+    remove_orphans(cache_dir)
     return dest
 
 
@@ -275,26 +336,82 @@ def allocated(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.iterdir() if p.is_file())
 
 
-def items(cache_dir: Path) -> list[Item]:
-    """Each layer as one prunable item (kind "layer", key = its slot)."""
-    found: list[Item] = []
+def _stage_dirs(cache_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(slot/stage, folder) for every stage folder of every slot."""
     root = layers_dir(cache_dir)
     if not root.is_dir():
-        return found
+        return
     for slot_path in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(p for p in slot_path.iterdir() if p.is_dir()):
+        for stage_path in sorted(p for p in slot_path.iterdir() if p.is_dir()):
+            yield f"{slot_path.name}/{stage_path.name}", stage_path
+
+
+def items(cache_dir: Path) -> list[Item]:
+    """Each layer as one prunable item (kind "layer", key = its slot/stage).
+
+    A folder of format 1 (``<slot>/<key>``, one layer per build) is listed as
+    ``<slot>/format-1`` so that pruning can remove it; no build reads it."""
+    found: list[Item] = []
+    for name, stage_path in _stage_dirs(cache_dir):
+        if (stage_path / META).is_file():
+            group = [stage_path]
+            name = f"{name.split('/')[0]}/format-1"
+        else:
+            group = sorted(p for p in stage_path.iterdir() if p.is_dir())
+        for path in group:
             with contextlib.suppress(OSError):
-                found.append(
-                    Item(path, slot_path.name, "layer", allocated(path), path.stat().st_mtime)
-                )
+                found.append(Item(path, name, "layer", allocated(path), path.stat().st_mtime))
     return found
 
 
-def prune(chosen: Iterable[Item]) -> int:
+def remove_orphans(cache_dir: Path) -> int:
+    """Remove every layer whose layer below is gone or was made again (its disk
+    would be an overlay on blocks that are not there); the bytes freed."""
+    freed = 0
+    changed = True
+    while changed:  # a removal may orphan the layer above it in turn
+        changed = False
+        for name, stage_path in _stage_dirs(cache_dir):
+            for path in sorted(p for p in stage_path.iterdir() if p.is_dir()):
+                try:
+                    meta = _load_meta(path)
+                except (OSError, ValueError, TypeError):
+                    continue
+                problem = _below_problem(cache_dir, name.split("/")[0], meta)
+                if problem is None:
+                    continue
+                size = allocated(path)
+                if remove(path):
+                    log.info("provisioned layer %s removed: %s", path.name[:12], problem)
+                    freed += size
+                    changed = True
+    return freed
+
+
+def _below_problem(cache_dir: Path, slot_name: str, meta: LayerMeta) -> str | None:
+    """Why the layer under ``meta``'s is unusable; None if it is there (or there is none)."""
+    if meta.parent is None:
+        return None
+    path = layer_path(cache_dir, slot_name, meta.parent["stage"], meta.parent["key"])
+    try:
+        below = _load_meta(path)
+    except FileNotFoundError:
+        return "the layer below is gone"
+    except (OSError, ValueError, TypeError):
+        return "the layer below is damaged"
+    if parent_ref(below) != meta.parent:
+        return "the layer below was made again by another build"
+    return None
+
+
+def prune(chosen: Iterable[Item], cache_dir: Path | None = None) -> int:
+    """Remove the chosen layers (not those in use), then any left without their layer below."""
     freed = 0
     for item in chosen:
         if item.kind == "layer" and remove(item.path):
             freed += item.size
+    if cache_dir is not None:
+        freed += remove_orphans(cache_dir)
     return freed
 
 

@@ -39,6 +39,7 @@ from image.build import (
     packagecache,
     packages,
     skills,
+    stages,
     trust,
 )
 from image.build import inputs as build_inputs
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 TOOLKIT_ROOT = Path(image.__file__).resolve().parent.parent
 
 BUILD_USER = "build"
-PROVISIONED_MARKER = "/var/lib/sandbox-image/provisioned"
+# Written by the seed as its last step: the system stage ran to its end.
+SYSTEM_MARKER = cloudinit.SYSTEM_MARKER
 GUEST_LOGS = ("/var/log/cloud-init.log", "/var/log/cloud-init-output.log")
 # What the next boot of the published image should do: no re-provisioning, and
 # no long wait for a cloud datasource that a sandbox VM will never have.
@@ -211,9 +213,8 @@ class VMPlan:
     firmware: Any  # image.vm.firmware.Firmware
     shares: packagecache.BuildShares | None
     profile: packages.Profile
-    layer_inputs: dict[str, Any]
     slot: str
-    layer_key: str
+    stages: list[stages.Stage]  # lowest first; stages[0] is "system" (cloud-init)
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,12 @@ def build(request: BuildRequest) -> BuildResult:
     """Fetch, render, provision (or find a provisioned layer), resume, verify,
     describe, generalize, compact, publish.
 
-    Provisioning ends by saving the build VM as a layer (layercache.py); the
-    build then goes on in a VM resumed from it, so a rebuild with the same
-    inputs can start right there. The build VM's only network is a proxy on the
-    host with the build policy (package archives, PyPI, npm); its audit log is
-    published as egress.jsonl.
+    Provisioning runs in stages (stages.py), each saved as a layer
+    (layercache.py) and the next run in a VM resumed from it; the build goes on
+    in a VM resumed from the last one. A rebuild resumes the deepest layer its
+    inputs still match and runs only the stages above. The build VM's only
+    network is a proxy on the host with the build policy (package archives,
+    PyPI, npm); its audit log is published as egress.jsonl.
     """
     cfg = request.cfg
     request.check()
@@ -272,14 +274,16 @@ def build(request: BuildRequest) -> BuildResult:
             seed_iso = _render(ctx)
         with step("disk", ctx.timings):
             plan = ctx.plan = _plan_vm(ctx, seed_iso)
-        layer = None
+        layers: list[layercache.Layer] = []  # the chain in use, lowest first
         if request.package_cache:
             with step("layer", ctx.timings):
-                layer = layercache.lookup(cfg.cache_dir, plan.slot, plan.layer_key)
+                keys = [(s.name, s.key) for s in plan.stages]
+                layers += layercache.lookup_chain(cfg.cache_dir, plan.slot, keys)
         try:
             with guestnet.serve_for_vm(policy, ctx.sockets, ctx.egress_log):
                 running = contextlib.ExitStack()
-                layer, vm, session = _provision_or_resume(ctx, running, layer)
+                vm, session = _provision_or_resume(ctx, running, layers)
+                layer = layers[-1]
                 with running:
                     with _held_on_failure(ctx, vm, layer.meta.host_public_key):
                         with step("verify", ctx.timings):
@@ -296,15 +300,15 @@ def build(request: BuildRequest) -> BuildResult:
             with step("compact", ctx.timings):
                 image_path, raw_path = _compact(ctx)
             with step("publish", ctx.timings):
-                result = _publish(ctx, layer, image_path, raw_path)
+                result = _publish(ctx, layers, image_path, raw_path)
             if request.package_cache:
                 with step("cache", ctx.timings):
                     if plan.shares is not None:
                         _fill_cache(cfg.cache_dir, request.cache_key, plan.shares, found)
-                    _keep_layer(cfg.cache_dir, layer, plan.profile)
+                    _keep_layers(cfg.cache_dir, layers, plan.stages)
         finally:
-            if layer is not None:
-                layer.release()
+            for held in layers:
+                held.release()
         return result
 
 
@@ -373,8 +377,8 @@ def _plan_vm(ctx: BuildContext, seed_iso: Path) -> VMPlan:
         if request.package_cache
         else None
     )
-    new_layer = ctx.work / "layer"
-    new_layer.mkdir()
+    new_layer = ctx.work / "layers" / stages.SYSTEM
+    new_layer.mkdir(parents=True)
     spec = qemu.VMSpec(
         arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=new_layer / layercache.DISK,
         firmware_code=firmware.code, firmware_vars=new_layer / layercache.VARS,
@@ -393,41 +397,124 @@ def _plan_vm(ctx: BuildContext, seed_iso: Path) -> VMPlan:
     return VMPlan(
         spec=spec, firmware=firmware, shares=shares,
         profile=profile,
-        layer_inputs=layer_inputs,
         slot=layercache.slot(request.distro, cfg.release, cfg.arch, cfg.profile),
-        layer_key=layercache.make_key(layer_inputs),
+        stages=stages.plan(layer_inputs, cloudinit.render_stages(ctx.inputs),
+                           locked=request.lock is not None),
     )  # fmt: skip
 
 
-def _provision_or_resume(
-    ctx: BuildContext, running: contextlib.ExitStack, layer: layercache.Layer | None
-) -> tuple[layercache.Layer, qemu.VM, ssh.Session]:
-    """Resume the build VM from ``layer``, provisioning one first if there is none.
+class _ResumeFailed(ImageError):
+    """A layer's saved VM did not come back (damaged, or made by another QEMU)."""
 
-    A cached layer that does not load is removed, and this build provisions from
-    scratch instead of failing.
+
+def _provision_or_resume(
+    ctx: BuildContext, running: contextlib.ExitStack, layers: list[layercache.Layer]
+) -> tuple[qemu.VM, ssh.Session]:
+    """Run every stage ``layers`` (the cached chain, lowest first) lacks, each
+    saved as a layer appended to ``layers``, then resume the build VM from the top.
+
+    A cached layer that does not resume is removed and the build goes on from
+    the layer below it (or provisions from scratch) instead of failing.
     """
     plan, base = ctx.plan, ctx.base
     assert plan is not None and base is not None and ctx.client_key and ctx.host_key
-    for _attempt in range(2):
-        if layer is None:
-            layer = _provision(ctx, plan.spec, base.path, plan.firmware.vars_template,
-                               ctx.client_key, ctx.host_key, ctx.request.lock, plan.slot,
-                               plan.layer_key, plan.layer_inputs)  # fmt: skip
+    for _attempt in range(len(plan.stages) + 1):
         try:
+            while len(layers) < len(plan.stages):
+                stage = plan.stages[len(layers)]
+                if not layers:
+                    layers.append(_provision(
+                        ctx, plan.spec, base.path, plan.firmware.vars_template,
+                        ctx.client_key, ctx.host_key, ctx.request.lock, plan.slot,
+                        stage.key, stage.inputs))  # fmt: skip
+                else:
+                    layers.append(_run_stage(ctx, layers[-1], stage))
+            _record_stages(ctx, layers)
             with step("resume", ctx.timings):
-                vm, session = _resume(ctx, running, plan.spec, layer, ctx.client_key)
-            return layer, vm, session
-        except ImageError as exc:
+                return _resume(ctx, running, plan.spec, layers[-1], ctx.client_key)
+        except _ResumeFailed as exc:
             running.close()
+            layer = layers[-1]
             if not layer.cached:
                 raise
-            log.warning("provisioned layer %s did not resume: %s; removed, "
-                        "provisioning from scratch", layer.meta.key[:12], exc)  # fmt: skip
-            layer.release()
+            log.warning("provisioned layer %s (%s) did not resume: %s; removed, going on "
+                        "from the stage below", layer.meta.key[:12], layer.meta.stage,
+                        exc)  # fmt: skip
+            layers.pop().release()
             layercache.remove(layer.path)
-            layer = None
-    raise AssertionError("unreachable: the second attempt provisions a fresh layer")
+    raise AssertionError("unreachable: the last attempt runs every stage afresh")
+
+
+def _record_stages(ctx: BuildContext, layers: list[layercache.Layer]) -> None:
+    """build-info.json: which layer was resumed, which stages ran."""
+    ctx.info["stages"] = [
+        {"stage": layer.meta.stage, "key": layer.meta.key, "ran": not layer.cached,
+         "made_by": layer.meta.build_id, "seconds": layer.meta.seconds}
+        for layer in layers
+    ]  # fmt: skip
+    cached = [layer.meta.stage for layer in layers if layer.cached]
+    ctx.info["resumed_stage"] = cached[-1] if cached else None
+
+
+def _run_stage(ctx: BuildContext, below: layercache.Layer, stage: stages.Stage) -> layercache.Layer:
+    """Resume the build VM from ``below``, run ``stage``'s script, save it as a new layer."""
+    assert ctx.plan is not None and ctx.client_key is not None and stage.script is not None
+    path = ctx.work / "layers" / stage.name
+    shutil.rmtree(path, ignore_errors=True)  # an attempt on a layer that did not resume
+    path.mkdir(parents=True)
+    serial = ctx.work / f"serial-{stage.name}.log"
+    egress_start = ctx.egress_log.stat().st_size if ctx.egress_log.exists() else 0
+    timing = f"stage {stage.name}"
+    with step(timing, ctx.timings), contextlib.ExitStack() as stack:
+        vm, session = _resume(ctx, stack, ctx.plan.spec, below, ctx.client_key, into=path,
+                              serial_log=serial)  # fmt: skip
+        with _held_on_failure(ctx, vm, below.meta.host_public_key):
+            output = _run_stage_script(ctx, session, stage.script)
+        session.close()
+        vm.save_state(path / layercache.STATE)
+        vm.quit()
+    with (path / layercache.SERIAL).open("wb") as out:
+        with serial.open("rb") as console:
+            shutil.copyfileobj(console, out)
+        out.write(f"\n--- stage {stage.name}: the script's output ---\n".encode())
+        out.write(output.encode())
+    with ctx.egress_log.open("rb") as log_in, (path / layercache.EGRESS).open("wb") as log_out:
+        log_in.seek(egress_start)
+        shutil.copyfileobj(log_in, log_out)
+    meta = layercache.LayerMeta(
+        format=layercache.FORMAT, key=stage.key, slot=below.meta.slot,
+        build_id=ctx.build_id, created=layercache.now_utc(), device_hash=below.meta.device_hash,
+        host_public_key=below.meta.host_public_key, archive=[],
+        locked=ctx.request.lock is not None, seconds={timing: ctx.timings[timing]},
+        inputs=stage.inputs, stage=stage.name, parent=layercache.parent_ref(below.meta),
+    )  # fmt: skip
+    layercache.write_meta(path, meta)
+    return layercache.Layer(path, meta, cached=False)
+
+
+STAGE_DIR = "/var/tmp/sandbox-image-stage"
+
+
+def _run_stage_script(ctx: BuildContext, session: ssh.Session,
+                      script: cloudinit.StageScript) -> str:  # fmt: skip
+    """Put the script and its payload in the guest, run it as root; its output."""
+    session.run(f"rm -rf {STAGE_DIR} && install -d -m 0700 {STAGE_DIR}")
+    session.write_file(f"{STAGE_DIR}/stage.sh", script.script)
+    for name, data in sorted(script.payload.items()):
+        session.write_file(f"{STAGE_DIR}/{name}", data)
+    result = session.run(
+        f"sudo -n sh {STAGE_DIR}/stage.sh {STAGE_DIR} 2>&1; status=$?; "
+        f"sudo -n rm -rf {STAGE_DIR}; exit $status",
+        timeout=ctx.provision_timeout, check=False,
+    )  # fmt: skip
+    if result.exit_status != 0:
+        tail = "\n".join(result.stdout.strip().splitlines()[-30:])
+        raise ImageError(
+            f"stage {script.name} failed (exit code {result.exit_status}):\n{tail}",
+            hint=f"the script is cloud-init/stage-{script.name}.sh.j2 as rendered for this "
+            "build; build-image --keep-failed keeps the VM for a look",
+        )
+    return result.stdout
 
 
 def _describe(ctx: BuildContext, session: ssh.Session) -> manifest.Manifest:
@@ -539,7 +626,9 @@ def _layer_inputs(
         "distro": request.distro, "release": cfg.release, "arch": cfg.arch,
         "profile": cfg.profile, "base_sha256": ctx.base.sha256, "disk_size": cfg.disk_size,
         "seed": seed_digests(inputs),
-        "lock_sha256": hashlib.sha256(lockfile.render(lock).encode()).hexdigest() if lock else None,
+        # The lock's apt part: its pip and npm pins are the "libraries" stage's.
+        "lock_sha256": hashlib.sha256(lockfile.render(
+            dataclasses.replace(lock, pip=(), npm=())).encode()).hexdigest() if lock else None,
         "egress_policy": policy,
         "qemu": vmstate.qemu_version(cfg.arch), "device_hash": vmstate.device_hash(spec),
         "firmware_sha256": sha256_file(firmware_code),
@@ -558,39 +647,52 @@ def _policy_record(choice: guestnet.PolicyChoice) -> dict[str, Any]:
 
 def _resume(
     ctx: BuildContext, stack: contextlib.ExitStack, spec: qemu.VMSpec, layer: layercache.Layer,
-    client_key: ssh.KeyPair,
+    client_key: ssh.KeyPair, *, into: Path | None = None, serial_log: Path | None = None,
 ) -> tuple[qemu.VM, ssh.Session]:  # fmt: skip
-    """Run the build VM again from ``layer`` with this build's own key, clock and entropy."""
+    """Run the build VM again from ``layer`` with this build's own key, clock and entropy.
+
+    ``into``: the folder of the layer a stage will write (its disk an overlay on
+    ``layer``'s); by default the build's own disk, the one it publishes.
+    _ResumeFailed: the saved VM did not come back."""
+    final = into is None
+    folder = ctx.work if into is None else into
     run_spec = dataclasses.replace(
-        spec, disk=ctx.work / "disk.qcow2", firmware_vars=ctx.work / "VARS.fd",
-        serial_log=ctx.serial_log, incoming="defer",
+        spec, disk=folder / ("disk.qcow2" if final else layercache.DISK),
+        firmware_vars=folder / ("VARS.fd" if final else layercache.VARS),
+        serial_log=serial_log or ctx.serial_log, incoming="defer",
     )  # fmt: skip
-    layercache.check_resumable(layer.meta, vmstate.device_hash(run_spec))
-    qemu.create_overlay(layer.path / layercache.DISK, run_spec.disk)
-    qemu.copy_vars(layer.path / layercache.VARS, run_spec.firmware_vars)
-    run_spec.firmware_vars.chmod(0o600)
-    vm = stack.enter_context(qemu.VM(run_spec, ctx.work / "qemu.log"))
-    vm.resume_from(layer.path / layercache.STATE)
-    with GuestAgent(run_spec.qga_socket) as agent:  # type: ignore[arg-type]
-        agent.wait_ready(120, vm.alive)
-        script = resume_script(client_key.public_openssh, time.time_ns())
-        result = agent.exec(["/bin/sh", "-c", script], input=os.urandom(64), timeout=120)
-        if result.exit_code != 0:
-            raise ImageError(
-                "preparing the resumed build VM failed: "
-                f"{result.stderr.decode(errors='replace').strip()[-500:]}"
-            )
-    session = ssh.wait_for_ssh(
-        "127.0.0.1", run_spec.ssh_port, BUILD_USER, client_key,  # type: ignore[arg-type]
-        layer.meta.host_public_key, timeout=120, alive=vm.alive,
-        describe_failure=lambda: _serial_report(run_spec.serial_log),
-    )  # fmt: skip
+    qemu_log = ctx.work / ("qemu.log" if final else f"qemu-{folder.name}.log")
+    try:
+        layercache.check_resumable(layer.meta, vmstate.device_hash(run_spec))
+        qemu.create_overlay(layer.path / layercache.DISK, run_spec.disk)
+        qemu.copy_vars(layer.path / layercache.VARS, run_spec.firmware_vars)
+        run_spec.firmware_vars.chmod(0o600)
+        vm = stack.enter_context(qemu.VM(run_spec, qemu_log))
+        vm.resume_from(layer.path / layercache.STATE)
+        with GuestAgent(run_spec.qga_socket) as agent:  # type: ignore[arg-type]
+            agent.wait_ready(120, vm.alive)
+            script = resume_script(client_key.public_openssh, time.time_ns())
+            result = agent.exec(["/bin/sh", "-c", script], input=os.urandom(64), timeout=120)
+            if result.exit_code != 0:
+                raise ImageError(
+                    "preparing the resumed build VM failed: "
+                    f"{result.stderr.decode(errors='replace').strip()[-500:]}"
+                )
+        session = ssh.wait_for_ssh(
+            "127.0.0.1", run_spec.ssh_port, BUILD_USER, client_key,  # type: ignore[arg-type]
+            layer.meta.host_public_key, timeout=120, alive=vm.alive,
+            describe_failure=lambda: _serial_report(run_spec.serial_log),
+        )  # fmt: skip
+    except ImageError as exc:
+        raise _ResumeFailed(exc.message, exc.hint) from exc
     stack.callback(session.close)
-    ctx.info["provisioned_layer"] = {
-        "key": layer.meta.key, "reused": layer.cached, "made_by": layer.meta.build_id,
-        "created": layer.meta.created, "archive": layer.meta.archive, "locked": layer.meta.locked,
-        "provision_seconds": layer.meta.seconds,
-    }  # fmt: skip
+    if final:
+        ctx.info["provisioned_layer"] = {
+            "key": layer.meta.key, "stage": layer.meta.stage, "reused": layer.cached,
+            "made_by": layer.meta.build_id, "created": layer.meta.created,
+            "archive": layer.meta.archive, "locked": layer.meta.locked,
+            "provision_seconds": layer.meta.seconds,
+        }  # fmt: skip
     return vm, session
 
 
@@ -613,22 +715,32 @@ def resume_script(build_public_key: str, now_ns: int) -> str:
     ])  # fmt: skip
 
 
-def _keep_layer(cache_dir: Path, layer: layercache.Layer, profile: packages.Profile) -> None:
-    """The build published: keep the layer it made, if a later build may ever reuse it."""
-    if layer.cached:
-        return
-    if not layer.meta.locked and (profile.pip_packages or profile.npm_packages):
-        log.info("provisioned layer not kept: an unlocked build's pip/npm packages cannot be "
-                 "checked for newer versions (build with --lock to reuse layers)")  # fmt: skip
-        return
-    try:
-        kept = layercache.commit(layer, cache_dir)
-    except OSError as exc:
-        log.warning("provisioned layer not kept: %s", exc)
-        return
-    if kept is not None:
-        log.info("provisioned layer kept: %s (%s)", kept,
+def _keep_layers(cache_dir: Path, layers: list[layercache.Layer],
+                 planned: list[stages.Stage]) -> None:  # fmt: skip
+    """The build published: keep the layers it made that a later build may reuse,
+    lowest first (one whose layer below was not kept is not either)."""
+    below: Path | None = None
+    for layer, stage in zip(layers, planned, strict=True):
+        if layer.cached:
+            below = layer.path
+            continue
+        if not stage.keep:
+            log.info("provisioned layer (%s) not kept, nor any above it: %s", stage.name,
+                     stage.why_not_kept)  # fmt: skip
+            return
+        try:
+            kept = layercache.commit(layer, cache_dir, below=below)
+        except (OSError, ImageError) as exc:
+            log.warning("provisioned layer (%s) not kept: %s", stage.name, exc)
+            return
+        if kept is None:
+            log.info("provisioned layer (%s) not kept: another build keeps one for the same "
+                     "inputs (and the layers above this one are overlays on this build's)",
+                     stage.name)  # fmt: skip
+            return
+        log.info("provisioned layer (%s) kept: %s (%s)", stage.name, kept,
                  format_size(layercache.allocated(kept)))  # fmt: skip
+        below = kept
 
 
 def _locked_config(cfg: BuildConfig, lock: lockfile.Lock, distro: str) -> BuildConfig:
@@ -801,7 +913,7 @@ def failing_modules(status: dict[str, Any]) -> list[str]:
 def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
     result = session.run("cloud-init status --wait --long", timeout=ctx.provision_timeout,
                          check=False)  # fmt: skip
-    marker = session.run(f"test -e {PROVISIONED_MARKER}", check=False).exit_status == 0
+    marker = session.run(f"test -e {SYSTEM_MARKER}", check=False).exit_status == 0
     if result.exit_status == 0 and marker:
         return
     status_text = session.sudo("cat /run/cloud-init/status.json", check=False).stdout
@@ -817,7 +929,7 @@ def _wait_for_cloud_init(ctx: BuildContext, session: ssh.Session) -> None:
     _save_guest_logs(ctx, session)
     what = f"module(s) {', '.join(modules)} failed" if modules else "provisioning did not finish"
     if result.exit_status == 0 and not marker:
-        what = f"cloud-init finished but {PROVISIONED_MARKER} was not written"
+        what = f"cloud-init finished but {SYSTEM_MARKER} was not written"
     hint = "fix the package list or template named above; full guest logs are kept"
     denied = guestnet.summarize(ctx.egress_log).denied
     if denied:
@@ -1080,18 +1192,33 @@ def _join(parts: list[Path], dest: Path, separator: bytes = b"") -> None:
 
 
 def _publish(
-    ctx: BuildContext, layer: layercache.Layer, image_path: Path, raw_path: Path | None
+    ctx: BuildContext, layers: list[layercache.Layer], image_path: Path, raw_path: Path | None
 ) -> BuildResult:
     staging = ctx.staging
-    # The records of the whole build: the provisioning's (kept in the layer, also
-    # when an earlier build made it) and this build's own after the resume.
-    _join([layer.path / layercache.SERIAL, ctx.serial_log], staging / "logs" / "serial.log",
-          f"\n--- build {ctx.build_id}: resumed from provisioned layer "
-          f"{layer.meta.key[:12]} (build {layer.meta.build_id}) ---\n".encode())  # fmt: skip
-    if layer.cached:
-        _join([layer.path / layercache.EGRESS, ctx.egress_log], staging / EGRESS_LOG)
-    else:
-        shutil.copyfile(ctx.egress_log, staging / EGRESS_LOG)
+    # The records of the whole build: each stage's (kept in its layer, also when
+    # an earlier build made it) and this build's own after the last resume.
+    layer = layers[-1]
+    parts = [(f"--- stage {held.meta.stage}: layer {held.meta.key[:12]} "
+              f"(build {held.meta.build_id}) ---\n", held.path / layercache.SERIAL)
+             for held in layers]  # fmt: skip
+    parts.append(
+        (
+            f"--- build {ctx.build_id}: resumed from provisioned layer "
+            f"{layer.meta.key[:12]} (build {layer.meta.build_id}) ---\n",
+            ctx.serial_log,
+        )
+    )
+    with (staging / "logs" / "serial.log").open("wb") as joined:
+        for header, part in parts:
+            joined.write(("\n" if joined.tell() else "").encode() + header.encode())
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, joined)
+    # The downloads: those of the stages this build resumed, then its own (the
+    # stages it ran included).
+    _join(
+        [held.path / layercache.EGRESS for held in layers if held.cached] + [ctx.egress_log],
+        staging / EGRESS_LOG,
+    )
     ctx.info["egress"] = guestnet.summarize(staging / EGRESS_LOG).to_json()
     artifacts = [p for p in (image_path, raw_path) if p is not None]
     artifacts += [staging / "manifest.json", staging / "sbom.json", staging / SPDX_SBOM,

@@ -93,6 +93,14 @@ class Session:
     def sudo(self, command: str, timeout: float = 600.0, check: bool = True) -> Result:
         return self.run(f"sudo -n sh -c {shlex.quote(command)}", timeout=timeout, check=check)
 
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        """Create ``path`` (the login user's) with ``data``, readable by that user only."""
+        with self.client.open_sftp() as sftp:
+            with sftp.open(path, "wb") as f:
+                f.set_pipelined(True)
+                f.write(data)
+            sftp.chmod(path, mode)
+
     def read_file(self, path: str) -> bytes:
         with self.client.open_sftp() as sftp, sftp.open(path, "rb") as f:
             return bytes(f.read())

@@ -126,7 +126,10 @@ def test_smoke_packages_exist_in_debian() -> None:
 
 @pytest.fixture
 def seed_files() -> dict[str, bytes]:
-    return render(dataclasses.replace(CASES[4]))
+    """A standalone seed (./inv seed): the later stages' scripts and the skills ride on it."""
+    files = render(dataclasses.replace(CASES[4]), standalone=True)
+    assert {"stage-config.sh", "skills.tar.gz"} <= set(files)
+    return files
 
 
 @pytest.fixture
@@ -171,7 +174,7 @@ def test_seed_read_back_with_pycdlib(seed_files: dict[str, bytes], tmp_path: Pat
             for c in iso.list_children(rr_path="/")
             if not (c.is_dot() or c.is_dotdot())
         )
-        assert rr_names == ["/meta-data", "/network-config", "/skills.tar.gz", "/user-data"]
+        assert rr_names == sorted(f"/{name}" for name in seed_files)
     finally:
         iso.close()
     assert cloudinit.read_seed_iso(out) == seed_files
@@ -188,7 +191,7 @@ def test_seed_read_back_with_isoinfo(seed_files: dict[str, bytes], tmp_path: Pat
     for flag in ("-J", "-R"):
         listing = run.run(["isoinfo", flag, "-l", "-i", str(out)]).stdout.decode()
         names = sorted(line.split()[-1] for line in listing.splitlines() if line.startswith("-"))
-        assert names == ["meta-data", "network-config", "skills.tar.gz", "user-data"], flag
+        assert names == sorted(seed_files), flag
     for name, content in seed_files.items():
         extracted = run.run(["isoinfo", "-J", "-x", f"/{name}", "-i", str(out)]).stdout
         assert extracted == content, name
@@ -196,7 +199,7 @@ def test_seed_read_back_with_isoinfo(seed_files: dict[str, bytes], tmp_path: Pat
 
 def test_skills_archive_lists_root_owned_with_real_tar(tmp_path: Path) -> None:
     archive = tmp_path / "skills.tar.gz"
-    archive.write_bytes(render(CASES[4])[cloudinit.SKILLS_SEED_FILE])
+    archive.write_bytes(render(CASES[4], standalone=True)[cloudinit.SKILLS_PAYLOAD_FILE])
     listing = (
         run.run(["tar", "--list", "--verbose", "--numeric-owner", "--gzip", "--file", str(archive)])
         .stdout.decode()
@@ -231,11 +234,13 @@ def test_tasks_render_and_seed_end_to_end(tmp_path: Path) -> None:
         cwd=cloudinit.PROJECT_ROOT,
     ).stdout.decode()
     assert '"schema_validated": true' in out.strip().splitlines()[-1]
-    # What a build renders: the project's skills travel beside user-data.
+    # What a build renders: the seed, the later stage (smoke has no pip or npm: no
+    # "libraries") and the project's skills beside it.
     assert sorted(p.name for p in (tmp_path / "ci").iterdir()) == [
         "meta-data",
         "network-config",
         "skills.tar.gz",
+        "stage-config.sh",
         "user-data",
     ]
     out = run.run(
@@ -284,6 +289,23 @@ def test_runcmd_script_is_valid_sh(inputs: RenderInputs, tmp_path: Path) -> None
     script = tmp_path / "runcmd"
     script.write_text(_runcmd_script(inputs))
     run.run(["sh", "-n", str(script)])  # dash, as /bin/sh on Debian and Ubuntu
+
+
+@pytest.mark.parametrize("inputs", CASES, ids=lambda i: f"{i.profile}-{i.arch}-{i.distro}")
+def test_stage_scripts_are_valid_sh_and_the_standalone_seed_runs_them(
+    inputs: RenderInputs, tmp_path: Path
+) -> None:
+    stages = cloudinit.render_stages(inputs)
+    assert stages[-1].name == "config"
+    for stage in stages:
+        script = tmp_path / f"stage-{stage.name}.sh"
+        script.write_bytes(stage.script)
+        run.run(["sh", "-n", str(script)])
+    runcmd = _runcmd_script(dataclasses.replace(inputs))
+    standalone = yaml.safe_load(render(inputs, standalone=True)["user-data"])["runcmd"]
+    ran = [c for c in standalone if isinstance(c, list) and c[0] == "sh"]
+    assert [c[1] for c in ran] == [f"{cloudinit.SEED_MOUNT}/stage-{s.name}.sh" for s in stages]
+    assert ".sh " not in runcmd  # a build's own seed runs only the system stage
 
 
 def _installed_here(*names: str) -> list[str]:

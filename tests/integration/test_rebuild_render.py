@@ -20,6 +20,7 @@ from image import run
 from image.build import cloudinit, lockfile, packagecache, packages
 from image.build.cloudinit import RenderInputs
 from image.build.lockfile import Lock, Pin
+from tests.fixtures.stagescripts import commands, stage
 from tests.hosttools import need
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
@@ -66,7 +67,7 @@ def test_cached_pip_flow_installs_offline_and_hands_back_what_it_used(tmp_path: 
     (lists / "pip" / "skills.constraints").unlink()
     inputs = RenderInputs(profile="full", arch="amd64", build_ssh_public_key=KEY,
                           package_cache=True, package_lists=lists)  # fmt: skip
-    runcmd = yaml.safe_load(cloudinit.render(inputs)["user-data"])["runcmd"]
+    runcmd = commands(stage(inputs, "libraries"))
     cache, download, new, target = (tmp_path / d for d in ("cache", "download", "new", "target"))
     for directory in (cache / "pip", download, new / "pip"):
         directory.mkdir(parents=True)
@@ -83,7 +84,7 @@ def test_cached_pip_flow_installs_offline_and_hands_back_what_it_used(tmp_path: 
             out.append(arg)
         return out
 
-    steps = [local(i) for i in runcmd if isinstance(i, list) and cloudinit.PIP_DOWNLOAD_DIR in i]
+    steps = [local(i) for i in runcmd if cloudinit.PIP_DOWNLOAD_DIR in i]
     gather = next(s for s in steps if s[:4] == ["python3", "-m", "pip", "wheel"])
     install = next(s for s in steps if s[:4] == ["python3", "-m", "pip", "install"])
     copy_out = next(s for s in steps if s[0] == "find")

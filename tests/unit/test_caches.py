@@ -20,7 +20,8 @@ def _file(path: Path, size: int = 4096, mtime: float = OLD) -> Path:
 
 def _cache(root: Path) -> Path:
     _file(root / "packages" / "ubuntu-jammy-amd64" / "apt" / "jq_1.6_amd64.deb")
-    _file(root / "layers" / "ubuntu-jammy-amd64-full" / "k1" / "disk.qcow2")
+    _file(root / "layers" / "ubuntu-jammy-amd64-full" / "system" / "k1" / "disk.qcow2")
+    _file(root / "layers" / "ubuntu-jammy-amd64-full" / "config" / "k2" / "disk.qcow2")
     _file(root / "images" / "sha256" / "aa.img", 8192)
     _file(root / "images" / "sha256" / "aa.json", 10)
     _file(root / "standin" / "amd64-bb.qcow2", 8192)
@@ -38,7 +39,8 @@ def test_stats_lists_every_cache(tmp_path: Path) -> None:
     rows = {(r.key, r.kind): r.files for r in caches.stats(_cache(tmp_path))}
     assert rows == {
         ("ubuntu-jammy-amd64", "apt"): 1,
-        ("ubuntu-jammy-amd64-full", "layer"): 1,
+        ("ubuntu-jammy-amd64-full/system", "layer"): 1,  # layers per stage
+        ("ubuntu-jammy-amd64-full/config", "layer"): 1,
         ("images", "image"): 1,  # the .img and its .json are one image
         ("standin", "standin"): 1,
         ("thirdparty", "thirdparty"): 2,  # two versions, not one "node-22"

@@ -20,6 +20,9 @@ import yaml
 from image.build import cloudinit, packages, skills, trust
 from image.build.cloudinit import RenderInputs, render
 from image.errors import ImageError
+from tests.fixtures.stagescripts import commands as _commands
+from tests.fixtures.stagescripts import heredocs as _heredocs
+from tests.fixtures.stagescripts import stage as _stage
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
 SAMPLE_SKILLS = cloudinit.PROJECT_ROOT / "tests" / "fixtures" / "skills"
@@ -85,17 +88,18 @@ def test_full_has_nodesource_pip_and_npm() -> None:
         "source": "deb [signed-by=/etc/apt/keyrings/sandbox-image-nodesource.gpg] "
         "https://deb.nodesource.com/node_22.x nodistro main"
     }
+    # pip and npm are the "libraries" stage's, not the seed's.
+    assert "pip" not in " ".join(_runcmd_text(doc)) and "npm" not in " ".join(_runcmd_text(doc))
     profile = packages.load_profile("full")
-    pip = next(
-        c for c in doc["runcmd"] if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
-    )
+    commands = _commands(_stage(FULL, "libraries"))
+    pip = next(c for c in commands if c[:3] == ["python3", "-m", "pip"])
     assert pip[-len(profile.pip_packages) :] == list(profile.pip_packages)
     assert "--ignore-installed" in pip  # apt's Python packages are never uninstalled
     constraint = pip.index("--constraint")
     assert pip[constraint + 1] == cloudinit.PIP_CONSTRAINTS_PATH
-    pins = _write_files(doc)[cloudinit.PIP_CONSTRAINTS_PATH]
-    assert base64.b64decode(pins["content"]).decode().split() == list(profile.pip_constraints)
-    npm = next(c for c in doc["runcmd"] if isinstance(c, list) and c[0] == "npm")
+    pins = next(c for c in commands if c[0] == "printf" and c[-1] == cloudinit.PIP_CONSTRAINTS_PATH)
+    assert base64.b64decode(pins[2]).decode().split() == list(profile.pip_constraints)
+    npm = next(c for c in commands if c[0] == "npm")
     assert npm[-len(profile.npm_packages) :] == list(profile.npm_packages)
 
 
@@ -105,14 +109,16 @@ def test_smoke_asks_for_nothing_the_profile_does_not() -> None:
     assert cloudinit.PIP_CONSTRAINTS_PATH not in _write_files(doc)
     text = " ".join(_runcmd_text(doc))
     assert "pip" not in text and "npm" not in text and "/opt/skills" not in text
+    # No pip, no npm: no "libraries" stage (and no layer of its own).
+    assert [s.name for s in cloudinit.render_stages(SMOKE)] == ["config"]
 
 
-def test_runcmd_stops_on_error_and_ends_with_the_marker() -> None:
+def test_runcmd_stops_on_error_and_ends_with_the_system_marker() -> None:
     runcmd = _doc(SMOKE)["runcmd"]
     assert runcmd[0] == "set -eu"
     last = runcmd[-1]
     assert isinstance(last, str)
-    assert last.endswith(f"mv {cloudinit.MARKER_PATH}.tmp {cloudinit.MARKER_PATH}")
+    assert last.endswith(f"mv {cloudinit.SYSTEM_MARKER}.tmp {cloudinit.SYSTEM_MARKER}")
     assert "profile=smoke" in last and "arch=amd64" in last and "distro=debian" in last
     texts = _runcmd_text({"runcmd": runcmd})
     # the build-time dpkg shortcut is gone before the marker is written
@@ -120,6 +126,15 @@ def test_runcmd_stops_on_error_and_ends_with_the_marker() -> None:
     assert unsafe < len(texts) - 1
     assert any("systemctl start qemu-guest-agent" in t for t in texts)
     assert "systemctl enable qemu-guest-agent" in texts
+    # The last stage writes the image's own marker, as its very last command.
+    for inputs in (SMOKE, FULL):
+        stages = cloudinit.render_stages(inputs)
+        config = stages[-1]
+        assert config.name == "config"
+        lines = [x for x in config.script.decode().splitlines() if x and not x.startswith("#")]
+        assert lines[0] == "set -eu"
+        assert lines[-1].endswith(f"mv {cloudinit.MARKER_PATH}.tmp {cloudinit.MARKER_PATH}")
+        assert all(s.script.decode().count("\nset -eu\n") == 1 for s in stages)
 
 
 def test_fast_apt_settings() -> None:
@@ -206,14 +221,12 @@ def test_proxy_environment_points_at_the_forwarded_proxy() -> None:
         assert line in lines
 
 
-def test_runcmd_exports_the_proxy_before_pip_and_npm() -> None:
-    runcmd = _doc(FULL)["runcmd"]
-    export = next(i for i, c in enumerate(runcmd) if isinstance(c, str) and c.startswith("export "))
-    assert "https_proxy=http://10.0.2.100:3128" in runcmd[export].split()
-    pip = next(
-        i for i, c in enumerate(runcmd) if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
-    )
-    npm = next(i for i, c in enumerate(runcmd) if isinstance(c, list) and c[0] == "npm")
+def test_the_libraries_stage_exports_the_proxy_before_pip_and_npm() -> None:
+    commands = _commands(_stage(FULL, "libraries"))
+    export = next(i for i, c in enumerate(commands) if c[0] == "export")
+    assert "https_proxy=http://10.0.2.100:3128" in commands[export]
+    pip = next(i for i, c in enumerate(commands) if c[:3] == ["python3", "-m", "pip"])
+    npm = next(i for i, c in enumerate(commands) if c[0] == "npm")
     assert export < pip and export < npm
 
 
@@ -235,22 +248,25 @@ def test_source_keys_come_through_the_proxy_before_apt_and_no_dirmngr() -> None:
 def test_guest_files_modes_and_exact_bytes() -> None:
     files = {
         "/usr/local/bin/sandbox-run": b"#!/usr/bin/python3\nprint('x')\n",
-        "/etc/sandbox/seccomp-x86_64.bpf": bytes(range(256)),
+        "/etc/sandbox/seccomp-x86_64.bpf": bytes(range(256)) * 3,
         "/etc/sandbox/profile.json": b"{}\n",
     }
-    doc = _doc(
-        dataclasses.replace(
-            SMOKE, guest_files=files, guest_file_modes={"/etc/sandbox/profile.json": 0o600}
-        )
+    inputs = dataclasses.replace(
+        SMOKE, guest_files=files, guest_file_modes={"/etc/sandbox/profile.json": 0o600}
     )
-    written = _write_files(doc)
-    for path, content in files.items():
-        assert base64.b64decode(written[path]["content"]) == content
-        assert written[path]["owner"] == "root:root"
-        assert written[path]["encoding"] == "b64"
-    assert written["/usr/local/bin/sandbox-run"]["permissions"] == "0755"
-    assert written["/etc/sandbox/seccomp-x86_64.bpf"]["permissions"] == "0644"
-    assert written["/etc/sandbox/profile.json"]["permissions"] == "0600"
+    # The sandbox's files are the "config" stage's: a change to them keeps the packages' layers.
+    assert not any(f["path"] in files for f in _doc(inputs)["write_files"])
+    config = _stage(inputs, "config")
+    assert _heredocs(config) == files
+    commands = _commands(config)
+    modes = {c[2].removesuffix(".tmp"): c[1] for c in commands if c[0] == "chmod"}
+    assert modes == {"/usr/local/bin/sandbox-run": "0755",
+                     "/etc/sandbox/seccomp-x86_64.bpf": "0644",
+                     "/etc/sandbox/profile.json": "0600"}  # fmt: skip
+    owners = {c[2].removesuffix(".tmp") for c in commands if c[:2] == ["chown", "root:root"]}
+    assert owners == set(files)
+    moved = [c[1:] for c in commands if c[0] == "mv" and c[1].endswith(".tmp")]
+    assert sorted(moved) == sorted([f"{p}.tmp", p] for p in files)
 
 
 @pytest.mark.parametrize(
@@ -370,26 +386,29 @@ def test_skills_dir_missing(tmp_path: Path) -> None:
         skills.pack(tmp_path / "absent")
 
 
-def test_skills_travel_on_the_seed_checked_and_unpacked_read_only() -> None:
+def test_skills_travel_beside_the_config_stage_checked_and_unpacked_read_only() -> None:
     inputs = dataclasses.replace(SMOKE, skills_dirs=(SAMPLE_SKILLS,))
     files = render(inputs)
-    archive = files[cloudinit.SKILLS_SEED_FILE]
+    assert sorted(files) == ["meta-data", "network-config", "user-data"]  # not on the seed
+    config = _stage(inputs, "config")
+    archive = config.payload[cloudinit.SKILLS_PAYLOAD_FILE]
     assert archive == skills.pack([SAMPLE_SKILLS])
-    doc = yaml.safe_load(files["user-data"])
-    assert not any("skills" in f["path"] for f in doc["write_files"])  # not in user-data
-    texts = _runcmd_text(doc)
+    texts = [" ".join(c) for c in _commands(config)]
     digest = hashlib.sha256(archive).hexdigest()
     check = next(t for t in texts if "sha256sum --check" in t)
-    assert f"{digest}  {cloudinit.SEED_MOUNT}/skills.tar.gz" in check
-    mount = f"mount -o ro -L CIDATA {cloudinit.SEED_MOUNT}"
+    assert f"{digest}  skills.tar.gz" in check
     extract = next(t for t in texts if t.startswith("tar --extract"))
-    assert texts.index(mount) < texts.index(check) < texts.index(extract)
+    assert texts.index(check) < texts.index(extract) < len(texts) - 1
     assert "--directory /opt/skills" in extract and "--same-owner" in extract
-    assert texts.index(extract) < texts.index(f"umount {cloudinit.SEED_MOUNT}") < len(texts) - 1
-    environment = next(f for f in doc["write_files"] if f["path"] == "/etc/environment")
+    environment = next(f for f in _doc(inputs)["write_files"] if f["path"] == "/etc/environment")
     assert "SKILLS_DIR=/opt/skills" in environment["content"].split()
     assert "NODE_PATH=/usr/lib/node_modules" in environment["content"].split()
-    assert cloudinit.SKILLS_SEED_FILE not in render(SMOKE)
+    assert _stage(SMOKE, "config").payload == {}
+    assert not any(
+        "/opt/skills" in arg for cmd in _commands(_stage(SMOKE, "config")) for arg in cmd
+    )
+    # The payload is part of the stage's digest: another skill, another layer.
+    assert config.digest() != dataclasses.replace(config, payload={}).digest()
 
 
 # --- meta-data and network-config -------------------------------------------------
@@ -510,12 +529,10 @@ def test_imagemagick_may_read_pdf_and_pip_may_install_beside_a_managed_python() 
     runcmd = _doc(FULL)["runcmd"]
     policy = next(c for c in runcmd if isinstance(c, str) and "ImageMagick" in c)
     assert 'pattern="(PDF|PS|EPS|XPS)"' in policy and "read|write" in policy
-    assert "export PIP_BREAK_SYSTEM_PACKAGES=1" in runcmd
-    pip = next(
-        i for i, c in enumerate(runcmd) if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
-    )
-    assert runcmd.index("export PIP_BREAK_SYSTEM_PACKAGES=1") < pip
-    assert "export PIP_BREAK_SYSTEM_PACKAGES=1" not in _doc(SMOKE)["runcmd"]
+    commands = _commands(_stage(FULL, "libraries"))
+    allow = commands.index(["export", "PIP_BREAK_SYSTEM_PACKAGES=1"])
+    pip = next(i for i, c in enumerate(commands) if c[:3] == ["python3", "-m", "pip"])
+    assert allow < pip
 
 
 def test_a_profile_builds_only_on_its_distros(tmp_path: Path) -> None:
@@ -544,14 +561,12 @@ def test_ca_certificates_are_trusted_before_anything_is_downloaded(tmp_path: Pat
     assert (
         f"echo {encoded} | base64 -d > /usr/local/share/ca-certificates/{certs[0].name}" in script
     )
-    runcmd = doc["runcmd"]
-    export = "export PIP_CERT=/etc/ssl/certs/ca-certificates.crt " \
-             "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt"  # fmt: skip
-    pip = next(
-        i for i, c in enumerate(runcmd) if isinstance(c, list) and c[:3] == ["python3", "-m", "pip"]
-    )
-    assert runcmd.index(export) < pip
-    assert "PIP_CERT" not in json.dumps(_doc(FULL))
+    commands = _commands(_stage(dataclasses.replace(FULL, ca_certs=certs), "libraries"))
+    export = ["export", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+              "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt"]  # fmt: skip
+    pip = next(i for i, c in enumerate(commands) if c[:3] == ["python3", "-m", "pip"])
+    assert commands.index(export) < pip
+    assert "PIP_CERT" not in _stage(FULL, "libraries").script.decode()
     folder = tmp_path / "cas"
     folder.mkdir()
     (folder / "a.crt").write_text(TEST_CA.read_text() * 2)  # a bundle of two

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from image import config
-from image.build import cloudinit, layercache, packages, pipeline
+from image.build import cloudinit, layercache, packages, pipeline, stages
 from image.build.inputs import build_inputs
 from image.contract import vmstate
 from image.vm import qemu, ssh
@@ -67,7 +67,7 @@ def _meta(key: str = "k" * 64, **kw: object) -> layercache.LayerMeta:
 
 
 def _make_layer(cache: Path, meta: layercache.LayerMeta, mtime: float | None = None) -> Path:
-    path = layercache.layers_dir(cache) / meta.slot / meta.key
+    path = layercache.layer_path(cache, meta.slot, meta.stage, meta.key)
     path.mkdir(parents=True)
     for name in layercache.FILES:
         (path / name).write_bytes(name.encode())
@@ -169,7 +169,7 @@ def test_commit_moves_a_read_only_layer_in_and_keeps_the_newest(tmp_path: Path) 
     layercache.write_meta(work, meta)
     layer = layercache.Layer(work, meta, cached=False)
     dest = layercache.commit(layer, tmp_path)
-    assert dest == layercache.layers_dir(tmp_path) / SLOT / ("n" * 64)
+    assert dest == layercache.layers_dir(tmp_path) / SLOT / "system" / ("n" * 64)
     assert layer.path == dest and not work.exists()
     assert all(not os.access(dest / n, os.W_OK) or os.geteuid() == 0 for n in layercache.FILES)
     assert oct((dest / layercache.STATE).stat().st_mode & 0o777) == "0o400"
@@ -188,7 +188,7 @@ def test_items_and_prune_count_allocated_bytes_and_skip_layers_in_use(tmp_path: 
     with (idle / layercache.DISK).open("r+b") as f:
         f.truncate(1 << 30)  # sparse: a gigabyte of holes takes no space
     found = layercache.items(tmp_path)
-    assert [(i.key, i.kind) for i in found] == [(SLOT, "layer"), (SLOT, "layer")]
+    assert [(i.key, i.kind) for i in found] == [(f"{SLOT}/system", "layer")] * 2
     assert all(i.size < 1 << 20 for i in found)
     held = layercache.lookup(tmp_path, SLOT, "a" * 64)
     assert held is not None
@@ -252,10 +252,48 @@ def _inputs(**kw: object) -> cloudinit.RenderInputs:
 def test_the_seed_part_of_a_key_ignores_the_per_build_keys_only() -> None:
     one, two = pipeline.seed_digests(_inputs()), pipeline.seed_digests(_inputs())
     assert one == two  # two builds: other SSH keys, same layer key
-    # The skills archive is part of the seed: a changed skill is another layer.
-    assert set(one) == {"user-data", "meta-data", "network-config", "skills.tar.gz"}
+    # The skills are the "config" stage's, not the seed's.
+    assert set(one) == {"user-data", "meta-data", "network-config"}
+    assert pipeline.seed_digests(_inputs(skills_dirs=())) == one
     assert pipeline.seed_digests(_inputs(package_cache=True)) != one
     assert pipeline.seed_digests(_inputs(apt_proxy="http://10.0.2.100:3129")) != one
+
+
+def _stage_keys(inputs: cloudinit.RenderInputs, locked: bool = True) -> list[tuple[str, str, bool]]:
+    system = {"seed": pipeline.seed_digests(inputs)}
+    planned = stages.plan(system, cloudinit.render_stages(inputs), locked=locked)
+    return [(s.name, s.key, s.keep) for s in planned]
+
+
+def test_a_change_misses_its_own_stage_and_those_above_never_one_below(tmp_path: Path) -> None:
+    lists = tmp_path / "lists"
+    shutil.copytree(packages.PACKAGE_LISTS, lists)
+    profile = lists / "profiles" / "smoke.profile"
+    profile.write_text(profile.read_text() + "pip: bench\n")
+    (lists / "pip" / "bench.list").write_text("six==1.16.0\n")
+    skills = tmp_path / "skills"
+    shutil.copytree(cloudinit.PROJECT_ROOT / "tests" / "fixtures" / "skills", skills)
+    base = _stage_keys(_inputs(package_lists=lists, skills_dirs=(skills,)))
+    assert [name for name, _, _ in base] == ["system", "libraries", "config"]
+    assert all(keep for _, _, keep in base)
+    # One pip pin: the libraries stage and the config stage above it run again.
+    (lists / "pip" / "bench.list").write_text("six==1.15.0\n")
+    pin = _stage_keys(_inputs(package_lists=lists, skills_dirs=(skills,)))
+    assert [a[1] == b[1] for a, b in zip(base, pin, strict=True)] == [True, False, False]
+    # One skill file: only the config stage.
+    skill_md = skills / "alpha" / "SKILL.md"
+    skill_md.write_text(skill_md.read_text(encoding="utf-8") + "\nOne more line.\n", "utf-8")
+    skill = _stage_keys(_inputs(package_lists=lists, skills_dirs=(skills,)))
+    assert [a[1] == b[1] for a, b in zip(pin, skill, strict=True)] == [True, True, False]
+    # One apt package: every stage.
+    (lists / "apt" / "smoke.list").write_text((lists / "apt" / "smoke.list").read_text() + "tree\n")
+    apt = _stage_keys(_inputs(package_lists=lists, skills_dirs=(skills,)))
+    assert [a[1] == b[1] for a, b in zip(skill, apt, strict=True)] == [False, False, False]
+    # An unlocked build keeps no layer from "libraries" up (PyPI may move on).
+    unlocked = _stage_keys(_inputs(package_lists=lists, skills_dirs=(skills,)), locked=False)
+    assert [keep for _, _, keep in unlocked] == [True, False, False]
+    # The same inputs twice: the same keys (no per-build key leaks into a stage).
+    assert _stage_keys(_inputs(package_lists=lists, skills_dirs=(skills,))) == apt
 
 
 def test_a_layer_pruned_between_the_checks_and_the_lock_is_not_used(tmp_path: Path) -> None:
@@ -267,3 +305,49 @@ def test_a_layer_pruned_between_the_checks_and_the_lock_is_not_used(tmp_path: Pa
     assert layercache._lock_shared(path) is None
     shutil.rmtree(path)
     assert layercache._lock_shared(path) is None
+
+
+def _stacked(tmp_path: Path) -> tuple[Path, Path]:
+    """A system layer and a config layer made on it, in the cache."""
+    system = _make_layer(tmp_path, _meta(key="s" * 64))
+    above = _meta(key="c" * 64, stage="config", build_id="b2",
+                  parent=layercache.parent_ref(_meta(key="s" * 64)))  # fmt: skip
+    return system, _make_layer(tmp_path, above)
+
+
+def test_a_chain_is_found_lowest_first_and_only_on_its_own_layer_below(tmp_path: Path) -> None:
+    system, config_ = _stacked(tmp_path)
+    keys = [("system", "s" * 64), ("libraries", "l" * 64), ("config", "c" * 64)]
+    # No libraries layer: the chain stops at the system one (config is not reached).
+    found = layercache.lookup_chain(tmp_path, SLOT, keys)
+    assert [layer.path for layer in found] == [system]
+    for layer in found:
+        layer.release()
+    found = layercache.lookup_chain(tmp_path, SLOT, [keys[0], keys[2]])
+    assert [layer.path for layer in found] == [system, config_]
+    for layer in found:
+        layer.release()
+    # The system layer made again by another build: other disk blocks under the
+    # config layer's overlay. It is removed, never resumed.
+    shutil.rmtree(system)
+    _make_layer(tmp_path, _meta(key="s" * 64, build_id="b9"))
+    found = layercache.lookup_chain(tmp_path, SLOT, [keys[0], keys[2]])
+    assert [layer.meta.build_id for layer in found] == ["b9"]
+    assert not config_.exists()
+    for layer in found:
+        layer.release()
+
+
+def test_a_layer_whose_layer_below_is_pruned_goes_too(tmp_path: Path) -> None:
+    system, config_ = _stacked(tmp_path)
+    items = layercache.items(tmp_path)
+    assert sorted(i.key for i in items) == [f"{SLOT}/config", f"{SLOT}/system"]
+    layercache.prune([i for i in items if i.path == system], tmp_path)
+    assert not system.exists() and not config_.exists()
+    # An old one-layer-per-build folder is listed (and prunable), never looked up.
+    old = layercache.layers_dir(tmp_path) / SLOT / ("o" * 64)
+    old.mkdir(parents=True)
+    layercache.write_meta(old, replace(_meta(key="o" * 64), format=1))
+    assert [i.key for i in layercache.items(tmp_path)] == [f"{SLOT}/format-1"]
+    layercache.prune(layercache.items(tmp_path), tmp_path)
+    assert not old.exists()

@@ -15,6 +15,7 @@ from image.build.cloudinit import RenderInputs
 from image.build.mirrors import Mirrors, redacted
 from image.egress import guestnet
 from image.errors import ImageError
+from tests.fixtures.stagescripts import commands, stage
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3Cm0nY2ZzZmZzZmZzZmZzZmZzZmZzZmZzZmZzZmZz test"
 ARMORED = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBF\n-----END PGP PUBLIC KEY BLOCK-----\n"
@@ -91,8 +92,12 @@ def test_the_guest_gets_the_index_registry_and_the_mirror_key() -> None:
     assert doc["apt"]["primary"][0]["uri"] == "http://127.0.0.2:8001/debian"
     written = {f["path"]: f for f in doc["write_files"]}
     assert written[cloudinit.APT_MIRROR_KEYRING]["content"] == ARMORED
-    assert ("export PIP_INDEX_URL=http://127.0.0.2:8002/simple/ "
-            "NPM_CONFIG_REGISTRY=https://npm.corp.example/") in doc["runcmd"]  # fmt: skip
+    # pip and npm run in the "libraries" stage: the index and registry are exported there.
+    full = dataclasses.replace(inputs, profile="full", arch="arm64", distro="ubuntu",
+                               apt_mirror="http://127.0.0.2:8001/ubuntu-ports")  # fmt: skip
+    assert ["export", "PIP_INDEX_URL=http://127.0.0.2:8002/simple/",
+            "NPM_CONFIG_REGISTRY=https://npm.corp.example/"] in commands(
+        stage(full, "libraries"))  # fmt: skip
 
 
 def test_ubuntu_mirror_with_its_own_key_signs_every_pocket() -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from image.build import cloudinit, manifest, packagecache
 from image.build.packagecache import Item
+from tests.fixtures.stagescripts import commands, stage
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ1aWxkLWtleS1mb3ItdGVzdHM build@host"
 DAY = 86400.0
@@ -218,21 +219,25 @@ def test_with_the_cache_the_shares_are_mounted_before_packages_install() -> None
     copy_out = ["find", "/var/cache/apt/archives", "-maxdepth", "1", "-type", "f", "-name", "*.deb",
                 "-exec", "cp", "-t", f"{packagecache.GUEST_NEW}/apt", "{}", "+"]  # fmt: skip
     verify = runcmd.index(cloudinit.verify_packages_command())
-    # Right after apt is done (the package check; only the proxy export between them),
-    # before pip or npm could put anything else there.
-    between = runcmd[verify + 1 : runcmd.index(copy_out)]
-    assert [str(c).split(" ")[0] for c in between] == ["export"]
+    # Right after apt is done (the package check), before pip or npm (a later
+    # stage) could put anything else there.
+    assert runcmd.index(copy_out) == verify + 1
     umount = ["umount", packagecache.GUEST_CACHE, packagecache.GUEST_NEW]
-    assert runcmd.index(umount) < len(runcmd) - 1  # before the marker
+    # Unmounted before the marker: QEMU will not save a VM with a mounted 9p share.
+    assert runcmd.index(umount) < len(runcmd) - 1
     apt = doc["apt"]
     assert isinstance(apt, dict)
     assert 'APT::Keep-Downloaded-Packages "true";' in apt["conf"]
 
 
 def test_with_the_cache_pip_installs_offline_from_what_it_gathered() -> None:
-    runcmd = _user_data(dataclasses.replace(FULL, package_cache=True))["runcmd"]
-    assert isinstance(runcmd, list)
-    lists = [item for item in runcmd if isinstance(item, list)]
+    lists = commands(stage(dataclasses.replace(FULL, package_cache=True), "libraries"))
+    # The "libraries" stage mounts the shares itself and unmounts them at its end.
+    mounts = [c for c in lists if c[0] == "mount"]
+    assert [c[-2:] for c in mounts] == [["pkgcache", packagecache.GUEST_CACHE],
+                                        ["pkgnew", packagecache.GUEST_NEW]]  # fmt: skip
+    assert lists[-2:] == [["umount", packagecache.GUEST_CACHE, packagecache.GUEST_NEW], ["sync"]]
+    assert not any(c[0] == "mount" for c in commands(stage(FULL, "libraries")))
     # pip wheel, not download: an allowed sdist becomes a wheel while the index is
     # at hand, so the offline install never needs a build backend it cannot fetch.
     download = next(i for i in lists if i[:4] == ["python3", "-m", "pip", "wheel"])

@@ -21,5 +21,7 @@ def test_render_inputs_are_a_builds_but_for_the_per_build_keys() -> None:
     assert dataclasses.replace(rendered, ssh_host_ed25519=None) == dataclasses.replace(
         built, ssh_host_ed25519=None
     )
-    user_data = cloudinit.render(rendered)["user-data"].decode()
-    assert guestfiles.LAUNCHER in user_data  # the launcher is written by cloud-init
+    # The launcher is written by the "config" stage (and by a standalone seed).
+    config_stage = cloudinit.render_stages(rendered)[-1]
+    assert guestfiles.LAUNCHER in config_stage.script.decode()
+    assert config_stage.script in cloudinit.render(rendered, standalone=True).values()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from image import config
 from image.build import layercache, lockfile, packagecache, pipeline
 from image.errors import ImageError
 from image.release import signatures, verify
-from image.source import mirror, standin
+from image.source import fetch, mirror, standin
 from tests.fixtures.releasekeys import ReleaseKey
 from tests.vm.conftest import attach_logs, qemu_processes
 
@@ -61,8 +62,9 @@ def _inv_json(*args: str) -> dict[str, Any]:
     return doc
 
 
-def _demo_layer(cache_dir: Path) -> Path:
-    (path,) = [i.path for i in layercache.items(cache_dir) if i.key == "debian-jammy-amd64-smoke"]
+def _demo_layer(cache_dir: Path, stage: str = "system") -> Path:
+    (path,) = [i.path for i in layercache.items(cache_dir)
+               if i.key == f"debian-jammy-amd64-smoke/{stage}"]  # fmt: skip
     return path
 
 
@@ -99,7 +101,11 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     # The demo published, so its layer is in the cache (and `./inv cache` shows it).
     stats = _inv_json("cache", "--stats", "--cache-dir", str(fresh_config.cache_dir))
     layers = [row for row in stats["caches"] if row["kind"] == "layer"]
-    assert [(row["key"], row["files"]) for row in layers] == [("debian-jammy-amd64-smoke", 1)]
+    # One layer per stage: smoke has no pip or npm, so no "libraries" stage.
+    assert sorted((row["key"], row["files"]) for row in layers) == [
+        ("debian-jammy-amd64-smoke/config", 1), ("debian-jammy-amd64-smoke/system", 1)]  # fmt: skip
+    assert [s["stage"] for s in demo_info["stages"]] == ["system", "config"]
+    assert all(s["ran"] for s in demo_info["stages"]) and demo_info["resumed_stage"] is None
     layer_path = _demo_layer(fresh_config.cache_dir)
     urls = _archive_as_served_now(layer_path)
     # An InRelease that changed since the layer was made: not reused, and why.
@@ -125,8 +131,12 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     layer = info["provisioned_layer"]
     assert layer["reused"] is True and layer["made_by"] == demo_info["build_id"]
     assert layer["key"] == demo_info["provisioned_layer"]["key"]
-    # No boot, no provisioning: resumed, then verified like any build.
+    # No boot, no provisioning, no stage: resumed from the top layer, then verified
+    # like any build.
     assert "boot" not in info["timings"] and "provision" not in info["timings"]
+    assert "stage config" not in info["timings"]
+    assert info["resumed_stage"] == "config" and not any(s["ran"] for s in info["stages"])
+    assert layer["stage"] == "config"
     assert info["timings"]["resume"] < 60
     assert info["verify"]["sandbox_self_test"]["ok"] is True
     assert package_changes(demo_out, out) == {"added": [], "removed": [], "changed": []}
@@ -143,11 +153,13 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     assert [p for p in qemu_processes() if info["build_id"] in p] == []
 
 
-def test_a_damaged_cached_layer_is_removed_and_the_build_provisions_from_scratch(
+def test_a_damaged_cached_layer_is_removed_and_the_build_goes_on_from_the_stage_below(
     fresh_config: config.BuildConfig, built: dict[str, Path]
 ) -> None:
-    layer_path = _demo_layer(fresh_config.cache_dir)
-    _archive_as_served_now(layer_path)  # so that the lookup finds it and tries to resume
+    system_path = _demo_layer(fresh_config.cache_dir)
+    _archive_as_served_now(system_path)  # so that the lookup finds it
+    layer_path = _demo_layer(fresh_config.cache_dir, "config")
+    system_made_by = json.loads((system_path / layercache.META).read_text())["build_id"]
     state = layer_path / layercache.STATE
     state.chmod(0o600)
     state.write_bytes(b"QEVM not a device state")
@@ -157,13 +169,57 @@ def test_a_damaged_cached_layer_is_removed_and_the_build_provisions_from_scratch
     info = json.loads(result.build_info.read_text())
     assert info["provisioned_layer"]["reused"] is False
     assert info["provisioned_layer"]["made_by"] == info["build_id"]
-    assert {"boot", "provision", "checkpoint", "resume"} <= set(info["timings"])
-    # The damaged layer is gone; this build's (same key) took its place, intact.
-    now = _demo_layer(fresh_config.cache_dir)
+    # The config layer did not resume: removed, and its stage ran again on the
+    # system layer (no boot, no provisioning).
+    assert {"stage config", "resume"} <= set(info["timings"])
+    assert not {"boot", "provision"} & set(info["timings"])
+    assert info["resumed_stage"] == "system"
+    assert [(s["stage"], s["ran"]) for s in info["stages"]] == [("system", False),
+                                                                ("config", True)]  # fmt: skip
+    # The damaged layer is gone; this build's (same key) took its place, intact,
+    # on the same system layer.
+    now = _demo_layer(fresh_config.cache_dir, "config")
     assert now == layer_path
-    assert json.loads((now / layercache.META).read_text())["build_id"] == info["build_id"]
+    meta = json.loads((now / layercache.META).read_text())
+    assert meta["build_id"] == info["build_id"]
+    assert meta["parent"]["build_id"] == system_made_by
     assert (now / layercache.STATE).read_bytes()[:4] == b"QEVM"
     assert (now / layercache.STATE).stat().st_size > 1000
+    assert [p for p in qemu_processes() if info["build_id"] in p] == []
+
+
+def test_an_incremental_rebuild_equals_a_cold_build_of_the_same_inputs(
+    fresh_config: config.BuildConfig, built: dict[str, Path], tmp_path: Path
+) -> None:
+    """One skill changed: the rebuild resumes the demo's system layer and runs only
+    the config stage; a cold build of the same inputs in an empty cache gives the
+    same packages and the same skills."""
+    _archive_as_served_now(_demo_layer(fresh_config.cache_dir))
+    extra = tmp_path / "skills"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "skills", extra)
+    cfg = dataclasses.replace(fresh_config, skills=extra, output_dir=tmp_path / "incremental")
+    base = standin.ensure(fresh_config.cache_dir, "amd64")
+    with mirror.serve_mirror({"amd64": base.path}, fresh_config.cache_dir) as served:
+        incremental = pipeline.build_image(_mirror_config(cfg, served), distro="debian")
+        info = json.loads(incremental.build_info.read_text())
+        assert info["resumed_stage"] == "system"
+        assert [(s["stage"], s["ran"]) for s in info["stages"]] == [("system", False),
+                                                                    ("config", True)]  # fmt: skip
+        assert "boot" not in info["timings"] and "stage config" in info["timings"]
+        # The same inputs, no layer to start from: a cold build (its own empty cache).
+        cold_cache = tmp_path / "cold-cache"
+        cold_cfg = dataclasses.replace(cfg, cache_dir=cold_cache, output_dir=tmp_path / "cold")
+        fetch.fetch(_mirror_config(cold_cfg, served))
+        cold = pipeline.build_image(_mirror_config(cold_cfg, served), distro="debian")
+    cold_info = json.loads(cold.build_info.read_text())
+    assert cold_info["resumed_stage"] is None and "boot" in cold_info["timings"]
+    assert package_changes(incremental.image.parent, cold.image.parent) == {
+        "added": [], "removed": [], "changed": []}  # fmt: skip
+    skills_of = [json.loads((out.image.parent / "manifest.json").read_text())["skills"]
+                 for out in (incremental, cold)]  # fmt: skip
+    assert skills_of[0] == skills_of[1] and any(s["name"] == "alpha" for s in skills_of[0])
+    # The same layer keys: what decides a layer is the inputs, not the path there.
+    assert [s["key"] for s in info["stages"]] == [s["key"] for s in cold_info["stages"]]
     assert [p for p in qemu_processes() if info["build_id"] in p] == []
 
 
