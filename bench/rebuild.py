@@ -1,14 +1,16 @@
 """Incremental rebuilds against a cold build, in one run: identical inputs, one
 pip pin changed, one skill file changed, one apt package added.
 
-    .venv/bin/python bench/rebuild.py [--profile smoke] [--keep]
+    .venv/bin/python bench/rebuild.py [--profile smoke|full] [--keep]
 
 Every build runs against the offline stand-in (the Debian base image served by
 the local signed mirror) in one fresh cache directory; the base image is
 fetched into it before any clock starts. The inputs are the profile's own plus
 what the changes need: a copy of the package lists with one pip package
 (``six``, pure Python, and ``python3-pip`` to install it with) and an extra
-skills folder (a copy of the test skill). Builds are locked, as a release
+skills folder (a copy of the test skill). The full profile also gets the
+stand-in of NodeSource and 4 GiB of guest memory, as its vm-tier test does.
+Builds are locked, as a release
 engineer's are (an unlocked build keeps no layer above "system": PyPI may move
 on); the lock comes from a first, unmeasured build.
 
@@ -38,7 +40,7 @@ from typing import Any
 
 from image import config, console
 from image.build import lockfile, output, packages, pipeline, skills, trust
-from image.source import fetch, mirror, standin
+from image.source import fetch, mirror, standin, thirdparty
 
 GOALS = {"identical": 0.10, "pip pin": 0.35, "skill": 0.20}
 PIN_FROM, PIN_TO = "1.16.0", "1.15.0"
@@ -66,22 +68,32 @@ def changes(old: Path, new: Path) -> list[str]:
     return lines
 
 
-def bench_inputs(tmp: Path, profile: str) -> tuple[Path, Path]:
-    """A copy of the package lists with one pip package, and an extra skills folder."""
+def add_list(lists: Path, profile: str, kind: str, names: list[str]) -> None:
+    """Write package-lists/KIND/bench.list and name it on the profile's KIND: line."""
+    (lists / kind / "bench.list").write_text("".join(f"{n}\n" for n in names))
+    path = lists / "profiles" / f"{profile}.profile"
+    lines = path.read_text().splitlines()
+    found = [i for i, line in enumerate(lines) if line.startswith(f"{kind}:")]
+    if not found:
+        lines.append(f"{kind}: bench")
+    elif "bench" not in lines[found[0]].split():
+        lines[found[0]] += " bench"
+    path.write_text("\n".join(lines) + "\n")
+
+
+def bench_inputs(tmp: Path, profile: str) -> tuple[Path, Path, list[str]]:
+    """A copy of the package lists with one pip package, an extra skills folder, and
+    the apt packages added for pip (none if the profile has pip already)."""
     lists = tmp / "package-lists"
     shutil.copytree(packages.PACKAGE_LISTS, lists)
-    (lists / "apt" / "bench.list").write_text("python3-pip\n")
-    (lists / "pip" / "bench.list").write_text(f"six=={PIN_FROM}\n")
-    path = lists / "profiles" / f"{profile}.profile"
-    text = path.read_text()
-    apt_line = next(line for line in text.splitlines() if line.startswith("apt:"))
-    text = text.replace(apt_line, f"{apt_line} bench")
-    if not any(line.startswith("pip:") for line in text.splitlines()):
-        text += "pip: bench\n"
-    path.write_text(text)
+    has_pip = "python3-pip" in packages.resolve_profile(profile, lists, "debian").apt_packages
+    apt = [] if has_pip else ["python3-pip"]
+    if apt:
+        add_list(lists, profile, "apt", apt)
+    add_list(lists, profile, "pip", [f"six=={PIN_FROM}"])
     skills_dir = tmp / "skills"
     shutil.copytree(TEST_SKILLS, skills_dir)
-    return lists, skills_dir
+    return lists, skills_dir, apt
 
 
 def main() -> None:
@@ -103,22 +115,29 @@ def main() -> None:
         {},
     ).config
     image = standin.ensure(base_cfg.cache_dir, args.arch)
+    full = args.profile == "full"
+    repo = thirdparty.ensure(base_cfg.cache_dir, (args.arch,)) if full else None
     tmp = Path(tempfile.mkdtemp(prefix="bench-rebuild-", dir=base_cfg.cache_dir))
-    lists, skills_dir = bench_inputs(tmp, args.profile)
+    lists, skills_dir, bench_apt = bench_inputs(tmp, args.profile)
     builds: list[dict[str, Any]] = []
     try:
-        with mirror.serve_mirror({args.arch: image.path}, base_cfg.cache_dir) as served:
+        with mirror.serve_mirror({args.arch: image.path}, base_cfg.cache_dir,
+                                 repo=repo) as served:  # fmt: skip
             cfg = dataclasses.replace(
                 base_cfg, mirror=served.url, keyring=served.keyring,
                 fingerprints=(served.fingerprint,), cache_dir=tmp / "cache", skills=skills_dir,
             )  # fmt: skip
+            if full:
+                cfg = dataclasses.replace(cfg, memory=max(cfg.memory, 4 << 30),
+                                          provision_timeout=6 * 3600)  # fmt: skip
+            sources = (packages.load_source_file(served.source_file),) if served.source_file else ()
             fetch.fetch(cfg)  # the base image: cached before any clock starts
 
             def build(name: str, lock: lockfile.Lock | None) -> pipeline.BuildResult:
                 start = time.monotonic()
                 result = pipeline.build_image(
                     dataclasses.replace(cfg, output_dir=tmp / name), distro="debian",
-                    package_lists=lists, lock=lock, ca_certs=ca_certs,
+                    package_lists=lists, lock=lock, ca_certs=ca_certs, sources=sources,
                 )  # fmt: skip
                 seconds = time.monotonic() - start
                 info = output.BuildOutput.read(result.build_info.parent).info.raw
@@ -149,7 +168,9 @@ def main() -> None:
                                 encoding="utf-8")  # fmt: skip
             skills.describe([skills_dir])  # still a valid skill
             build("skill", pinned)
-            (lists / "apt" / "bench.list").write_text("python3-pip\ntree\n")
+            have = packages.resolve_profile(args.profile, lists, "debian").apt_packages
+            added = next(n for n in ("tree", "figlet") if n not in have)  # small, in both distros
+            add_list(lists, args.profile, "apt", [*bench_apt, added])
             build("apt", None)
     finally:
         if args.keep:

@@ -110,7 +110,7 @@ def test_a_rebuild_with_the_same_inputs_resumes_the_demos_layer(
     urls = _archive_as_served_now(layer_path)
     # An InRelease that changed since the layer was made: not reused, and why.
     _archive_as_served_now(layer_path, except_url=urls[0])
-    slot, key = layer_path.parent.name, layer_path.name
+    slot, key = layer_path.parent.parent.name, layer_path.name  # <slot>/system/<key>
     with caplog.at_level(logging.INFO, logger="image.build.layercache"):
         assert layercache.lookup(fresh_config.cache_dir, slot, key) is None
     assert f"the archive changed since the layer was made ({urls[0]})" in caplog.text
