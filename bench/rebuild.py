@@ -1,7 +1,7 @@
 """Incremental rebuilds against a cold build, in one run: identical inputs, one
 pip pin changed, one skill file changed, one apt package added.
 
-    .venv/bin/python bench/rebuild.py [--profile smoke|full] [--keep]
+    .venv/bin/python bench/rebuild.py [--profile smoke|full] [--no-apt] [--keep]
 
 Every build runs against the offline stand-in (the Debian base image served by
 the local signed mirror) in one fresh cache directory; the base image is
@@ -19,7 +19,8 @@ Then, in order, each build with the caches the ones before it left:
   identical  the same inputs                    goal <= 0.10 of cold
   pip pin    six 1.16.0 -> 1.15.0 in the lock   goal <= 0.35
   skill      one line added to a SKILL.md       goal <= 0.20
-  apt        one apt package added (unlocked: a new package needs a new lock)
+  apt        one apt package added (unlocked: a new package needs a new lock;
+             every stage runs, so it costs about a cold build: --no-apt skips it)
 
 Prints each build's steps, which stage it resumed and which ran, the package
 changes against the build before it, and last one JSON object with every
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--keep", action="store_true", help="keep the temporary cache and outputs")
+    parser.add_argument("--no-apt", action="store_true", help="skip the apt-package build")
     parser.add_argument("--ca-cert", type=Path, action="append",
                         help=f"CAs the build VM trusts (default: {LOCAL_CAS}, if any)")  # fmt: skip
     args = parser.parse_args()
@@ -168,10 +170,11 @@ def main() -> None:
                                 encoding="utf-8")  # fmt: skip
             skills.describe([skills_dir])  # still a valid skill
             build("skill", pinned)
-            have = packages.resolve_profile(args.profile, lists, "debian").apt_packages
-            added = next(n for n in ("tree", "figlet") if n not in have)  # small, in both distros
-            add_list(lists, args.profile, "apt", [*bench_apt, added])
-            build("apt", None)
+            if not args.no_apt:
+                have = packages.resolve_profile(args.profile, lists, "debian").apt_packages
+                added = next(n for n in ("tree", "figlet") if n not in have)  # in both distros
+                add_list(lists, args.profile, "apt", [*bench_apt, added])
+                build("apt", None)
     finally:
         if args.keep:
             print(f"kept: {tmp}")

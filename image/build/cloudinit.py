@@ -560,16 +560,6 @@ class StageScript:
     script: bytes
     payload: Mapping[str, bytes] = field(default_factory=dict)
 
-    def digest(self) -> str:
-        """SHA-256 of the script and every payload file (names and contents)."""
-        h = hashlib.sha256()
-        for part in (self.name.encode(), self.script,
-                     *(x for name in sorted(self.payload)
-                       for x in (name.encode(), self.payload[name]))):  # fmt: skip
-            h.update(len(part).to_bytes(8, "big"))
-            h.update(part)
-        return h.hexdigest()
-
 
 def render_stages(inputs: RenderInputs) -> tuple[StageScript, ...]:
     """The stages above "system", in order: "libraries" (pip, npm; none for a

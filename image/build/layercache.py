@@ -74,6 +74,7 @@ import requests
 
 from image.build.packagecache import Item
 from image.errors import ImageError
+from image.vm import qemu
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,6 @@ def commit(layer: Layer, cache_dir: Path, below: Path | None = None) -> Path | N
     if dest.exists():
         return None  # another build with the same inputs got there first
     if below is not None:
-        from image.vm import qemu  # the VM package imports this one's neighbours
-
         qemu.rebase_overlay(layer.path / DISK, below / DISK)
     for name in (*FILES, META):
         file = layer.path / name
@@ -389,7 +388,7 @@ def remove_orphans(cache_dir: Path) -> int:
 
 
 def _below_problem(cache_dir: Path, slot_name: str, meta: LayerMeta) -> str | None:
-    """Why the layer under ``meta``'s is unusable; None if it is there (or there is none)."""
+    """Why the layer below ``meta``'s is unusable; None if it is there (or there is none)."""
     if meta.parent is None:
         return None
     path = layer_path(cache_dir, slot_name, meta.parent["stage"], meta.parent["key"])

@@ -1196,7 +1196,11 @@ def _provenance(ctx: BuildContext, sums: dict[str, str]) -> str:
                   "cpus": cfg.cpus, "memory": cfg.memory, "disk_size": cfg.disk_size,
                   "package_cache": request.package_cache,
                   "provisioned_layer": {k: v for k, v in layer.items()
-                                        if k in ("key", "reused", "made_by")}},
+                                        if k in ("key", "reused", "made_by")},
+                  # Which build made each stage's layer: an incremental build's
+                  # lower stages came from an earlier one.
+                  "stages": [{k: s[k] for k in ("stage", "key", "ran", "made_by")}
+                             for s in ctx.info.get("stages") or []]},
         dependencies=deps,
         builder_id=request.builder_id or provenance.default_builder_id(),
         builder_version={"sandbox-image": image.__version__, "qemu": qemu_version},

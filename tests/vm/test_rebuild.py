@@ -220,6 +220,12 @@ def test_an_incremental_rebuild_equals_a_cold_build_of_the_same_inputs(
     assert skills_of[0] == skills_of[1] and any(s["name"] == "alpha" for s in skills_of[0])
     # The same layer keys: what decides a layer is the inputs, not the path there.
     assert [s["key"] for s in info["stages"]] == [s["key"] for s in cold_info["stages"]]
+    # The provenance says the system stage came from the demo's build.
+    statement = json.loads((incremental.image.parent / "provenance.intoto.json").read_text())
+    internal = statement["predicate"]["buildDefinition"]["internalParameters"]
+    demo_id = json.loads((built["image"].parent / "build-info.json").read_text())["build_id"]
+    assert [(s["stage"], s["ran"], s["made_by"]) for s in internal["stages"]] == [
+        ("system", False, demo_id), ("config", True, info["build_id"])]  # fmt: skip
     assert [p for p in qemu_processes() if info["build_id"] in p] == []
 
 
