@@ -190,9 +190,12 @@ def test_the_python_api(snapdir: Path, vm_config: config.BuildConfig) -> None:
 def _launch_streaming(
     snapdir: Path, script: str, started: list[subprocess.Popen[bytes]]
 ) -> subprocess.Popen[bytes]:
+    # SIGINT as a terminal's job gets it: a suite started in the background (`cmd &`
+    # in a script) runs with SIGINT ignored, which a child would inherit and keep.
     proc = subprocess.Popen(
         [str(ROOT / "inv"), "launch", str(snapdir), "--", "sh", "-c", script],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     started.append(proc)
     assert proc.stdout is not None
