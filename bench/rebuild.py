@@ -46,9 +46,6 @@ from image.source import fetch, mirror, standin, thirdparty
 GOALS = {"identical": 0.10, "pip pin": 0.35, "skill": 0.20}
 PIN_FROM, PIN_TO = "1.16.0", "1.15.0"
 TEST_SKILLS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "skills"
-# Where Debian keeps the CAs a host adds: behind a proxy that inspects TLS, the
-# build VM's pip needs them too (as build-image --ca-cert).
-LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 
 
 def package_sets(manifest_path: Path) -> dict[str, set[tuple[str, ...]]]:
@@ -106,10 +103,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary cache and outputs")
     parser.add_argument("--no-apt", action="store_true", help="skip the apt-package build")
     parser.add_argument("--ca-cert", type=Path, action="append",
-                        help=f"CAs the build VM trusts (default: {LOCAL_CAS}, if any)")  # fmt: skip
+                        help=f"CAs the VM trusts (default: {trust.HOST_CA_DIR})")  # fmt: skip
     args = parser.parse_args()
-    ca_paths = args.ca_cert or ([LOCAL_CAS] if any(LOCAL_CAS.glob("*.crt")) else [])
-    ca_certs = trust.load(ca_paths) if ca_paths else ()
+    ca_certs = trust.load(args.ca_cert) if args.ca_cert else trust.host_cas()
     console.setup_logging()
     base_cfg = config.resolve(
         {"arch": args.arch, "profile": args.profile, "cpus": args.cpus, "memory": args.memory},

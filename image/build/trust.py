@@ -22,6 +22,9 @@ from image.errors import ImageError
 
 GUEST_DIR = "/usr/local/share/ca-certificates"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # what update-ca-certificates writes
+# Where Debian and Ubuntu keep the CAs a host adds to its store: behind a proxy that
+# inspects TLS, a build VM's pip and npm need them too (build-image --ca-cert).
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 
 
@@ -102,3 +105,8 @@ def bootcmd_script(certs: tuple[CACert, ...]) -> str:
         lines.append(f"  echo {encoded} | base64 -d > {GUEST_DIR}/{cert.name}")
     lines += ["  update-ca-certificates > /dev/null", ") || exit 1"]
     return "\n".join(lines)
+
+
+def host_cas(folder: Path = HOST_CA_DIR) -> tuple[CACert, ...]:
+    """The CAs this host added to its own store (none: an empty tuple)."""
+    return load([folder]) if any(folder.glob("*.crt")) else ()

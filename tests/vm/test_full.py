@@ -43,15 +43,6 @@ def import_name(distribution: str) -> str:
     return IMPORT_NAMES.get(distribution, distribution.replace("-", "_"))
 
 
-# Where Debian and Ubuntu keep the CAs a host adds to its store: on a network whose
-# proxy inspects TLS (this one), the build VM's pip and npm need them too.
-LOCAL_CAS = Path("/usr/local/share/ca-certificates")
-
-
-def host_cas() -> tuple[trust.CACert, ...]:
-    return trust.load([LOCAL_CAS]) if any(LOCAL_CAS.glob("*.crt")) else ()
-
-
 @pytest.fixture(scope="module")
 def full_build(vm_config: config.BuildConfig) -> Iterator[dict[str, Any]]:
     user_cache = config.resolve({}, os.environ, {}).config.cache_dir
@@ -68,7 +59,7 @@ def full_build(vm_config: config.BuildConfig) -> Iterator[dict[str, Any]]:
         attach_logs(out / "logs" / "cloud-init-output.log", out / "logs" / "serial.log")
         result = pipeline.build_image(
             cfg, distro="debian", sources=(packages.load_source_file(served.source_file),),
-            ca_certs=host_cas(),
+            ca_certs=trust.host_cas(),
         )  # fmt: skip
     snapdir = vm_config.output_dir / "full-snapshot"
     _, meta = snapshot.snapshot(dataclasses.replace(vm_config, memory=4 << 30), result.image,
