@@ -65,6 +65,11 @@ SYSTEM_MARKER = f"{STATE_DIR}/stage-system"
 APT_LIST_PATH = f"{STATE_DIR}/apt-packages"
 APT_MIRROR_KEYRING = "/etc/apt/keyrings/sandbox-image-mirror.asc"
 PIP_CONSTRAINTS_PATH = f"{STATE_DIR}/pip-constraints.txt"
+# The npm packages the "libraries" stage installed, for a re-run on its layer.
+NPM_RECORD_PATH = f"{STATE_DIR}/npm-packages.txt"
+# A re-run of "libraries" (render_stages) gets the lock's lists as files, not in its script.
+RERUN_PIP_FILE = "pip-constraints.txt"
+RERUN_NPM_FILE = "npm-packages.txt"
 # The skills travel beside the "config" stage's script (no size limit of a seed);
 # the script checks the file's SHA-256 and unpacks it.
 SKILLS_PAYLOAD_FILE = "skills.tar.gz"
@@ -409,6 +414,10 @@ def template_context(
         "proxy_environment": guestnet.guest_environment(),
         "exec_service": guest.EXEC_SERVICE,
         "state_dir": STATE_DIR,
+        "npm_record_path": NPM_RECORD_PATH,
+        "rerun": False,
+        "rerun_pip_file": RERUN_PIP_FILE,
+        "rerun_npm_file": RERUN_NPM_FILE,
         "marker_command": marker_command(inputs),
         "system_marker_command": marker_command(inputs, SYSTEM_MARKER),
         "mac_address": inputs.mac_address,
@@ -554,17 +563,28 @@ def render(inputs: RenderInputs, standalone: bool = False) -> dict[str, bytes]:
 
 @dataclass(frozen=True)
 class StageScript:
-    """A stage after "system": a root shell script and the files it gets beside it."""
+    """A stage after "system": a root shell script and the files it gets beside it.
+
+    ``rerun``: the stage's re-run form, if it has one: run on this stage's layer
+    of other inputs (the same layer below), it brings that layer to these
+    inputs. Its script is the same for all inputs that differ only in what its
+    payload carries, so equal re-run scripts say a re-run may be used."""
 
     name: str
     script: bytes
     payload: Mapping[str, bytes] = field(default_factory=dict)
+    rerun: StageScript | None = None
 
 
 def render_stages(inputs: RenderInputs) -> tuple[StageScript, ...]:
     """The stages above "system", in order: "libraries" (pip, npm; none for a
     profile without either) and "config" (guest files, skills, the marker).
-    Pure and deterministic, like render()."""
+    Pure and deterministic, like render().
+
+    A locked build's "libraries" has a re-run form: the lock names every pip
+    package in /usr/local and every npm package the stage installs, so the
+    guest can be brought from one lock's set to another's by removing and
+    adding only what differs (the build checks the result against the lock)."""
     context, skills = _context(inputs)
     out = []
     for name, template in STAGE_TEMPLATES.items():
@@ -572,7 +592,19 @@ def render_stages(inputs: RenderInputs) -> tuple[StageScript, ...]:
             continue
         script = render_template(inputs.templates_dir, template, context).encode()
         payload = {SKILLS_PAYLOAD_FILE: skills} if name == "config" and skills else {}
-        out.append(StageScript(name, script, payload))
+        rerun = None
+        if name == "libraries" and inputs.lock is not None:
+            lists = {RERUN_PIP_FILE: lockfile.pip_constraints(inputs.lock)
+                     if context["pip_packages"] else (),
+                     RERUN_NPM_FILE: context["npm_packages"]}  # fmt: skip
+            rerun_context = {**context, "rerun": True}
+            rerun = StageScript(
+                name,
+                render_template(inputs.templates_dir, template, rerun_context).encode(),
+                {file: "".join(f"{line}\n" for line in lines).encode()
+                 for file, lines in lists.items() if lines},
+            )  # fmt: skip
+        out.append(StageScript(name, script, payload, rerun))
     return tuple(out)
 
 

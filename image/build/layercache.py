@@ -111,6 +111,8 @@ class LayerMeta:
     inputs: dict[str, Any] = field(default_factory=dict)  # what the key was made of
     stage: str = SYSTEM
     parent: dict[str, str] | None = None  # the layer below: {"stage", "key", "build_id"}
+    rerun_key: str = ""  # which builds may re-run this stage on it (stages.Stage.rerun_key)
+    rerun_of: dict[str, str] | None = None  # made by a re-run on this layer (then rebased)
 
 
 def parent_ref(meta: LayerMeta) -> dict[str, str]:
@@ -126,11 +128,15 @@ class Layer:
     meta: LayerMeta
     cached: bool  # found in the cache (a warm rebuild), or made by this build
     lock_fd: int | None = None
+    # A layer this one's disk is an overlay on until it is committed (a re-run's).
+    holds: Layer | None = None
 
     def release(self) -> None:
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
+        if self.holds is not None:
+            self.holds.release()
 
 
 def make_key(inputs: Mapping[str, Any]) -> str:
@@ -265,6 +271,31 @@ def lookup_chain(
     return found
 
 
+def lookup_rerunnable(cache_dir: Path, slot_name: str, stage: str, rerun_key: str,
+                      below: Layer) -> Layer | None:  # fmt: skip
+    """The newest cached layer of ``stage`` this build may re-run the stage on (the
+    same re-run key, made on ``below``), locked shared; else None."""
+    stage_path = layers_dir(cache_dir) / slot_name / stage
+    if not rerun_key or not stage_path.is_dir():
+        return None
+    found = sorted((p for p in stage_path.iterdir() if p.is_dir()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+    for path in found:
+        try:
+            meta = _load_meta(path)
+        except (OSError, ValueError, TypeError):
+            continue  # a lookup of its own key removes a damaged one
+        if meta.rerun_key != rerun_key or meta.parent != parent_ref(below.meta):
+            continue
+        fd = _lock_shared(path)
+        if fd is None:
+            continue
+        log.info("provisioned layer (%s) %s: this build re-runs the stage on it (made by "
+                 "build %s)", stage, meta.key[:12], meta.build_id)  # fmt: skip
+        return Layer(path, meta, cached=True, lock_fd=fd)
+    return None
+
+
 def write_meta(path: Path, meta: LayerMeta) -> None:
     (path / META).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
 
@@ -280,7 +311,14 @@ def commit(layer: Layer, cache_dir: Path, below: Path | None = None) -> Path | N
     dest = layer_path(cache_dir, meta.slot, meta.stage, meta.key)
     if dest.exists():
         return None  # another build with the same inputs got there first
-    if below is not None:
+    if meta.rerun_of is not None:
+        # Its disk is an overlay on the layer it was re-run on: the blocks it
+        # still reads from there are copied in, so that it needs only the layer
+        # below, as any layer of its stage.
+        assert meta.parent is not None
+        base = below or layer_path(cache_dir, meta.slot, meta.parent["stage"], meta.parent["key"])
+        qemu.rebase_overlay(layer.path / DISK, base / DISK, copy=True)
+    elif below is not None:
         qemu.rebase_overlay(layer.path / DISK, below / DISK)
     for name in (*FILES, META):
         file = layer.path / name

@@ -408,6 +408,10 @@ class _ResumeFailed(ImageError):
     """A layer's saved VM did not come back (damaged, or made by another QEMU)."""
 
 
+class _StageFailed(ImageError):
+    """A stage's script ended with an error."""
+
+
 def _provision_or_resume(
     ctx: BuildContext, running: contextlib.ExitStack, layers: list[layercache.Layer]
 ) -> tuple[qemu.VM, ssh.Session]:
@@ -429,7 +433,7 @@ def _provision_or_resume(
                         ctx.client_key, ctx.host_key, ctx.request.lock, plan.slot,
                         stage.key, stage.inputs))  # fmt: skip
                 else:
-                    layers.append(_run_stage(ctx, layers[-1], stage))
+                    layers.append(_next_stage(ctx, layers[-1], stage))
             _record_stages(ctx, layers)
             with step("resume", ctx.timings):
                 return _resume(ctx, running, plan.spec, layers[-1], ctx.client_key)
@@ -450,16 +454,55 @@ def _record_stages(ctx: BuildContext, layers: list[layercache.Layer]) -> None:
     """build-info.json: which layer was resumed, which stages ran."""
     ctx.info["stages"] = [
         {"stage": layer.meta.stage, "key": layer.meta.key, "ran": not layer.cached,
-         "made_by": layer.meta.build_id, "seconds": layer.meta.seconds}
+         "made_by": layer.meta.build_id, "seconds": layer.meta.seconds,
+         "rerun_of": layer.meta.rerun_of}
         for layer in layers
     ]  # fmt: skip
     cached = [layer.meta.stage for layer in layers if layer.cached]
     ctx.info["resumed_stage"] = cached[-1] if cached else None
 
 
-def _run_stage(ctx: BuildContext, below: layercache.Layer, stage: stages.Stage) -> layercache.Layer:
-    """Resume the build VM from ``below``, run ``stage``'s script, save it as a new layer."""
+def _next_stage(ctx: BuildContext, below: layercache.Layer,
+                stage: stages.Stage) -> layercache.Layer:  # fmt: skip
+    """Run ``stage`` on ``below``; or, when the cache holds this stage's layer of
+    other inputs on the same ``below`` that the stage can be re-run on (a locked
+    "libraries" of another lock: stages.py), its re-run form on that layer.
+    A re-run that fails, or a layer that does not resume, falls back to the
+    stage run on ``below``."""
+    assert ctx.plan is not None
+    earlier = None
+    if ctx.request.package_cache and stage.rerun_key:
+        earlier = layercache.lookup_rerunnable(ctx.request.cfg.cache_dir, ctx.plan.slot,
+                                               stage.name, stage.rerun_key, below)  # fmt: skip
+    if earlier is not None:
+        try:
+            layer = _run_stage(ctx, below, stage, on=earlier)
+        except _ResumeFailed as exc:
+            log.warning("provisioned layer %s (%s) did not resume: %s; removed, running the "
+                        "stage on the stage below", earlier.meta.key[:12], stage.name,
+                        exc)  # fmt: skip
+            earlier.release()
+            layercache.remove(earlier.path)
+        except _StageFailed as exc:
+            log.warning("re-running stage %s on layer %s failed (%s); running it on the stage "
+                        "below", stage.name, earlier.meta.key[:12], exc.message)  # fmt: skip
+            earlier.release()
+        else:
+            layer.holds = earlier  # its disk is an overlay on the earlier one until kept
+            return layer
+    return _run_stage(ctx, below, stage)
+
+
+def _run_stage(ctx: BuildContext, below: layercache.Layer, stage: stages.Stage, *,
+               on: layercache.Layer | None = None) -> layercache.Layer:  # fmt: skip
+    """Resume the build VM from ``below``, run ``stage``'s script, save it as a new layer.
+
+    ``on``: resume from this layer of the same stage instead (made on ``below``)
+    and run the stage's re-run form there."""
     assert ctx.plan is not None and ctx.client_key is not None and stage.script is not None
+    script = stage.script if on is None else stage.script.rerun
+    assert script is not None
+    start = below if on is None else on
     path = ctx.work / "layers" / stage.name
     shutil.rmtree(path, ignore_errors=True)  # an attempt on a layer that did not resume
     path.mkdir(parents=True)
@@ -467,17 +510,20 @@ def _run_stage(ctx: BuildContext, below: layercache.Layer, stage: stages.Stage) 
     egress_start = ctx.egress_log.stat().st_size if ctx.egress_log.exists() else 0
     timing = f"stage {stage.name}"
     with step(timing, ctx.timings), contextlib.ExitStack() as stack:
-        vm, session = _resume(ctx, stack, ctx.plan.spec, below, ctx.client_key, into=path,
+        vm, session = _resume(ctx, stack, ctx.plan.spec, start, ctx.client_key, into=path,
                               serial_log=serial)  # fmt: skip
-        with _held_on_failure(ctx, vm, below.meta.host_public_key):
-            output = _run_stage_script(ctx, session, stage.script)
+        with contextlib.ExitStack() as hold:
+            if on is None:  # a failed re-run is not the build's failure: it goes on
+                hold.enter_context(_held_on_failure(ctx, vm, below.meta.host_public_key))
+            output = _run_stage_script(ctx, session, script)
         session.close()
         vm.save_state(path / layercache.STATE)
         vm.quit()
     with (path / layercache.SERIAL).open("wb") as out:
         with serial.open("rb") as console:
             shutil.copyfileobj(console, out)
-        out.write(f"\n--- stage {stage.name}: the script's output ---\n".encode())
+        form = "" if on is None else f", re-run on layer {on.meta.key[:12]}"
+        out.write(f"\n--- stage {stage.name}{form}: the script's output ---\n".encode())
         out.write(output.encode())
     with ctx.egress_log.open("rb") as log_in, (path / layercache.EGRESS).open("wb") as log_out:
         log_in.seek(egress_start)
@@ -488,6 +534,7 @@ def _run_stage(ctx: BuildContext, below: layercache.Layer, stage: stages.Stage) 
         host_public_key=below.meta.host_public_key, archive=[],
         locked=ctx.request.lock is not None, seconds={timing: ctx.timings[timing]},
         inputs=stage.inputs, stage=stage.name, parent=layercache.parent_ref(below.meta),
+        rerun_key=stage.rerun_key, rerun_of=None if on is None else layercache.parent_ref(on.meta),
     )  # fmt: skip
     layercache.write_meta(path, meta)
     return layercache.Layer(path, meta, cached=False)
@@ -510,7 +557,7 @@ def _run_stage_script(ctx: BuildContext, session: ssh.Session,
     )  # fmt: skip
     if result.exit_status != 0:
         tail = "\n".join(result.stdout.strip().splitlines()[-30:])
-        raise ImageError(
+        raise _StageFailed(
             f"stage {script.name} failed (exit code {result.exit_status}):\n{tail}",
             hint=f"the script is cloud-init/stage-{script.name}.sh.j2 as rendered for this "
             "build; build-image --keep-failed keeps the VM for a look",
@@ -1199,7 +1246,7 @@ def _provenance(ctx: BuildContext, sums: dict[str, str]) -> str:
                                         if k in ("key", "reused", "made_by")},
                   # Which build made each stage's layer: an incremental build's
                   # lower stages came from an earlier one.
-                  "stages": [{k: s[k] for k in ("stage", "key", "ran", "made_by")}
+                  "stages": [{k: s.get(k) for k in ("stage", "key", "ran", "made_by", "rerun_of")}
                              for s in ctx.info.get("stages") or []]},
         dependencies=deps,
         builder_id=request.builder_id or provenance.default_builder_id(),

@@ -16,6 +16,14 @@ Running a stage on top of the layer below in a later build is exactly what a
 cold build does too (it also saves each stage and resumes from it), so an
 incremental rebuild and a cold build of the same inputs run the same steps on
 the same guest state.
+
+One stage can also be re-run on a layer of its own: a locked build's
+"libraries" brings that stage's layer of another lock (on the same layer
+below) to its own lock, removing and adding only the packages that differ
+(cloudinit.render_stages). A locked build checks every pip and npm package
+against the lock, so such a layer holds what a cold run would have installed;
+``rerun_key`` says which layers qualify (those whose re-run script is the
+same: only the package lists differ).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class Stage:
     script: StageScript | None  # None: the system stage (cloud-init runs it)
     keep: bool  # whether a later build may reuse its layer (its inputs are all pinned)
     why_not_kept: str = ""
+    rerun_key: str = ""  # "": no re-run form; else what a layer of it to re-run on must match
 
 
 def plan(system_inputs: Mapping[str, Any], scripts: Sequence[StageScript], *,
@@ -68,5 +77,12 @@ def plan(system_inputs: Mapping[str, Any], scripts: Sequence[StageScript], *,
                 for name, data in sorted(script.payload.items())
             },
         }
-        out.append(Stage(script.name, layercache.make_key(inputs), inputs, script, keep, why))
+        rerun_key = ""
+        if script.rerun is not None and keep:
+            rerun_key = layercache.make_key({
+                "format": layercache.FORMAT, "stage": script.name,
+                "rerun_sha256": hashlib.sha256(script.rerun.script).hexdigest(),
+            })  # fmt: skip
+        out.append(Stage(script.name, layercache.make_key(inputs), inputs, script, keep, why,
+                         rerun_key))  # fmt: skip
     return out

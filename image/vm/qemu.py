@@ -253,10 +253,12 @@ def create_overlay(base: Path, overlay: Path, size: int | None = None) -> None:
     run.run(argv)
 
 
-def rebase_overlay(overlay: Path, base: Path) -> None:
-    """Point ``overlay`` at ``base`` (the same content, moved): metadata only."""
-    run.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()),
-             str(overlay)])  # fmt: skip
+def rebase_overlay(overlay: Path, base: Path, *, copy: bool = False) -> None:
+    """Point ``overlay`` at ``base``. By default the same content, moved: metadata
+    only. ``copy``: another backing file; every block where the two differ is
+    copied into ``overlay`` first, so what the guest reads stays the same."""
+    run.run(["qemu-img", "rebase", *([] if copy else ["-u"]), "-f", "qcow2", "-F", "qcow2",
+             "-b", str(base.resolve()), str(overlay)])  # fmt: skip
 
 
 def copy_vars(template: Path, dest: Path) -> Path:

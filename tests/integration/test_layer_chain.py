@@ -3,6 +3,7 @@ file moved with the layer below, the data read back through the whole chain."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,3 +65,37 @@ def test_a_chain_committed_lowest_first_reads_through_from_the_cache(tmp_path: P
     assert [layer.path for layer in found] == [kept_system, kept_config]
     for layer in found:
         layer.release()
+
+
+def test_a_rerun_layer_is_rebased_onto_the_layer_below_with_the_blocks_it_read(
+    tmp_path: Path,
+) -> None:
+    """A libraries layer made by re-running the stage on an earlier libraries
+    layer: committed, its disk backs onto the system layer and still reads the
+    earlier layer's blocks (copied in), so the earlier one can go."""
+    base = tmp_path / "base.qcow2"
+    run.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"])
+    _io(base, "write -P 0x11 0 64k")
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    system = _new_layer(work / "a", "system", "s" * 64, None, base)
+    _io(system.path / layercache.DISK, "write -P 0x22 64k 64k")
+    kept_system = layercache.commit(system, cache)
+    assert kept_system is not None
+    earlier = _new_layer(work / "a", "libraries", "e" * 64, system, kept_system / layercache.DISK)
+    _io(earlier.path / layercache.DISK, "write -P 0x33 128k 128k")
+    kept_earlier = layercache.commit(earlier, cache, below=kept_system)
+    assert kept_earlier is not None
+    # The re-run: an overlay on the earlier layer, one block of it changed.
+    rerun = _new_layer(work / "b", "libraries", "n" * 64, system, kept_earlier / layercache.DISK)
+    rerun.meta = dataclasses.replace(rerun.meta, build_id="b2",
+                                     rerun_of=layercache.parent_ref(earlier.meta))  # fmt: skip
+    layercache.write_meta(rerun.path, rerun.meta)
+    _io(rerun.path / layercache.DISK, "write -P 0x44 192k 64k")
+    kept = layercache.commit(rerun, cache, below=kept_system)
+    assert kept is not None
+    disk = kept / layercache.DISK
+    assert _backing(disk) == str(kept_system / layercache.DISK)
+    layercache.remove(kept_earlier)  # nothing reads it any more
+    for offset, pattern in ((0, 0x11), (64 << 10, 0x22), (128 << 10, 0x33), (192 << 10, 0x44)):
+        assert "Pattern verification failed" not in _io(
+            disk, f"read -P {pattern:#x} {offset} 64k"), offset  # fmt: skip

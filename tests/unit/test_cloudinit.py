@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from image.build import cloudinit, packages, skills, stages, trust
+from image.build import cloudinit, lockfile, packages, skills, stages, trust
 from image.build.cloudinit import RenderInputs, render
 from image.errors import ImageError
 from tests.fixtures.stagescripts import commands as _commands
@@ -597,3 +597,51 @@ def test_a_ca_file_that_holds_no_certificate_is_refused(
     (empty / "x.pem").write_text(text)  # not *.crt: the folder gives nothing
     with pytest.raises(ImageError, match=r"no \*\.crt file in"):
         trust.load([empty])
+
+
+def _full_lock(**versions: str) -> lockfile.Lock:
+    """A lock of every package the full profile names (at 1.0 unless given), plus
+    one pip dependency the profile does not name."""
+    profile = packages.resolve_profile("full", packages.PACKAGE_LISTS, "ubuntu")
+    pin = lockfile.Pin
+    pip = [e.name for g in profile.groups_of("pip") for e in g.entries] + ["six"]
+    npm = [e.name for g in profile.groups_of("npm") for e in g.entries]
+    return lockfile.Lock(
+        distro="ubuntu", release="jammy", arch="arm64", profile="full", base_serial="20990101",
+        base_sha256="0" * 64, apt=tuple(pin(n, "1.0", "arm64") for n in profile.apt_packages),
+        pip=tuple(pin(n, versions.get(n, "1.0")) for n in pip),
+        npm=tuple(pin(n, versions.get(n, "1.0")) for n in npm),
+    )  # fmt: skip
+
+
+def test_a_locked_libraries_stage_has_a_rerun_form_the_same_for_every_lock() -> None:
+    one = _stage(dataclasses.replace(FULL, lock=_full_lock()), "libraries")
+    other = _stage(dataclasses.replace(FULL, lock=_full_lock(six="1.15.0", docx="2.0")),
+                   "libraries")  # fmt: skip
+    assert one.script != other.script  # the cold form names the versions
+    assert one.rerun is not None and other.rerun is not None
+    # The re-run form does not: the lists ride beside it, so an equal script is
+    # what says a layer of the other lock may be brought to this one.
+    assert one.rerun.script == other.rerun.script
+    assert b"six" not in one.rerun.script and b"1.0" not in one.rerun.script
+    pins = other.rerun.payload[cloudinit.RERUN_PIP_FILE].decode().splitlines()
+    assert "six==1.15.0" in pins and len(pins) == len(_full_lock().pip)
+    assert "docx@2.0" in other.rerun.payload[cloudinit.RERUN_NPM_FILE].decode().splitlines()
+    # It removes before it adds, and adds with the lock as constraints, as the cold form.
+    text = one.rerun.script.decode()
+    assert text.index("-m pip uninstall") < text.index("-m pip install")
+    assert text.index("npm uninstall") < text.index("npm install --global")
+    pip = next(c for c in _commands(one.rerun) if c[:4] == ["python3", "-m", "pip", "install"])
+    assert pip[pip.index("--constraint") + 1] == cloudinit.PIP_CONSTRAINTS_PATH
+    assert "--ignore-installed" in pip
+    # The cold form records the npm packages it installed, for a later re-run.
+    assert cloudinit.NPM_RECORD_PATH in one.script.decode()
+    # Another index is another script: no re-run across it.
+    elsewhere = dataclasses.replace(FULL, lock=_full_lock(), pip_index="https://pypi.corp/simple/")
+    assert _stage(elsewhere, "libraries").rerun.script != one.rerun.script  # type: ignore[union-attr]
+
+
+def test_an_unlocked_build_and_the_config_stage_have_no_rerun_form() -> None:
+    assert all(s.rerun is None for s in cloudinit.render_stages(FULL))
+    locked = cloudinit.render_stages(dataclasses.replace(FULL, lock=_full_lock()))
+    assert [s.name for s in locked if s.rerun is not None] == ["libraries"]

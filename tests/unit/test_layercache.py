@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from image import config
-from image.build import cloudinit, layercache, packages, pipeline, stages
+from image.build import cloudinit, layercache, lockfile, packages, pipeline, stages
 from image.build.inputs import build_inputs
 from image.contract import vmstate
 from image.vm import qemu, ssh
@@ -351,3 +351,69 @@ def test_a_layer_whose_layer_below_is_pruned_goes_too(tmp_path: Path) -> None:
     assert [i.key for i in layercache.items(tmp_path)] == [f"{SLOT}/format-1"]
     layercache.prune(layercache.items(tmp_path), tmp_path)
     assert not old.exists()
+
+
+def _smoke_pip_lock(six: str) -> lockfile.Lock:
+    profile = packages.resolve_profile("smoke", packages.PACKAGE_LISTS, "debian")
+    return lockfile.Lock(
+        distro="debian", release="jammy", arch="amd64", profile="smoke", base_serial="20990101",
+        base_sha256="0" * 64, apt=tuple(lockfile.Pin(n, "1.0", "amd64")
+                                        for n in (*profile.apt_packages, "python3-pip")),
+        pip=(lockfile.Pin("six", six),),
+    )  # fmt: skip
+
+
+def test_a_locked_libraries_stage_may_be_re_run_on_a_layer_of_another_lock(
+    tmp_path: Path,
+) -> None:
+    lists = tmp_path / "lists"
+    shutil.copytree(packages.PACKAGE_LISTS, lists)
+    profile = lists / "profiles" / "smoke.profile"
+    profile.write_text(profile.read_text() + "pip: bench\n")
+    (lists / "pip" / "bench.list").write_text("six==1.16.0\n")
+    (lists / "apt" / "smoke.list").write_text((lists / "apt" / "smoke.list").read_text()
+                                              + "python3-pip\n")  # fmt: skip
+
+    def planned(lock: lockfile.Lock | None) -> list[stages.Stage]:
+        inputs = _inputs(package_lists=lists, lock=lock)
+        system = {"seed": pipeline.seed_digests(inputs)}
+        return stages.plan(system, cloudinit.render_stages(inputs), locked=lock is not None)
+
+    one, other = planned(_smoke_pip_lock("1.16.0")), planned(_smoke_pip_lock("1.15.0"))
+    assert [s.name for s in one] == ["system", "libraries", "config"]
+    assert one[0].key == other[0].key and one[1].key != other[1].key
+    assert one[1].rerun_key and one[1].rerun_key == other[1].rerun_key
+    assert not one[0].rerun_key and not one[2].rerun_key  # only "libraries" has a re-run form
+    assert all(not s.rerun_key for s in planned(None))  # unlocked: its layer is not kept
+
+
+def test_a_rerun_takes_the_newest_layer_of_its_stage_made_on_the_same_layer_below(
+    tmp_path: Path,
+) -> None:
+    system_meta = _meta(key="s" * 64)
+    _make_layer(tmp_path, system_meta)
+    system = layercache.lookup(tmp_path, SLOT, "s" * 64)
+    assert system is not None
+    below = layercache.parent_ref(system_meta)
+    libs = {
+        "old": _meta(key="1" * 64, stage="libraries", parent=below, rerun_key="r"),
+        "new": _meta(key="2" * 64, stage="libraries", parent=below, rerun_key="r"),
+        "other form": _meta(key="3" * 64, stage="libraries", parent=below, rerun_key="x"),
+        "other below": _meta(key="4" * 64, stage="libraries", rerun_key="r",
+                             parent={**below, "build_id": "b0"}),
+    }  # fmt: skip
+    now = time.time()
+    newest_first = sorted(libs, key=lambda name: name != "new")
+    paths = {name: _make_layer(tmp_path, libs[name], mtime=now - i)
+             for i, name in enumerate(newest_first)}  # fmt: skip
+    found = layercache.lookup_rerunnable(tmp_path, SLOT, "libraries", "r", system)
+    assert found is not None and found.path == paths["new"]
+    assert not layercache.remove(found.path)  # held: a pruner leaves it
+    found.release()
+    layercache.remove(paths["new"])
+    found = layercache.lookup_rerunnable(tmp_path, SLOT, "libraries", "r", system)
+    assert found is not None and found.path == paths["old"]
+    found.release()
+    assert layercache.lookup_rerunnable(tmp_path, SLOT, "libraries", "", system) is None
+    assert layercache.lookup_rerunnable(tmp_path, SLOT, "config", "r", system) is None
+    system.release()

@@ -10,6 +10,7 @@ When a test fails, the tails of the guest logs it registered are attached.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from image.runtime import demo
 from image.vm import qemu
 from tests.hosttools import need
 
+ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL = 60
 _logs: list[Path] = []
 
@@ -30,6 +32,16 @@ _logs: list[Path] = []
 def attach_logs(*paths: Path) -> None:
     """Show these logs (their tails) if the current test fails."""
     _logs.extend(paths)
+
+
+def package_changes(old_out: Path, new_out: Path) -> dict[str, Any]:
+    """What `./inv diff OLD NEW --json` says changed in the packages."""
+    result = subprocess.run([str(ROOT / "inv"), "diff", str(old_out), str(new_out), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    packages: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])["packages"]
+    return packages
 
 
 @pytest.hookimpl(hookwrapper=True)

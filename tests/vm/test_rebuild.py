@@ -25,19 +25,9 @@ from image.errors import ImageError
 from image.release import signatures, verify
 from image.source import fetch, mirror, standin
 from tests.fixtures.releasekeys import ReleaseKey
-from tests.vm.conftest import attach_logs, qemu_processes
+from tests.vm.conftest import attach_logs, package_changes, qemu_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def package_changes(old_out: Path, new_out: Path) -> dict[str, object]:
-    """What `./inv diff OLD NEW --json` says changed in the packages."""
-    result = subprocess.run([str(ROOT / "inv"), "diff", str(old_out), str(new_out), "--json"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    packages: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])["packages"]
-    return packages
 
 
 def _write_lock(build_out: Path, target: Path) -> None:
