@@ -18,6 +18,7 @@ Then, in order, each build with the caches the ones before it left:
   cold       no layer and no package cache (both emptied first)
   identical  the same inputs                    goal <= 0.10 of cold
   pip pin    six 1.16.0 -> 1.15.0 in the lock   goal <= 0.35
+             (full: its constraints' 1.17.0 -> 1.16.0)
   skill      one line added to a SKILL.md       goal <= 0.20
   apt        one apt package added (unlocked: a new package needs a new lock;
              every stage runs, so it costs about a cold build: --no-apt skips it)
@@ -44,7 +45,9 @@ from image.build import lockfile, output, packages, pipeline, skills, trust
 from image.source import fetch, mirror, standin, thirdparty
 
 GOALS = {"identical": 0.10, "pip pin": 0.35, "skill": 0.20}
-PIN_FROM, PIN_TO = "1.16.0", "1.15.0"
+# six, pure Python: at the version the profile's constraints give it, else 1.16.0;
+# the pin build moves it to the other of 1.16.0 / 1.15.0.
+SIX_DEFAULT, SIX_OTHER = "1.16.0", "1.15.0"
 TEST_SKILLS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "skills"
 
 
@@ -79,19 +82,29 @@ def add_list(lists: Path, profile: str, kind: str, names: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def bench_inputs(tmp: Path, profile: str) -> tuple[Path, Path, list[str]]:
-    """A copy of the package lists with one pip package, an extra skills folder, and
-    the apt packages added for pip (none if the profile has pip already)."""
+def six_versions(resolved: packages.Profile) -> tuple[str, str]:
+    """(six's version for the builds, the one the pin build moves it to)."""
+    pinned = [c.split("==", 1)[1] for c in resolved.pip_constraints
+              if lockfile.pip_key(c.split("==", 1)[0]) == "six"]  # fmt: skip
+    start = pinned[0] if pinned else SIX_DEFAULT
+    return start, SIX_OTHER if start == SIX_DEFAULT else SIX_DEFAULT
+
+
+def bench_inputs(tmp: Path, profile: str) -> tuple[Path, Path, list[str], tuple[str, str]]:
+    """A copy of the package lists with one pip package, an extra skills folder,
+    the apt packages added for pip (none if the profile has pip already), and
+    six's two versions."""
     lists = tmp / "package-lists"
     shutil.copytree(packages.PACKAGE_LISTS, lists)
-    has_pip = "python3-pip" in packages.resolve_profile(profile, lists, "debian").apt_packages
-    apt = [] if has_pip else ["python3-pip"]
+    resolved = packages.resolve_profile(profile, lists, "debian")
+    apt = [] if "python3-pip" in resolved.apt_packages else ["python3-pip"]
     if apt:
         add_list(lists, profile, "apt", apt)
-    add_list(lists, profile, "pip", [f"six=={PIN_FROM}"])
+    six = six_versions(resolved)
+    add_list(lists, profile, "pip", [f"six=={six[0]}"])
     skills_dir = tmp / "skills"
     shutil.copytree(TEST_SKILLS, skills_dir)
-    return lists, skills_dir, apt
+    return lists, skills_dir, apt, six
 
 
 def main() -> None:
@@ -116,7 +129,7 @@ def main() -> None:
     full = args.profile == "full"
     repo = thirdparty.ensure(base_cfg.cache_dir, (args.arch,)) if full else None
     tmp = Path(tempfile.mkdtemp(prefix="bench-rebuild-", dir=base_cfg.cache_dir))
-    lists, skills_dir, bench_apt = bench_inputs(tmp, args.profile)
+    lists, skills_dir, bench_apt, (_, six_to) = bench_inputs(tmp, args.profile)
     builds: list[dict[str, Any]] = []
     try:
         with mirror.serve_mirror({args.arch: image.path}, base_cfg.cache_dir,
@@ -158,7 +171,7 @@ def main() -> None:
             build("cold", lock)
             build("identical", lock)
             pinned = dataclasses.replace(lock, pip=tuple(
-                dataclasses.replace(p, version=PIN_TO) if p.name == "six" else p
+                dataclasses.replace(p, version=six_to) if p.name == "six" else p
                 for p in lock.pip))  # fmt: skip
             build("pip pin", pinned)
             skill_md = next(p for p in sorted(skills_dir.rglob("SKILL.md")))
