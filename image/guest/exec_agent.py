@@ -542,11 +542,13 @@ def signal_command(root: int, sig: int) -> None:
     runs in a session of its own below the launcher (runuser, sandbox-exec, bwrap):
     the signal goes to that session's process group, not to the launcher, which
     would end the sandbox instead (bwrap dies of SIGINT, --die-with-parent does the
-    rest). SIGKILL (kill, a timeout) goes to both: nothing is left.
+    rest). SIGKILL (kill, a timeout) goes to both, the command's own group first:
+    killed the other way round, the launcher could see its session die and exit
+    137 in between, and the host would hear of an exit, not a death by SIGKILL.
     """
     targets = _sessions_below(root)
     if sig == signal.SIGKILL or not targets:
-        targets.append(root)
+        targets.insert(0, root)
     for group in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
