@@ -43,6 +43,8 @@ SNAPSHOT_FIELDS = ("cpus", "memory", "arch", "accel", "cache_dir", "boot_timeout
         "accel": CONFIG_HELP["accel"],
         "cache_dir": CONFIG_HELP["cache_dir"],
         "timeout": "seconds until the guest must be ready",
+        "exec_transport": "how launches reach the exec agent: auto (vsock where this host "
+        "has /dev/vhost-vsock, else virtio-serial), vsock or virtio-serial",
         "json": CONFIG_HELP["json"],
     },
 )
@@ -50,7 +52,7 @@ def snapshot(
     c: Context, image: str, out: str | None = None, cpus: str | None = None,
     memory: str | None = None,
     arch: str | None = None, accel: str | None = None, cache_dir: str | None = None,
-    timeout: str | None = None, json: bool = False,
+    timeout: str | None = None, exec_transport: str = "auto", json: bool = False,
 ) -> None:  # fmt: skip
     """Boot a built image in the runtime shape until ready, and save the VM."""
     from image.runtime import snapshot as snap
@@ -68,7 +70,8 @@ def snapshot(
         built_for = snap.image_arch(image_path, resolved.config.arch,
                                     explicit=resolved.sources["arch"] != "default")  # fmt: skip
         cfg = dataclasses.replace(resolved.config, arch=built_for)
-        path, meta = snap.snapshot(cfg, image_path, target, timeout=seconds)
+        path, meta = snap.snapshot(cfg, image_path, target, timeout=seconds,
+                                   transport=exec_transport)  # fmt: skip
         console.log.info("snapshot: %s", snap.format_meta(meta))
         if json:
             console.print_json({"snapshot": str(path), **meta.__dict__})

@@ -412,7 +412,7 @@ def template_context(
             f"NODE_PATH={guest.NODE_PATH}",
         ],
         "proxy_environment": guestnet.guest_environment(),
-        "exec_service": guest.EXEC_SERVICE,
+        "exec_services": [guest.EXEC_SERVICE, guest.EXEC_VSOCK_SERVICE],
         "state_dir": STATE_DIR,
         "npm_record_path": NPM_RECORD_PATH,
         "rerun": False,

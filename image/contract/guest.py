@@ -35,6 +35,10 @@ NODE_PATH = "/usr/lib/node_modules"
 # port, the host's channel for commands (docs/exec.md).
 EXEC_PORT_NAME = "org.sandbox-image.exec.0"
 EXEC_SERVICE = "sandbox-image-exec.service"
+# Where the host has /dev/vhost-vsock, a snapshot's launches reach the agent over
+# vsock instead: a second instance serves this port (the host, CID 2, only).
+EXEC_VSOCK_PORT = 5200
+EXEC_VSOCK_SERVICE = "sandbox-image-exec-vsock.service"
 
 
 def sandbox_request(

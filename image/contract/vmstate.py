@@ -49,10 +49,13 @@ def device_hash(spec: qemu.VMSpec) -> str:
         if p
     }
     # The host end of the SSH forward (a build VM's) and the size of TCG's translation
-    # cache (a launch's, tb-size) are not guest-visible state.
+    # cache (a launch's, tb-size) are not guest-visible state. The vsock CID is, but
+    # each launch must have its own: the guest reads it anew after a migration
+    # (QEMU sends it a transport reset), so only the device's presence counts.
     normalized = [
         re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", "hostfwd=tcp:127.0.0.1:<port>-",
-               re.sub(r",tb-size=\d+", "", _strip_paths(a, paths)))
+               re.sub(r",tb-size=\d+", "",
+                      re.sub(r"guest-cid=\d+", "guest-cid=<cid>", _strip_paths(a, paths))))
         for a in argv
     ]  # fmt: skip
     return hashlib.sha256("\0".join(normalized).encode()).hexdigest()

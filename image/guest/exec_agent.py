@@ -2,8 +2,10 @@
 """sandbox-image exec agent: runs commands for the host over one channel, streaming.
 
 Started at boot in the guest (stdlib only, Python >= 3.10), it serves one host
-session at a time on a virtio-serial port (``--device``) or, for tests and other
-transports, a Unix socket (``--listen``). Per session, any number of processes:
+session at a time on a virtio-serial port (``--device``), on a vsock port
+(``--vsock``: a second instance, for hosts with vhost-vsock; only the host, CID 2,
+is served) or, for tests and other transports, a Unix socket (``--listen``).
+Per session, any number of processes:
 spawn (argv, env, cwd, pipes or a PTY, sandboxed through the launcher or not);
 their stdout and stderr stream back as produced; the host writes and closes stdin,
 sends signals (to the whole process group), resizes the PTY; each ends with an
@@ -646,13 +648,60 @@ def _serve_socket(path: Path, options: AgentOptions, once: bool) -> None:
     building.chmod(0o600)
     server.listen(1)
     building.replace(path)
+    serve_listener(server, options, once=once)
+
+
+def serve_listener(server: socket.socket, options: AgentOptions, *, once: bool = False,
+                   allowed: Any = None) -> None:  # fmt: skip
+    """One session per accepted connection, one after the other. ``allowed``: a
+    test of the peer's address; a connection it refuses is closed unserved."""
     while True:
-        conn, _ = server.accept()
+        conn, peer = server.accept()
         with conn:
+            if allowed is not None and not allowed(peer):
+                print(f"exec agent: a connection from {peer!r} refused", file=sys.stderr)
+                continue
             fd = conn.fileno()
             Session(fd, os.dup(fd), options).serve()
         if once:
             return
+
+
+def from_vsock_host(peer: Any) -> bool:
+    """A vsock peer is the host (CID 2): a process in this guest may reach a local
+    vsock listener too (the loopback transport), and must not run commands here."""
+    return isinstance(peer, tuple) and peer[0] == VMADDR_CID_HOST
+
+
+VMADDR_CID_HOST = 2
+VIRTIO_ID_VSOCK = 19  # the virtio device ID of a vsock device (virtio spec 5.10)
+
+
+def has_vsock_device(bus: Path = Path("/sys/bus/virtio/devices")) -> bool:
+    """Whether the VM has a virtio vsock device (the bus lists every device before
+    userspace starts: no wait for udev to load the transport)."""
+    for device in bus.glob("*/device"):
+        with contextlib.suppress(OSError, ValueError):
+            if int(device.read_text().strip(), 16) == VIRTIO_ID_VSOCK:
+                return True
+    return False
+
+
+def _serve_vsock(port: int, options: AgentOptions, bus: Path) -> int:
+    """A vsock port, where the host gave the VM a vhost-vsock device. Without one
+    there is nothing to serve: exit 0 (the unit stays down)."""
+    if not has_vsock_device(bus):
+        print("exec agent: this VM has no vsock device; nothing to serve", file=sys.stderr)
+        return 0
+    try:
+        server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        server.bind((socket.VMADDR_CID_ANY, port))
+        server.listen(1)
+    except (OSError, AttributeError) as exc:
+        print(f"exec agent: no vsock here ({exc}); nothing to serve", file=sys.stderr)
+        return 0
+    serve_listener(server, options, allowed=from_vsock_host)
+    return 0
 
 
 def _serve_device(path: Path, options: AgentOptions) -> None:
@@ -678,7 +727,11 @@ def main(argv: list[str] | None = None) -> int:
         "--device", type=Path, help="a virtio-serial port, e.g. /dev/virtio-ports/..."
     )
     where.add_argument("--listen", type=Path, help="a Unix socket to serve on")
+    where.add_argument("--vsock", type=int, metavar="PORT",
+                       help="a vsock port to serve the host (CID 2) on")  # fmt: skip
     parser.add_argument("--once", action="store_true", help="with --listen: one session, then exit")
+    parser.add_argument("--virtio-devices", type=Path, default=Path("/sys/bus/virtio/devices"),
+                        help="with --vsock: where the VM's virtio devices are listed")  # fmt: skip
     parser.add_argument("--launcher", default=SANDBOX_LAUNCHER, help="the sandbox launcher")
     parser.add_argument(
         "--profile-dir",
@@ -700,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     options = AgentOptions(args.launcher, args.profile_dir, args.seccomp_dir)
     if args.device:
         _serve_device(args.device, options)
+    elif args.vsock is not None:
+        return _serve_vsock(args.vsock, options, args.virtio_devices)
     else:
         _serve_socket(args.listen, options, args.once)
     return 0

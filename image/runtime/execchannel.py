@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from image.contract import guest
 from image.errors import ImageError
 from image.guest import channel
 
@@ -138,8 +139,41 @@ class ExecSession:
             sock.close()
             raise ChannelError(f"cannot reach the exec agent at {path}: {exc.strerror}",
                                hint="is the VM running with its exec port?") from None  # fmt: skip
+        return cls._greeted(sock, timeout)
+
+    @classmethod
+    def connect_vsock(cls, cid: int, port: int, timeout: float = 30.0) -> ExecSession:
+        """Connect over vsock to the agent on ``port`` of the guest with ``cid`` and
+        greet. Retried until ``timeout``: a guest just resumed with a new CID takes
+        a moment to hear of it (QEMU sends it a transport reset)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                sock.connect((cid, port))
+                break
+            except OSError as exc:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    why = exc.strerror or exc
+                    raise ChannelError(
+                        f"cannot reach the exec agent at vsock {cid}:{port}: {why}",
+                        hint="is the VM running with its vsock device, from an image "
+                        f"with {guest.EXEC_VSOCK_SERVICE}?",
+                    ) from None
+                time.sleep(0.05)
+        sock.settimeout(None)
+        return cls._greeted(sock, timeout)
+
+    @classmethod
+    def _greeted(cls, sock: socket.socket, timeout: float) -> ExecSession:
         session = cls(sock)
-        session.hello(timeout)
+        try:
+            session.hello(timeout)
+        except BaseException:
+            session.close()
+            raise
         return session
 
     def __enter__(self) -> ExecSession:

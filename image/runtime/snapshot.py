@@ -23,12 +23,13 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class SnapshotMeta:
     # True: QEMU's own `savevm` into the qcow2 images (what Lima offers; the bench's
     # other comparison); launches copy the disks and start with `-loadvm`.
     internal: bool = False
+    # How launches reach the exec agent: "virtio-serial" (QEMU's Unix socket) or
+    # "vsock" (the VM has a vhost-vsock device; each launch its own CID).
+    exec_transport: str = "virtio-serial"
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -217,14 +221,44 @@ def image_arch(image_path: Path, arch: str, *, explicit: bool) -> str:
 
 # Long on purpose: one VM's life from boot to saved state; QEMU stops with its `with`,
 # and any failure removes the staging directory before the work folder goes.
+TRANSPORTS = ("auto", "vsock", "virtio-serial")
+
+
+def exec_transport(asked: str) -> str:
+    """The exec channel's transport for a snapshot: vsock where this host can give
+    the VM a vsock device (the probe: qemu.vsock_available), else virtio-serial."""
+    if asked not in TRANSPORTS:
+        raise ImageError(f"unknown exec transport {asked!r}",
+                         hint=f"one of {', '.join(TRANSPORTS)}")  # fmt: skip
+    if asked == "virtio-serial":
+        return asked
+    why_not = qemu.vsock_available()
+    if why_not is None:
+        return "vsock"
+    if asked == "vsock":
+        raise ImageError(f"no vsock on this host ({why_not})",
+                         hint="load vhost_vsock (modprobe vhost_vsock), or use "
+                         "--exec-transport virtio-serial")  # fmt: skip
+    log.info("exec channel: virtio-serial (%s)", why_not)
+    return "virtio-serial"
+
+
+def new_vsock_cid() -> int:
+    """A guest CID for one VM: 3 .. 2**32 - 2 (0-2 are reserved, 2**32 - 1 is "any").
+    Random, so that concurrent launches do not meet; QEMU refuses a CID in use."""
+    return 3 + secrets.randbelow((1 << 32) - 4)
+
+
 def snapshot(
     cfg: BuildConfig, image_path: Path, out: Path, timeout: float | None = None,
-    ram_in_file: bool = True, internal: bool = False,
+    ram_in_file: bool = True, internal: bool = False, transport: str = "auto",
 ) -> tuple[Path, SnapshotMeta]:  # fmt: skip
     """Boot ``image_path`` in the runtime shape, wait until ready, save it into ``out``.
     ``ram_in_file=False`` is QEMU's plain way (RAM in the migration stream) and
-    ``internal=True`` its ``savevm``, both kept for bench/resume.py to compare against."""
+    ``internal=True`` its ``savevm``, both kept for bench/resume.py to compare against.
+    ``transport``: the exec channel's (exec_transport)."""
     ram_in_file = ram_in_file and not internal
+    transport = exec_transport(transport)
     if not image_path.is_file():
         raise ImageError(f"no image at {image_path}", hint="build one with ./inv build-image")
     if out.exists():
@@ -269,6 +303,8 @@ def snapshot(
             )  # fmt: skip
             if not ram_in_file:
                 spec = replace(spec, memory_file=None, internal_snapshots=internal)
+            if transport == "vsock":
+                spec = replace(spec, vsock_cid=new_vsock_cid())
         with qemu.VM(spec, work / "qemu.log") as vm, GuestAgent(spec.qga_socket) as agent:  # type: ignore[arg-type]
             with step("snapshot: boot to ready", timings):
                 try:
@@ -278,7 +314,7 @@ def snapshot(
                     raise
             with step("snapshot: exec agent", timings):
                 # Started at boot, it is up by now; an image without it fails here soon.
-                _exec_agent_ready(spec, EXEC_AGENT_TIMEOUT, vm.alive)
+                _exec_agent_ready(lambda: connect_exec(spec, 10), EXEC_AGENT_TIMEOUT, vm.alive)
             with step("snapshot: save", timings):
                 # Do now what every launch would otherwise pay for.
                 agent.exec(["/sbin/modprobe", "-a", "9p", "9pnet_virtio"], timeout=120)
@@ -306,6 +342,7 @@ def snapshot(
             sizes={p.name: p.stat().st_size for p in staging.iterdir()},
             ram_in_file=ram_in_file,
             internal=internal,
+            exec_transport=transport,
         )
         meta = replace(meta, files_sha256={
             n: sha256_file(staging / n) for n in meta.files if n != MEMORY})  # fmt: skip
@@ -404,13 +441,22 @@ class Launch:
 EXEC_AGENT_TIMEOUT = 180.0
 
 
-def _exec_agent_ready(spec: qemu.VMSpec, timeout: float, alive: Any) -> None:
-    """The exec agent answers and has run a command: it is warm when the VM is saved."""
+def connect_exec(spec: qemu.VMSpec, timeout: float) -> ExecSession:
+    """A session with the VM's exec agent: over vsock if the VM has a vsock
+    device, else over its virtio-serial port."""
+    if spec.vsock_cid is not None:
+        return ExecSession.connect_vsock(spec.vsock_cid, guest.EXEC_VSOCK_PORT, timeout)
     assert spec.exec_socket is not None
+    return ExecSession.connect(spec.exec_socket, timeout)
+
+
+def _exec_agent_ready(connect: Callable[[], ExecSession], timeout: float, alive: Any) -> None:
+    """The exec agent answers (on the transport launches will use) and has run a
+    command: it is warm when the VM is saved."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with ExecSession.connect(spec.exec_socket, timeout=10) as session:
+            with connect() as session:
                 # A sandboxed command, as launches run them: what it reads (bwrap,
                 # socat, the filters, the inner stage) is in the page cache when saved.
                 home = f"/home/{guest.AGENT_USER}"
@@ -489,6 +535,14 @@ def launch(
         )  # fmt: skip
         if not meta.ram_in_file:
             spec = replace(spec, memory_file=None, internal_snapshots=meta.internal)
+        if meta.exec_transport == "vsock":
+            why_not = qemu.vsock_available()
+            if why_not is not None:
+                raise ImageError(f"the snapshot reaches its exec agent over vsock, and this "
+                                 f"host has none ({why_not})",
+                                 hint="load vhost_vsock, or make the snapshot again here "
+                                 "(it picks virtio-serial)")  # fmt: skip
+            spec = replace(spec, vsock_cid=new_vsock_cid())
         check_compatible(meta, snapdir, spec)
         if meta.internal:
             spec = replace(spec, loadvm=INTERNAL_TAG)
@@ -503,8 +557,7 @@ def launch(
             if not meta.internal:
                 vm.resume_from(snapdir / STATE)
             timings["resume"] = round(time.monotonic() - start, 3)
-            assert spec.exec_socket is not None
-            with ExecSession.connect(spec.exec_socket, timeout=60) as channel:
+            with connect_exec(spec, 60) as channel:
                 timings["agent"] = round(time.monotonic() - start, 3)
                 hostname = options.hostname or f"sandbox-{uuid.uuid4().hex[:8]}"
                 channel.personalize(**personalize_request(hostname, options.share_readonly))

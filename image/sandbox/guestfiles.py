@@ -57,6 +57,20 @@ RestartSec=1
 [Install]
 WantedBy=multi-user.target
 """.encode()
+# The same agent on vsock (launches from a snapshot made where the host has
+# vhost-vsock); it exits at once, and stays down, in a guest without vsock.
+EXEC_VSOCK_UNIT = f"/etc/systemd/system/{guest.EXEC_VSOCK_SERVICE}"
+_EXEC_VSOCK_UNIT_TEXT = f"""[Unit]
+Description=sandbox-image exec agent on vsock (docs/exec.md)
+
+[Service]
+ExecStart=/usr/bin/python3 -I {LIB_DIR}/exec_agent.py --vsock {guest.EXEC_VSOCK_PORT}
+Restart=on-failure
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+""".encode()
 
 
 # Yama's "restricted" scope: a process may ptrace (and open /proc/PID/mem of) only
@@ -76,6 +90,7 @@ def guest_files(arch: str) -> dict[str, bytes]:
         IN_VM_MARKER: _IN_VM_TEXT,
         SYSCTL_FILE: _SYSCTL_TEXT,
         EXEC_UNIT: _EXEC_UNIT_TEXT,
+        EXEC_VSOCK_UNIT: _EXEC_VSOCK_UNIT_TEXT,
     }
     for module in GUEST_MODULES:
         files[f"{LIB_DIR}/{module}"] = (GUEST_DIR / module).read_bytes()

@@ -38,6 +38,9 @@ EXEC_PORT_NAME = GUEST_EXEC_PORT
 SERIAL_TAIL_LINES = 40
 SERIAL_TAIL_BYTES = 256 << 10  # what serial_tail reads of the log's end, at most
 SAVE_BANDWIDTH = 64 << 30  # bytes/s: no limit in practice
+# The host's vsock device: with it, a VM gets a vhost-vsock-pci device and the host
+# reaches the guest's exec agent over AF_VSOCK (VMSpec.vsock_cid).
+VHOST_VSOCK = Path("/dev/vhost-vsock")
 
 
 # QEMU's seccomp filter, on for every VM. QEMU runs as root when the toolkit
@@ -125,7 +128,22 @@ class VMSpec:
     internal_snapshots: bool = False
     loadvm: str | None = None  # the internal snapshot to start from (-loadvm)
     disk_cache: str = "writeback"
+    # A vhost-vsock-pci device with this guest CID (>= 3; unique on the host while
+    # the VM runs). Guest-visible, but each launch gives its own: see vmstate.device_hash.
+    vsock_cid: int | None = None
     extra: tuple[str, ...] = field(default=())
+
+
+def vsock_available(device: Path | None = None) -> str | None:
+    """None if this host can give a VM a vsock device, else why not (the probe
+    that picks the exec channel's transport for a snapshot)."""
+    device = device or VHOST_VSOCK
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{device}: {exc.strerror}"
+    os.close(fd)
+    return None
 
 
 def machine_args(arch: str, accel: Sequence[str]) -> list[str]:
@@ -207,6 +225,8 @@ def qemu_argv(spec: VMSpec) -> list[str]:
             "-chardev", f"socket,id=exec0,path={spec.exec_socket},server=on,wait=off",
             "-device", f"virtserialport,bus=vser0.0,chardev=exec0,name={EXEC_PORT_NAME}",
         ]  # fmt: skip
+    if spec.vsock_cid is not None:
+        argv += ["-device", f"vhost-vsock-pci,id=vsock0,guest-cid={spec.vsock_cid}"]
     shares = ([spec.share] if spec.share is not None else []) + list(spec.shares)
     for number, shared in enumerate(shares):
         ro = ",readonly=on" if shared.readonly else ""

@@ -341,3 +341,52 @@ def test_the_agent_killed_mid_command_is_a_clear_error(
         proc.wait(30)
     with pytest.raises(ChannelError):
         guest.run(["true"], timeout=5)
+
+
+def test_a_listener_serves_only_peers_it_allows_and_the_vsock_agent_only_the_host(
+    tmp_path: Path,
+) -> None:
+    """The agent's listener (the vsock transport's, on a Unix socket here: a test may
+    not open vsock connections, which would reach this machine's hypervisor): a
+    refused peer gets no session; the next, allowed, is served as on any transport."""
+    from image.guest import exec_agent
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "agent.sock"))
+    server.listen(1)
+    verdicts = iter([False, True])
+    options = exec_agent.AgentOptions("/bin/false", None, None)
+    serving = threading.Thread(target=exec_agent.serve_listener, args=(server, options),
+                               kwargs={"once": True, "allowed": lambda _peer: next(verdicts)},
+                               daemon=True)  # fmt: skip
+    serving.start()
+    with pytest.raises(ChannelError, match="closed the channel|connection failed"):
+        ExecSession.connect(tmp_path / "agent.sock", timeout=10)  # closed, never greeted
+    with ExecSession.connect(tmp_path / "agent.sock", timeout=10) as session:
+        assert session.run(["echo", "served"], timeout=30).stdout == b"served\n"
+    serving.join(10)
+    assert not serving.is_alive()
+    server.close()
+    # vsock: the host is CID 2; a process in the guest itself (loopback) is not.
+    assert exec_agent.from_vsock_host((2, 40000))
+    assert not exec_agent.from_vsock_host((1, 40000)) and not exec_agent.from_vsock_host((7, 1))
+    assert not exec_agent.from_vsock_host("/some/unix/peer")
+
+
+def test_the_vsock_agent_serves_only_a_vm_with_a_vsock_device(tmp_path: Path) -> None:
+    from image.guest import exec_agent
+
+    bus = tmp_path / "devices"
+    for name, device_id in (("virtio0", "0x0001"), ("virtio1", "0x0003")):
+        (bus / name).mkdir(parents=True)
+        (bus / name / "device").write_text(f"{device_id}\n")
+    assert not exec_agent.has_vsock_device(bus)
+    (bus / "virtio2").mkdir()
+    (bus / "virtio2" / "device").write_text("0x0013\n")  # virtio-vsock
+    assert exec_agent.has_vsock_device(bus)
+    # Started in a VM without one (the bus above): exit 0 at once, nothing listens.
+    (bus / "virtio2" / "device").write_text("0x0001\n")
+    done = subprocess.run([sys.executable, str(AGENT), "--vsock", "5200", "--virtio-devices",
+                           str(bus)], capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0 and "no vsock device" in done.stderr

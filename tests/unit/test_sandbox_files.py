@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from image.contract import guest
 from image.guest import bwrap_profile
 from image.sandbox import guestfiles, seccomp
 
@@ -28,6 +29,7 @@ def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
             "/usr/local/lib/sandbox-image/exec_agent.py",
             "/usr/local/lib/sandbox-image/channel.py",
             "/etc/systemd/system/sandbox-image-exec.service",
+            "/etc/systemd/system/sandbox-image-exec-vsock.service",
             "/etc/sandbox-image/bwrap/agent.json",
             "/etc/sandbox-image/in-vm",
             "/etc/sysctl.d/60-sandbox-image.conf",
@@ -63,6 +65,12 @@ def test_the_exec_agent_starts_at_boot_on_its_port() -> None:
     assert ("ExecStart=/usr/bin/python3 -I /usr/local/lib/sandbox-image/exec_agent.py "
             "--device /dev/virtio-ports/org.sandbox-image.exec.0\n") in text  # fmt: skip
     assert "Restart=always" in text and "WantedBy=multi-user.target" in text
+    # Its vsock twin: the same agent, for snapshots made where the host has vhost-vsock.
+    vsock = guestfiles.guest_files("amd64")["/etc/systemd/system/sandbox-image-exec-vsock.service"]
+    assert ("ExecStart=/usr/bin/python3 -I /usr/local/lib/sandbox-image/exec_agent.py "
+            f"--vsock {guest.EXEC_VSOCK_PORT}\n") in vsock.decode()  # fmt: skip
+    # Exit 0 in a VM without vsock is the end of it; a crash is restarted.
+    assert "Restart=on-failure" in vsock.decode()
 
 
 def test_guest_paths_match_the_launcher_defaults() -> None:

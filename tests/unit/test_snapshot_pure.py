@@ -171,3 +171,38 @@ def test_a_file_that_is_not_a_qcow2_image_is_refused(tmp_path: Path, content: by
         snapshot.image_arch(path, "amd64", explicit=False)
     with pytest.raises(ImageError, match="no image at"):
         snapshot.image_arch(tmp_path / "absent.qcow2", "amd64", explicit=False)
+
+
+def test_a_vsock_device_is_in_the_device_set_and_each_launch_has_its_own_cid(
+    tmp_path: Path,
+) -> None:
+    plain = _spec(tmp_path)
+    snap = replace(plain, vsock_cid=snapshot.new_vsock_cid())
+    launch = replace(plain, vsock_cid=snapshot.new_vsock_cid())
+    argv = qemu.qemu_argv(launch)
+    assert argv[argv.index("vhost-vsock-pci,id=vsock0," f"guest-cid={launch.vsock_cid}") - 1] == (
+        "-device")  # fmt: skip
+    assert not any("vhost-vsock" in a for a in qemu.qemu_argv(plain))
+    # The CID is each launch's own; whether there is a vsock device at all is not.
+    assert vmstate.device_hash(snap) == vmstate.device_hash(launch)
+    assert vmstate.device_hash(snap) != vmstate.device_hash(plain)
+    cids = {snapshot.new_vsock_cid() for _ in range(1000)}
+    assert len(cids) > 990 and min(cids) >= 3 and max(cids) <= (1 << 32) - 2
+
+
+def test_the_exec_transport_is_vsock_where_the_host_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qemu, "VHOST_VSOCK", tmp_path / "vhost-vsock")
+    why = qemu.vsock_available()
+    assert why is not None and "No such file" in why
+    assert snapshot.exec_transport("auto") == "virtio-serial"
+    with pytest.raises(ImageError, match="no vsock on this host") as refused:
+        snapshot.exec_transport("vsock")
+    assert "virtio-serial" in (refused.value.hint or "")
+    (tmp_path / "vhost-vsock").write_bytes(b"")  # opens read-write: what the probe asks
+    assert qemu.vsock_available() is None
+    assert snapshot.exec_transport("auto") == snapshot.exec_transport("vsock") == "vsock"
+    assert snapshot.exec_transport("virtio-serial") == "virtio-serial"
+    with pytest.raises(ImageError, match="unknown exec transport"):
+        snapshot.exec_transport("tcp")
