@@ -360,7 +360,7 @@ def test_a_listener_serves_only_peers_it_allows_and_the_vsock_agent_only_the_hos
                                kwargs={"once": True, "allowed": lambda _peer: next(verdicts)},
                                daemon=True)  # fmt: skip
     serving.start()
-    with pytest.raises(ChannelError, match="closed the channel|connection failed"):
+    with pytest.raises(ChannelError, match=r"closed the channel|connection failed"):
         ExecSession.connect(tmp_path / "agent.sock", timeout=10)  # closed, never greeted
     with ExecSession.connect(tmp_path / "agent.sock", timeout=10) as session:
         assert session.run(["echo", "served"], timeout=30).stdout == b"served\n"
