@@ -7,7 +7,9 @@ only a local index has). The first fills the package cache from Debian's archive
 PEP 503 index on loopback. The second, with no cache, installs everything from an
 apt-ftparchive archive made of what the first downloaded, signed by its own key,
 and the index: every connection it made went to those two servers, and the records
-say so without credentials.
+say so without credentials. Then locked builds of the same profile: a pip pin
+changed re-runs only the libraries stage on the earlier lock's layer, and equals
+a cold build of the changed lock.
 """
 
 from __future__ import annotations
