@@ -44,7 +44,7 @@ import jinja2
 import yaml
 
 from image import run
-from image.build import lockfile, packagecache, packages, trust
+from image.build import lockfile, manifest, packagecache, packages, trust
 from image.build import skills as skills_folder
 from image.contract import guest
 from image.egress import guestnet
@@ -416,6 +416,7 @@ def template_context(
         "state_dir": STATE_DIR,
         "npm_record_path": NPM_RECORD_PATH,
         "rerun": False,
+        "pip_prefixes": manifest.PIP_PREFIXES_PY,  # what the manifest and a lock count
         "rerun_pip_file": RERUN_PIP_FILE,
         "rerun_npm_file": RERUN_NPM_FILE,
         "marker_command": marker_command(inputs),

@@ -45,10 +45,13 @@ DPKG_QUERY = (
     "dpkg-query -W -f='${db:Status-Abbrev}\\t${binary:Package}\\t${Version}\\t${Architecture}\\n'"
 )
 # Only what pip put on the system (/usr/local, /opt): Debian's python3-* are in dpkg already.
+# The libraries stage's re-run counts the same (cloud-init/stage-libraries.sh.j2).
+PIP_PREFIXES = ("/usr/local/", "/opt/")
+PIP_PREFIXES_PY = "(" + ", ".join(f'"{p}"' for p in PIP_PREFIXES) + ")"  # no single quote
 PIP_QUERY = (
     "python3 -c 'import importlib.metadata as m, json; print(json.dumps(sorted("
     '{(d.metadata["Name"], d.version) for d in m.distributions() '
-    'if str(d.locate_file("")).startswith(("/usr/local/", "/opt/"))})))\''
+    f'if str(d.locate_file("")).startswith({PIP_PREFIXES_PY})}})))\''
 )
 NPM_QUERY = "if command -v npm >/dev/null; then npm ls -g --json --depth=0; else echo '{}'; fi"
 
