@@ -315,9 +315,8 @@ def commit(layer: Layer, cache_dir: Path, below: Path | None = None) -> Path | N
         # Its disk is an overlay on the layer it was re-run on: the blocks it
         # still reads from there are copied in, so that it needs only the layer
         # below, as any layer of its stage.
-        assert meta.parent is not None
-        base = below or layer_path(cache_dir, meta.slot, meta.parent["stage"], meta.parent["key"])
-        qemu.rebase_overlay(layer.path / DISK, base / DISK, copy=True)
+        assert below is not None, "a re-run layer is kept after the layer below it"
+        qemu.rebase_overlay(layer.path / DISK, below / DISK, copy=True)
     elif below is not None:
         qemu.rebase_overlay(layer.path / DISK, below / DISK)
     for name in (*FILES, META):
