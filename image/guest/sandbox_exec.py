@@ -11,12 +11,14 @@ outer (outside the sandbox)
     reads the profile, starts one socat per proxy bridge that listens on a Unix
     socket in a private session directory and forwards to the VM's proxy, and runs
     bwrap with the profile's options, the first filter passed by file descriptor
-    (``--seccomp FD``), and this file's inner stage as the command.
-inner (pid 2 inside the namespaces, already under the first filter)
+    (``--seccomp FD``), and the inner stage as the command.
+inner (``sandbox_inner.py``: pid 2 inside the namespaces, already under the first filter)
     starts the in-sandbox half of each bridge (socat: TCP 127.0.0.1:PORT -> the
     bound Unix socket), waits until it listens, loads the second filter itself
     (no-new-privs + PR_SET_SECCOMP) and execs CMD. The bridge started before that
-    filter, so it keeps AF_UNIX; CMD and everything it starts cannot make one.
+    filter, so it keeps AF_UNIX; CMD and everything it starts cannot make one. It is
+    a module of its own, importing next to nothing, because its interpreter starts
+    once per command.
 
 Exit status: CMD's own; 128+N when CMD died of signal N (bwrap reports it so);
 125 when the launcher itself failed, 126/127 when CMD could not be executed.
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import ipaddress
 import json
@@ -44,15 +45,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, NoReturn
+from typing import IO
 
 if __package__:
-    from image.guest import bwrap_profile
+    from image.guest import bwrap_profile, sandbox_inner
     from image.guest.bwrap_profile import Profile
-else:  # installed in the VM or run as a script: the module sits next to this file
+else:  # installed in the VM or run as a script: the modules sit next to this file
     # (python -I leaves the script's directory off sys.path, so put it there).
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bwrap_profile  # type: ignore[import-not-found,no-redef]
+    import sandbox_inner  # type: ignore[import-not-found,no-redef]
     from bwrap_profile import Profile  # type: ignore[no-redef]
 
 PROFILE_DIR = Path("/etc/sandbox-image/bwrap")
@@ -62,108 +64,22 @@ PROFILE_DIR = Path("/etc/sandbox-image/bwrap")
 # lead to loopback or a Unix socket only (./inv sandbox-run passes --bridge).
 IN_VM_MARKER = Path("/etc/sandbox-image/in-vm")
 SECCOMP_DIR = Path("/usr/local/lib/sandbox-image/seccomp")
-# This file's directory is bound read-only here, so the inner stage runs the same code
-# whether the launcher is installed under /usr (VM) or lives in a checkout (host).
+# A private copy of the inner stage's module is bound read-only here, so it runs the same
+# code whether the launcher is installed under /usr (VM) or lives in a checkout (host).
 INNER_DIR = "/run/sandbox-exec"
 # Only for --print-argv: the real run passes whatever number the memfd got.
 SECCOMP_FD = 3
 
-EXIT_LAUNCHER = 125
-EXIT_NOT_EXECUTABLE = 126
-EXIT_NOT_FOUND = 127
-
-# Bounded waits: a bridge that is not up in this time will not come up. Generous,
-# because an arm64 guest under TCG starts socat tens of times slower than native.
-READY_TIMEOUT = 30.0
-READY_POLL = 0.005
-
-PR_SET_PDEATHSIG = 1
-PR_SET_SECCOMP = 22
-PR_SET_NO_NEW_PRIVS = 38
-SECCOMP_MODE_FILTER = 2
-BPF_INSTRUCTION_SIZE = 8
-# Landlock (same numbers on x86_64 and aarch64; Linux >= 5.13, ABI 1 suffices).
-SYS_LANDLOCK_CREATE_RULESET = 444
-SYS_LANDLOCK_RESTRICT_SELF = 446
-# Rights the domain handles and never grants: making char and block device nodes.
-LANDLOCK_ACCESS_FS_MAKE_CHAR = 1 << 6
-LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
-
-
-class LauncherError(Exception):
-    """The launcher cannot do its job; the message says what to do about it."""
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [
-        ctypes.c_int,
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-    ]
-    libc.prctl.restype = ctypes.c_int
-    return libc
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [
-        ("code", ctypes.c_uint16),
-        ("jt", ctypes.c_uint8),
-        ("jf", ctypes.c_uint8),
-        ("k", ctypes.c_uint32),
-    ]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def load_seccomp(program: bytes) -> None:
-    """Install a compiled filter on this thread (and whatever it execs), like bwrap does."""
-    if not program or len(program) % BPF_INSTRUCTION_SIZE:
-        raise LauncherError(f"a seccomp program of {len(program)} bytes is not BPF")
-    count = len(program) // BPF_INSTRUCTION_SIZE
-    instructions = (_SockFilter * count).from_buffer_copy(program)
-    fprog = _SockFprog(count, instructions)
-    libc = _libc()
-    # no-new-privs is already set by bwrap; setting it again is harmless and makes
-    # this function correct on its own (the kernel demands it for unprivileged filters).
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise LauncherError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        raise LauncherError(f"prctl(PR_SET_SECCOMP) failed: {os.strerror(ctypes.get_errno())}")
-
-
-def enter_landlock_domain() -> bool:
-    """Put this process (and what it execs) in a Landlock domain of its own.
-
-    Landlock lets a process in a domain ptrace-access (``/proc/PID/mem``,
-    ``pidfd_getfd``, process_vm_*) only processes in the same or a nested domain:
-    bwrap's init and the bridges, started before, are outside it and out of reach,
-    whatever the ptrace scope of the kernel. The domain handles only the making of
-    device nodes, which it refuses; nothing else about files changes. Returns False
-    where the kernel has no Landlock (then Yama's ptrace scope, which the image sets,
-    is what stands between the command and the bridges).
-    """
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
-    handled = ctypes.c_uint64(LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_BLOCK)
-    fd = libc.syscall(
-        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
-        ctypes.byref(handled),
-        ctypes.c_size_t(ctypes.sizeof(handled)),
-        ctypes.c_uint32(0),
-    )
-    if fd < 0:
-        return False  # ENOSYS / EOPNOTSUPP: not built in or not enabled
-    try:
-        if libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(fd), 0) != 0:
-            raise LauncherError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)
-    return True
+# The inner stage's own (it runs alone inside the sandbox); the outer stage shares them.
+LauncherError = sandbox_inner.LauncherError
+load_seccomp = sandbox_inner.load_seccomp
+enter_landlock_domain = sandbox_inner.enter_landlock_domain
+EXIT_LAUNCHER = sandbox_inner.EXIT_LAUNCHER
+EXIT_NOT_EXECUTABLE = sandbox_inner.EXIT_NOT_EXECUTABLE
+EXIT_NOT_FOUND = sandbox_inner.EXIT_NOT_FOUND
+READY_TIMEOUT = sandbox_inner.READY_TIMEOUT
+READY_POLL = sandbox_inner.READY_POLL
+INNER_MODULE = "sandbox_inner.py"
 
 
 # --- pure builders -------------------------------------------------------------------
@@ -179,17 +95,11 @@ def sandbox_env(profile: Profile, environ: Mapping[str, str]) -> list[tuple[str,
     return sorted(env.items())
 
 
-def inner_config(profile: Profile, launcher_filters: Sequence[bytes]) -> str:
-    return json.dumps(
-        {
-            "bridges": [
-                {"port": b.port, "socket": f"{profile.bridge_dir}/{b.socket_name()}"}
-                for b in profile.bridges
-            ],
-            "filters": [f.hex() for f in launcher_filters],
-        },
-        sort_keys=True,
-        separators=(",", ":"),
+def inner_args(profile: Profile, launcher_filters: Sequence[bytes]) -> list[str]:
+    """The inner stage's arguments: the bound sockets it bridges to and the second filters."""
+    return sandbox_inner.inner_args(
+        [(b.port, f"{profile.bridge_dir}/{b.socket_name()}") for b in profile.bridges],
+        launcher_filters,
     )
 
 
@@ -201,7 +111,7 @@ def bwrap_argv(
     launcher_dir: Path,
     session_dir: Path | None,
     seccomp_fd: int | None,
-    config: str,
+    inner: Sequence[str],
     cmd: Sequence[str],
     environ: Mapping[str, str],
 ) -> list[str]:
@@ -217,10 +127,10 @@ def bwrap_argv(
     argv += [
         "--",
         profile.python,
-        "-I",
-        f"{INNER_DIR}/sandbox_exec.py",
-        "--inner",
-        config,
+        "-I",  # nothing from the environment or the caller's directories
+        "-S",  # no site-packages: the inner stage needs only the standard library
+        f"{INNER_DIR}/{INNER_MODULE}",
+        *inner,
         "--",
         *cmd,
     ]
@@ -236,21 +146,13 @@ def outer_bridge_argv(socat: str, bridge: bwrap_profile.Bridge, session_dir: Pat
     ]
 
 
-def inner_bridge_argv(socat: str, port: int, socket_path: str) -> list[str]:
-    return [
-        socat,
-        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-        f"UNIX-CONNECT:{socket_path}",
-    ]
-
-
 # --- the outer stage -----------------------------------------------------------------
 
 
 def _die_with_us() -> None:
     # Runs in the child between fork and exec: if the launcher is killed outright, the
     # kernel stops the bridge too, so nothing outlives a session.
-    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    sandbox_inner.open_libc().prctl(sandbox_inner.PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @contextlib.contextmanager
@@ -322,7 +224,7 @@ class Prepared:
     profile: Profile
     first: tuple[bytes, ...]
     second: tuple[bytes, ...]
-    launcher_dir: Path  # a private copy of this file and its module, for the inner stage
+    launcher_dir: Path  # a private copy of the inner stage's module
 
 
 def prepare(profile: Profile, seccomp_dir: Path, staging: Path) -> Prepared:
@@ -335,7 +237,7 @@ def prepare(profile: Profile, seccomp_dir: Path, staging: Path) -> Prepared:
     second = tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher)
     launcher_dir = staging / "launcher"
     launcher_dir.mkdir()
-    for module in ("sandbox_exec.py", "bwrap_profile.py"):
+    for module in (INNER_MODULE,):
         shutil.copyfile(Path(__file__).resolve().parent / module, launcher_dir / module)
         (launcher_dir / module).chmod(0o644)
     launcher_dir.chmod(0o755)
@@ -425,7 +327,7 @@ def run_sandbox(
             launcher_dir=prepared.launcher_dir,
             session_dir=session_dir,
             seccomp_fd=fds[0] if fds else None,
-            config=inner_config(profile, prepared.second),
+            inner=inner_args(profile, prepared.second),
             cmd=cmd,
             environ=os.environ,
         )
@@ -451,61 +353,6 @@ def _wait_forwarding_signals(proc: subprocess.Popen[bytes]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 - code if code < 0 else code
-
-
-# --- the inner stage -----------------------------------------------------------------
-
-
-def _listening(port: int) -> bool:
-    """Is something listening on 127.0.0.1:port in this network namespace?"""
-    want = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == want and fields[3] == "0A":  # 0A = TCP_LISTEN
-            return True
-    return False
-
-
-def _start_detached(argvs: Sequence[Sequence[str]]) -> None:
-    """Start the inner bridges as grandchildren, so pid 1 (bwrap's init) adopts them.
-
-    CMD replaces this process; were the bridges its children, a shell's bare `wait`
-    would wait for them forever.
-    """
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-            for argv in argvs:
-                subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-
-
-def inner_main(config_text: str, cmd: Sequence[str]) -> NoReturn:
-    config = json.loads(config_text)
-    bridges = config["bridges"]
-    if bridges:
-        socat = _which("socat", "the image needs socat")
-        _start_detached([inner_bridge_argv(socat, b["port"], b["socket"]) for b in bridges])
-        _wait_for(lambda: all(_listening(b["port"]) for b in bridges), "the proxy bridge")
-    enter_landlock_domain()
-    for program in config["filters"]:
-        load_seccomp(bytes.fromhex(program))
-    try:
-        os.execvp(cmd[0], list(cmd))
-    except FileNotFoundError:
-        print(f"sandbox-exec: {cmd[0]}: command not found", file=sys.stderr)
-        os._exit(EXIT_NOT_FOUND)
-    except OSError as exc:
-        print(f"sandbox-exec: {cmd[0]}: {exc.strerror}", file=sys.stderr)
-        os._exit(EXIT_NOT_EXECUTABLE)
 
 
 # --- the self-test -------------------------------------------------------------------
@@ -709,7 +556,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the bwrap argv as JSON instead of running it",
     )
-    parser.add_argument("--inner", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
     return parser
 
@@ -760,10 +606,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd[:1] == ["--"]:
         cmd = cmd[1:]
     try:
-        if args.inner is not None:
-            if not cmd:
-                raise LauncherError("no command given")
-            inner_main(args.inner, cmd)
         profile = _load_profile(args.profile, args.profile_dir)
         profile = with_bridges(profile, args.bridge, IN_VM_MARKER.exists())
         if args.terminal:
@@ -781,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         launcher_dir=Path("/SESSION/launcher"),
                         session_dir=Path("/SESSION/bridges"),
                         seccomp_fd=SECCOMP_FD if profile.seccomp_bwrap else None,
-                        config=inner_config(profile, []),
+                        inner=inner_args(profile, []),
                         cmd=cmd,
                         environ=os.environ,
                     )

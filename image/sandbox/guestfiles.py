@@ -41,7 +41,9 @@ import sandbox_exec  # noqa: E402
 sys.exit(sandbox_exec.main())
 '''
 
-GUEST_MODULES = ("sandbox_exec.py", "bwrap_profile.py", "exec_agent.py", "channel.py")
+GUEST_MODULES = (
+    "sandbox_exec.py", "sandbox_inner.py", "bwrap_profile.py", "exec_agent.py", "channel.py",
+)  # fmt: skip
 
 # The exec agent, started at boot; it waits for its port (the build VM has none).
 _EXEC_DEVICE = f"/dev/virtio-ports/{guest.EXEC_PORT_NAME}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from image.errors import ImageError
-from image.guest import bwrap_profile, sandbox_exec
+from image.guest import bwrap_profile, sandbox_exec, sandbox_inner
 from image.guest.bwrap_profile import Bind, Bridge, CapDrop, Flag, Mount, ProfileError, Symlink
 from image.sandbox import bwrap
 
@@ -92,7 +93,7 @@ def test_launcher_argv_for_the_agent_profile_uses_only_bwrap_061_options() -> No
         launcher_dir=Path("/l"),
         session_dir=Path("/s"),
         seccomp_fd=5,
-        config="{}",
+        inner=[],
         cmd=["true"],
         environ={},
     )
@@ -118,7 +119,7 @@ def test_bwrap_argv_is_exact() -> None:
         launcher_dir=Path("/opt/launcher"),
         session_dir=Path("/tmp/sandbox-exec.x"),
         seccomp_fd=7,
-        config='{"c":1}',
+        inner=["--bridge", "3128:/x.sock"],
         cmd=["sh", "-c", "echo hi"],
         environ={"TERM": "xterm", "SECRET": "s3cr3t"},
     )
@@ -155,9 +156,10 @@ def test_bwrap_argv_is_exact() -> None:
         "--",
         "/usr/bin/python3",
         "-I",
-        "/run/sandbox-exec/sandbox_exec.py",
-        "--inner",
-        '{"c":1}',
+        "-S",
+        "/run/sandbox-exec/sandbox_inner.py",
+        "--bridge",
+        "3128:/x.sock",
         "--",
         "sh",
         "-c",
@@ -166,14 +168,36 @@ def test_bwrap_argv_is_exact() -> None:
     assert "s3cr3t" not in argv
 
 
-def test_inner_config_names_the_bound_sockets_and_carries_the_second_filter() -> None:
+def test_inner_args_name_the_bound_sockets_and_carry_the_second_filter() -> None:
     profile = bwrap_profile.load_document(
         "t", _minimal(bridges=[{"name": "http", "port": 3128, "connect": "tcp:10.0.2.2:3128"}])
     )
-    assert sandbox_exec.inner_config(profile, [b"\x06\x00\x00\x00\x00\x00\xff\x7f"]) == (
-        '{"bridges":[{"port":3128,"socket":"/run/sandbox-bridge/http.sock"}],'
-        '"filters":["060000000000ff7f"]}'
-    )
+    bpf = b"\x06\x00\x00\x00\x00\x00\xff\x7f"
+    args = sandbox_exec.inner_args(profile, [bpf])
+    assert args == [
+        "--bridge", "3128:/run/sandbox-bridge/http.sock", "--filter", "060000000000ff7f",
+    ]  # fmt: skip
+    # and the inner stage reads back exactly that, the command untouched
+    assert sandbox_inner.parse_args([*args, "--", "sh", "-c", "--filter x"]) == (
+        [(3128, "/run/sandbox-bridge/http.sock")], [bpf], ["sh", "-c", "--filter x"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--bridge", "http:/x.sock", "--", "true"], "bad argument --bridge 'http:/x.sock'"),
+        (["--filter", "zz", "--", "true"], "bad argument --filter 'zz'"),
+        (["--config", "{}", "--", "true"], "bad argument --config"),
+        (["--filter", "00"], "no command given"),
+        (["--"], "no command given"),
+    ],
+)
+def test_the_inner_stage_refuses_arguments_it_did_not_get_from_the_launcher(
+    argv: list[str], problem: str
+) -> None:
+    with pytest.raises(sandbox_inner.LauncherError, match=re.escape(problem)):
+        sandbox_inner.parse_args(argv)
 
 
 def test_bridge_argv_on_both_sides() -> None:
@@ -183,7 +207,7 @@ def test_bridge_argv_on_both_sides() -> None:
         "UNIX-LISTEN:/tmp/s/socks.sock,fork,unlink-early",
         "TCP:10.0.2.2:1080",
     ]
-    assert sandbox_exec.inner_bridge_argv("socat", 1080, "/run/sandbox-bridge/socks.sock") == [
+    assert sandbox_inner.bridge_argv("socat", 1080, "/run/sandbox-bridge/socks.sock") == [
         "socat",
         "TCP-LISTEN:1080,bind=127.0.0.1,reuseaddr,fork",
         "UNIX-CONNECT:/run/sandbox-bridge/socks.sock",

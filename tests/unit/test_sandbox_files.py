@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def test_guest_files_hold_the_launcher_profiles_and_that_arch_s_filters(
         [
             "/usr/local/bin/sandbox-exec",
             "/usr/local/lib/sandbox-image/sandbox_exec.py",
+            "/usr/local/lib/sandbox-image/sandbox_inner.py",
             "/usr/local/lib/sandbox-image/bwrap_profile.py",
             "/usr/local/lib/sandbox-image/exec_agent.py",
             "/usr/local/lib/sandbox-image/channel.py",
@@ -91,7 +93,24 @@ def test_guest_code_parses_as_python_3_10_and_imports_only_the_stdlib(path: Path
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     # The sibling modules (the launcher's, the exec agent's), host or guest layout.
-    ours = {"image", "bwrap_profile", "channel", "sandbox_exec"}
+    ours = {"image", "bwrap_profile", "channel", "sandbox_exec", "sandbox_inner"}
     assert imported - ours <= set(sys.stdlib_module_names)
     for name in ("tomllib", "typing_extensions"):  # 3.11+ or not stdlib
         assert name not in imported
+
+
+@pytest.mark.allow_subprocess
+def test_the_inner_stage_starts_without_the_heavy_modules() -> None:
+    """The inner stage's interpreter starts once per sandboxed command: what it imports
+    is part of every command's latency. Loaded as bwrap runs it (-I -S)."""
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import sandbox_inner; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, str(guestfiles.GUEST_DIR)],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert "sandbox_inner" in out and "ctypes" in out
+    heavy = {"typing", "subprocess", "json", "argparse", "pathlib", "re", "shutil", "site"}
+    assert heavy.isdisjoint(out), sorted(heavy.intersection(out))
