@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -95,11 +95,15 @@ def sandbox_env(profile: Profile, environ: Mapping[str, str]) -> list[tuple[str,
     return sorted(env.items())
 
 
-def inner_args(profile: Profile, launcher_filters: Sequence[bytes]) -> list[str]:
-    """The inner stage's arguments: the bound sockets it bridges to and the second filters."""
+def inner_args(
+    profile: Profile, launcher_filters: Sequence[bytes], ready_fd: int | None = None
+) -> list[str]:
+    """The inner stage's arguments: the bound sockets it bridges to, the second filters
+    and the fd on which the launcher says the outer bridges listen."""
     return sandbox_inner.inner_args(
         [(b.port, f"{profile.bridge_dir}/{b.socket_name()}") for b in profile.bridges],
         launcher_filters,
+        ready_fd,
     )
 
 
@@ -155,9 +159,28 @@ def _die_with_us() -> None:
     sandbox_inner.open_libc().prctl(sandbox_inner.PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def unix_listening(paths: Collection[str]) -> set[str]:
+    """Which of PATHS a Unix socket listens on, in this network namespace."""
+    found = set()
+    # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON,
+    # set by listen(2): a socket file exists from bind(2) on, before it accepts.
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split(maxsplit=7)
+        if len(fields) == 8 and int(fields[3], 16) & 0x10000 and fields[7] in paths:
+            found.add(fields[7])
+    return found
+
+
 @contextlib.contextmanager
-def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[None]:
+def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[Callable[[], None]]:
+    """Start the outer halves of the bridges; yields a wait until they all listen (not
+    waited for here: bwrap and the inner stage start meanwhile)."""
     procs: list[subprocess.Popen[bytes]] = []
+    wanted = {str(session_dir / b.socket_name()) for b in profile.bridges}
+
+    def listening() -> None:
+        _wait_for(lambda: unix_listening(wanted) == wanted, "the outer bridge sockets", procs)
+
     try:
         if profile.bridges:
             socat = _which("socat", "install socat (apt-get install socat)")
@@ -171,9 +194,7 @@ def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[None]:
                         preexec_fn=_die_with_us,
                     )
                 )
-            wanted = [session_dir / b.socket_name() for b in profile.bridges]
-            _wait_for(lambda: all(p.exists() for p in wanted), "the outer bridge sockets", procs)
-        yield
+        yield listening
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -309,7 +330,7 @@ def run_sandbox(
         raise LauncherError(f"workspace {workspace} is not a directory {who} can write{hint}")
     session_dir = staging / "bridges"
     session_dir.mkdir()
-    with _outer_bridges(profile, session_dir):
+    with _outer_bridges(profile, session_dir) as outer_listening:
         fds: list[int] = []
         if prepared.first:
             # bwrap reads the program from this fd; a memfd would do, a pipe could
@@ -320,22 +341,41 @@ def run_sandbox(
             os.write(fd, prepared.first[0])
             os.lseek(fd, 0, os.SEEK_SET)
             fds.append(fd)
+        # The inner stage runs CMD only after a byte on this pipe: the outer bridges,
+        # started beside bwrap, listen. Closed unwritten, it means they did not start.
+        ready_r, ready_w = os.pipe() if profile.bridges else (None, None)
+        if ready_r is not None:
+            fds.append(ready_r)
         argv = bwrap_argv(
             profile,
             bwrap=bwrap,
             workspace=workspace.resolve(),
             launcher_dir=prepared.launcher_dir,
             session_dir=session_dir,
-            seccomp_fd=fds[0] if fds else None,
-            inner=inner_args(profile, prepared.second),
+            seccomp_fd=fds[0] if prepared.first else None,
+            inner=inner_args(profile, prepared.second, ready_r),
             cmd=cmd,
             environ=os.environ,
         )
         try:
             proc = subprocess.Popen(argv, pass_fds=fds, stdout=stdout)
+        except BaseException:
+            if ready_w is not None:
+                os.close(ready_w)
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
+        if ready_w is not None:
+            try:
+                outer_listening()
+            except LauncherError:
+                os.close(ready_w)
+                proc.wait()  # the inner stage reads EOF and ends; so does bwrap
+                raise
+            with contextlib.suppress(BrokenPipeError):  # bwrap already ended: its status says
+                os.write(ready_w, b"1")
+            os.close(ready_w)
         return _wait_forwarding_signals(proc)
 
 

@@ -1,12 +1,15 @@
 """sandbox-exec's inner stage: pid 2 inside the sandbox's namespaces, then CMD.
 
-    python3 -I -S sandbox_inner.py [--bridge PORT:SOCKET]... [--filter HEX]... -- CMD...
+    python3 -I -S sandbox_inner.py [--bridge PORT:SOCKET]... [--filter HEX]...
+                                   [--ready-fd READY_FD] -- CMD...
 
 bwrap runs this file (already under the first filter). It starts the in-sandbox
 half of each bridge (socat: TCP 127.0.0.1:PORT -> the bound Unix socket SOCKET),
-waits until they listen, enters a Landlock domain, loads the second filter
-(no-new-privs + PR_SET_SECCOMP) and execs CMD. The bridges started before that
-filter, so they keep AF_UNIX; CMD and everything it starts cannot make one.
+waits until they listen and until the launcher, which starts the outer halves
+while bwrap starts, says on READY_FD that those listen too; then it enters a
+Landlock domain, loads the second filter (no-new-privs + PR_SET_SECCOMP) and
+execs CMD. The bridges started before that filter, so they keep AF_UNIX; CMD and
+everything it starts cannot make one.
 
 It runs once per sandboxed command, before the command: its interpreter start is
 part of every command's latency (and tens of times slower in a TCG guest). So it
@@ -136,37 +139,54 @@ def enter_landlock_domain() -> bool:
 # --- what sandbox-exec passes: argv, built and parsed here ------------------------------
 
 
-def inner_args(bridges: Sequence[tuple[int, str]], filters: Sequence[bytes]) -> list[str]:
-    """The arguments before ``--`` that tell this stage its bridges and second filters."""
+class InnerArgs:
+    """What the launcher tells this stage (``inner_args``), parsed (``parse_args``)."""
+
+    def __init__(self) -> None:
+        self.bridges: list[tuple[int, str]] = []  # (port inside, bound socket path)
+        self.filters: list[bytes] = []  # the second filters, loaded in order
+        self.ready_fd: int | None = None  # one byte: the outer bridges listen
+        self.cmd: list[str] = []
+
+
+def inner_args(
+    bridges: Sequence[tuple[int, str]], filters: Sequence[bytes], ready_fd: int | None = None
+) -> list[str]:
+    """The arguments before ``--``: the bridges, the second filters, and the fd on which
+    the launcher says its outer bridges listen (it starts them beside bwrap)."""
     args: list[str] = []
     for port, socket_path in bridges:
         args += ["--bridge", f"{port}:{socket_path}"]
     for program in filters:
         args += ["--filter", program.hex()]
+    if ready_fd is not None:
+        args += ["--ready-fd", str(ready_fd)]
     return args
 
 
-def parse_args(argv: Sequence[str]) -> tuple[list[tuple[int, str]], list[bytes], list[str]]:
-    """``inner_args(...) + ["--", *cmd]`` back into (bridges, filters, cmd)."""
-    bridges: list[tuple[int, str]] = []
-    filters: list[bytes] = []
+def parse_args(argv: Sequence[str]) -> InnerArgs:
+    """``inner_args(...) + ["--", *cmd]`` back into its parts."""
+    parsed = InnerArgs()
     rest = list(argv)
     while rest and rest[0] != "--":
         option, value = rest[0], rest[1] if len(rest) > 1 else ""
         try:
             if option == "--bridge":
                 port, socket_path = value.split(":", 1)
-                bridges.append((int(port), socket_path))
+                parsed.bridges.append((int(port), socket_path))
             elif option == "--filter":
-                filters.append(bytes.fromhex(value))
+                parsed.filters.append(bytes.fromhex(value))
+            elif option == "--ready-fd" and parsed.ready_fd is None:
+                parsed.ready_fd = int(value)
             else:
                 raise ValueError(option)
         except ValueError:
             raise LauncherError(f"inner stage: bad argument {option} {value!r}") from None
         rest = rest[2:]
-    if not rest[1:]:
+    parsed.cmd = rest[1:]
+    if not parsed.cmd:
         raise LauncherError("inner stage: no command given")
-    return bridges, filters, rest[1:]
+    return parsed
 
 
 # --- the bridges ------------------------------------------------------------------------
@@ -232,19 +252,32 @@ def wait_for(ready: Callable[[], bool], what: str) -> None:
         time.sleep(READY_POLL)
 
 
+def wait_ready(fd: int) -> None:
+    """Block until the launcher says its outer bridges listen; EOF means they did not."""
+    try:
+        said = os.read(fd, 1)
+    finally:
+        os.close(fd)  # never inherited by CMD
+    if not said:
+        raise LauncherError("the bridge outside the sandbox did not start")
+
+
 def main(argv: Sequence[str]) -> NoReturn:
     try:
-        bridges, filters, cmd = parse_args(argv)
-        if bridges:
+        args = parse_args(argv)
+        if args.bridges:
             socat = which("socat")
-            start_detached([bridge_argv(socat, port, path) for port, path in bridges])
-            wait_for(lambda: all(listening(port) for port, _ in bridges), "the proxy bridge")
+            start_detached([bridge_argv(socat, port, path) for port, path in args.bridges])
+            wait_for(lambda: all(listening(port) for port, _ in args.bridges), "the proxy bridge")
+        if args.ready_fd is not None:
+            wait_ready(args.ready_fd)
         enter_landlock_domain()
-        for program in filters:
+        for program in args.filters:
             load_seccomp(program)
     except LauncherError as exc:
         print(f"sandbox-exec: {exc}", file=sys.stderr)
         os._exit(EXIT_LAUNCHER)
+    cmd = args.cmd
     try:
         os.execvp(cmd[0], cmd)
     except FileNotFoundError:

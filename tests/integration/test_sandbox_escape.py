@@ -484,6 +484,62 @@ def test_bridge_listens_when_no_proxy_exists(sbx: Sandbox) -> None:
     assert result.stdout == b"b''\n"  # accepted inside, closed when forwarding failed
 
 
+def test_a_command_s_first_connection_reaches_the_proxy_even_when_the_bridge_is_slow(
+    sbx: Sandbox,
+) -> None:
+    """The outer bridges start beside bwrap; the command runs only once they listen
+    (not merely once their socket files exist). Here the outer socat takes a second
+    to start (a `socat` first on the launcher's PATH sleeps, then execs the real one;
+    the sandbox's PATH is the profile's) and bash connects as its first act."""
+    # Where the launcher, dropped to the workspace's owner, can run it (not tmp_path).
+    slow = Path(tempfile.mkdtemp(prefix="sandbox-slowbin.", dir="/tmp"))
+    slow.chmod(0o755)
+    (slow / "socat").write_text(f'#!/bin/sh\nsleep 1\nexec {shutil.which("socat")} "$@"\n')
+    (slow / "socat").chmod(0o755)
+    script = (
+        "exec 3<>/dev/tcp/127.0.0.1/3128 && "
+        "printf 'GET http://example.invalid/first HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    )
+    argv = [
+        sys.executable, str(LAUNCHER), "--profile", "agent",
+        "--profile-dir", str(sbx.profile_dir), "--seccomp-dir", str(sbx.seccomp_dir),
+        "--workspace", str(sbx.workspace), "--", "bash", "-c", script,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"}
+    with _removed(slow):
+        started = time.monotonic()
+        result = run.run(argv, check=False, timeout=60, env=env)
+        assert time.monotonic() - started > 1  # the slow socat was the one used
+    assert result.stdout.endswith(b"proxied http://example.invalid/first"), result
+
+
+def test_an_outer_bridge_that_cannot_listen_stops_the_launch_before_the_command(
+    sbx: Sandbox,
+) -> None:
+    # A Unix socket path is at most 107 bytes: under this TMPDIR the launcher's
+    # session directory gets a longer one, and socat cannot listen there.
+    tmp = Path(tempfile.mkdtemp(prefix="sandbox-long.", dir="/tmp"))
+    deep = tmp / ("d" * 100)
+    deep.mkdir()
+    tmp.chmod(0o755)
+    deep.chmod(0o1777)  # like /tmp: the launcher, dropped to the workspace's owner, cleans up
+    try:
+        argv = [
+            sys.executable, str(LAUNCHER), "--profile", "agent",
+            "--profile-dir", str(sbx.profile_dir), "--seccomp-dir", str(sbx.seccomp_dir),
+            "--workspace", str(sbx.workspace), "--", "sh", "-c", "touch ran-anyway",
+        ]  # fmt: skip
+        result = run.run(argv, check=False, timeout=60, env={**os.environ, "TMPDIR": str(deep)})
+        assert result.returncode == 125, result
+        assert b"the outer bridge sockets: socat exited" in result.stderr, result.stderr
+        assert not (sbx.workspace / "ran-anyway").exists()
+        assert not list(deep.iterdir())  # the session directory is gone too
+        leftover = run.run(["pgrep", "-f", str(deep)], check=False)
+        assert leftover.returncode == 1, leftover.stdout  # nothing of it still runs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # --- the self-test and the installed layout --------------------------------------------
 
 

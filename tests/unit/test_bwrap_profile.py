@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +179,14 @@ def test_inner_args_name_the_bound_sockets_and_carry_the_second_filter() -> None
         "--bridge", "3128:/run/sandbox-bridge/http.sock", "--filter", "060000000000ff7f",
     ]  # fmt: skip
     # and the inner stage reads back exactly that, the command untouched
-    assert sandbox_inner.parse_args([*args, "--", "sh", "-c", "--filter x"]) == (
-        [(3128, "/run/sandbox-bridge/http.sock")], [bpf], ["sh", "-c", "--filter x"],
-    )  # fmt: skip
+    parsed = sandbox_inner.parse_args([*args, "--", "sh", "-c", "--filter x"])
+    assert parsed.bridges == [(3128, "/run/sandbox-bridge/http.sock")]
+    assert parsed.filters == [bpf]
+    assert parsed.ready_fd is None
+    assert parsed.cmd == ["sh", "-c", "--filter x"]
+    ready = sandbox_exec.inner_args(profile, [], ready_fd=9)
+    assert ready[-2:] == ["--ready-fd", "9"]
+    assert sandbox_inner.parse_args([*ready, "--", "true"]).ready_fd == 9
 
 
 @pytest.mark.parametrize(
@@ -189,6 +195,8 @@ def test_inner_args_name_the_bound_sockets_and_carry_the_second_filter() -> None
         (["--bridge", "http:/x.sock", "--", "true"], "bad argument --bridge 'http:/x.sock'"),
         (["--filter", "zz", "--", "true"], "bad argument --filter 'zz'"),
         (["--config", "{}", "--", "true"], "bad argument --config"),
+        (["--ready-fd", "x", "--", "true"], "bad argument --ready-fd 'x'"),
+        (["--ready-fd", "3", "--ready-fd", "4", "--", "true"], "bad argument --ready-fd '4'"),
         (["--filter", "00"], "no command given"),
         (["--"], "no command given"),
     ],
@@ -198,6 +206,16 @@ def test_the_inner_stage_refuses_arguments_it_did_not_get_from_the_launcher(
 ) -> None:
     with pytest.raises(sandbox_inner.LauncherError, match=re.escape(problem)):
         sandbox_inner.parse_args(argv)
+
+
+def test_a_unix_socket_counts_as_listening_from_listen_not_from_bind(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)  # the file exists from here on
+        assert Path(path).exists()
+        assert sandbox_exec.unix_listening({path}) == set()
+        server.listen()
+        assert sandbox_exec.unix_listening({path, str(tmp_path / "other.sock")}) == {path}
 
 
 def test_bridge_argv_on_both_sides() -> None:
