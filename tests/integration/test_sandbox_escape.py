@@ -77,6 +77,7 @@ class Sandbox:
         marker: bool = False,
         launcher: Sequence[str] = (),
         timeout: float = 120,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         argv = [
             sys.executable,
@@ -93,7 +94,7 @@ class Sandbox:
             "--",
             *cmd,
         ]
-        return run.run(argv, check=False, timeout=timeout)
+        return run.run(argv, check=False, timeout=timeout, env=env)
 
     def sh(self, script: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         return self.run(["sh", "-c", script], **kwargs)
@@ -500,16 +501,11 @@ def test_a_command_s_first_connection_reaches_the_proxy_even_when_the_bridge_is_
         "exec 3<>/dev/tcp/127.0.0.1/3128 && "
         "printf 'GET http://example.invalid/first HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
     )
-    argv = [
-        sys.executable, str(LAUNCHER), "--profile", "agent",
-        "--profile-dir", str(sbx.profile_dir), "--seccomp-dir", str(sbx.seccomp_dir),
-        "--workspace", str(sbx.workspace), "--", "bash", "-c", script,
-    ]  # fmt: skip
     env = {**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"}
     with _removed(slow):
         started = time.monotonic()
-        result = run.run(argv, check=False, timeout=60, env=env)
-        assert time.monotonic() - started > 1  # the slow socat was the one used
+        result = sbx.run(["bash", "-c", script], timeout=60, env=env)
+    assert time.monotonic() - started > 1  # the slow socat was the one used
     assert result.stdout.endswith(b"proxied http://example.invalid/first"), result
 
 
@@ -524,12 +520,8 @@ def test_an_outer_bridge_that_cannot_listen_stops_the_launch_before_the_command(
     tmp.chmod(0o755)
     deep.chmod(0o1777)  # like /tmp: the launcher, dropped to the workspace's owner, cleans up
     try:
-        argv = [
-            sys.executable, str(LAUNCHER), "--profile", "agent",
-            "--profile-dir", str(sbx.profile_dir), "--seccomp-dir", str(sbx.seccomp_dir),
-            "--workspace", str(sbx.workspace), "--", "sh", "-c", "touch ran-anyway",
-        ]  # fmt: skip
-        result = run.run(argv, check=False, timeout=60, env={**os.environ, "TMPDIR": str(deep)})
+        env = {**os.environ, "TMPDIR": str(deep)}
+        result = sbx.run(["sh", "-c", "touch ran-anyway"], timeout=60, env=env)
         assert result.returncode == 125, result
         assert b"the outer bridge sockets: socat exited" in result.stderr, result.stderr
         assert not (sbx.workspace / "ran-anyway").exists()
