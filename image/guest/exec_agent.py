@@ -125,6 +125,7 @@ class Forked:
         return self.returncode
 
 
+DEFAULT_PROFILE = "agent"  # a sandbox request that names none
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -132,7 +133,7 @@ def _sandbox_request(request: Any) -> dict[str, Any]:
     """A spawn's ``sandbox``: {profile, workspace, user, terminal}, checked."""
     if not isinstance(request, dict):
         raise channel.ProtocolError("sandbox must be true or an object")
-    profile, workspace = request.get("profile", "agent"), request.get("workspace")
+    profile, workspace = request.get("profile", DEFAULT_PROFILE), request.get("workspace")
     user, terminal = request.get("user"), request.get("terminal", False)
     if (not isinstance(profile, str) or not _NAME.fullmatch(profile)
             or not isinstance(workspace, str) or not workspace.startswith("/")
@@ -747,9 +748,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    # Imported now, so the snapshot saves it warm and no launch pays for it.
+    # Imported now, and the default profile and its filters read, so the snapshot
+    # saves them warm and no launch pays for them. Where that fails, each sandboxed
+    # command reports why (the same error, from the same code).
     with contextlib.suppress(ImportError):
         _launcher_module()
+        with contextlib.suppress(Exception):
+            _launcher_module().preload(DEFAULT_PROFILE, args.profile_dir, args.seccomp_dir)
     options = AgentOptions(args.launcher, args.profile_dir, args.seccomp_dir)
     if args.device:
         _serve_device(args.device, options)

@@ -248,14 +248,25 @@ class Prepared:
     launcher_dir: Path  # a private copy of the inner stage's module
 
 
-def prepare(profile: Profile, seccomp_dir: Path, staging: Path) -> Prepared:
-    """Read the filters and copy the inner stage's code into ``staging``.
+Filters = tuple[tuple[bytes, ...], tuple[bytes, ...]]  # (loaded by bwrap, by the inner stage)
+
+
+def read_filters(profile: Profile, seccomp_dir: Path) -> Filters:
+    return (
+        tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_bwrap),
+        tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher),
+    )
+
+
+def prepare(
+    profile: Profile, seccomp_dir: Path, staging: Path, filters: Filters | None = None
+) -> Prepared:
+    """Read the filters (unless given) and copy the inner stage's code into ``staging``.
 
     The copy makes the inner stage independent of where the launcher lives: a
     checkout under /root is not readable once a root caller has dropped to nobody.
     """
-    first = tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_bwrap)
-    second = tuple(_read_filter(seccomp_dir, n) for n in profile.seccomp_launcher)
+    first, second = filters or read_filters(profile, seccomp_dir)
     launcher_dir = staging / "launcher"
     launcher_dir.mkdir()
     for module in (INNER_MODULE,):
@@ -600,11 +611,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: Path) -> int:
+def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: Path,
+         filters: Filters | None = None) -> int:  # fmt: skip
     """Prepare with the caller's rights, drop root if we have it, run, clean up."""
     staging = Path(tempfile.mkdtemp(prefix="sandbox-exec."))
     try:
-        prepared = prepare(profile, args.seccomp_dir, staging)
+        prepared = prepare(profile, args.seccomp_dir, staging, filters)
         dropped = os.geteuid() == 0
         if dropped:
             entry = sandbox_user(workspace, args.user)
@@ -621,20 +633,44 @@ def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# Profiles and their filters read ahead by a long-lived caller (the exec agent, at
+# its start, so a snapshot saves them): its forked children find them here and read
+# nothing. Keyed by (profile, profile dir, seccomp dir); what changes on disk later
+# is not seen until that caller restarts (in the image, both are root's, fixed).
+_PRELOADED: dict[tuple[str, Path, Path], tuple[Profile, Filters]] = {}
+
+
+def _loaded(profile_name: str, profile_dir: Path, seccomp_dir: Path) -> tuple[Profile, Filters]:
+    key = (profile_name, profile_dir, seccomp_dir)
+    if key in _PRELOADED:
+        return _PRELOADED[key]
+    profile = with_bridges(_load_profile(profile_name, profile_dir), [], IN_VM_MARKER.exists())
+    return profile, read_filters(profile, seccomp_dir)
+
+
+def preload(profile_name: str, profile_dir: Path | None = None,
+            seccomp_dir: Path | None = None) -> None:  # fmt: skip
+    """Read PROFILE_NAME and its filters now, for `run_in_process` in forked children.
+    Raises `LauncherError` as `run_in_process` would report it."""
+    key = (profile_name, profile_dir or PROFILE_DIR, seccomp_dir or SECCOMP_DIR)
+    _PRELOADED[key] = _loaded(*key)
+
+
 def run_in_process(
     profile_name: str, cmd: Sequence[str], workspace: Path, user: str | None, terminal: bool,
     profile_dir: Path | None = None, seccomp_dir: Path | None = None,
 ) -> int:  # fmt: skip
     """What `sandbox-exec --profile P --workspace W [--user U] [--terminal] -- CMD` does,
     for a root caller that is already a Python process (the exec agent forks and
-    calls this: no new interpreter, no runuser). Errors print and return 125."""
-    args = argparse.Namespace(seccomp_dir=seccomp_dir or SECCOMP_DIR, user=user, self_test=False)
+    calls this: no new interpreter, no runuser; the profile and filters `preload`ed,
+    if they were). Errors print and return 125."""
+    seccomp_dir = seccomp_dir or SECCOMP_DIR
+    args = argparse.Namespace(seccomp_dir=seccomp_dir, user=user, self_test=False)
     try:
-        profile = _load_profile(profile_name, profile_dir or PROFILE_DIR)
-        profile = with_bridges(profile, [], IN_VM_MARKER.exists())
+        profile, filters = _loaded(profile_name, profile_dir or PROFILE_DIR, seccomp_dir)
         if terminal:
             profile = keep_terminal(profile)
-        return _run(profile, args, list(cmd), workspace.absolute())
+        return _run(profile, args, list(cmd), workspace.absolute(), filters)
     except LauncherError as exc:
         print(f"sandbox-exec: {exc}", file=sys.stderr)
         return EXIT_LAUNCHER

@@ -413,6 +413,39 @@ def test_the_exec_agent_runs_the_sandbox_in_process(sbx: Sandbox, tmp_path: Path
         agent.wait()
 
 
+def test_the_exec_agent_reads_the_profile_and_filters_once_at_its_start(
+    sbx: Sandbox, tmp_path: Path
+) -> None:
+    """Read before the agent listens (so a snapshot saves them): a sandboxed command
+    still runs, both filters on, after the files are gone."""
+    profiles, filters = tmp_path / "profiles", tmp_path / "seccomp"
+    shutil.copytree(sbx.profile_dir, profiles)
+    shutil.copytree(sbx.seccomp_dir, filters)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen([sys.executable, str(ROOT / "image" / "guest" / "exec_agent.py"),
+                              "--listen", str(sock), "--profile-dir", str(profiles),
+                              "--seccomp-dir", str(filters)])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        shutil.rmtree(profiles)
+        shutil.rmtree(filters)
+        request = {"profile": "agent", "workspace": str(sbx.workspace), "user": None}
+        with ExecSession.connect(sock) as session:
+            result = session.run(["grep", "Seccomp_filters", "/proc/self/status"],
+                                 sandbox=request, timeout=120)  # fmt: skip
+            assert result.ok, result.stderr.decode()
+            assert result.stdout == b"Seccomp_filters:\t2\n"
+            # Another profile is read when asked for: gone, it is an error.
+            other = session.run(["true"], sandbox={**request, "profile": "nofilter"}, timeout=60)
+            assert other.code == 125 and b"cannot read profile" in other.stderr, other
+    finally:
+        agent.kill()
+        agent.wait()
+
+
 def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:
     """Pids whose command line holds marker (or is exactly it, NUL-terminated)."""
     found = []
