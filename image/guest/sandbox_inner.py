@@ -256,8 +256,9 @@ def wait_ready(fd: int) -> None:
     """Block until the launcher says its outer bridges listen; EOF means they did not."""
     try:
         said = os.read(fd, 1)
-    finally:
         os.close(fd)  # never inherited by CMD
+    except OSError as exc:
+        raise LauncherError(f"--ready-fd {fd}: {exc.strerror}") from None
     if not said:
         raise LauncherError("the bridge outside the sandbox did not start")
 
