@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +76,6 @@ enter_landlock_domain = sandbox_inner.enter_landlock_domain
 EXIT_LAUNCHER = sandbox_inner.EXIT_LAUNCHER
 EXIT_NOT_EXECUTABLE = sandbox_inner.EXIT_NOT_EXECUTABLE
 EXIT_NOT_FOUND = sandbox_inner.EXIT_NOT_FOUND
-READY_TIMEOUT = sandbox_inner.READY_TIMEOUT
-READY_POLL = sandbox_inner.READY_POLL
 INNER_MODULE = "sandbox_inner.py"
 
 
@@ -178,8 +175,16 @@ def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[Callable[[],
     procs: list[subprocess.Popen[bytes]] = []
     wanted = {str(session_dir / b.socket_name()) for b in profile.bridges}
 
+    def up() -> bool:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise LauncherError(
+                    f"the outer bridge sockets: socat exited with {proc.returncode}"
+                )
+        return unix_listening(wanted) == wanted
+
     def listening() -> None:
-        _wait_for(lambda: unix_listening(wanted) == wanted, "the outer bridge sockets", procs)
+        sandbox_inner.wait_for(up, "the outer bridge sockets")
 
     try:
         if profile.bridges:
@@ -205,19 +210,6 @@ def _outer_bridges(profile: Profile, session_dir: Path) -> Iterator[Callable[[],
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _wait_for(
-    ready: Callable[[], bool], what: str, procs: Sequence[subprocess.Popen[bytes]] = ()
-) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready():
-        for proc in procs:
-            if proc.poll() is not None:
-                raise LauncherError(f"{what}: socat exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise LauncherError(f"{what} did not come up within {READY_TIMEOUT:g} s")
-        time.sleep(READY_POLL)
 
 
 def _which(name: str, hint: str) -> str:
