@@ -752,9 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     # saves them warm and no launch pays for them. Where that fails, each sandboxed
     # command reports why (the same error, from the same code).
     with contextlib.suppress(ImportError):
-        _launcher_module()
+        launcher = _launcher_module()
         with contextlib.suppress(Exception):
-            _launcher_module().preload(DEFAULT_PROFILE, args.profile_dir, args.seccomp_dir)
+            launcher.preload(DEFAULT_PROFILE, args.profile_dir, args.seccomp_dir)
     options = AgentOptions(args.launcher, args.profile_dir, args.seccomp_dir)
     if args.device:
         _serve_device(args.device, options)

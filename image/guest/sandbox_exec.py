@@ -261,9 +261,8 @@ def prepare(
     first, second = filters or read_filters(profile, seccomp_dir)
     launcher_dir = staging / "launcher"
     launcher_dir.mkdir()
-    for module in (INNER_MODULE,):
-        shutil.copyfile(Path(__file__).resolve().parent / module, launcher_dir / module)
-        (launcher_dir / module).chmod(0o644)
+    shutil.copyfile(Path(__file__).resolve().parent / INNER_MODULE, launcher_dir / INNER_MODULE)
+    (launcher_dir / INNER_MODULE).chmod(0o644)
     launcher_dir.chmod(0o755)
     return Prepared(profile, first, second, launcher_dir)
 
