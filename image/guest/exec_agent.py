@@ -12,6 +12,11 @@ sends signals (to the whole process group), resizes the PTY; each ends with an
 ``exit`` message (code, or the signal that killed it) after all of its output.
 Files go both ways (``put``/``get``). The wire format is channel.py.
 
+``standby`` starts a sandbox ahead of its command (before a snapshot is saved): the
+next spawn with the same sandbox request, from any session, takes it instead of
+starting one, so a launch's first sandboxed command costs no bwrap, socat or
+interpreter start after the resume (``Standby``).
+
 A session that breaks the protocol (garbage, an oversized frame, a bad request)
 gets one ``error`` message naming what was wrong and is closed; its processes are
 killed. Everything here runs single-threaded around one selector.
@@ -94,7 +99,7 @@ class Forked:
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             # Nothing of the agent's reaches the sandbox: above all not the host's
             # channel, which would let a command speak for the agent.
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            os.closerange(len(fds), os.sysconf("SC_OPEN_MAX"))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             os.environ.clear()
@@ -143,6 +148,91 @@ def _sandbox_request(request: Any) -> dict[str, Any]:
     return {"profile": profile, "workspace": workspace, "user": user, "terminal": terminal}
 
 
+STANDBY_TIMEOUT = 120.0  # a standby's start, in a TCG guest (arm64: slow)
+MS_BIND, MS_SHARED = 0x1000, 0x100000
+
+
+@dataclass
+class Standby:
+    """A sandbox started before its command: bwrap, both filters, Landlock and the
+    bridges all up, the inner stage waiting on ``sock`` (sandbox_inner.claim). Made
+    before a snapshot is saved, it is in every launch's memory; the first spawn with
+    the same ``request`` claims it and it is gone (one command, like any sandbox).
+
+    What that shares between launches is what every process saved in a snapshot
+    shares (the kernel's randomness is reseeded by ``personalize``; the command
+    itself is a new exec with its own). Its workspace is bound before the launch
+    mounts the session's workspace there: the directory is made a shared mount point
+    first, so that mount reaches the standby (mount propagation)."""
+
+    request: dict[str, Any]
+    proc: Forked
+    sock: socket.socket
+
+    def discard(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+_STANDBY: Standby | None = None  # one per agent; it outlives the session that made it
+
+
+def mount_points(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
+    """Every mount point of this mount namespace (os.path.ismount misses a bind mount
+    within one filesystem: it compares devices)."""
+    with Path(mountinfo).open() as table:
+        # ID PARENT MAJ:MIN ROOT MOUNT-POINT ...; spaces and the like as octal escapes
+        points = (line.split()[4] for line in table)
+        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), p) for p in points}
+
+
+def shared_mount_point(path: str) -> None:
+    """PATH a mount point of its own, propagation shared: a mount made on it later is
+    seen by the sandboxes that bound it before (bwrap makes their copies slaves)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for source, flags in ((path.encode(), MS_BIND), (None, MS_SHARED)):
+        if flags == MS_BIND and os.path.realpath(path) in mount_points():
+            continue
+        if libc.mount(source, path.encode(), None, flags, None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"making {path} a shared mount point: {os.strerror(code)}")
+
+
+def start_standby(request: dict[str, Any], options: AgentOptions) -> Standby:
+    """A sandbox for REQUEST started now, returned once it waits for its command.
+    Raises OSError or the launcher's error (with what it said) if it does not start."""
+    sandbox_exec = _launcher_module()
+    shared_mount_point(request["workspace"])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        proc = Forked.start((null, null, err_w, theirs.fileno()), False, dict(os.environ), None,
+                            lambda: sandbox_exec.run_in_process(
+                                request["profile"], [], Path(request["workspace"]),
+                                request["user"], False, options.profile_dir,
+                                options.seccomp_dir, claim_fd=3))  # fmt: skip
+    finally:
+        for fd in (null, err_w, theirs.detach()):
+            os.close(fd)
+    try:
+        ready, _, _ = select.select([ours], [], [], STANDBY_TIMEOUT)
+        said = ours.recv(1) if ready else b""
+        if said == b"R":
+            return Standby(request, proc, ours)
+        standby = Standby(request, proc, ours)
+        standby.discard()  # a launcher that is still starting is stopped here
+        os.set_blocking(err_r, False)
+        with contextlib.suppress(OSError):
+            said = os.read(err_r, 4096)
+        why = said.decode(errors="replace").strip() or f"not ready in {STANDBY_TIMEOUT:g} s"
+        raise sandbox_exec.LauncherError(why)
+    finally:
+        os.close(err_r)
+
+
 @dataclass
 class Child:
     channel: int
@@ -160,6 +250,7 @@ class Session:
 
     def __init__(self, conn_in: int, conn_out: int, options: AgentOptions) -> None:
         self.conn_in, self.conn_out = conn_in, conn_out
+        self.options = options
         self.launcher = options.launcher
         self.profile_dir, self.seccomp_dir = options.profile_dir, options.seccomp_dir
         self.decoder = channel.Decoder()
@@ -253,6 +344,8 @@ class Session:
                 self.reply(channel_id, "personalize-done", error=f"{where}{exc.strerror or exc}")
             else:
                 self.reply(channel_id, "personalize-done")
+        elif op == "standby":
+            self._standby(channel_id, message)
         elif op == "put":
             self._put(channel_id, message)
         elif op == "get":
@@ -261,6 +354,50 @@ class Session:
             raise channel.ProtocolError(f"unknown request {op!r}")
 
     # -- processes ----------------------------------------------------------------------
+
+    def _standby(self, channel_id: int, message: dict[str, Any]) -> None:
+        global _STANDBY
+        request = _sandbox_request(message.get("sandbox"))
+        if request["terminal"]:
+            raise channel.ProtocolError("a standby sandbox is for pipes, not a terminal")
+        if _STANDBY is not None:
+            _STANDBY.discard()
+            _STANDBY = None
+        try:
+            _STANDBY = start_standby(request, self.options)
+        except Exception as exc:  # OSError, the launcher's error
+            text = f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.reply(channel_id, "standby-done", error=text)
+        else:
+            self.reply(channel_id, "standby-done", pid=_STANDBY.proc.pid)
+
+    def _claim(self, request: dict[str, Any], fds: tuple[int, ...], argv: list[str],
+               env: dict[str, str]) -> Forked | None:  # fmt: skip
+        """The standby, given ARGV and the command's ends, if it was started for
+        REQUEST and is still there; None: start a sandbox as usual."""
+        global _STANDBY
+        standby = _STANDBY
+        if standby is None or standby.request != request:
+            return None
+        _STANDBY = None
+        if standby.proc.poll() is not None:
+            standby.sock.close()
+            return None
+        sandbox_exec = _launcher_module()
+        profile, _filters = sandbox_exec.loaded(
+            request["profile"], self.options.profile_dir, self.options.seccomp_dir
+        )
+        spec = os.memfd_create("sandbox-command", os.MFD_CLOEXEC)
+        try:
+            os.write(spec, sandbox_exec.standby_command(profile, argv, env))
+            socket.send_fds(standby.sock, [b"C"], [*fds, spec])
+        except OSError:
+            standby.discard()
+            return None
+        finally:
+            os.close(spec)
+        standby.sock.close()
+        return standby.proc
 
     def _sandboxed(self, request: dict[str, Any], argv: list[str]) -> int:
         """In a forked child: the launcher's work, in this already-warm interpreter."""
@@ -296,13 +433,16 @@ class Session:
             (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
             theirs = (in_r, out_w, err_w)
             outputs, stdin = {out_r: channel.STDOUT, err_r: channel.STDERR}, in_w
-        proc: subprocess.Popen[bytes] | Forked
+        proc: subprocess.Popen[bytes] | Forked | None = None
         try:
-            if sandbox:
+            if sandbox and not use_pty:
+                proc = self._claim(sandbox, theirs, argv, env)
+            claimed = proc is not None
+            if proc is None and sandbox:
                 proc = Forked.start(
                     theirs, use_pty, env, cwd, lambda: self._sandboxed(sandbox, argv)
                 )
-            else:
+            elif proc is None:
                 proc = subprocess.Popen(
                     argv, stdin=theirs[0], stdout=theirs[1], stderr=theirs[2], env=env, cwd=cwd,
                     start_new_session=True,
@@ -326,7 +466,7 @@ class Session:
             self.selector.register(fd, selectors.EVENT_READ, ("out", channel_id))
         if not use_pty:
             os.set_blocking(stdin, False)
-        self.reply(channel_id, "started", pid=proc.pid)
+        self.reply(channel_id, "started", pid=proc.pid, standby=claimed)
 
     def _from_child(self, channel_id: int, fd: int) -> None:
         child = self.children[channel_id]
@@ -559,7 +699,7 @@ def signal_command(root: int, sig: int) -> None:
 
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 RNDRESEEDCRNG = 0x5207  # _IO('R', 7)
-MS_RDONLY = 1
+MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 
 
 def personalize(message: dict[str, Any]) -> None:
@@ -567,13 +707,17 @@ def personalize(message: dict[str, Any]) -> None:
     fork: each costs ~0.1 s in a just-resumed TCG guest): the host's randomness mixed
     into the kernel's pool and the CRNG reseeded at once (two launches from one
     snapshot start with the same state), the clock, the host name, the shared folder
-    and the session disk mounted. Raises ValueError for a malformed request."""
+    and the session disk mounted (nosuid, nodev; ``bind``: a bind mount, which keeps
+    its source's flags). Raises ValueError for a malformed request."""
     entropy = bytes.fromhex(message["entropy"])
     clock_ns, hostname = int(message["time_ns"]), str(message["hostname"])
     if len(entropy) < 32 or not _HOSTNAME.fullmatch(hostname) or clock_ns <= 0:
         raise ValueError("entropy, time_ns or hostname")
     mounts = [(str(m["source"]), str(m["target"]), str(m["fstype"]), str(m["options"]),
-               bool(m.get("readonly"))) for m in message["mounts"]]  # fmt: skip
+               (MS_BIND if m.get("bind") else MS_NOSUID | MS_NODEV)
+               | (MS_RDONLY if m.get("readonly") else 0)) for m in message["mounts"]]  # fmt: skip
+    if any(m.get("bind") and m.get("readonly") for m in message["mounts"]):
+        raise ValueError("a read-only bind mount (MS_RDONLY would be ignored)")
     if not all(target.startswith("/") for _, target, _, _, _ in mounts):
         raise ValueError("a mount target that is not an absolute path")
     fd = os.open("/dev/urandom", os.O_WRONLY)
@@ -586,9 +730,9 @@ def personalize(message: dict[str, Any]) -> None:
     socket.sethostname(hostname)
     Path("/etc/hostname").write_text(hostname + "\n")
     libc = ctypes.CDLL(None, use_errno=True)
-    for source, target, fstype, options, readonly in mounts:
-        if libc.mount(source.encode(), target.encode(), fstype.encode(),
-                      MS_RDONLY if readonly else 0, options.encode() or None) != 0:  # fmt: skip
+    for source, target, fstype, options, flags in mounts:
+        if libc.mount(source.encode(), target.encode(), fstype.encode(), flags,
+                      options.encode() or None) != 0:  # fmt: skip
             code = ctypes.get_errno()
             raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
 

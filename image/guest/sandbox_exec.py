@@ -93,15 +93,25 @@ def sandbox_env(profile: Profile, environ: Mapping[str, str]) -> list[tuple[str,
 
 
 def inner_args(
-    profile: Profile, launcher_filters: Sequence[bytes], ready_fd: int | None = None
+    profile: Profile,
+    launcher_filters: Sequence[bytes],
+    ready_fd: int | None = None,
+    claim_fd: int | None = None,
 ) -> list[str]:
-    """The inner stage's arguments: the bound sockets it bridges to, the second filters
-    and the fd on which the launcher says the outer bridges listen."""
+    """The inner stage's arguments: the bound sockets it bridges to, the second filters,
+    the fd on which the launcher says the outer bridges listen, a standby's socket."""
     return sandbox_inner.inner_args(
         [(b.port, f"{profile.bridge_dir}/{b.socket_name()}") for b in profile.bridges],
         launcher_filters,
         ready_fd,
+        claim_fd,
     )
+
+
+def standby_command(profile: Profile, cmd: Sequence[str], environ: Mapping[str, str]) -> bytes:
+    """What claims a standby of PROFILE for CMD: what bwrap's --chdir and --setenv
+    would have given a sandbox started for it (sandbox_inner.claim reads it)."""
+    return sandbox_inner.encode_command(profile.workspace, cmd, sandbox_env(profile, environ))
 
 
 def bwrap_argv(
@@ -313,8 +323,11 @@ def run_sandbox(
     staging: Path,
     stdout: IO[bytes] | None = None,
     dropped_root: bool = False,
+    claim_fd: int | None = None,
 ) -> int:
-    """Run cmd in the sandbox; returns its exit status (128+N for signal N)."""
+    """Run cmd in the sandbox; returns its exit status (128+N for signal N). With
+    ``claim_fd`` (and no cmd) it is a standby: its command comes later, over that
+    socket (sandbox_inner.claim)."""
     profile = prepared.profile
     bwrap = _which("bwrap", "install bubblewrap (apt-get install bubblewrap)")
     try:
@@ -348,6 +361,7 @@ def run_sandbox(
         ready_r, ready_w = os.pipe() if profile.bridges else (None, None)
         if ready_r is not None:
             fds.append(ready_r)
+        kept = fds if claim_fd is None else [*fds, claim_fd]
         argv = bwrap_argv(
             profile,
             bwrap=bwrap,
@@ -355,18 +369,18 @@ def run_sandbox(
             launcher_dir=prepared.launcher_dir,
             session_dir=session_dir,
             seccomp_fd=fds[0] if prepared.first else None,
-            inner=inner_args(profile, prepared.second, ready_r),
+            inner=inner_args(profile, prepared.second, ready_r, claim_fd),
             cmd=cmd,
             environ=os.environ,
         )
         try:
-            proc = subprocess.Popen(argv, pass_fds=fds, stdout=stdout)
+            proc = subprocess.Popen(argv, pass_fds=kept, stdout=stdout)
         except BaseException:
             if ready_w is not None:
                 os.close(ready_w)
             raise
         finally:
-            for fd in fds:
+            for fd in kept:
                 os.close(fd)
         if ready_w is not None:
             try:
@@ -603,7 +617,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: Path,
-         filters: Filters | None = None) -> int:  # fmt: skip
+         filters: Filters | None = None, claim_fd: int | None = None) -> int:  # fmt: skip
     """Prepare with the caller's rights, drop root if we have it, run, clean up."""
     staging = Path(tempfile.mkdtemp(prefix="sandbox-exec."))
     try:
@@ -617,8 +631,9 @@ def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: 
         if args.self_test:
             return self_test(prepared, staging)
         return run_sandbox(
-            prepared, cmd, workspace=workspace, staging=staging, dropped_root=dropped
-        )
+            prepared, cmd, workspace=workspace, staging=staging, dropped_root=dropped,
+            claim_fd=claim_fd,
+        )  # fmt: skip
     finally:
         # Everything in it is ours (or in a folder we own, after a drop).
         shutil.rmtree(staging, ignore_errors=True)
@@ -631,37 +646,42 @@ def _run(profile: Profile, args: argparse.Namespace, cmd: list[str], workspace: 
 _PRELOADED: dict[tuple[str, Path, Path], tuple[Profile, Filters]] = {}
 
 
-def _loaded(profile_name: str, profile_dir: Path, seccomp_dir: Path) -> tuple[Profile, Filters]:
-    key = (profile_name, profile_dir, seccomp_dir)
+def loaded(profile_name: str, profile_dir: Path | None = None,
+           seccomp_dir: Path | None = None) -> tuple[Profile, Filters]:  # fmt: skip
+    """PROFILE_NAME and its filters: as preloaded, else read now."""
+    key = (profile_name, profile_dir or PROFILE_DIR, seccomp_dir or SECCOMP_DIR)
     if key in _PRELOADED:
         return _PRELOADED[key]
-    profile = with_bridges(_load_profile(profile_name, profile_dir), [], IN_VM_MARKER.exists())
-    return profile, read_filters(profile, seccomp_dir)
+    profile = with_bridges(_load_profile(profile_name, key[1]), [], IN_VM_MARKER.exists())
+    return profile, read_filters(profile, key[2])
 
 
 def preload(profile_name: str, profile_dir: Path | None = None,
             seccomp_dir: Path | None = None) -> None:  # fmt: skip
     """Read PROFILE_NAME and its filters now, for `run_in_process` in forked children.
     Raises `LauncherError` as `run_in_process` would report it."""
-    key = (profile_name, profile_dir or PROFILE_DIR, seccomp_dir or SECCOMP_DIR)
-    _PRELOADED[key] = _loaded(*key)
+    _PRELOADED[(profile_name, profile_dir or PROFILE_DIR, seccomp_dir or SECCOMP_DIR)] = loaded(
+        profile_name, profile_dir, seccomp_dir
+    )
 
 
 def run_in_process(
     profile_name: str, cmd: Sequence[str], workspace: Path, user: str | None, terminal: bool,
     profile_dir: Path | None = None, seccomp_dir: Path | None = None,
+    claim_fd: int | None = None,
 ) -> int:  # fmt: skip
     """What `sandbox-exec --profile P --workspace W [--user U] [--terminal] -- CMD` does,
     for a root caller that is already a Python process (the exec agent forks and
     calls this: no new interpreter, no runuser; the profile and filters `preload`ed,
-    if they were). Errors print and return 125."""
+    if they were). With ``claim_fd`` and no CMD, a standby (run_sandbox). Errors print
+    and return 125."""
     seccomp_dir = seccomp_dir or SECCOMP_DIR
     args = argparse.Namespace(seccomp_dir=seccomp_dir, user=user, self_test=False)
     try:
-        profile, filters = _loaded(profile_name, profile_dir or PROFILE_DIR, seccomp_dir)
+        profile, filters = loaded(profile_name, profile_dir, seccomp_dir)
         if terminal:
             profile = keep_terminal(profile)
-        return _run(profile, args, list(cmd), workspace.absolute(), filters)
+        return _run(profile, args, list(cmd), workspace.absolute(), filters, claim_fd)
     except LauncherError as exc:
         print(f"sandbox-exec: {exc}", file=sys.stderr)
         return EXIT_LAUNCHER

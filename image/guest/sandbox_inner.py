@@ -2,6 +2,7 @@
 
     python3 -I -S sandbox_inner.py [--bridge PORT:SOCKET]... [--filter HEX]...
                                    [--ready-fd READY_FD] -- CMD...
+    python3 -I -S sandbox_inner.py ... --claim-fd SOCKET_FD --
 
 bwrap runs this file (already under the first filter). It starts the in-sandbox
 half of each bridge (socat: TCP 127.0.0.1:PORT -> the bound Unix socket SOCKET),
@@ -10,6 +11,14 @@ while bwrap starts, says on READY_FD that those listen too; then it enters a
 Landlock domain, loads the second filter (no-new-privs + PR_SET_SECCOMP) and
 execs CMD. The bridges started before that filter, so they keep AF_UNIX; CMD and
 everything it starts cannot make one.
+
+With ``--claim-fd`` there is no CMD yet: this is a standby sandbox, started before a
+snapshot is saved. Once everything above is done it says so (one byte on the
+socket SOCKET_FD), then waits there for its one command: the command's stdin,
+stdout and stderr and a memfd with its directory, argv and environment
+(``encode_command``), passed by the exec agent that claims it. It changes into
+that directory (the workspace, whose contents may have been mounted since) and
+execs the command; everything before that was paid before the snapshot.
 
 It runs once per sandboxed command, before the command: its interpreter start is
 part of every command's latency (and tens of times slower in a TCG guest). So it
@@ -146,14 +155,19 @@ class InnerArgs:
         self.bridges: list[tuple[int, str]] = []  # (port inside, bound socket path)
         self.filters: list[bytes] = []  # the second filters, loaded in order
         self.ready_fd: int | None = None  # one byte: the outer bridges listen
+        self.claim_fd: int | None = None  # a standby: CMD comes over this socket
         self.cmd: list[str] = []
 
 
 def inner_args(
-    bridges: Sequence[tuple[int, str]], filters: Sequence[bytes], ready_fd: int | None = None
+    bridges: Sequence[tuple[int, str]],
+    filters: Sequence[bytes],
+    ready_fd: int | None = None,
+    claim_fd: int | None = None,
 ) -> list[str]:
-    """The arguments before ``--``: the bridges, the second filters, and the fd on which
-    the launcher says its outer bridges listen (it starts them beside bwrap)."""
+    """The arguments before ``--``: the bridges, the second filters, the fd on which
+    the launcher says its outer bridges listen (it starts them beside bwrap) and, for
+    a standby, the socket its command will come on."""
     args: list[str] = []
     for port, socket_path in bridges:
         args += ["--bridge", f"{port}:{socket_path}"]
@@ -161,6 +175,8 @@ def inner_args(
         args += ["--filter", program.hex()]
     if ready_fd is not None:
         args += ["--ready-fd", str(ready_fd)]
+    if claim_fd is not None:
+        args += ["--claim-fd", str(claim_fd)]
     return args
 
 
@@ -178,15 +194,77 @@ def parse_args(argv: Sequence[str]) -> InnerArgs:
                 parsed.filters.append(bytes.fromhex(value))
             elif option == "--ready-fd" and parsed.ready_fd is None:
                 parsed.ready_fd = int(value)
+            elif option == "--claim-fd" and parsed.claim_fd is None:
+                parsed.claim_fd = int(value)
             else:
                 raise ValueError(option)
         except ValueError:
             raise LauncherError(f"inner stage: bad argument {option} {value!r}") from None
         rest = rest[2:]
     parsed.cmd = rest[1:]
-    if not parsed.cmd:
+    if not parsed.cmd and parsed.claim_fd is None:
         raise LauncherError("inner stage: no command given")
+    if parsed.cmd and parsed.claim_fd is not None:
+        raise LauncherError("inner stage: a standby (--claim-fd) takes its command later")
     return parsed
+
+
+# --- a standby's command ----------------------------------------------------------------
+
+COMMAND_MAX = 1 << 20  # the exec agent's requests are far smaller (64 KiB frames)
+
+
+def encode_command(cwd: str, argv: Sequence[str], env: Sequence[tuple[str, str]]) -> bytes:
+    """What a standby is claimed with: NUL-separated (no argument, name or value can
+    hold a NUL): the directory, the number of arguments, the arguments, NAME=VALUE."""
+    fields = [cwd, str(len(argv)), *argv, *(f"{name}={value}" for name, value in env)]
+    return b"\0".join(os.fsencode(field) for field in fields)
+
+
+def decode_command(data: bytes) -> tuple[str, list[str], dict[str, str]]:
+    """``encode_command``'s fields back; LauncherError for anything else."""
+    fields = [os.fsdecode(field) for field in data.split(b"\0")]
+    try:
+        count = int(fields[1])
+    except (IndexError, ValueError):
+        count = -1
+    argv, pairs = fields[2 : 2 + count], fields[2 + count :]
+    if (
+        count < 1
+        or len(argv) != count
+        or not fields[0].startswith("/")
+        or not all("=" in pair[1:] for pair in pairs)
+    ):
+        raise LauncherError("a standby was claimed with a malformed command")
+    return fields[0], argv, dict(pair.split("=", 1) for pair in pairs)
+
+
+def claim(fd: int) -> tuple[str, list[str], dict[str, str]]:
+    """A standby's wait: say it is ready on the socket FD, then take its command. The
+    command's stdin, stdout and stderr become 0-2 here as soon as they arrive, so that
+    whatever goes wrong after that is said on the command's own stderr."""
+    import socket  # only a standby pays for it, and before the snapshot
+
+    with socket.socket(fileno=fd) as sock:
+        try:
+            sock.sendall(b"R")
+            message, fds, _flags, _address = socket.recv_fds(sock, 1, 4)
+        except OSError as exc:
+            raise LauncherError(f"a standby's socket: {exc.strerror}") from None
+    if message != b"C" or len(fds) != 4:
+        for received in fds:
+            os.close(received)
+        raise LauncherError("the exec agent went away before a command came")
+    for target in (0, 1, 2):
+        os.dup2(fds[target], target)
+    for received in fds[:3]:
+        os.close(received)
+    try:
+        size = os.fstat(fds[3]).st_size
+        data = os.pread(fds[3], COMMAND_MAX + 1, 0) if size <= COMMAND_MAX else b""
+    finally:
+        os.close(fds[3])
+    return decode_command(data)
 
 
 # --- the bridges ------------------------------------------------------------------------
@@ -275,12 +353,22 @@ def main(argv: Sequence[str]) -> NoReturn:
         enter_landlock_domain()
         for program in args.filters:
             load_seccomp(program)
+        cmd, env = args.cmd, None
+        if args.claim_fd is not None:
+            cwd, cmd, env = claim(args.claim_fd)
+            os.chdir(cwd)  # again: a mount on the workspace since bwrap's --chdir
+            env["PWD"] = cwd  # as bwrap's --chdir sets it
     except LauncherError as exc:
         print(f"sandbox-exec: {exc}", file=sys.stderr)
         os._exit(EXIT_LAUNCHER)
-    cmd = args.cmd
+    except OSError as exc:
+        print(f"sandbox-exec: the workspace: {exc.strerror}", file=sys.stderr)
+        os._exit(EXIT_LAUNCHER)
     try:
-        os.execvp(cmd[0], cmd)
+        if env is None:
+            os.execvp(cmd[0], cmd)
+        else:
+            os.execvpe(cmd[0], cmd, env)
     except FileNotFoundError:
         print(f"sandbox-exec: {cmd[0]}: command not found", file=sys.stderr)
         os._exit(EXIT_NOT_FOUND)

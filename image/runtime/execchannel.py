@@ -55,6 +55,10 @@ class Result:
         return self.code == 0
 
 
+# The one reply each of these requests gets.
+TRANSFER_REPLIES = ("put-done", "get-done", "personalize-done", "standby-done")
+
+
 class Process:
     """One command in the guest: its output as it comes, its stdin, signals, its end."""
 
@@ -62,6 +66,7 @@ class Process:
         self.session, self.channel = session, channel_id
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.pid: int | None = None
+        self.standby = False  # the agent's standby sandbox ran it (ExecSession.standby)
         self.exit: dict[str, Any] | None = None
         self._open_streams = 2
 
@@ -81,7 +86,7 @@ class Process:
 
     def _event(self, kind: str, value: Any) -> None:
         if kind == "started":
-            self.pid = value
+            self.pid, self.standby = value.get("pid"), bool(value.get("standby"))
         elif kind == "exit":
             self.exit = value
         elif kind == "broken":
@@ -268,6 +273,20 @@ class ExecSession:
                                hint="was the snapshot made from an image built by this "
                                "version of sandbox-image?")  # fmt: skip
 
+    def standby(self, sandbox: dict[str, Any], timeout: float = 180) -> int:
+        """Have the agent start a sandbox for SANDBOX (a spawn's request) now, waiting
+        for its command: the next spawn with the same request, from this session or a
+        later one, runs in it without starting one (snapshot: before the VM is saved).
+        Returns its launcher's pid in the guest."""
+        number = next(self._channels)
+        events = self._transfers[number] = queue.Queue()
+        self.send(channel.control(number, "standby", sandbox=sandbox))
+        _, done = self._next(events, timeout, "standby")
+        if done.get("error"):
+            raise ChannelError(f"the standby sandbox did not start: {done['error']}",
+                               hint="does `./inv launch -- true` work on this image?")  # fmt: skip
+        return int(done["pid"])
+
     def get(self, path: str, timeout: float = 120, within: str | None = None) -> bytes:
         """A regular file's bytes (``within`` as for put)."""
         number = next(self._channels)
@@ -325,11 +344,10 @@ class ExecSession:
                 self._session_events.put((op, message))
             elif number in self._processes and op in ("started", "exit"):
                 proc = self._processes[number]
-                proc.events.put((op, message.get("pid") if op == "started" else message))
+                proc.events.put((op, message))
                 if op == "exit":
                     del self._processes[number]
-            elif number in self._transfers and op in ("put-done", "get-done",
-                                                      "personalize-done"):  # fmt: skip
+            elif number in self._transfers and op in TRANSFER_REPLIES:
                 self._transfers.pop(number).put((op, message))
             else:
                 raise channel.ProtocolError(f"an unexpected {op!r} on channel {number}")

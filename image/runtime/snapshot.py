@@ -50,11 +50,15 @@ from image.vm.guestagent import GuestAgent
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the standby sandbox, bound to WORKSPACE before a launch mounts it
 SHARE_TAG = "share"
 SHARE_MOUNT = "/mnt/share"
 SESSION_MOUNT = "/sessions"
-WORKSPACE = f"{SESSION_MOUNT}/work"  # the sandbox's workspace, as the VM sees it
+# The sandbox's workspace, as the VM sees it: a directory of the root filesystem on
+# which each launch binds the session disk's work/ (personalize), so that the standby
+# sandbox, which bound it before the snapshot was saved, sees it too.
+WORKSPACE = "/workspace"
+SESSION_WORK = f"{SESSION_MOUNT}/work"
 SESSION_SERIAL = "session"  # /dev/disk/by-id/virtio-session in the guest
 DEFAULT_SESSION_SIZE = 10 << 30
 READY_ATTEMPTS = 5
@@ -319,6 +323,11 @@ def snapshot(
                 # Do now what every launch would otherwise pay for.
                 agent.exec(["/sbin/modprobe", "-a", "9p", "9pnet_virtio"], timeout=120)
                 agent.exec(["/bin/mkdir", "-p", SHARE_MOUNT, SESSION_MOUNT], timeout=60)
+                agent.exec(["/usr/bin/install", "-d", "-m", "0755", "-o", guest.AGENT_USER,
+                            "-g", guest.AGENT_USER, WORKSPACE], timeout=60)  # fmt: skip
+                # The first sandboxed command of every launch runs in this one.
+                with connect_exec(spec, 10) as exec_session:
+                    exec_session.standby(guest.sandbox_request(WORKSPACE))
                 agent.exec(["/bin/sync"], timeout=120)
                 agent.close()
                 if internal:
@@ -584,6 +593,8 @@ def personalize_request(hostname: str, share_readonly: bool) -> dict[str, Any]:
              "options": share_options, "readonly": share_readonly},
             {"source": f"/dev/disk/by-id/virtio-{SESSION_SERIAL}", "target": SESSION_MOUNT,
              "fstype": "ext4", "options": "", "readonly": False},
+            {"source": SESSION_WORK, "target": WORKSPACE, "fstype": "none", "options": "",
+             "readonly": False, "bind": True},
         ],
     }  # fmt: skip
 

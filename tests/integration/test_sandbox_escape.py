@@ -36,7 +36,8 @@ from typing import Any
 import pytest
 
 from image import run
-from image.runtime.execchannel import ExecSession
+from image.guest import exec_agent
+from image.runtime.execchannel import ChannelError, ExecSession
 from image.sandbox import bwrap, guestfiles, seccomp
 from tests.fixtures import escape_cases
 from tests.hosttools import need
@@ -374,19 +375,29 @@ def test_terminal_keeps_the_pty_and_the_filter_still_refuses_tiocsti(sbx: Sandbo
     assert b"--terminal: stdin is not a terminal" in refused.stderr
 
 
-def test_the_exec_agent_runs_the_sandbox_in_process(sbx: Sandbox, tmp_path: Path) -> None:
-    """The prepared sandbox: the agent forks and runs the launcher's code (no runuser,
-    no new interpreter) with the same guarantees; none of the agent's descriptors (the
-    host's channel) reach the command; Ctrl-C reaches the command's own session."""
+@contextlib.contextmanager
+def _exec_agent(tmp_path: Path, profiles: Path, filters: Path) -> Iterator[Path]:
+    """The guest's exec agent, run here on a Unix socket: yields the socket once it listens."""
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen([sys.executable, str(ROOT / "image" / "guest" / "exec_agent.py"),
-                              "--listen", str(sock), "--profile-dir", str(sbx.profile_dir),
-                              "--seccomp-dir", str(sbx.seccomp_dir)])  # fmt: skip
+                              "--listen", str(sock), "--profile-dir", str(profiles),
+                              "--seccomp-dir", str(filters)])  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
             assert agent.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
+        yield sock
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_the_exec_agent_runs_the_sandbox_in_process(sbx: Sandbox, tmp_path: Path) -> None:
+    """The prepared sandbox: the agent forks and runs the launcher's code (no runuser,
+    no new interpreter) with the same guarantees; none of the agent's descriptors (the
+    host's channel) reach the command; Ctrl-C reaches the command's own session."""
+    with _exec_agent(tmp_path, sbx.profile_dir, sbx.seccomp_dir) as sock:
         request = {"profile": "agent", "workspace": str(sbx.workspace), "user": None}
         with ExecSession.connect(sock) as session:
             script = ("id -u; grep -E '^(NoNewPrivs|CapEff|Seccomp_filters):' /proc/self/status;"
@@ -408,9 +419,6 @@ def test_the_exec_agent_runs_the_sandbox_in_process(sbx: Sandbox, tmp_path: Path
             assert proc.exit is not None and proc.exit.get("code") == 6
             bad = session.run(["true"], sandbox={**request, "profile": "no-such"}, timeout=60)
             assert bad.code == 125 and b"no-such" in bad.stderr
-    finally:
-        agent.kill()
-        agent.wait()
 
 
 def test_the_exec_agent_reads_the_profile_and_filters_once_at_its_start(
@@ -421,15 +429,7 @@ def test_the_exec_agent_reads_the_profile_and_filters_once_at_its_start(
     profiles, filters = tmp_path / "profiles", tmp_path / "seccomp"
     shutil.copytree(sbx.profile_dir, profiles)
     shutil.copytree(sbx.seccomp_dir, filters)
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen([sys.executable, str(ROOT / "image" / "guest" / "exec_agent.py"),
-                              "--listen", str(sock), "--profile-dir", str(profiles),
-                              "--seccomp-dir", str(filters)])  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert agent.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+    with _exec_agent(tmp_path, profiles, filters) as sock:
         shutil.rmtree(profiles)
         shutil.rmtree(filters)
         request = {"profile": "agent", "workspace": str(sbx.workspace), "user": None}
@@ -441,9 +441,112 @@ def test_the_exec_agent_reads_the_profile_and_filters_once_at_its_start(
             # Another profile is read when asked for: gone, it is an error.
             other = session.run(["true"], sandbox={**request, "profile": "nofilter"}, timeout=60)
             assert other.code == 125 and b"cannot read profile" in other.stderr, other
+
+
+# What a standby's command and a started sandbox's command must see alike.
+_STANDBY_PROBE = """
+import os, socket, sys
+print(os.getuid(), os.getcwd(), sys.stdin.readline().strip())
+print(open("from-the-session").read().strip())
+with open("/proc/self/status") as status:
+    names = ("NoNewPrivs", "CapEff", "Seccomp_filters")
+    print(sorted(line.split()[1] for line in status if line.startswith(names)))
+print(sorted(os.listdir("/proc/self/fd")))
+try:
+    socket.socket(socket.AF_UNIX)
+except OSError as exc:
+    print("AF_UNIX", exc.errno)
+print(sorted(os.environ.items()))
+open("written-inside", "w").write("ok")
+print("to stderr", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+@contextlib.contextmanager
+def _workspace_mounted_later() -> Iterator[tuple[Path, Path]]:
+    """(WORKSPACE, SESSION): an empty directory nobody owns, and another with a file, in
+    a folder nobody can reach (pytest's are root-only); the test binds SESSION on
+    WORKSPACE, as a launch binds its session disk's work/ on the snapshot's /workspace.
+    Unmounted and removed after."""
+    base = Path(tempfile.mkdtemp(prefix="sandbox-standby.", dir="/tmp"))
+    base.chmod(0o755)
+    workspace, session = base / "workspace", base / "session-work"
+    for path in (workspace, session):
+        path.mkdir()
+        os.chown(path, NOBODY, NOBODY)
+    (session / "from-the-session").write_text("session disk\n")
+    try:
+        yield workspace, session
     finally:
-        agent.kill()
-        agent.wait()
+        while str(workspace) in exec_agent.mount_points():
+            subprocess.run(["umount", "-l", str(workspace)], check=True)
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the agent mounts, as it does in the guest")
+def test_a_standby_sandbox_runs_the_first_command_as_a_started_one_would(
+    sbx: Sandbox, tmp_path: Path
+) -> None:
+    """`standby` starts a sandbox ahead of its command; the next spawn with the same
+    request runs in it (same pid), and sees what a sandbox started for it sees: the
+    workspace mounted after the standby started (mount propagation) as its cwd, the
+    user, no-new-privs, CapEff 0, both filters (the AF_UNIX refusal is the marker
+    filter's errno), descriptors 0-2 only, the environment, stdin, stdout, stderr and
+    the exit status. The next command starts a sandbox of its own."""
+    with (
+        _workspace_mounted_later() as (workspace, session_work),
+        _exec_agent(tmp_path, sbx.profile_dir, sbx.marker_dir) as sock,
+    ):
+        request = {"profile": "agent", "workspace": str(workspace), "user": None}
+        with ExecSession.connect(sock) as session:
+            pid = session.standby(request, timeout=120)
+            run.run(["mount", "--bind", str(session_work), str(workspace)])
+            results = []
+            for _ in range(2):
+                proc = session.spawn(["python3", "-c", _STANDBY_PROBE], sandbox=request,
+                                     env={"TERM": "xterm", "SECRET": "not passed"})  # fmt: skip
+                proc.write(b"from stdin\n")
+                proc.close_stdin()
+                results.append((proc.wait(120), proc.pid, proc.standby))
+        written = (session_work / "written-inside").read_text()
+    (claimed, claimed_pid, was_standby), (started, started_pid, second_standby) = results
+    assert (claimed_pid, was_standby, second_standby) == (pid, True, False)
+    assert started_pid != pid
+    assert claimed.code == 3, claimed.stderr.decode()
+    assert claimed.stderr == b"to stderr\n"
+    lines = claimed.stdout.decode().splitlines()
+    assert lines[:3] == [f"{NOBODY} /workspace from stdin", "session disk",
+                         "['0000000000000000', '1', '2']"]  # fmt: skip
+    assert lines[3] == "['0', '1', '2', '3']"  # 3: listdir's own
+    assert lines[4] == f"AF_UNIX {MARKER}"
+    assert "('TERM', 'xterm')" in lines[5] and "SECRET" not in lines[5]
+    assert (started.code, started.stdout, started.stderr) == (3, claimed.stdout, claimed.stderr)
+    assert written == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the agent mounts, as it does in the guest")
+def test_a_standby_that_died_or_would_not_start_is_not_used(sbx: Sandbox, tmp_path: Path) -> None:
+    """A standby killed before its command: the command starts a sandbox of its own.
+    One that cannot start (no such profile): the launcher's message, and no standby."""
+    with (
+        _workspace_mounted_later() as (workspace, _),
+        _exec_agent(tmp_path, sbx.profile_dir, sbx.seccomp_dir) as sock,
+    ):
+        request = {"profile": "agent", "workspace": str(workspace), "user": None}
+        with ExecSession.connect(sock) as session:
+            pid = session.standby(request, timeout=120)
+            os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10  # dead: a zombie until the agent looks
+            while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            proc = session.spawn(["echo", "fresh"], sandbox=request)
+            proc.close_stdin()
+            result = proc.wait(120)
+            assert (result.ok, result.stdout, proc.standby) == (True, b"fresh\n", False)
+            with pytest.raises(ChannelError, match="cannot read profile"):
+                session.standby({**request, "profile": "no-such"}, timeout=120)
 
 
 def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:

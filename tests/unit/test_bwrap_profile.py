@@ -187,6 +187,30 @@ def test_inner_args_name_the_bound_sockets_and_carry_the_second_filter() -> None
     ready = sandbox_exec.inner_args(profile, [], ready_fd=9)
     assert ready[-2:] == ["--ready-fd", "9"]
     assert sandbox_inner.parse_args([*ready, "--", "true"]).ready_fd == 9
+    standby = sandbox_exec.inner_args(profile, [], ready_fd=9, claim_fd=3)
+    assert standby[-2:] == ["--claim-fd", "3"]
+    parsed = sandbox_inner.parse_args([*standby, "--"])  # its command comes later
+    assert (parsed.claim_fd, parsed.cmd) == (3, [])
+
+
+def test_a_standby_is_claimed_with_what_bwrap_would_have_set() -> None:
+    profile = bwrap_profile.load_document("t", _minimal())
+    argv = ["sh", "-c", "echo $1", "", "a b=c"]
+    data = sandbox_exec.standby_command(profile, argv, {"TERM": "xterm", "SECRET": "x"})
+    cwd, back, env = sandbox_inner.decode_command(data)
+    assert (cwd, back) == (profile.workspace, argv)
+    assert sorted(env.items()) == sandbox_exec.sandbox_env(profile, {"TERM": "xterm"})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"/workspace", b"/workspace\x000", b"/workspace\x002\x00true",
+     b"workspace\x001\x00true", b"/workspace\x001\x00true\x00NOVALUE",
+     b"/workspace\x001\x00true\x00=x", b"/workspace\x00x\x00true"],
+)  # fmt: skip
+def test_a_malformed_claim_is_the_inner_stages_error(data: bytes) -> None:
+    with pytest.raises(sandbox_inner.LauncherError, match="malformed command"):
+        sandbox_inner.decode_command(data)
 
 
 @pytest.mark.parametrize(
@@ -199,6 +223,7 @@ def test_inner_args_name_the_bound_sockets_and_carry_the_second_filter() -> None
         (["--ready-fd", "3", "--ready-fd", "4", "--", "true"], "bad argument --ready-fd '4'"),
         (["--filter", "00"], "no command given"),
         (["--"], "no command given"),
+        (["--claim-fd", "3", "--", "true"], "a standby (--claim-fd) takes its command later"),
     ],
 )
 def test_the_inner_stage_refuses_arguments_it_did_not_get_from_the_launcher(

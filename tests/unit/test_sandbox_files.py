@@ -114,3 +114,17 @@ def test_the_inner_stage_starts_without_the_heavy_modules() -> None:
     assert "sandbox_inner" in out and "ctypes" in out
     heavy = {"typing", "subprocess", "json", "argparse", "pathlib", "re", "shutil", "site"}
     assert heavy.isdisjoint(out), sorted(heavy.intersection(out))
+
+
+def test_mount_points_are_read_from_mountinfo_with_its_escapes(tmp_path: Path) -> None:
+    """The standby's workspace is made a mount point once: a bind mount within one
+    filesystem is one too (os.path.ismount compares devices and misses it)."""
+    from image.guest import exec_agent
+
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "47 27 254:0 /workspace /workspace rw,relatime shared:2 - ext4 /dev/vda rw\n"
+        "48 27 0:5 / /mnt/my\\040share rw - 9p share rw\n"
+    )
+    assert exec_agent.mount_points(str(table)) == {"/", "/workspace", "/mnt/my share"}

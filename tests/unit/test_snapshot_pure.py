@@ -76,12 +76,15 @@ def test_personalize_is_one_request_with_fresh_entropy() -> None:
     second = snapshot.personalize_request("sandbox-1", True)
     assert len(first["entropy"]) == 64 and first["entropy"] != second["entropy"]
     assert abs(first["time_ns"] - time.time_ns()) < 10**9
-    share, session = first["mounts"]
+    share, session, workspace = first["mounts"]
     assert (share["source"], share["target"], share["fstype"], share["readonly"]) == (
         "share", "/mnt/share", "9p", True)  # fmt: skip
     assert "trans=virtio" in share["options"]
     assert (session["source"], session["target"]) == ("/dev/disk/by-id/virtio-session",
                                                       "/sessions")  # fmt: skip
+    # The session disk's work/ bound where the snapshot's standby sandbox bound it.
+    assert (workspace["source"], workspace["target"], workspace["bind"]) == (
+        "/sessions/work", "/workspace", True)  # fmt: skip
     assert snapshot.personalize_request("b", False)["mounts"][0]["readonly"] is False
 
 

@@ -256,14 +256,22 @@ def test_the_exec_agent_streams_runs_sandboxed_and_moves_files(
         first_byte = time.monotonic() - start
         assert list(chunks) == [("stdout", b"second\n")]
         assert first_byte < 1.5 < time.monotonic() - start  # it arrived while the command ran
-        sandboxed = sandbox.spawn_sandboxed(session, ["sh", "-c", "id -u; grep NoNewPrivs "
-                                                      "/proc/self/status"])  # fmt: skip
-        sandboxed.close_stdin()
-        result = sandboxed.wait(120)
-        assert result.ok, result.stderr
-        assert result.stdout.decode().split("\n")[:2] == ["1001", "NoNewPrivs:\t1"]
+        # The session disk's work/ is the workspace (put before any sandbox ran).
         session.put("/sessions/work/in.txt", b"from the host\n")
-        assert session.get("/sessions/work/in.txt") == b"from the host\n"
+        assert session.get("/workspace/in.txt") == b"from the host\n"
+        script = "id -u; grep -E '^(NoNewPrivs|Seccomp_filters)' /proc/self/status; pwd; cat in.txt"
+        # The first runs in the standby sandbox the snapshot saved (started before this
+        # launch mounted its session disk), the second in one started for it: alike.
+        outputs = []
+        for standby in (True, False):
+            sandboxed = sandbox.spawn_sandboxed(session, ["sh", "-c", script])
+            sandboxed.close_stdin()
+            result = sandboxed.wait(120)
+            assert result.ok, result.stderr
+            assert sandboxed.standby is standby
+            outputs.append(result.stdout.decode().splitlines())
+        assert outputs[0] == outputs[1] == ["1001", "NoNewPrivs:\t1", "Seccomp_filters:\t2",
+                                            "/workspace", "from the host"]  # fmt: skip
 
 
 def test_command_runs_in_the_sandbox_as_agent(snapdir: Path, vm_config: config.BuildConfig
