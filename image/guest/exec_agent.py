@@ -206,7 +206,7 @@ def start_standby(request: dict[str, Any], options: AgentOptions) -> Standby:
     sandbox_exec = _launcher_module()
     shared_mount_point(request["workspace"])
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err_r, err_w = os.pipe()
+    err_r, err_w = os.pipe()  # what the launcher says if it does not start
     null = os.open(os.devnull, os.O_RDWR)
     try:
         proc = Forked.start((null, null, err_w, theirs.fileno()), False, dict(os.environ), None,
@@ -214,6 +214,10 @@ def start_standby(request: dict[str, Any], options: AgentOptions) -> Standby:
                                 request["profile"], [], Path(request["workspace"]),
                                 request["user"], False, options.profile_dir,
                                 options.seccomp_dir, claim_fd=3))  # fmt: skip
+    except BaseException:
+        ours.close()
+        os.close(err_r)
+        raise
     finally:
         for fd in (null, err_w, theirs.detach()):
             os.close(fd)
