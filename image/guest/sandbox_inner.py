@@ -255,15 +255,16 @@ def claim(fd: int) -> tuple[str, list[str], dict[str, str]]:
         for received in fds:
             os.close(received)
         raise LauncherError("the exec agent went away before a command came")
-    for target in (0, 1, 2):
-        os.dup2(fds[target], target)
-    for received in fds[:3]:
-        os.close(received)
     try:
+        for target in (0, 1, 2):
+            os.dup2(fds[target], target)
         size = os.fstat(fds[3]).st_size
         data = os.pread(fds[3], COMMAND_MAX + 1, 0) if size <= COMMAND_MAX else b""
+    except OSError as exc:
+        raise LauncherError(f"a standby's command: {exc.strerror}") from None
     finally:
-        os.close(fds[3])
+        for received in fds:
+            os.close(received)
     return decode_command(data)
 
 
@@ -356,13 +357,13 @@ def main(argv: Sequence[str]) -> NoReturn:
         cmd, env = args.cmd, None
         if args.claim_fd is not None:
             cwd, cmd, env = claim(args.claim_fd)
-            os.chdir(cwd)  # again: a mount on the workspace since bwrap's --chdir
+            try:  # again: a mount on the workspace since bwrap's --chdir
+                os.chdir(cwd)
+            except OSError as exc:
+                raise LauncherError(f"the workspace {cwd}: {exc.strerror}") from None
             env["PWD"] = cwd  # as bwrap's --chdir sets it
     except LauncherError as exc:
         print(f"sandbox-exec: {exc}", file=sys.stderr)
-        os._exit(EXIT_LAUNCHER)
-    except OSError as exc:
-        print(f"sandbox-exec: the workspace: {exc.strerror}", file=sys.stderr)
         os._exit(EXIT_LAUNCHER)
     try:
         if env is None:

@@ -281,6 +281,31 @@ def _raw(sock_path: Path, data: bytes) -> list[dict[str, object]]:
             ),
             "a bad 'personalize' request",
         ),
+        (
+            channel.control(
+                1,
+                "personalize",
+                hostname="ok",
+                time_ns=1,
+                entropy="00" * 64,
+                mounts=[
+                    {
+                        "source": "/a",
+                        "target": "/b",
+                        "fstype": "none",
+                        "options": "",
+                        "bind": True,
+                        "readonly": True,
+                    }
+                ],
+            ),
+            "a read-only bind mount",
+        ),
+        (channel.control(1, "standby", sandbox={"workspace": "rel"}), "a bad sandbox request"),
+        (
+            channel.control(1, "standby", sandbox={"workspace": "/w", "terminal": True}),
+            "for pipes, not a terminal",
+        ),
     ],
 )
 def test_a_host_that_breaks_the_protocol_gets_one_error_and_is_closed(
