@@ -484,6 +484,29 @@ def _workspace_mounted_later() -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(base)
 
 
+@dataclass
+class _Standby:
+    session: ExecSession
+    request: dict[str, Any]
+    pid: int  # the standby's launcher
+    workspace: Path
+    session_work: Path  # for the test to bind on the workspace
+
+
+@contextlib.contextmanager
+def _agent_with_a_standby(tmp_path: Path, profiles: Path, filters: Path) -> Iterator[_Standby]:
+    """The exec agent, a session with it, and a standby it started on an empty
+    workspace (``_workspace_mounted_later``)."""
+    with (
+        _workspace_mounted_later() as (workspace, session_work),
+        _exec_agent(tmp_path, profiles, filters) as sock,
+        ExecSession.connect(sock) as session,
+    ):
+        request = {"profile": "agent", "workspace": str(workspace), "user": None}
+        pid = session.standby(request, timeout=120)
+        yield _Standby(session, request, pid, workspace, session_work)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the agent mounts, as it does in the guest")
 def test_a_standby_sandbox_runs_the_first_command_as_a_started_one_would(
     sbx: Sandbox, tmp_path: Path
@@ -494,25 +517,20 @@ def test_a_standby_sandbox_runs_the_first_command_as_a_started_one_would(
     user, no-new-privs, CapEff 0, both filters (the AF_UNIX refusal is the marker
     filter's errno), descriptors 0-2 only, the environment, stdin, stdout, stderr and
     the exit status. The next command starts a sandbox of its own."""
-    with (
-        _workspace_mounted_later() as (workspace, session_work),
-        _exec_agent(tmp_path, sbx.profile_dir, sbx.marker_dir) as sock,
-    ):
-        request = {"profile": "agent", "workspace": str(workspace), "user": None}
-        with ExecSession.connect(sock) as session:
-            pid = session.standby(request, timeout=120)
-            run.run(["mount", "--bind", str(session_work), str(workspace)])
-            results = []
-            for _ in range(2):
-                proc = session.spawn(["python3", "-c", _STANDBY_PROBE], sandbox=request,
-                                     env={"TERM": "xterm", "SECRET": "not passed"})  # fmt: skip
-                proc.write(b"from stdin\n")
-                proc.close_stdin()
-                results.append((proc.wait(120), proc.pid, proc.standby))
-        written = (session_work / "written-inside").read_text()
+    with _agent_with_a_standby(tmp_path, sbx.profile_dir, sbx.marker_dir) as standby:
+        run.run(["mount", "--bind", str(standby.session_work), str(standby.workspace)])
+        results = []
+        for _ in range(2):
+            proc = standby.session.spawn(["python3", "-c", _STANDBY_PROBE],
+                                         sandbox=standby.request,
+                                         env={"TERM": "xterm", "SECRET": "not passed"})  # fmt: skip
+            proc.write(b"from stdin\n")
+            proc.close_stdin()
+            results.append((proc.wait(120), proc.pid, proc.standby))
+        written = (standby.session_work / "written-inside").read_text()
     (claimed, claimed_pid, was_standby), (started, started_pid, second_standby) = results
-    assert (claimed_pid, was_standby, second_standby) == (pid, True, False)
-    assert started_pid != pid
+    assert (claimed_pid, was_standby, second_standby) == (standby.pid, True, False)
+    assert started_pid != standby.pid
     assert claimed.code == 3, claimed.stderr.decode()
     assert claimed.stderr == b"to stderr\n"
     lines = claimed.stdout.decode().splitlines()
@@ -529,24 +547,19 @@ def test_a_standby_sandbox_runs_the_first_command_as_a_started_one_would(
 def test_a_standby_that_died_or_would_not_start_is_not_used(sbx: Sandbox, tmp_path: Path) -> None:
     """A standby killed before its command: the command starts a sandbox of its own.
     One that cannot start (no such profile): the launcher's message, and no standby."""
-    with (
-        _workspace_mounted_later() as (workspace, _),
-        _exec_agent(tmp_path, sbx.profile_dir, sbx.seccomp_dir) as sock,
-    ):
-        request = {"profile": "agent", "workspace": str(workspace), "user": None}
-        with ExecSession.connect(sock) as session:
-            pid = session.standby(request, timeout=120)
-            os.killpg(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10  # dead: a zombie until the agent looks
-            while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            proc = session.spawn(["echo", "fresh"], sandbox=request)
-            proc.close_stdin()
-            result = proc.wait(120)
-            assert (result.ok, result.stdout, proc.standby) == (True, b"fresh\n", False)
-            with pytest.raises(ChannelError, match="cannot read profile"):
-                session.standby({**request, "profile": "no-such"}, timeout=120)
+    with _agent_with_a_standby(tmp_path, sbx.profile_dir, sbx.seccomp_dir) as standby:
+        pid = standby.pid
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # dead: a zombie until the agent looks
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc = standby.session.spawn(["echo", "fresh"], sandbox=standby.request)
+        proc.close_stdin()
+        result = proc.wait(120)
+        assert (result.ok, result.stdout, proc.standby) == (True, b"fresh\n", False)
+        with pytest.raises(ChannelError, match="cannot read profile"):
+            standby.session.standby({**standby.request, "profile": "no-such"}, timeout=120)
 
 
 def _processes_with(marker: bytes, *, whole: bool = False) -> list[int]:
