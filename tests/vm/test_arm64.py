@@ -95,6 +95,10 @@ def test_a_launch_runs_a_sandboxed_command_on_aarch64(
     options = snapshot.LaunchOptions()
     with snapshot.launch(outputs["snapshot"], arm64_config, options) as sandbox:
         script = "uname -m; id -un; grep Seccomp_f /proc/self/status"
+        # The first through the exec channel: the standby sandbox the snapshot saved.
+        first = sandbox.spawn_sandboxed(sandbox.session, ["sh", "-c", script])
+        first.close_stdin()
+        claimed = first.wait(300)
         result = sandbox.sandboxed(["sh", "-c", script])
         # The snapshot was saved after start-up: a launch has no boot left to finish.
         system = sandbox.exec(["/usr/bin/systemctl", "is-system-running"])
@@ -103,6 +107,7 @@ def test_a_launch_runs_a_sandboxed_command_on_aarch64(
     assert cloud_init.stdout.decode().split() == ["status:", "done"]
     assert result.exit_code == 0, result.stderr.decode(errors="replace")
     assert result.stdout.decode().split() == ["aarch64", "agent", "Seccomp_filters:", "2"]
+    assert (first.standby, claimed.code, claimed.stdout) == (True, 0, result.stdout)
     assert qemu_processes() == []
 
 
