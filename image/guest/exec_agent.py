@@ -148,6 +148,17 @@ def _sandbox_request(request: Any) -> dict[str, Any]:
     return {"profile": profile, "workspace": workspace, "user": user, "terminal": terminal}
 
 
+def sandboxed(
+    request: dict[str, Any], argv: list[str], options: AgentOptions, claim_fd: int | None = None
+) -> int:
+    """In a forked child: the launcher's work, in this already-warm interpreter (no
+    ARGV and a ``claim_fd``: a standby)."""
+    return int(_launcher_module().run_in_process(
+        request["profile"], argv, Path(request["workspace"]), request["user"],
+        request["terminal"], options.profile_dir, options.seccomp_dir, claim_fd=claim_fd,
+    ))  # fmt: skip
+
+
 STANDBY_TIMEOUT = 120.0  # a standby's start, in a TCG guest (arm64: slow)
 MS_BIND, MS_SHARED = 0x1000, 0x100000
 
@@ -210,10 +221,7 @@ def start_standby(request: dict[str, Any], options: AgentOptions) -> Standby:
     null = os.open(os.devnull, os.O_RDWR)
     try:
         proc = Forked.start((null, null, err_w, theirs.fileno()), False, dict(os.environ), None,
-                            lambda: sandbox_exec.run_in_process(
-                                request["profile"], [], Path(request["workspace"]),
-                                request["user"], False, options.profile_dir,
-                                options.seccomp_dir, claim_fd=3))  # fmt: skip
+                            lambda: sandboxed(request, [], options, claim_fd=3))  # fmt: skip
     except BaseException:
         ours.close()
         os.close(err_r)
@@ -255,8 +263,6 @@ class Session:
     def __init__(self, conn_in: int, conn_out: int, options: AgentOptions) -> None:
         self.conn_in, self.conn_out = conn_in, conn_out
         self.options = options
-        self.launcher = options.launcher
-        self.profile_dir, self.seccomp_dir = options.profile_dir, options.seccomp_dir
         self.decoder = channel.Decoder()
         self.children: dict[int, Child] = {}
         self.uploads: dict[int, Upload] = {}
@@ -384,8 +390,8 @@ class Session:
         if standby is None or standby.request != request:
             return None
         _STANDBY = None
-        if standby.proc.poll() is not None:
-            standby.sock.close()
+        if standby.proc.poll() is not None:  # it died: reaped, and not used
+            standby.discard()
             return None
         sandbox_exec = _launcher_module()
         profile, _filters = sandbox_exec.loaded(
@@ -403,14 +409,6 @@ class Session:
         standby.sock.close()
         return standby.proc
 
-    def _sandboxed(self, request: dict[str, Any], argv: list[str]) -> int:
-        """In a forked child: the launcher's work, in this already-warm interpreter."""
-        sandbox_exec = _launcher_module()
-        return int(sandbox_exec.run_in_process(
-            request["profile"], argv, Path(request["workspace"]), request["user"],
-            request["terminal"], profile_dir=self.profile_dir, seccomp_dir=self.seccomp_dir,
-        ))  # fmt: skip
-
     def _spawn(self, channel_id: int, message: dict[str, Any]) -> None:
         argv = message.get("argv")
         if (channel_id == 0 or channel_id in self.children or not isinstance(argv, list)
@@ -418,7 +416,7 @@ class Session:
             raise channel.ProtocolError(f"a bad spawn request on channel {channel_id}")
         sandbox = message.get("sandbox")
         if sandbox is True:  # through the launcher, as a new process
-            argv, sandbox = [self.launcher, "--", *argv], None
+            argv, sandbox = [self.options.launcher, "--", *argv], None
         elif sandbox:
             sandbox = _sandbox_request(sandbox)
         env = dict(os.environ)
@@ -437,16 +435,16 @@ class Session:
             (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
             theirs = (in_r, out_w, err_w)
             outputs, stdin = {out_r: channel.STDOUT, err_r: channel.STDERR}, in_w
-        proc: subprocess.Popen[bytes] | Forked | None = None
+        proc: subprocess.Popen[bytes] | Forked
         try:
-            if sandbox and not use_pty:
-                proc = self._claim(sandbox, theirs, argv, env)
-            claimed = proc is not None
-            if proc is None and sandbox:
+            claimed = self._claim(sandbox, theirs, argv, env) if sandbox and not use_pty else None
+            if claimed is not None:
+                proc = claimed
+            elif sandbox:
                 proc = Forked.start(
-                    theirs, use_pty, env, cwd, lambda: self._sandboxed(sandbox, argv)
+                    theirs, use_pty, env, cwd, lambda: sandboxed(sandbox, argv, self.options)
                 )
-            elif proc is None:
+            else:
                 proc = subprocess.Popen(
                     argv, stdin=theirs[0], stdout=theirs[1], stderr=theirs[2], env=env, cwd=cwd,
                     start_new_session=True,
@@ -470,7 +468,7 @@ class Session:
             self.selector.register(fd, selectors.EVENT_READ, ("out", channel_id))
         if not use_pty:
             os.set_blocking(stdin, False)
-        self.reply(channel_id, "started", pid=proc.pid, standby=claimed)
+        self.reply(channel_id, "started", pid=proc.pid, standby=claimed is not None)
 
     def _from_child(self, channel_id: int, fd: int) -> None:
         child = self.children[channel_id]
