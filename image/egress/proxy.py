@@ -415,6 +415,7 @@ class Connection:
     path: str | None = None
     bytes_up: int = 0
     bytes_down: int = 0
+    status: int | None = None  # the HTTP status the client got (not for SOCKS)
     error: str | None = None
     upstream: str | None = None  # the upstream proxy it went through (no credentials)
 
@@ -452,6 +453,7 @@ class Connection:
             "decision": self.decision,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
+            "status": self.status,
             "duration_s": round(now - self.opened, 6),
             "error": self.error,
         }
@@ -699,6 +701,12 @@ class HttpResponse:
 
 
 _STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: [^\r\n]*)?")
+
+
+def response_status(head: bytes) -> int | None:
+    """The status code of a response head, if its first line is an HTTP/1 status line."""
+    match = _STATUS.fullmatch(head.split(b"\r\n", 1)[0])
+    return int(match.group(1)) if match else None
 
 
 def parse_http_response(head: bytes, method: str, keep_alive: bool) -> HttpResponse | None:
@@ -987,7 +995,7 @@ class _ProxyServer:
             if conn.opened is None:
                 conn.decision, conn.rule = "error", refused.rule
             with contextlib.suppress(ConnectionError, OSError):
-                await self.refuse(writer, refused)
+                await self.refuse(conn, writer, refused)
             return False
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             if conn.opened is None:
@@ -1015,7 +1023,9 @@ class _ProxyServer:
     ) -> bool:
         raise NotImplementedError
 
-    async def refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
+    async def refuse(
+        self, conn: Connection, writer: asyncio.StreamWriter, refused: _Refused
+    ) -> None:
         raise NotImplementedError
 
 
@@ -1076,6 +1086,7 @@ class _HttpProxy(_ProxyServer):
             request = _for_upstream_proxy(request, self.s.policy.upstream)
         if request.method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            conn.status = 200
             await writer.drain()
             await self._tunnel(conn, (reader, writer), upstream)
             return False
@@ -1112,6 +1123,7 @@ class _HttpProxy(_ProxyServer):
             conn.error = f"upstream-error {type(exc).__name__}"
             raise _Refused(conn.error, status=502) from None  # nothing has gone down yet
         response = parse_http_response(head, request.method, request.keep_alive)
+        conn.status = response_status(head)
         if response is None or response.body_length is None:
             client[1].write(head if response is None else response.head)
             conn.bytes_down += len(head if response is None else response.head)
@@ -1123,7 +1135,10 @@ class _HttpProxy(_ProxyServer):
         conn.bytes_down += await _copy(upstream[0], client[1], response.body_length)
         return conn.bytes_down == len(response.head) + response.body_length
 
-    async def refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
+    async def refuse(
+        self, conn: Connection, writer: asyncio.StreamWriter, refused: _Refused
+    ) -> None:
+        conn.status = refused.status
         writer.write(_http_error(refused.status, refused.rule))
         await writer.drain()
 
@@ -1223,7 +1238,9 @@ class _SocksProxy(_ProxyServer):
             data += byte
         raise _Refused("socks4-field-too-long", reply=SOCKS4_REJECTED)
 
-    async def refuse(self, writer: asyncio.StreamWriter, refused: _Refused) -> None:
+    async def refuse(
+        self, conn: Connection, writer: asyncio.StreamWriter, refused: _Refused
+    ) -> None:
         if refused.reply is not None:
             writer.write(refused.reply)
         elif refused.socks >= 0:

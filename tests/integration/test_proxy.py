@@ -56,7 +56,7 @@ def merged(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         if record["event"] == "close":
             opens[record["id"]].update(
-                {k: record[k] for k in ("bytes_up", "bytes_down", "duration_s", "error")}
+                {k: record[k] for k in ("bytes_up", "bytes_down", "status", "duration_s", "error")}
             )
     return list(opens.values())
 
@@ -71,8 +71,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append((self.path, self.headers.get("Host")))
-        body = f"ok {self.path}".encode()
-        self.send_response(200)
+        missing = self.path.startswith("/missing")
+        body = f"{'no' if missing else 'ok'} {self.path}".encode()
+        self.send_response(404 if missing else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -248,7 +249,7 @@ OPEN_KEYS = {
 }  # fmt: skip
 CLOSE_KEYS = {
     "event", "id", "connection", "time", "client", "protocol", "host", "port", "decision",
-    "bytes_up", "bytes_down", "duration_s", "error",
+    "bytes_up", "bytes_down", "status", "duration_s", "error",
 }  # fmt: skip
 
 
@@ -272,6 +273,14 @@ def test_plain_http_allowed_and_audited(setup: Setup) -> None:
     assert closed["bytes_down"] > len(body) and closed["bytes_up"] > 0
     assert closed["error"] is None and closed["duration_s"] >= 0
     assert closed["time"] >= opened["time"]
+    assert closed["status"] == 200
+
+
+def test_the_upstreams_status_is_logged_as_the_client_got_it(setup: Setup) -> None:
+    status, body = http_get(setup, f"http://allowed.test:{setup.up_port}/missing")
+    assert (status, body) == (404, b"no /missing")
+    (record,) = setup.audit_records()
+    assert (record["decision"], record["status"], record["error"]) == ("allow", 404, None)
 
 
 def test_connect_allowed_tunnels_bytes(setup: Setup) -> None:
@@ -283,7 +292,8 @@ def test_connect_allowed_tunnels_bytes(setup: Setup) -> None:
         while chunk := sock.recv(65536):
             response += chunk
     assert _status(response) == (200, b"ok /tunnel")
-    assert setup.audit_records()[0]["protocol"] == "connect"
+    (record,) = setup.audit_records()
+    assert (record["protocol"], record["status"]) == ("connect", 200)
 
 
 def test_socks5_allowed_by_name(setup: Setup) -> None:
@@ -297,6 +307,7 @@ def test_socks5_allowed_by_name(setup: Setup) -> None:
     assert _status(response) == (200, b"ok /socks")
     (record,) = setup.audit_records()
     assert (record["protocol"], record["decision"]) == ("socks5", "allow")
+    assert record["status"] is None  # SOCKS has no HTTP status; what it carried is not read
 
 
 def test_uppercase_trailing_dot_is_the_same_name(setup: Setup) -> None:
@@ -346,6 +357,9 @@ def test_denied_everywhere_and_nothing_leaks(setup: Setup, host: str, rule: str)
     assert setup.upstream.seen == []
     records = setup.audit_records(2 if host.startswith("[") else 3)
     assert {(r["decision"], r["rule"]) for r in records} == {("deny", rule)}
+    assert {r["protocol"]: r["status"] for r in records} == {
+        "http": 403, "connect": 403, **({} if host.startswith("[") else {"socks5": None})
+    }  # fmt: skip
     setup.nothing_leaked()
 
 
@@ -662,7 +676,7 @@ def test_unreachable_upstream_is_an_allow_with_an_error(tmp_path: Path) -> None:
     opened, closed = read_log(audit)
     assert (opened["decision"], opened["address"]) == ("allow", UPSTREAM_HOST)
     assert closed["error"] == "upstream-unreachable ConnectionRefusedError"
-    assert (closed["bytes_up"], closed["bytes_down"]) == (0, 0)
+    assert (closed["bytes_up"], closed["bytes_down"], closed["status"]) == (0, 0, 502)
 
 
 def test_killed_proxy_keeps_every_open_record(setup: Setup, tmp_path: Path) -> None:

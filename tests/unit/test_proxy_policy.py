@@ -352,3 +352,19 @@ def test_parse_http_response_frames_or_closes(
 )
 def test_parse_http_response_unframed(head: bytes) -> None:
     assert proxy.parse_http_response(head, "GET", True) is None
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 200),
+        (b"HTTP/1.0 304 Not Modified\r\n\r\n", 304),
+        (b"HTTP/1.1 404\r\n\r\n", 404),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 100),
+        (b"HTTP/2 200\r\n\r\n", None),
+        (b"<html>not a response</html>", None),
+        (b"", None),
+    ],
+)
+def test_response_status_reads_the_status_line_only(head: bytes, status: int | None) -> None:
+    assert proxy.response_status(head) == status
