@@ -717,10 +717,9 @@ def parse_http_response(head: bytes, method: str, keep_alive: bool) -> HttpRespo
     frame (forward it as it is and close after it).
     """
     lines = head[:-4].split(b"\r\n")
-    match = _STATUS.fullmatch(lines[0])
-    if match is None:
+    status = response_status(head)
+    if status is None:
         return None
-    status = int(match.group(1))
     if status < 200:
         return None  # interim answers (100 Continue) precede the real one
     headers: list[tuple[bytes, bytes, bytes]] = []  # (lower-case name, value, line)
