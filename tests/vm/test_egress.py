@@ -99,6 +99,8 @@ def test_the_build_downloaded_only_through_its_proxy(built: dict[str, Path]) -> 
     closes = {r["id"]: r for r in every if r["event"] == "close"}
     # apt fetched the stand-in's packages from Debian's archive, by name, via the proxy.
     assert any(r["host"] == "deb.debian.org" and r["decision"] == "allow" for r in records)
+    # ... and every download was answered 200 (the close record says what the guest got).
+    assert {closes[r["id"]]["status"] for r in records if r["decision"] == "allow"} == {200}
     assert {r["client"] for r in records} == {"guest"}
     # Besides downloads: the launcher's self-test checks that its bridge listens by
     # connecting and closing at once, which the proxy logs as an empty request.
